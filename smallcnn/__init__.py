@@ -1,0 +1,10 @@
+"""smallcnn: accurate image classifiers from a few hundred labelled images, by transfer learning."""
+
+__version__ = "0.1.0"
+
+
+def load(path=None):
+    """Loads a trained model; see `smallcnn.predict.load`."""
+    from smallcnn.predict import load as _load
+
+    return _load(path)

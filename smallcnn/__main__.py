@@ -1,0 +1,3 @@
+from smallcnn.cli import main
+
+main()

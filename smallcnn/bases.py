@@ -1,0 +1,182 @@
+"""The registry of convolutional bases.
+
+Each entry carries its own defaults, the way timm's model registry does: the
+constructor, the preprocessing its weights expect, its default image size, the width
+of its pooled features, the name of its last convolutional layer (for Grad-CAM) and
+where its ImageNet weights come from.
+"""
+
+import dataclasses
+from pathlib import Path
+from typing import Callable, Optional
+
+from smallcnn.errors import UsageError, WeightsError
+
+PACKAGED_WEIGHTS = Path(__file__).parent / "weights"
+
+
+@dataclasses.dataclass(frozen=True)
+class BaseSpec:
+    name: str
+    constructor: Callable  # (input_shape, weights) -> keras.Model without its top
+    preprocessing: str  # a mode of smallcnn.layers.Preprocess
+    default_size: int
+    feature_width: int
+    last_conv_layer: str
+    min_size: int = 32
+    # A weights file shipped inside the package; None means Keras downloads it.
+    packaged_imagenet: Optional[str] = None
+    has_imagenet: bool = True
+
+    @property
+    def default_weights(self):
+        return "imagenet" if self.has_imagenet else "none"
+
+
+def _applications(name):
+    def build(input_shape, weights):
+        import keras
+
+        return getattr(keras.applications, name)(
+            include_top=False, weights=weights, input_shape=input_shape
+        )
+
+    return build
+
+
+def _small_convnet(input_shape, weights):
+    """The classic 4-block convnet (32-64-128-128 filters), trained from scratch."""
+    import keras
+    from keras import layers
+
+    inputs = keras.Input(input_shape)
+    x = inputs
+    for block, filters in enumerate((32, 64, 128, 128), start=1):
+        x = layers.Conv2D(
+            filters,
+            3,
+            padding="same",
+            activation="relu",
+            kernel_initializer="he_normal",
+            name=f"block{block}_conv",
+        )(x)
+        x = layers.MaxPooling2D(2, name=f"block{block}_pool")(x)
+    return keras.Model(inputs, x, name="small")
+
+
+BASES = {
+    spec.name: spec
+    for spec in [
+        BaseSpec(
+            "mobilenet_v2",
+            _applications("MobileNetV2"),
+            "tf",
+            224,
+            1280,
+            "out_relu",
+            packaged_imagenet="mobilenet_v2_1.0_224_imagenet_notop.weights.h5",
+        ),
+        BaseSpec("mobilenet", _applications("MobileNet"), "tf", 224, 1024, "conv_pw_13_relu"),
+        BaseSpec("vgg16", _applications("VGG16"), "caffe", 224, 512, "block5_conv3"),
+        BaseSpec("vgg19", _applications("VGG19"), "caffe", 224, 512, "block5_conv4"),
+        BaseSpec("resnet50", _applications("ResNet50"), "caffe", 224, 2048, "conv5_block3_out"),
+        BaseSpec(
+            "efficientnet_b0", _applications("EfficientNetB0"), "none", 224, 1280, "top_activation"
+        ),
+        BaseSpec(
+            "inception_v3", _applications("InceptionV3"), "tf", 299, 2048, "mixed10", min_size=75
+        ),
+        BaseSpec(
+            "xception",
+            _applications("Xception"),
+            "tf",
+            299,
+            2048,
+            "block14_sepconv2_act",
+            min_size=71,
+        ),
+        BaseSpec("small", _small_convnet, "scale", 150, 128, "block4_conv", has_imagenet=False),
+    ]
+}
+DEFAULT_BASE = "mobilenet_v2"
+
+
+def get_base(name):
+    """Returns the registry entry for a base name."""
+    try:
+        return BASES[name]
+    except KeyError:
+        raise UsageError(
+            f"Unknown base: {name!r}. Choose one of: {', '.join(BASES)}."
+        ) from None
+
+
+def resolve_weights(spec, weights):
+    """Turns `--weights` into 'imagenet', 'none' or an existing file path (as a str)."""
+    if weights is None:
+        return spec.default_weights
+    lowered = weights.lower()
+    if lowered in ("imagenet", "none"):
+        if lowered == "imagenet" and not spec.has_imagenet:
+            raise UsageError(
+                f"The {spec.name!r} base has no pretrained weights; it trains from scratch. "
+                "Use --weights none, or a pretrained base such as --base mobilenet_v2."
+            )
+        return lowered
+    path = Path(weights).expanduser()
+    if not path.is_file():
+        raise UsageError(
+            f"--weights must be 'imagenet', 'none' or a weights file; no file at {weights!r}."
+        )
+    return str(path.resolve())
+
+
+def build_base(spec, image_size, weights):
+    """Builds the conv base (no top) for square images of `image_size` pixels.
+
+    Args:
+        spec: a `BaseSpec` from `BASES`.
+        image_size: the side of the input images in pixels.
+        weights: 'imagenet', 'none' or a path to a `.weights.h5` file (see `resolve_weights`).
+
+    Returns:
+        A `keras.Model` mapping images to the last convolutional feature map.
+    """
+    if image_size < spec.min_size:
+        raise UsageError(
+            f"--image-size {image_size} is too small for {spec.name!r}; "
+            f"it needs at least {spec.min_size} pixels."
+        )
+    input_shape = (image_size, image_size, 3)
+    if weights == "none":
+        return spec.constructor(input_shape, None)
+    if weights == "imagenet" and spec.packaged_imagenet:
+        return _load_file(spec, input_shape, PACKAGED_WEIGHTS / spec.packaged_imagenet)
+    if weights == "imagenet":
+        try:
+            return spec.constructor(input_shape, "imagenet")
+        except Exception as error:  # the download failed: no network, proxy, full disk...
+            reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+            raise WeightsError(
+                f"Could not download the ImageNet weights for {spec.name!r} ({reason}). "
+                "Pass a weights file with --weights PATH, or train without them: --weights none."
+            ) from error
+    return _load_file(spec, input_shape, Path(weights))
+
+
+def _load_file(spec, input_shape, path):
+    base = spec.constructor(input_shape, None)
+    try:
+        base.load_weights(str(path))
+    except Exception as error:
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise WeightsError(
+            f"The weights file {str(path)!r} does not fit the {spec.name!r} base ({reason}). "
+            f"It must be a Keras .weights.h5 file of {spec.name} without its top."
+        ) from error
+    return base
+
+
+def weights_label(weights):
+    """How the weights are described in a run's metadata."""
+    return weights if weights in ("imagenet", "none") else f"file:{weights}"

@@ -1,0 +1,324 @@
+"""The `smallcnn` command: parse, call one library function, print.
+
+Library errors (`SmallcnnError`) become one line on stderr and the exit code of
+their class; a traceback is shown only with --debug.
+"""
+
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from typing_extensions import Annotated
+
+from smallcnn import __version__
+from smallcnn.errors import SmallcnnError
+
+app = typer.Typer(
+    name="smallcnn",
+    help="Accurate image classifiers from a few hundred labelled images, by transfer learning.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="rich",
+)
+_state = {"debug": False}
+
+
+def _quiet_tensorflow():
+    """Imports TensorFlow with its C++ start-up chatter sent nowhere.
+
+    TF prints several INFO lines to fd 2 before its log level applies; a user cannot act
+    on them. Anything printed is shown after all if the import fails.
+    """
+    if "tensorflow" in sys.modules:
+        return
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as captured:
+        os.dup2(captured.fileno(), 2)
+        try:
+            import tensorflow as tf
+
+            tf.config.list_physical_devices()
+        except BaseException:
+            os.dup2(saved, 2)
+            captured.seek(0)
+            sys.stderr.write(captured.read().decode(errors="replace"))
+            raise
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
+def _library_call(name):
+    """The library function behind a command, imported only once TensorFlow is quiet."""
+    if name == "predict":
+        from smallcnn.predict import load
+
+        def predict(paths, model=None, **kwargs):
+            return load(model).predict(paths, **kwargs)
+
+        return predict
+    from smallcnn import training
+    from smallcnn.console import RichReporter
+
+    function = getattr(training, name)
+    return lambda *args, **kwargs: function(*args, reporter=RichReporter(), **kwargs)
+
+
+def _run(command, *args, **kwargs):
+    """Runs one library call, turning errors into a message and an exit code."""
+    from smallcnn.console import stderr
+
+    try:
+        _quiet_tensorflow()
+        return _library_call(command)(*args, **kwargs)
+    except SmallcnnError as error:
+        if _state["debug"]:
+            raise
+        stderr.print(f"[bold red]error:[/bold red] {error}", soft_wrap=True)
+        raise typer.Exit(error.exit_code)
+    except KeyboardInterrupt:
+        stderr.print("[bold red]interrupted[/bold red]")
+        raise typer.Exit(130)
+    except Exception as error:
+        if _state["debug"]:
+            raise
+        stderr.print(
+            f"[bold red]internal error:[/bold red] {type(error).__name__}: {error} "
+            "(run again with --debug for the traceback)",
+            soft_wrap=True,
+        )
+        raise typer.Exit(1)
+
+
+def _version(value: bool):
+    if value:
+        typer.echo(f"smallcnn {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    debug: Annotated[bool, typer.Option("--debug", help="Show full tracebacks on errors.")] = False,
+    version: Annotated[
+        Optional[bool],
+        typer.Option("--version", callback=_version, is_eager=True, help="Show the version."),
+    ] = None,
+):
+    """Turn a folder of images per class into an image classifier.
+
+    Exit codes: 0 success, 1 internal error, 2 bad usage, 3 bad data, 4 bad model,
+    5 weights cannot be had, 130 interrupted.
+    """
+    _state["debug"] = debug
+
+
+# Options shared by the training commands.
+Data = Annotated[
+    Path,
+    typer.Argument(
+        help="A folder of class folders, or of train/ and val/ (or validation/) folders "
+        "[and test/], each holding one folder per class.",
+        show_default=False,
+    ),
+]
+Base = Annotated[Optional[str], typer.Option(help="Conv base: mobilenet_v2, mobilenet, vgg16, vgg19, resnet50, efficientnet_b0, inception_v3, xception or small.  [default: mobilenet_v2]", show_default=False)]
+Weights = Annotated[Optional[str], typer.Option(help="imagenet, none, or a .weights.h5 file.  [default: imagenet; none for small]", show_default=False)]
+ImageSize = Annotated[Optional[int], typer.Option(help="Image side in pixels.  [default: the base's, e.g. 224]", show_default=False)]
+BatchSize = Annotated[int, typer.Option(help="Images per batch.")]
+Epochs = Annotated[Optional[int], typer.Option(help="Most epochs to train (early stopping may end sooner).", show_default=False)]
+LearningRate = Annotated[Optional[float], typer.Option(help="Learning rate.", show_default=False)]
+Optimizer = Annotated[str, typer.Option(help="adam, sgd, rmsprop or adagrad.")]
+Momentum = Annotated[float, typer.Option(help="Momentum for sgd.")]
+Nesterov = Annotated[bool, typer.Option(help="Nesterov momentum for sgd.")]
+LrSchedule = Annotated[str, typer.Option(help="constant, plateau, exponential or cosine.")]
+Dropout = Annotated[float, typer.Option(help="Dropout before the last dense layer.")]
+Hidden = Annotated[int, typer.Option(help="Units of a hidden dense layer in the head (0: none).")]
+Patience = Annotated[Optional[int], typer.Option(help="Epochs without a better val_loss before stopping.", show_default=False)]
+Seed = Annotated[int, typer.Option(help="Random seed (split, shuffling, augmentation, init).")]
+ValSplit = Annotated[float, typer.Option(help="Fraction of each class held out for validation when DATA has no validation folder.")]
+Out = Annotated[Optional[Path], typer.Option(help="Run folder to write.  [default: runs/<command>-<time>]", show_default=False)]
+Overwrite = Annotated[bool, typer.Option(help="Replace a run already in --out.")]
+Augment = Annotated[Optional[str], typer.Option(help="Augmentation preset: none, light, standard or strong.  [default: standard]", show_default=False)]
+Rotation = Annotated[Optional[float], typer.Option(help="Random rotation range in degrees.", show_default=False)]
+Shift = Annotated[Optional[float], typer.Option(help="Random shift, fraction of width and height.", show_default=False)]
+Shear = Annotated[Optional[float], typer.Option(help="Random shear factor.", show_default=False)]
+Zoom = Annotated[Optional[float], typer.Option(help="Random zoom range: scale in [1-zoom, 1+zoom].", show_default=False)]
+Flip = Annotated[Optional[str], typer.Option(help="Random flips: horizontal, vertical, both or none.", show_default=False)]
+Brightness = Annotated[Optional[float], typer.Option(help="Random brightness change, fraction of the range.", show_default=False)]
+Contrast = Annotated[Optional[float], typer.Option(help="Random contrast change factor.", show_default=False)]
+Unfreeze = Annotated[int, typer.Option(help="Number of top base layers with weights to unfreeze (BatchNorm excluded).")]
+
+
+def _settings(**values):
+    from smallcnn.training import Settings
+
+    return Settings(**values)
+
+
+def _report(result):
+    from smallcnn.console import stdout, summary_table
+
+    stdout.print(f"[bold]{result.command}[/bold]: {result.run_dir}")
+    stdout.print(summary_table(result))
+    stdout.print(f"Model saved in {result.run_dir}. Predict with: smallcnn predict IMAGE --model {result.run_dir}")
+
+
+@app.command()
+def extract(
+    data: Data,
+    base: Base = None,
+    weights: Weights = None,
+    image_size: ImageSize = None,
+    batch_size: BatchSize = 32,
+    epochs: Epochs = None,
+    learning_rate: LearningRate = None,
+    optimizer: Optimizer = "adam",
+    momentum: Momentum = 0.9,
+    nesterov: Nesterov = False,
+    lr_schedule: LrSchedule = "constant",
+    dropout: Dropout = 0.5,
+    hidden: Hidden = 0,
+    patience: Patience = None,
+    seed: Seed = 42,
+    val_split: ValSplit = 0.2,
+    out: Out = None,
+    overwrite: Overwrite = False,
+):
+    """Run the pretrained base once over the images, cache the features, train a dense head.
+
+    Fast, even on a CPU: a second run over the same files reuses the cached features.
+    """
+    settings = _settings(
+        base=base, weights=weights, image_size=image_size, batch_size=batch_size, epochs=epochs,
+        learning_rate=learning_rate, optimizer=optimizer, momentum=momentum, nesterov=nesterov,
+        lr_schedule=lr_schedule, dropout=dropout, hidden=hidden, patience=patience, seed=seed,
+        val_split=val_split,
+    )
+    result = _run("extract", data, settings, out=out, overwrite=overwrite)
+    _report(result)
+
+
+@app.command()
+def train(
+    data: Data,
+    freeze: Annotated[Optional[bool], typer.Option("--freeze/--no-freeze", help="Keep the base frozen and train the head only.  [default: --freeze for pretrained bases, --no-freeze for small or --weights none]", show_default=False)] = None,
+    base: Base = None,
+    weights: Weights = None,
+    image_size: ImageSize = None,
+    batch_size: BatchSize = 32,
+    epochs: Epochs = None,
+    learning_rate: LearningRate = None,
+    optimizer: Optimizer = "adam",
+    momentum: Momentum = 0.9,
+    nesterov: Nesterov = False,
+    lr_schedule: LrSchedule = "constant",
+    dropout: Dropout = 0.5,
+    hidden: Hidden = 0,
+    patience: Patience = None,
+    seed: Seed = 42,
+    val_split: ValSplit = 0.2,
+    augment: Augment = None,
+    rotation: Rotation = None,
+    shift: Shift = None,
+    shear: Shear = None,
+    zoom: Zoom = None,
+    flip: Flip = None,
+    brightness: Brightness = None,
+    contrast: Contrast = None,
+    out: Out = None,
+    overwrite: Overwrite = False,
+):
+    """Train on augmented images, the base frozen (--freeze), with early stopping."""
+    settings = _settings(
+        freeze=freeze, base=base, weights=weights, image_size=image_size, batch_size=batch_size,
+        epochs=epochs, learning_rate=learning_rate, optimizer=optimizer, momentum=momentum,
+        nesterov=nesterov, lr_schedule=lr_schedule, dropout=dropout, hidden=hidden,
+        patience=patience, seed=seed, val_split=val_split, augment=augment, rotation=rotation,
+        shift=shift, shear=shear, zoom=zoom, flip=flip, brightness=brightness, contrast=contrast,
+    )
+    result = _run("train", data, settings, out=out, overwrite=overwrite)
+    _report(result)
+
+
+@app.command()
+def finetune(
+    data: Annotated[Optional[Path], typer.Argument(help="DATA as for train, or a RUN folder to start from (then DATA is the run's).", show_default=False)] = None,
+    from_run: Annotated[Optional[Path], typer.Option("--from", help="Start from this run folder instead of training a head first.", show_default=False)] = None,
+    unfreeze: Unfreeze = 4,
+    head_epochs: Annotated[Optional[int], typer.Option(help="Epochs for the head with the base frozen (without --from).  [default: 30]", show_default=False)] = None,
+    head_learning_rate: Annotated[Optional[float], typer.Option(help="Learning rate for that head phase.  [default: 1e-3]", show_default=False)] = None,
+    base: Base = None,
+    weights: Weights = None,
+    image_size: ImageSize = None,
+    batch_size: BatchSize = 32,
+    epochs: Annotated[Optional[int], typer.Option(help="Most fine-tuning epochs.  [default: 15]", show_default=False)] = None,
+    learning_rate: Annotated[Optional[float], typer.Option(help="Fine-tuning learning rate.  [default: 1e-5]", show_default=False)] = None,
+    optimizer: Optimizer = "adam",
+    momentum: Momentum = 0.9,
+    nesterov: Nesterov = False,
+    lr_schedule: LrSchedule = "constant",
+    dropout: Dropout = 0.5,
+    hidden: Hidden = 0,
+    patience: Patience = None,
+    seed: Seed = 42,
+    val_split: ValSplit = 0.2,
+    augment: Augment = None,
+    rotation: Rotation = None,
+    shift: Shift = None,
+    shear: Shear = None,
+    zoom: Zoom = None,
+    flip: Flip = None,
+    brightness: Brightness = None,
+    contrast: Contrast = None,
+    out: Out = None,
+    overwrite: Overwrite = False,
+):
+    """Unfreeze the top layers of the base and train them with the head at a low learning rate."""
+    from smallcnn.runs import CONFIG_FILE
+
+    if data is not None and from_run is None and (data / CONFIG_FILE).is_file():
+        data, from_run = None, data  # `smallcnn finetune RUN`
+    settings = _settings(
+        unfreeze=unfreeze, head_epochs=head_epochs, head_learning_rate=head_learning_rate,
+        base=base, weights=weights, image_size=image_size, batch_size=batch_size, epochs=epochs,
+        learning_rate=learning_rate, optimizer=optimizer, momentum=momentum, nesterov=nesterov,
+        lr_schedule=lr_schedule, dropout=dropout, hidden=hidden, patience=patience, seed=seed,
+        val_split=val_split, augment=augment, rotation=rotation, shift=shift, shear=shear,
+        zoom=zoom, flip=flip, brightness=brightness, contrast=contrast,
+    )
+    result = _run("finetune", data, from_run=from_run, settings=settings, out=out,
+                  overwrite=overwrite)
+    _report(result)
+
+
+@app.command()
+def predict(
+    images: Annotated[List[Path], typer.Argument(help="Image files or folders.", show_default=False)],
+    model: Annotated[Optional[Path], typer.Option("--model", help="Run folder (or its model.keras).  [default: the most recent run in ./runs]", show_default=False)] = None,
+    top_k: Annotated[int, typer.Option("--top-k", help="Classes to show per image.")] = 3,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout.")] = False,
+    batch_size: BatchSize = 32,
+):
+    """Classify images with a trained model: top-k classes and probabilities."""
+    from smallcnn.console import predictions_table, stdout
+
+    predictions = _run("predict", [str(p) for p in images], model=model, top_k=top_k,
+                       batch_size=batch_size)
+    if as_json:
+        sys.stdout.write(json.dumps([p.to_dict() for p in predictions], indent=2) + "\n")
+    else:
+        stdout.print(predictions_table(predictions))
+
+
+def main():
+    app(prog_name="smallcnn")
+
+
+if __name__ == "__main__":
+    main()

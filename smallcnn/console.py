@@ -1,0 +1,113 @@
+"""Showing the library's progress in a terminal with rich: tables, bars, epoch lines."""
+
+import contextlib
+import os
+import time
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from smallcnn.reporting import Reporter
+
+
+
+def _console(**kwargs):
+    console = Console(highlight=False, **kwargs)
+    if not console.is_terminal and "COLUMNS" not in os.environ:
+        console = Console(highlight=False, width=120, **kwargs)  # logs and pipes: no 80-column wrap
+    return console
+
+
+stdout = _console()
+stderr = _console(stderr=True)
+
+
+def dataset_table(dataset):
+    counts = dataset.counts()
+    table = Table()
+    table.add_column("class")
+    for split in counts:
+        table.add_column(split, justify="right")
+    for index, name in enumerate(dataset.class_names):
+        table.add_row(name, *(str(counts[split][index]) for split in counts))
+    table.add_row("[bold]total", *(f"[bold]{sum(counts[split])}" for split in counts))
+    return table
+
+
+class RichReporter(Reporter):
+    def __init__(self, console=stdout, errors=stderr):
+        self.console = console
+        self.errors = errors
+        self._epoch_started = None
+
+    def dataset(self, dataset):
+        self.console.print(f"[bold]{dataset.root}[/bold] ({dataset.layout})")
+        self.console.print(dataset_table(dataset))
+        if dataset.val_split:
+            self.console.print(
+                f"No validation folder: held out {dataset.val_split:.0%} of each class "
+                "for validation (--val-split, --seed)."
+            )
+
+    @contextlib.contextmanager
+    def progress(self, description, total):
+        self._epoch_started = self._epoch_started or time.time()
+        bar = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=self.errors,
+            transient=True,
+            disable=not self.errors.is_terminal,
+        )
+        with bar:
+            task = bar.add_task(description, total=total)
+            yield lambda done: bar.update(task, completed=done)
+
+    def epoch(self, phase, epoch, epochs, logs):
+        elapsed = time.time() - self._epoch_started if self._epoch_started else 0.0
+        self._epoch_started = None
+        parts = [f"{phase} epoch {epoch:>3}/{epochs}"]
+        for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
+            if key in logs:
+                parts.append(f"{key} {logs[key]:.4f}")
+        parts.append(f"{elapsed:.1f}s")
+        self.console.print("  ".join(parts), soft_wrap=True)
+
+    def note(self, text):
+        self.console.print(text)
+
+    def warning(self, text):
+        self.errors.print(f"[yellow]warning:[/yellow] {text}", soft_wrap=True)
+
+
+def summary_table(result):
+    table = Table()
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    metrics = result.metrics
+    for key in ("val_accuracy", "val_loss", "test_accuracy", "test_loss"):
+        if key in metrics:
+            value = metrics[key]
+            table.add_row(key, f"{value:.2%}" if "accuracy" in key else f"{value:.4f}")
+    table.add_row("epochs (best)", f"{metrics['epochs']} ({metrics.get('best_epoch')})")
+    if result.trainable_params is not None:
+        table.add_row("trainable parameters", f"{result.trainable_params:,}")
+    if metrics.get("skipped_images"):
+        table.add_row("unreadable images skipped", str(metrics["skipped_images"]))
+    table.add_row("seconds", f"{metrics['seconds']:.1f}")
+    return table
+
+
+def predictions_table(predictions):
+    table = Table()
+    table.add_column("image")
+    table.add_column("label")
+    table.add_column("probability", justify="right")
+    table.add_column("top")
+    for p in predictions:
+        top = ", ".join(f"{t['label']} {t['probability']:.1%}" for t in p.top)
+        table.add_row(p.path, p.label, f"{p.probability:.1%}", top)
+    return table

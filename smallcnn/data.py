@@ -1,0 +1,207 @@
+"""Finding a data set on disk: split folders, class folders and image files.
+
+Two layouts are accepted:
+
+    DATA/train/<class>/*.jpg  DATA/val/<class>/... (or validation/)  [DATA/test/<class>/...]
+    DATA/<class>/*.jpg        (split into train and validation by a stratified --val-split)
+"""
+
+import dataclasses
+import os
+import random
+from pathlib import Path
+
+import numpy as np
+
+from smallcnn.errors import DataError, UsageError
+from smallcnn.images import IMAGE_EXTENSIONS, is_image_file
+
+VAL_FOLDER_NAMES = ("val", "validation")
+SPLITS = ("train", "val", "test")
+
+
+@dataclasses.dataclass
+class Split:
+    name: str
+    paths: list  # str paths
+    labels: np.ndarray  # int32 class indices, parallel to paths
+
+    def __len__(self):
+        return len(self.paths)
+
+    def without(self, bad_paths):
+        """The split without the given paths (unreadable files, for instance)."""
+        bad = set(bad_paths)
+        keep = [i for i, p in enumerate(self.paths) if p not in bad]
+        return Split(self.name, [self.paths[i] for i in keep], self.labels[keep])
+
+
+@dataclasses.dataclass
+class Dataset:
+    root: str
+    class_names: list
+    splits: dict  # split name -> Split, in SPLITS order
+    layout: str  # "split folders" or "class folders"
+    val_split: float = None  # the fraction held out when the validation set was drawn
+
+    def counts(self):
+        """Images per class per split: {split: [count for each class]}."""
+        return {
+            name: np.bincount(split.labels, minlength=len(self.class_names)).tolist()
+            for name, split in self.splits.items()
+        }
+
+    @property
+    def train(self):
+        return self.splits["train"]
+
+    @property
+    def val(self):
+        return self.splits["val"]
+
+    @property
+    def test(self):
+        return self.splits.get("test")
+
+
+def _visible_dirs(folder):
+    return sorted(
+        entry.name
+        for entry in os.scandir(folder)
+        if entry.is_dir() and not entry.name.startswith((".", "_"))
+    )
+
+
+def _image_files(folder):
+    found = []
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        found.extend(os.path.join(dirpath, f) for f in sorted(filenames) if is_image_file(f))
+    return found
+
+
+def _read_class_folders(folder):
+    """{class name: [image paths]} for the class folders of one split folder."""
+    classes = _visible_dirs(folder)
+    if not classes:
+        loose = [f for f in os.listdir(folder) if is_image_file(f)]
+        hint = f" It holds {len(loose)} images directly;" if loose else ""
+        raise DataError(
+            f"No class folders in {str(folder)!r}.{hint} put the images of each class in a "
+            "folder of its own, e.g. DATA/cats/*.jpg and DATA/dogs/*.jpg."
+        )
+    return {name: _image_files(Path(folder) / name) for name in classes}
+
+
+def _stratified_split(by_class, val_split, seed):
+    rng = random.Random(seed)
+    train, val = {}, {}
+    for name, files in by_class.items():
+        if len(files) < 2:
+            raise DataError(
+                f"Class {name!r} has {len(files)} image(s); at least 2 are needed to hold one "
+                "out for validation. Add images, or give a val/ folder."
+            )
+        files = list(files)
+        rng.shuffle(files)
+        n_val = min(len(files) - 1, max(1, round(len(files) * val_split)))
+        val[name] = sorted(files[:n_val])
+        train[name] = sorted(files[n_val:])
+    return train, val
+
+
+def find_dataset(data_dir, val_split=0.2, seed=42):
+    """Finds the splits, classes and image files of a data folder.
+
+    Args:
+        data_dir: a folder of split folders, or a folder of class folders.
+        val_split: the fraction of each class held out for validation when the data
+            has no validation folder.
+        seed: seeds the stratified validation split.
+
+    Returns:
+        A `Dataset`.
+
+    Raises:
+        DataError: the folder is missing, has fewer than 2 classes, a class without
+            images in a split, or splits with different classes.
+    """
+    root = Path(data_dir).expanduser()
+    if not root.exists():
+        raise DataError(f"Data folder not found: {str(data_dir)!r}.")
+    if not root.is_dir():
+        raise DataError(
+            f"DATA must be a folder of class folders (or of train/ and val/ folders); "
+            f"{str(data_dir)!r} is a file."
+        )
+    if not 0 < val_split < 1:
+        raise UsageError(f"--val-split must be between 0 and 1 (exclusive). Received: {val_split}")
+
+    subdirs = _visible_dirs(root)
+    raw = {}
+    drawn_val_split = None
+    if "train" in subdirs:
+        layout = "split folders"
+        val_names = [n for n in VAL_FOLDER_NAMES if n in subdirs]
+        if len(val_names) > 1:
+            raise DataError(
+                f"{str(root)!r} has both val/ and validation/ folders; keep one of them."
+            )
+        raw["train"] = _read_class_folders(root / "train")
+        if val_names:
+            raw["val"] = _read_class_folders(root / val_names[0])
+        else:
+            raw["train"], raw["val"] = _stratified_split(raw["train"], val_split, seed)
+            drawn_val_split = val_split
+        if "test" in subdirs:
+            raw["test"] = _read_class_folders(root / "test")
+    else:
+        layout = "class folders"
+        by_class = _read_class_folders(root)
+        _check_classes({"train": by_class}, root)
+        raw["train"], raw["val"] = _stratified_split(by_class, val_split, seed)
+        drawn_val_split = val_split
+
+    class_names = _check_classes(raw, root)
+    splits = {}
+    for name in SPLITS:
+        if name not in raw:
+            continue
+        paths, labels = [], []
+        for index, class_name in enumerate(class_names):
+            files = raw[name][class_name]
+            paths.extend(files)
+            labels.extend([index] * len(files))
+        splits[name] = Split(name, paths, np.asarray(labels, dtype=np.int32))
+    return Dataset(str(root), class_names, splits, layout, drawn_val_split)
+
+
+def _check_classes(raw, root):
+    first = next(iter(raw))
+    class_names = sorted(raw[first])
+    if len(class_names) < 2:
+        raise DataError(
+            f"Found {len(class_names)} class folder(s) in {str(root)!r} "
+            f"({', '.join(class_names) or 'none'}); a classifier needs at least 2 classes."
+        )
+    for split, by_class in raw.items():
+        names = sorted(by_class)
+        if names != class_names:
+            missing = sorted(set(class_names) - set(names))
+            extra = sorted(set(names) - set(class_names))
+            parts = []
+            if missing:
+                parts.append(f"missing {', '.join(missing)}")
+            if extra:
+                parts.append(f"extra {', '.join(extra)}")
+            raise DataError(
+                f"The {split} split has different classes from the {first} split "
+                f"({'; '.join(parts)}); every split needs the same class folders."
+            )
+        for name, files in by_class.items():
+            if not files:
+                raise DataError(
+                    f"Class {name!r} has no images in the {split} split "
+                    f"(looked for {', '.join(IMAGE_EXTENSIONS)} files)."
+                )
+    return class_names

@@ -1,0 +1,148 @@
+"""Reading image files into RGB pixel arrays, whatever shape the files are in.
+
+Every command decodes images here, with Pillow, so training and prediction see the
+same pixels: EXIF orientation applied, any mode converted to RGB (16-bit scaled,
+transparency composited on white, CMYK converted), the first frame of an animation,
+then a resize to a square of the model's size.
+"""
+
+import os
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from smallcnn.errors import DataError
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
+# Pillow's own decompression-bomb threshold; a 20,000 x 20,000 scan is above it.
+PIXEL_LIMIT = 178_956_970
+
+
+class UnreadableImage(DataError):
+    """An image file that cannot be decoded; `reason` says why in a few words."""
+
+    def __init__(self, path, reason):
+        super().__init__(f"Cannot read image {str(path)!r}: {reason}.")
+        self.path = str(path)
+        self.reason = reason
+
+
+def is_image_file(path):
+    path = Path(path)
+    return path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".")
+
+
+def _open(path):
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+    except OSError as error:
+        raise UnreadableImage(path, f"cannot open the file ({error.strerror})") from None
+    if size == 0:
+        raise UnreadableImage(path, "the file is empty")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(path)
+    except UnidentifiedImageError:
+        raise UnreadableImage(path, "not an image (or a format Pillow cannot read)") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise UnreadableImage(path, f"larger than the limit of {PIXEL_LIMIT:,} pixels") from None
+    except OSError as error:
+        raise UnreadableImage(path, f"cannot open the file ({error})") from None
+    width, height = image.size
+    if width * height > PIXEL_LIMIT:
+        image.close()
+        raise UnreadableImage(
+            path, f"{width}x{height} is larger than the limit of {PIXEL_LIMIT:,} pixels"
+        )
+    return image
+
+
+def _to_rgb(image):
+    """Converts a loaded Pillow image of any mode to 8-bit RGB."""
+    mode = image.mode
+    if mode == "RGB":
+        return image
+    if mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
+        values = np.asarray(image, dtype=np.float32)
+        top = 65535.0 if values.max(initial=0) > 255 or mode.startswith("I;16") else 255.0
+        values = np.clip(values / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        return Image.fromarray(values, "L").convert("RGB")
+    if mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")
+        mode = "RGBA"
+    if mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+def load_image(path, size):
+    """Reads one image file as a `(size, size, 3)` uint8 RGB array.
+
+    Raises:
+        UnreadableImage: the file is empty, truncated, not an image or too large.
+    """
+    image = _open(path)
+    try:
+        with image:
+            if image.format == "JPEG":
+                # Let libjpeg decode at a reduced scale, never below the target size.
+                image.draft("RGB", (size, size))
+            image.load()
+            try:
+                image = ImageOps.exif_transpose(image)
+            except Exception:  # a damaged EXIF block: keep the pixels as stored
+                pass
+            image = _to_rgb(image)
+            if image.size != (size, size):
+                image = image.resize((size, size), Image.BILINEAR, reducing_gap=3.0)
+            return np.asarray(image, dtype=np.uint8)
+    except UnreadableImage:
+        raise
+    except OSError as error:
+        message = str(error)
+        if "truncated" in message or "broken data stream" in message:
+            reason = "the file is truncated"
+        else:
+            reason = f"cannot decode it ({message})"
+        raise UnreadableImage(path, reason) from None
+    except Exception as error:  # any other decoder failure is a property of the file
+        raise UnreadableImage(path, f"cannot decode it ({type(error).__name__}: {error})") from None
+
+
+def load_images(paths, size, out=None, progress=None):
+    """Decodes many images in parallel threads (Pillow releases the GIL while decoding).
+
+    Args:
+        paths: image file paths.
+        size: the side of the square the images are resized to.
+        out: an optional `(len(paths), size, size, 3)` uint8 array (e.g. a memmap) to fill.
+        progress: an optional callable, called with the number of images done so far.
+
+    Returns:
+        `(images, failures)`: the array of decoded images, rows of unreadable files left
+        at zero, and a list of `UnreadableImage` errors in path order.
+    """
+    paths = [str(p) for p in paths]
+    if out is None:
+        out = np.zeros((len(paths), size, size, 3), dtype=np.uint8)
+    failures = {}
+
+    def work(index):
+        try:
+            out[index] = load_image(paths[index], size)
+        except UnreadableImage as error:
+            failures[index] = error
+
+    workers = min(8, (os.cpu_count() or 1) + 1)
+    with ThreadPoolExecutor(workers) as pool:
+        for done, _ in enumerate(pool.map(work, range(len(paths))), start=1):
+            if progress is not None and (done % 32 == 0 or done == len(paths)):
+                progress(done)
+    return out, [failures[i] for i in sorted(failures)]

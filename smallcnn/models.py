@@ -1,0 +1,123 @@
+"""Building, compiling and (un)freezing the classifier: base + pooling + dense head."""
+
+import keras
+from keras import layers
+
+from smallcnn.errors import ModelError, UsageError
+from smallcnn.layers import Preprocess
+
+OPTIMIZERS = ("adam", "sgd", "rmsprop", "adagrad")
+LR_SCHEDULES = ("constant", "plateau", "exponential", "cosine")
+HEAD_NAME = "head"
+
+
+def build_head(feature_width, num_classes, dropout=0.5, hidden=0):
+    """The dense classifier on pooled features: [Dense(hidden, relu)], Dropout, softmax."""
+    if not 0 <= dropout < 1:
+        raise UsageError(f"--dropout must be in [0, 1). Received: {dropout}")
+    stack = [keras.Input((feature_width,), name="features")]
+    if hidden:
+        stack.append(layers.Dense(hidden, activation="relu", name="head_hidden"))
+    stack.append(layers.Dropout(dropout, name="head_dropout"))
+    stack.append(layers.Dense(num_classes, activation="softmax", name="predictions"))
+    return keras.Sequential(stack, name=HEAD_NAME)
+
+
+def build_classifier(spec, base, head, image_size):
+    """Raw RGB pixels in [0, 255] -> preprocessing -> base -> pooling -> head.
+
+    The base is called with `training=False`, so its BatchNormalization layers stay in
+    inference mode even when some of its layers are unfrozen for fine-tuning.
+    """
+    inputs = keras.Input((image_size, image_size, 3), name="image")
+    x = Preprocess(spec.preprocessing, name="preprocess")(inputs)
+    x = base(x, training=False)
+    features = layers.GlobalAveragePooling2D(name="pool")(x)
+    outputs = head(features)
+    return keras.Model(inputs, outputs, name=f"smallcnn_{spec.name}")
+
+
+def feature_extractor(spec, base, image_size):
+    """Raw pixels -> pooled base features (what `extract` caches)."""
+    inputs = keras.Input((image_size, image_size, 3), name="image")
+    x = Preprocess(spec.preprocessing, name="preprocess")(inputs)
+    x = base(x, training=False)
+    features = layers.GlobalAveragePooling2D(name="pool")(x)
+    return keras.Model(inputs, features, name=f"{spec.name}_features")
+
+
+def find_base(model, base_layer):
+    try:
+        return model.get_layer(base_layer)
+    except ValueError:
+        raise ModelError(
+            f"The model has no base layer named {base_layer!r}; it was not made by smallcnn."
+        ) from None
+
+
+def make_optimizer(name, learning_rate, momentum=0.9, nesterov=False, schedule="constant",
+                   steps_per_epoch=1, epochs=1):
+    """A Keras optimizer; `exponential` and `cosine` schedules decay per step."""
+    if name not in OPTIMIZERS:
+        raise UsageError(f"Unknown --optimizer {name!r}. Choose one of: {', '.join(OPTIMIZERS)}.")
+    if schedule not in LR_SCHEDULES:
+        raise UsageError(
+            f"Unknown --lr-schedule {schedule!r}. Choose one of: {', '.join(LR_SCHEDULES)}."
+        )
+    if learning_rate <= 0:
+        raise UsageError(f"--learning-rate must be positive. Received: {learning_rate}")
+    rate = learning_rate
+    if schedule == "exponential":  # a tenth of the rate after 20 epochs
+        rate = keras.optimizers.schedules.ExponentialDecay(
+            learning_rate, decay_steps=max(1, steps_per_epoch), decay_rate=0.1 ** (1 / 20)
+        )
+    elif schedule == "cosine":
+        rate = keras.optimizers.schedules.CosineDecay(
+            learning_rate, decay_steps=max(1, steps_per_epoch * epochs)
+        )
+    if name == "adam":
+        return keras.optimizers.Adam(rate)
+    if name == "sgd":
+        return keras.optimizers.SGD(rate, momentum=momentum, nesterov=nesterov)
+    if name == "rmsprop":
+        return keras.optimizers.RMSprop(rate)
+    return keras.optimizers.Adagrad(rate)
+
+
+def compile_model(model, optimizer):
+    model.compile(
+        optimizer=optimizer,
+        loss="sparse_categorical_crossentropy",
+        metrics=["accuracy"],
+    )
+
+
+def count_params(weights):
+    return int(sum(int(w.numpy().size) for w in weights))
+
+
+def unfreeze_top(base, count):
+    """Makes the top `count` layers of the base that have weights trainable.
+
+    BatchNormalization layers are never unfrozen (nor counted): their statistics and
+    scales stay as pretrained. Returns the names of the unfrozen layers, top first.
+    """
+    if count < 1:
+        raise UsageError(f"--unfreeze must be at least 1. Received: {count}")
+    candidates = [
+        layer
+        for layer in base.layers
+        if layer.weights and not isinstance(layer, layers.BatchNormalization)
+    ]
+    if count > len(candidates):
+        raise UsageError(
+            f"--unfreeze {count} is more than the {len(candidates)} layers with weights "
+            f"in the {base.name} base."
+        )
+    chosen = candidates[-count:]
+    base.trainable = True
+    for layer in base.layers:
+        layer.trainable = False
+    for layer in chosen:
+        layer.trainable = True
+    return [layer.name for layer in reversed(chosen)]

@@ -1,0 +1,97 @@
+"""From a checked list of files to batches for Keras: decode once, then tf.data.
+
+Each image is decoded and resized once (in parallel threads) into a uint8 array that
+stays in memory for every later epoch; above a memory budget the array lives in a
+file on disk (a memmap) instead. tf.data then shuffles indices, gathers batches,
+augments whole batches and prefetches.
+"""
+
+import dataclasses
+import os
+import tempfile
+
+import numpy as np
+
+from smallcnn.errors import DataError
+
+# Decoded images above this many bytes go to an on-disk array instead of memory.
+DEFAULT_MEMORY_BUDGET = int(float(os.environ.get("SMALLCNN_MEMORY_BUDGET_GB", "4")) * 2**30)
+
+
+@dataclasses.dataclass
+class DecodedSplit:
+    name: str
+    images: np.ndarray  # (n, size, size, 3) uint8, in memory or a memmap
+    labels: np.ndarray  # (n,) int32
+    paths: list
+    skipped: list  # UnreadableImage errors for the files left out
+
+    def __len__(self):
+        return len(self.paths)
+
+
+def decode_split(split, image_size, reporter, memory_budget=DEFAULT_MEMORY_BUDGET):
+    """Decodes every image of a `data.Split`, leaving out (and reporting) unreadable ones."""
+    from smallcnn.images import load_images
+
+    n = len(split.paths)
+    needed = n * image_size * image_size * 3
+    out = None
+    if needed > memory_budget:
+        handle = tempfile.NamedTemporaryFile(prefix="smallcnn-images-", suffix=".u8")
+        out = np.memmap(handle, dtype=np.uint8, mode="w+", shape=(n, image_size, image_size, 3))
+        reporter.note(
+            f"{split.name}: {needed / 2**30:.1f} GiB of decoded images exceed the memory "
+            f"budget of {memory_budget / 2**30:.1f} GiB; caching them on disk instead."
+        )
+    with reporter.progress(f"Decoding {split.name} images", n) as advance:
+        images, failures = load_images(split.paths, image_size, out=out, progress=advance)
+    if failures:
+        for failure in failures:
+            reporter.warning(f"Skipping {failure.path}: {failure.reason}.")
+        bad = {f.path for f in failures}
+        keep = [i for i, p in enumerate(split.paths) if p not in bad]
+        for row, index in enumerate(keep):  # compact in place: no copy of a large array
+            images[row] = images[index]
+        images = images[: len(keep)]
+        split = split.without(bad)
+        if len(split) == 0:
+            raise DataError(f"No image in the {split.name} split could be read.")
+    return DecodedSplit(split.name, images, split.labels, split.paths, failures)
+
+
+def batches(images, labels, batch_size, shuffle=False, seed=None, augmenter=None):
+    """A tf.data pipeline of `(float32 pixels in [0, 255], int32 labels)` batches.
+
+    Args:
+        images: `(n, size, size, 3)` uint8 array, decoded once.
+        labels: `(n,)` int class indices.
+        batch_size: images per batch.
+        shuffle: reshuffle the order every epoch.
+        seed: seeds the shuffle.
+        augmenter: an optional Keras layer applied to each training batch.
+    """
+    import tensorflow as tf
+
+    n, height, width, channels = images.shape
+    labels = np.asarray(labels, dtype=np.int32)
+
+    def gather(index):
+        index = np.asarray(index)
+        return np.asarray(images[index]), labels[index]
+
+    def load(index):
+        x, y = tf.numpy_function(gather, [index], (tf.uint8, tf.int32), stateful=False)
+        x.set_shape((None, height, width, channels))
+        y.set_shape((None,))
+        return tf.cast(x, tf.float32), y
+
+    ds = tf.data.Dataset.range(n)
+    if shuffle:
+        ds = ds.shuffle(n, seed=seed, reshuffle_each_iteration=True)
+    ds = ds.batch(batch_size).map(load, num_parallel_calls=tf.data.AUTOTUNE)
+    if augmenter is not None:
+        ds = ds.map(
+            lambda x, y: (augmenter(x, training=True), y), num_parallel_calls=tf.data.AUTOTUNE
+        )
+    return ds.prefetch(tf.data.AUTOTUNE)
