@@ -7,6 +7,7 @@ where its ImageNet weights come from.
 """
 
 import dataclasses
+import warnings
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -167,7 +168,13 @@ def build_base(spec, image_size, weights):
 def _load_file(spec, input_shape, path):
     base = spec.constructor(input_shape, None)
     try:
-        base.load_weights(str(path))
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            base.load_weights(str(path))
+        # Keras only warns when parts of a file match no layer; half-loaded weights are wrong.
+        skipped = [w for w in caught if "Skipping" in str(w.message) or "mismatch" in str(w.message)]
+        if skipped:
+            raise ValueError(str(skipped[0].message).split(".")[0])
     except Exception as error:
         reason = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise WeightsError(

@@ -101,13 +101,21 @@ def summary_table(result):
     return table
 
 
+def _short(path):
+    """A path relative to the working folder when it is inside it."""
+    try:
+        return os.path.relpath(path) if not os.path.relpath(path).startswith("..") else path
+    except ValueError:
+        return path
+
+
 def predictions_table(predictions):
     table = Table()
-    table.add_column("image")
+    table.add_column("image", overflow="fold")
     table.add_column("label")
     table.add_column("probability", justify="right")
     table.add_column("top")
     for p in predictions:
         top = ", ".join(f"{t['label']} {t['probability']:.1%}" for t in p.top)
-        table.add_row(p.path, p.label, f"{p.probability:.1%}", top)
+        table.add_row(_short(p.path), p.label, f"{p.probability:.1%}", top)
     return table

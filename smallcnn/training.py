@@ -6,6 +6,7 @@ Each function checks its inputs, trains, writes a run folder and returns a
 
 import dataclasses
 import datetime
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -120,10 +121,11 @@ class RunResult:
 class _Context:
     """What every training command starts from: settings, base entry, data set."""
 
-    def __init__(self, command, data_dir, settings, reporter):
+    def __init__(self, command, data_dir, settings, reporter, command_line=None):
         import keras
 
         self.command = command
+        self.command_line = command_line or shlex.join(["smallcnn", *sys.argv[1:]])
         self.reporter = reporter
         self.started = time.time()
         self.spec = get_base(settings.base or DEFAULT_BASE)
@@ -153,7 +155,7 @@ class _Context:
             "format": 1,
             "smallcnn_version": __version__,
             "command": self.command,
-            "command_line": " ".join(sys.argv),
+            "command_line": self.command_line,
             "created": datetime.datetime.now().isoformat(timespec="seconds"),
             "class_names": self.dataset.class_names,
             "base": self.spec.name,
@@ -230,7 +232,8 @@ def _finish(context, run_dir, model, config, rows, evaluations, extra_metrics=No
     return metrics
 
 
-def extract(data_dir, settings=None, out=None, overwrite=False, reporter=None):
+def extract(data_dir, settings=None, out=None, overwrite=False, reporter=None,
+            command_line=None):
     """Feature extraction: run the base once, cache the features, train a dense head.
 
     Args:
@@ -239,6 +242,7 @@ def extract(data_dir, settings=None, out=None, overwrite=False, reporter=None):
         out: the run folder to write; default `runs/extract-<time>`.
         overwrite: replace a run already in `out`.
         reporter: receives progress; default silent.
+        command_line: recorded in the run's smallcnn.json; default `sys.argv`.
 
     Returns:
         A `RunResult`. The saved model takes raw images (base + head).
@@ -249,7 +253,7 @@ def extract(data_dir, settings=None, out=None, overwrite=False, reporter=None):
     from smallcnn.pipeline import decode_split
 
     reporter = reporter or Reporter()
-    context = _Context("extract", data_dir, settings or Settings(), reporter)
+    context = _Context("extract", data_dir, settings or Settings(), reporter, command_line)
     s = context.settings
     base = build_base(context.spec, s.image_size, context.weights)
     extractor = feature_extractor(context.spec, base, s.image_size)
@@ -336,6 +340,7 @@ def _fit_images(context, model, train_ds, eval_ds, steps, phase, epochs, learnin
         validation_data=eval_ds["val"],
         epochs=initial_epoch + epochs,
         initial_epoch=initial_epoch,
+        shuffle=False,  # the tf.data pipeline shuffles
         verbose=0,
         callbacks=_callbacks(context.reporter, phase, s.patience, epochs, steps,
                              checkpoint=run_dir / runs.MODEL_FILE,
@@ -348,7 +353,8 @@ def _evaluate(model, eval_ds):
     return {name: [float(v) for v in model.evaluate(ds, verbose=0)] for name, ds in eval_ds.items()}
 
 
-def train(data_dir, settings=None, out=None, overwrite=False, reporter=None):
+def train(data_dir, settings=None, out=None, overwrite=False, reporter=None,
+            command_line=None):
     """Trains the classifier end to end on augmented images.
 
     With `settings.freeze` (the default for pretrained bases) the base stays frozen and
@@ -361,7 +367,7 @@ def train(data_dir, settings=None, out=None, overwrite=False, reporter=None):
     from smallcnn.models import build_classifier, build_head
 
     reporter = reporter or Reporter()
-    context = _Context("train", data_dir, settings or Settings(), reporter)
+    context = _Context("train", data_dir, settings or Settings(), reporter, command_line)
     s = context.settings
     base = build_base(context.spec, s.image_size, context.weights)
     base.trainable = not s.freeze
@@ -380,7 +386,7 @@ def train(data_dir, settings=None, out=None, overwrite=False, reporter=None):
 
 
 def finetune(data_dir=None, from_run=None, settings=None, out=None, overwrite=False,
-             reporter=None):
+             reporter=None, command_line=None):
     """Fine-tunes the top layers of the base together with the head, at a low learning rate.
 
     Starts from a run folder (`from_run`) or, without one, first trains the head with
@@ -412,7 +418,7 @@ def finetune(data_dir=None, from_run=None, settings=None, out=None, overwrite=Fa
         data_dir = data_dir or source_config.get("data")
     if data_dir is None:
         raise UsageError("finetune needs DATA, or a run to start from: --from RUN.")
-    context = _Context("finetune", data_dir, settings, reporter)
+    context = _Context("finetune", data_dir, settings, reporter, command_line)
     s = context.settings
     run_dir = runs.new_run_dir("finetune", out, overwrite=overwrite)
     decoded = context.decode()

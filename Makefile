@@ -1,0 +1,30 @@
+# Two entry points that work on a fresh clone:
+#   make demo   set up .venv, train on the bundled sample data, predict with the model
+#   make test   set up .venv, run the test suite
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test bench setup clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e ".[test]"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/smallcnn extract datasets/ants-bees --out runs/demo --overwrite
+	$(BIN)/smallcnn predict datasets/ants-bees/val/ants/10308379_1b6c72e180.jpg datasets/ants-bees/val/bees/10870992_eebeeb3a12.jpg --model runs/demo
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q tests
+
+bench: $(STAMP)
+	$(BIN)/python bench/run.py
+
+clean:
+	rm -rf runs .pytest_cache

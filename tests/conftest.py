@@ -1,0 +1,77 @@
+"""Shared fixtures: tiny generated image data sets, an isolated cache and runs folder."""
+
+import os
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np
+import pytest
+from PIL import Image
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+COLORS = {"red": (210, 50, 40), "green": (40, 190, 60), "blue": (40, 60, 210)}
+
+
+def make_image(rng, color, size):
+    """A noisy image of one dominant colour with a random darker square on it."""
+    pixels = np.clip(
+        np.asarray(color, dtype=np.float32) + rng.normal(0, 25, (size, size, 3)), 0, 255
+    )
+    side = int(rng.integers(size // 4, size // 2))
+    top, left = rng.integers(0, size - side, 2)
+    pixels[top : top + side, left : left + side] *= 0.5
+    return Image.fromarray(pixels.astype(np.uint8))
+
+
+def make_dataset(root, per_class=12, size=40, classes=("red", "blue"), splits=("train", "val"),
+                 seed=0, ext=".png"):
+    """Writes `root/<split>/<class>/*.png` (or `root/<class>/` when splits is empty)."""
+    rng = np.random.default_rng(seed)
+    root = Path(root)
+    for split in splits or (None,):
+        for name in classes:
+            folder = root / split / name if split else root / name
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(per_class):
+                make_image(rng, COLORS[name], size).save(folder / f"{name}_{i:03d}{ext}")
+    return root
+
+
+@pytest.fixture(autouse=True)
+def isolated(tmp_path, monkeypatch):
+    """Each test works in its own folder with its own feature cache."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("SMALLCNN_CACHE", str(tmp_path / "cache"))
+    return tmp_path
+
+
+@pytest.fixture
+def tiny_data(tmp_path):
+    return make_dataset(tmp_path / "data")
+
+
+@pytest.fixture(scope="session")
+def base_weights_file(tmp_path_factory):
+    """A MobileNetV2 (32 px) weights file, so tests can use `--weights PATH` offline."""
+    import keras
+
+    keras.utils.set_random_seed(7)
+    path = tmp_path_factory.mktemp("weights") / "mobilenet_v2_32.weights.h5"
+    base = keras.applications.MobileNetV2(include_top=False, weights=None, input_shape=(32, 32, 3))
+    base.save_weights(str(path))
+    return path
+
+
+def invoke(*args):
+    """Runs the smallcnn CLI in-process, as `smallcnn ARGS...`; returns the click Result."""
+    import sys
+    from unittest import mock
+
+    from typer.testing import CliRunner
+
+    from smallcnn.cli import app
+
+    args = [str(a) for a in args]
+    with mock.patch.object(sys, "argv", ["smallcnn", *args]):
+        return CliRunner().invoke(app, args)

@@ -1,0 +1,205 @@
+"""The four commands end to end through the CLI, on tiny generated images."""
+
+import json
+
+import h5py
+import numpy as np
+import pytest
+
+from conftest import invoke, make_dataset
+
+FAST = ["--epochs", "3", "--batch-size", "8"]
+
+
+def _run_dir(result):
+    assert result.exit_code == 0, result.output
+    line = next(l for l in result.output.splitlines() if l.startswith("Model saved in "))
+    return line.split("Model saved in ")[1].split(". Predict")[0]
+
+
+def test_extract_small_base_learns_and_writes_a_run(tiny_data):
+    result = invoke("extract", tiny_data, "--base", "small", "--image-size", "32",
+                    "--epochs", "40", "--out", "runs/x")
+    assert result.exit_code == 0, result.output
+    assert "blue" in result.output and "train" in result.output  # the data table
+    from pathlib import Path
+
+    run = Path("runs/x")
+    assert {p.name for p in run.iterdir()} >= {"model.keras", "metrics.json", "history.csv",
+                                              "smallcnn.json"}
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["val_accuracy"] > 0.75  # two colours: chance is 0.5
+    assert {"val_loss", "epochs", "seconds"} <= set(metrics)
+    config = json.loads((run / "smallcnn.json").read_text())
+    assert config["class_names"] == ["blue", "red"]
+    assert config["base"] == "small" and config["image_size"] == 32
+    assert config["weights"] == "none" and config["preprocessing"] == "scale"
+    assert config["settings"]["epochs"] == 40
+    assert "extract" in config["command_line"]
+    history = (run / "history.csv").read_text().splitlines()
+    assert history[0].startswith("epoch,phase,") and len(history) == metrics["epochs"] + 1
+
+
+def test_predict_json_and_table(tiny_data):
+    invoke("extract", tiny_data, "--base", "small", "--image-size", "32", "--epochs", "40",
+           "--out", "runs/x")
+    images = sorted((tiny_data / "val" / "red").iterdir())[:3]
+    result = invoke("predict", *images, "--model", "runs/x", "--json", "--top-k", "2")
+    assert result.exit_code == 0, result.output
+    predictions = json.loads(result.stdout)
+    assert [p["path"] for p in predictions] == [str(p) for p in images]
+    for p in predictions:
+        assert p["label"] in ("blue", "red")
+        assert len(p["top"]) == 2
+        assert abs(sum(t["probability"] for t in p["top"]) - 1) < 1e-4
+        assert p["probability"] == p["top"][0]["probability"]
+    assert sum(p["label"] == "red" for p in predictions) >= 2
+    # A folder, and the most recent run by default, in a table.
+    table = invoke("predict", tiny_data / "val" / "blue")
+    assert table.exit_code == 0, table.output
+    assert "blue_000.png" in table.output and "probability" in table.output
+
+
+def test_extract_features_are_cached(tiny_data, base_weights_file):
+    args = ["extract", tiny_data, "--weights", base_weights_file, "--image-size", "32", *FAST]
+    first = invoke(*args)
+    assert first.exit_code == 0, first.output
+    assert "from the cache" not in first.output
+    second = invoke(*args)
+    assert second.exit_code == 0, second.output
+    assert "train: 24 feature vectors from the cache" in second.output
+    # Touching a file changes the key for its split.
+    (tiny_data / "train" / "red" / "red_000.png").touch()
+    import os, time
+    path = tiny_data / "train" / "red" / "red_000.png"
+    os.utime(path, (time.time() + 5, time.time() + 5))
+    third = invoke(*args)
+    assert "train: 24 feature vectors from the cache" not in third.output
+    assert "val: 24 feature vectors from the cache" in third.output
+
+
+def _base_weights(run_dir, base_layer):
+    import keras
+
+    import smallcnn.layers  # noqa: F401
+
+    model = keras.saving.load_model(f"{run_dir}/model.keras", safe_mode=True, compile=False)
+    base = model.get_layer(base_layer)
+    return {layer.name: [w.numpy() for w in layer.weights] for layer in base.layers if layer.weights}
+
+
+def _file_weights(path):
+    import keras
+
+    base = keras.applications.MobileNetV2(include_top=False, weights=None, input_shape=(32, 32, 3))
+    base.load_weights(str(path))
+    return base.name, {l.name: [w.numpy() for w in l.weights] for l in base.layers if l.weights}
+
+
+def test_train_freeze_keeps_base_and_finetune_changes_only_unfrozen_layers(
+    tiny_data, base_weights_file
+):
+    base_name, original = _file_weights(base_weights_file)
+    frozen = invoke("train", tiny_data, "--freeze", "--weights", base_weights_file,
+                    "--image-size", "32", *FAST, "--learning-rate", "0.01", "--out", "runs/f")
+    assert frozen.exit_code == 0, frozen.output
+    after_train = _base_weights("runs/f", base_name)
+    assert all(np.array_equal(a, b) for name in original
+               for a, b in zip(original[name], after_train[name]))
+
+    tuned = invoke("finetune", "--from", "runs/f", "--unfreeze", "2", "--epochs", "2",
+                   "--batch-size", "8", "--learning-rate", "0.01", "--out", "runs/t")
+    assert tuned.exit_code == 0, tuned.output
+    assert "Unfroze 2 base layer(s): Conv_1, block_16_project" in tuned.output
+    assert "parameters now train" in tuned.output
+    after_tune = _base_weights("runs/t", base_name)
+    changed = {name for name in original
+               if not all(np.array_equal(a, b) for a, b in zip(original[name], after_tune[name]))}
+    assert changed == {"Conv_1", "block_16_project"}  # BatchNorm and lower layers untouched
+    metrics = json.loads(open("runs/t/metrics.json").read())
+    assert metrics["unfrozen_layers"] == ["Conv_1", "block_16_project"]
+    config = json.loads(open("runs/t/smallcnn.json").read())
+    assert config["from_run"].endswith("runs/f")
+
+
+def test_finetune_without_a_run_trains_the_head_first(tiny_data, base_weights_file):
+    result = invoke("finetune", tiny_data, "--weights", base_weights_file, "--image-size", "32",
+                    "--head-epochs", "2", "--epochs", "2", "--unfreeze", "1",
+                    "--batch-size", "8", "--out", "runs/ft")
+    assert result.exit_code == 0, result.output
+    history = open("runs/ft/history.csv").read()
+    assert ",frozen," in history and ",finetune," in history
+    metrics = json.loads(open("runs/ft/metrics.json").read())
+    assert metrics["finetune_start_epoch"] >= 2
+
+
+def test_finetune_accepts_a_run_folder_as_argument(tiny_data):
+    invoke("train", tiny_data, "--base", "small", "--image-size", "32", *FAST, "--out", "runs/s")
+    result = invoke("finetune", "runs/s", "--unfreeze", "1", "--epochs", "1", "--out", "runs/s2")
+    assert result.exit_code == 0, result.output
+    assert "Unfroze 1 base layer(s): block4_conv" in result.output
+
+
+def test_train_small_from_scratch_beats_chance(tmp_path):
+    data = make_dataset(tmp_path / "d", per_class=20, classes=("red", "green", "blue"))
+    result = invoke("train", data, "--base", "small", "--image-size", "32", "--epochs", "15",
+                    "--batch-size", "8", "--augment", "light", "--out", "runs/s")
+    assert result.exit_code == 0, result.output
+    metrics = json.loads(open("runs/s/metrics.json").read())
+    assert metrics["val_accuracy"] > 0.6  # three classes: chance is 0.33
+    config = json.loads(open("runs/s/smallcnn.json").read())
+    assert config["settings"]["freeze"] is False
+    assert config["settings"]["augmentation"]["flip"] == "horizontal"
+
+
+def test_test_split_is_evaluated(tmp_path):
+    data = make_dataset(tmp_path / "d", per_class=6, splits=("train", "val", "test"))
+    result = invoke("extract", data, "--base", "small", "--image-size", "32", *FAST,
+                    "--out", "runs/x")
+    assert result.exit_code == 0, result.output
+    metrics = json.loads(open("runs/x/metrics.json").read())
+    assert 0 <= metrics["test_accuracy"] <= 1
+    assert "test" in result.output
+
+
+@pytest.mark.parametrize(
+    "args, code, message",
+    [
+        (["extract", "nowhere"], 3, "Data folder not found: 'nowhere'"),
+        (["extract", "{data}", "--base", "vgg17"], 2, "Unknown base: 'vgg17'"),
+        (["train", "{data}", "--augment", "wild"], 2, "Unknown --augment preset 'wild'"),
+        (["train", "{data}", "--flip", "diagonal"], 2, "Unknown --flip 'diagonal'"),
+        (["extract", "{data}", "--optimizer", "lion", "--base", "small", "--image-size", "32"], 2,
+         "Unknown --optimizer 'lion'"),
+        (["extract", "{data}", "--base", "small", "--weights", "imagenet"], 2,
+         "has no pretrained weights"),
+        (["predict", "x.png"], 4, "No trained model found"),
+        (["predict", "x.png", "--model", "nowhere"], 4, "No run folder or model at 'nowhere'"),
+        (["finetune", "--from", "nowhere"], 4, "No run folder or model at 'nowhere'"),
+    ],
+)
+def test_refusals_are_one_clear_line(tiny_data, args, code, message):
+    result = invoke(*[a.replace("{data}", str(tiny_data)) for a in args])
+    assert result.exit_code == code, result.output
+    assert message in result.output
+    assert "Traceback" not in result.output
+
+
+def test_an_existing_run_is_not_overwritten_unless_asked(tiny_data):
+    args = ["extract", tiny_data, "--base", "small", "--image-size", "32", *FAST, "--out", "runs/x"]
+    assert invoke(*args).exit_code == 0
+    before = open("runs/x/model.keras", "rb").read()
+    again = invoke(*args)
+    assert again.exit_code == 2 and "already holds a run" in again.output
+    assert open("runs/x/model.keras", "rb").read() == before
+    assert invoke(*args, "--overwrite").exit_code == 0
+
+
+def test_predict_refuses_damaged_model_and_missing_image(tiny_data):
+    invoke("extract", tiny_data, "--base", "small", "--image-size", "32", *FAST, "--out", "runs/x")
+    missing = invoke("predict", "nope.png", "--model", "runs/x")
+    assert missing.exit_code == 3 and "No such image file or folder: 'nope.png'" in missing.output
+    with open("runs/x/model.keras", "r+b") as f:
+        f.truncate(1000)
+    damaged = invoke("predict", tiny_data / "val", "--model", "runs/x")
+    assert damaged.exit_code == 4 and "not a Keras model file" in damaged.output
