@@ -1,6 +1,7 @@
 """Keras callbacks used while training: progress reporting and an atomic checkpoint."""
 
 import math
+import time
 
 import keras
 
@@ -53,16 +54,29 @@ class ReportEpochs(keras.callbacks.Callback):
 
 
 class AtomicCheckpoint(keras.callbacks.Callback):
-    """Saves the model whenever `monitor` improves, through a temporary file and a rename."""
+    """Saves a model when `monitor` improves, through a temporary file and a rename.
 
-    def __init__(self, path, monitor="val_loss"):
+    Saving a whole classifier takes about a second, so an improvement is written at
+    most every `min_interval` seconds; the run's final save writes the best model
+    anyway. `model` is the model to save when it is not the one being fitted (a head
+    trained on features is saved as the whole classifier it belongs to).
+    """
+
+    def __init__(self, path, model=None, monitor="val_loss", min_interval=30.0):
         super().__init__()
         self.path = path
         self.monitor = monitor
+        self.min_interval = min_interval
         self.best = math.inf
+        self._to_save = model
+        self._last_save = -math.inf
 
     def on_epoch_end(self, epoch, logs=None):
         value = (logs or {}).get(self.monitor)
-        if value is not None and value < self.best:
-            self.best = value
-            runs.save_model(self.model, self.path)
+        if value is None or value >= self.best:
+            return
+        self.best = value
+        now = time.monotonic()
+        if now - self._last_save >= self.min_interval:
+            runs.save_model(self._to_save or self.model, self.path)
+            self._last_save = now

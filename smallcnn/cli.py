@@ -7,7 +7,6 @@ their class; a traceback is shown only with --debug.
 import json
 import os
 import sys
-import tempfile
 from pathlib import Path
 from typing import List, Optional
 
@@ -29,29 +28,16 @@ _state = {"debug": False}
 
 
 def _quiet_tensorflow():
-    """Imports TensorFlow with its C++ start-up chatter sent nowhere.
-
-    TF prints several INFO lines to fd 2 before its log level applies; a user cannot act
-    on them. Anything printed is shown after all if the import fails.
-    """
+    """Imports TensorFlow without its C++ start-up chatter (see `smallcnn.quiet`)."""
     if "tensorflow" in sys.modules:
         return
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    saved = os.dup(2)
-    with tempfile.TemporaryFile() as captured:
-        os.dup2(captured.fileno(), 2)
-        try:
-            import tensorflow as tf
+    from smallcnn.quiet import native_stderr_silenced
 
-            tf.config.list_physical_devices()
-        except BaseException:
-            os.dup2(saved, 2)
-            captured.seek(0)
-            sys.stderr.write(captured.read().decode(errors="replace"))
-            raise
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
+    with native_stderr_silenced():
+        import tensorflow as tf
+
+        tf.config.list_physical_devices()
 
 
 def _library_call(name):
@@ -144,7 +130,7 @@ Seed = Annotated[int, typer.Option(help="Random seed (split, shuffling, augmenta
 ValSplit = Annotated[float, typer.Option(help="Fraction of each class held out for validation when DATA has no validation folder.")]
 Out = Annotated[Optional[Path], typer.Option(help="Run folder to write.  [default: runs/<command>-<time>]", show_default=False)]
 Overwrite = Annotated[bool, typer.Option(help="Replace a run already in --out.")]
-Augment = Annotated[Optional[str], typer.Option(help="Augmentation preset: none, light, standard or strong.  [default: standard]", show_default=False)]
+Augment = Annotated[Optional[str], typer.Option(help="Augmentation preset: none, light, standard or strong.  [default: light]", show_default=False)]
 Rotation = Annotated[Optional[float], typer.Option(help="Random rotation range in degrees.", show_default=False)]
 Shift = Annotated[Optional[float], typer.Option(help="Random shift, fraction of width and height.", show_default=False)]
 Shear = Annotated[Optional[float], typer.Option(help="Random shear factor.", show_default=False)]
@@ -152,6 +138,7 @@ Zoom = Annotated[Optional[float], typer.Option(help="Random zoom range: scale in
 Flip = Annotated[Optional[str], typer.Option(help="Random flips: horizontal, vertical, both or none.", show_default=False)]
 Brightness = Annotated[Optional[float], typer.Option(help="Random brightness change, fraction of the range.", show_default=False)]
 Contrast = Annotated[Optional[float], typer.Option(help="Random contrast change factor.", show_default=False)]
+Engine = Annotated[str, typer.Option(help="Engine for the frozen base's forward pass: auto (LiteRT for pretrained weights), litert or tf.")]
 Unfreeze = Annotated[int, typer.Option(help="Number of top base layers with weights to unfreeze (BatchNorm excluded).")]
 
 
@@ -187,6 +174,7 @@ def extract(
     patience: Patience = None,
     seed: Seed = 42,
     val_split: ValSplit = 0.2,
+    engine: Engine = "auto",
     out: Out = None,
     overwrite: Overwrite = False,
 ):
@@ -198,7 +186,7 @@ def extract(
         base=base, weights=weights, image_size=image_size, batch_size=batch_size, epochs=epochs,
         learning_rate=learning_rate, optimizer=optimizer, momentum=momentum, nesterov=nesterov,
         lr_schedule=lr_schedule, dropout=dropout, hidden=hidden, patience=patience, seed=seed,
-        val_split=val_split,
+        val_split=val_split, engine=engine,
     )
     result = _run("extract", data, settings, out=out, overwrite=overwrite)
     _report(result)
@@ -231,6 +219,7 @@ def train(
     flip: Flip = None,
     brightness: Brightness = None,
     contrast: Contrast = None,
+    engine: Engine = "auto",
     out: Out = None,
     overwrite: Overwrite = False,
 ):
@@ -241,6 +230,7 @@ def train(
         nesterov=nesterov, lr_schedule=lr_schedule, dropout=dropout, hidden=hidden,
         patience=patience, seed=seed, val_split=val_split, augment=augment, rotation=rotation,
         shift=shift, shear=shear, zoom=zoom, flip=flip, brightness=brightness, contrast=contrast,
+        engine=engine,
     )
     result = _run("train", data, settings, out=out, overwrite=overwrite)
     _report(result)
@@ -276,6 +266,7 @@ def finetune(
     flip: Flip = None,
     brightness: Brightness = None,
     contrast: Contrast = None,
+    engine: Engine = "auto",
     out: Out = None,
     overwrite: Overwrite = False,
 ):
@@ -290,7 +281,7 @@ def finetune(
         learning_rate=learning_rate, optimizer=optimizer, momentum=momentum, nesterov=nesterov,
         lr_schedule=lr_schedule, dropout=dropout, hidden=hidden, patience=patience, seed=seed,
         val_split=val_split, augment=augment, rotation=rotation, shift=shift, shear=shear,
-        zoom=zoom, flip=flip, brightness=brightness, contrast=contrast,
+        zoom=zoom, flip=flip, brightness=brightness, contrast=contrast, engine=engine,
     )
     result = _run("finetune", data, from_run=from_run, settings=settings, out=out,
                   overwrite=overwrite)

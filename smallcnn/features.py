@@ -24,7 +24,7 @@ def cache_dir():
     return Path(root) / "features"
 
 
-def _weights_identity(weights):
+def weights_identity(weights):
     if weights in ("imagenet", "none"):
         return weights
     stat = os.stat(weights)
@@ -46,7 +46,7 @@ def cache_key(spec, weights, image_size, paths):
         "format": CACHE_FORMAT,
         "base": spec.name,
         "preprocessing": spec.preprocessing,
-        "weights": _weights_identity(weights),
+        "weights": weights_identity(weights),
         "image_size": image_size,
         "files": files,
     }
@@ -86,21 +86,3 @@ def store(key, features, labels, paths, skipped):
         _atomic_write(folder / f"{key}.npz", write)
     except OSError:
         pass  # a read-only or full cache only costs time on the next run
-
-
-def compute_features(feature_model, images, batch_size=64, progress=None):
-    """Runs the feature model over a uint8 image array in batches; returns float32 features."""
-    import tensorflow as tf
-
-    run = tf.function(lambda x: feature_model(x, training=False), reduce_retracing=True)
-    n = len(images)
-    out = None
-    for start in range(0, n, batch_size):
-        batch = tf.cast(np.asarray(images[start : start + batch_size]), tf.float32)
-        values = run(batch).numpy()
-        if out is None:
-            out = np.empty((n, values.shape[-1]), dtype=np.float32)
-        out[start : start + len(values)] = values
-        if progress is not None:
-            progress(min(start + batch_size, n))
-    return out

@@ -24,7 +24,7 @@ from smallcnn.reporting import Reporter
 # (image size, weights), then these.
 COMMAND_DEFAULTS = {
     "extract": dict(epochs=100, learning_rate=1e-3, patience=10, augment="none"),
-    "train": dict(epochs=30, learning_rate=1e-3, patience=5, augment=DEFAULT_PRESET),
+    "train": dict(epochs=50, learning_rate=1e-3, patience=8, augment=DEFAULT_PRESET),
     "finetune": dict(
         epochs=15,
         learning_rate=1e-5,
@@ -67,6 +67,7 @@ class Settings:
     unfreeze: int = 4
     head_epochs: int = None
     head_learning_rate: float = None
+    engine: str = "auto"
 
     def resolve(self, command, spec=None):
         """A copy with every None replaced by the command's or the base's default."""
@@ -119,7 +120,11 @@ class RunResult:
 
 
 class _Context:
-    """What every training command starts from: settings, base entry, data set."""
+    """What every training command starts from: settings, base entry, data set.
+
+    It also holds the decoded images and the base's features, so that no image is
+    decoded twice and no feature computed twice in one run.
+    """
 
     def __init__(self, command, data_dir, settings, reporter, command_line=None):
         import keras
@@ -137,18 +142,66 @@ class _Context:
         self.dataset = find_dataset(data_dir, self.settings.val_split, self.settings.seed)
         reporter.dataset(self.dataset)
         keras.utils.set_random_seed(self.settings.seed)
-        self.skipped = []
+        self.skipped = {}  # path -> reason, for unreadable images left out
+        self._decoded = {}
+        self._features = {}
+        self._engine = None
 
-    def decode(self):
+    def decoded(self, name):
+        """The decoded images of one split (decoded on first use only)."""
         from smallcnn.pipeline import decode_split
 
-        decoded = {}
-        for name, split in self.dataset.splits.items():
-            decoded[name] = decode_split(split, self.settings.image_size, self.reporter)
-            self.skipped.extend([f.path, f.reason] for f in decoded[name].skipped)
-        return decoded
+        if name not in self._decoded:
+            split = self.dataset.splits[name]
+            decoded = decode_split(split, self.settings.image_size, self.reporter)
+            self.skipped.update((f.path, f.reason) for f in decoded.skipped)
+            self._decoded[name] = decoded
+        return self._decoded[name]
 
-    def config(self, run_dir, base_layer, extra=None):
+    def build_base(self):
+        from smallcnn.models import feature_extractor
+
+        s = self.settings
+        self.base = build_base(self.spec, s.image_size, self.weights)
+        self.extractor = feature_extractor(self.spec, self.base, s.image_size)
+        return self.base
+
+    def engine(self):
+        """The inference engine for the frozen base (see `smallcnn.engine`)."""
+        from smallcnn.engine import feature_engine
+
+        if self._engine is None:
+            self._engine = feature_engine(self.spec, self.weights, self.settings.image_size,
+                                          self.extractor, self.settings.engine, self.reporter)
+        return self._engine
+
+    def features(self, name):
+        """Pooled base features and labels of one split, from the cache when possible."""
+        from smallcnn import features as cache
+        from smallcnn.engine import compute_features
+
+        if name in self._features:
+            return self._features[name]
+        split = self.dataset.splits[name]
+        key = cache.cache_key(self.spec, self.weights, self.settings.image_size, split.paths)
+        cached = cache.load_cached(key)
+        if cached is not None:
+            values, labels, _, skipped = cached
+            self.skipped.update((path, reason) for path, reason in skipped)
+            self.reporter.note(f"{name}: {len(values)} feature vectors from the cache")
+        else:
+            decoded = self.decoded(name)
+            engine = self.engine()
+            with self.reporter.progress(f"Extracting {name} features ({engine.name})",
+                                        len(decoded)) as advance:
+                values = compute_features(engine, decoded.images, progress=advance)
+            labels = decoded.labels
+            skipped = [[f.path, f.reason] for f in decoded.skipped]
+            cache.store(key, values, labels, decoded.paths, skipped)
+        self._features[name] = (values, np.asarray(labels, dtype=np.int32))
+        return self._features[name]
+
+    def config(self, base_layer, extra=None):
         settings = dataclasses.asdict(self.settings)
         settings["augmentation"] = dataclasses.asdict(self.settings.augmentation())
         return {
@@ -169,27 +222,60 @@ class _Context:
             **(extra or {}),
         }
 
+    def optimizer(self, learning_rate, steps, epochs):
+        from smallcnn.models import make_optimizer
 
-def _callbacks(reporter, phase, patience, epochs, steps, checkpoint=None, plateau=False):
-    import keras
+        s = self.settings
+        return make_optimizer(s.optimizer, learning_rate, s.momentum, s.nesterov, s.lr_schedule,
+                              steps, epochs)
 
-    from smallcnn.callbacks import AtomicCheckpoint, ReportEpochs
+    def callbacks(self, phase, epochs, steps, checkpoint=None):
+        import keras
 
-    callbacks = [
-        keras.callbacks.EarlyStopping(
-            monitor="val_loss", patience=patience, restore_best_weights=True
-        ),
-        ReportEpochs(reporter, phase, epochs, steps),
-    ]
-    if plateau:
-        callbacks.append(
-            keras.callbacks.ReduceLROnPlateau(
-                monitor="val_loss", factor=0.2, patience=max(1, patience // 2), min_lr=1e-7
+        from smallcnn.callbacks import AtomicCheckpoint, ReportEpochs
+
+        s = self.settings
+        callbacks = [
+            keras.callbacks.EarlyStopping(
+                monitor="val_loss", patience=s.patience, restore_best_weights=True
+            ),
+            ReportEpochs(self.reporter, phase, epochs, steps),
+        ]
+        if s.lr_schedule == "plateau":
+            callbacks.append(
+                keras.callbacks.ReduceLROnPlateau(
+                    monitor="val_loss", factor=0.2, patience=max(1, s.patience // 2), min_lr=1e-7
+                )
             )
+        if checkpoint is not None:
+            callbacks.append(AtomicCheckpoint(*checkpoint))
+        return callbacks
+
+    def finish(self, run_dir, model, config, rows, evaluations, extra_metrics=None):
+        """Writes the run folder; returns the metrics."""
+        metrics = {"val_accuracy": evaluations["val"][1], "val_loss": evaluations["val"][0]}
+        if "test" in evaluations:
+            metrics["test_accuracy"] = evaluations["test"][1]
+            metrics["test_loss"] = evaluations["test"][0]
+        metrics.update(
+            {
+                "epochs": len(rows),
+                "best_epoch": _best_epoch(rows),
+                "seconds": round(time.time() - self.started, 2),
+                "train_images": len(self.dataset.train),
+                "skipped_images": len(self.skipped),
+                **(extra_metrics or {}),
+            }
         )
-    if checkpoint is not None:
-        callbacks.append(AtomicCheckpoint(checkpoint))
-    return callbacks
+        runs.save_model(model, run_dir / runs.MODEL_FILE)
+        runs.write_json(run_dir / runs.CONFIG_FILE, config)
+        runs.write_json(run_dir / runs.METRICS_FILE, metrics)
+        runs.write_history(run_dir / runs.HISTORY_FILE, rows)
+        return metrics
+
+    def result(self, run_dir, metrics, rows, **extra):
+        return RunResult(self.command, run_dir, self.dataset.class_names, metrics, rows,
+                         [[p, r] for p, r in self.skipped.items()], **extra)
 
 
 def _history_rows(history, phase, first_epoch=1):
@@ -207,29 +293,23 @@ def _best_epoch(rows):
     return min(scored, key=lambda r: r["val_loss"])["epoch"] if scored else None
 
 
-def _finish(context, run_dir, model, config, rows, evaluations, extra_metrics=None):
-    metrics = {
-        "val_accuracy": evaluations["val"][1],
-        "val_loss": evaluations["val"][0],
+def _evaluate_head(head, context, names):
+    return {
+        name: [float(v) for v in head.evaluate(*context.features(name), batch_size=256, verbose=0)]
+        for name in names
     }
-    if "test" in evaluations:
-        metrics["test_accuracy"] = evaluations["test"][1]
-        metrics["test_loss"] = evaluations["test"][0]
-    metrics.update(
-        {
-            "epochs": len(rows),
-            "best_epoch": _best_epoch(rows),
-            "seconds": round(time.time() - context.started, 2),
-            "train_images": len(context.dataset.train),
-            "skipped_images": len(context.skipped),
-            **(extra_metrics or {}),
-        }
-    )
-    runs.save_model(model, run_dir / runs.MODEL_FILE)
-    runs.write_json(run_dir / runs.CONFIG_FILE, config)
-    runs.write_json(run_dir / runs.METRICS_FILE, metrics)
-    runs.write_history(run_dir / runs.HISTORY_FILE, rows)
-    return metrics
+
+
+def _eval_splits(context):
+    return [name for name in context.dataset.splits if name != "train"]
+
+
+def _new_head(context, feature_width=None):
+    from smallcnn.models import build_head
+
+    s = context.settings
+    return build_head(feature_width or context.spec.feature_width,
+                      len(context.dataset.class_names), s.dropout, s.hidden)
 
 
 def extract(data_dir, settings=None, out=None, overwrite=False, reporter=None,
@@ -247,94 +327,99 @@ def extract(data_dir, settings=None, out=None, overwrite=False, reporter=None,
     Returns:
         A `RunResult`. The saved model takes raw images (base + head).
     """
-    from smallcnn import features as feature_cache
-    from smallcnn.models import (build_classifier, build_head, compile_model,
-                                 feature_extractor, make_optimizer)
-    from smallcnn.pipeline import decode_split
+    from smallcnn.models import build_classifier, compile_model
 
     reporter = reporter or Reporter()
     context = _Context("extract", data_dir, settings or Settings(), reporter, command_line)
     s = context.settings
-    base = build_base(context.spec, s.image_size, context.weights)
-    extractor = feature_extractor(context.spec, base, s.image_size)
+    base = context.build_base()
     run_dir = runs.new_run_dir("extract", out, overwrite=overwrite)
-
-    features = {}
-    for name, split in context.dataset.splits.items():
-        key = feature_cache.cache_key(context.spec, context.weights, s.image_size, split.paths)
-        cached = feature_cache.load_cached(key)
-        if cached is not None:
-            values, labels, _, skipped = cached
-            reporter.note(f"{name}: {len(values)} feature vectors from the cache")
-        else:
-            decoded = decode_split(split, s.image_size, reporter)
-            with reporter.progress(f"Extracting {name} features", len(decoded)) as advance:
-                values = feature_cache.compute_features(extractor, decoded.images, progress=advance)
-            labels = decoded.labels
-            skipped = [[f.path, f.reason] for f in decoded.skipped]
-            feature_cache.store(key, values, labels, decoded.paths, skipped)
-        context.skipped.extend(skipped)
-        features[name] = (values, np.asarray(labels, dtype=np.int32))
-
-    head = build_head(
-        features["train"][0].shape[1], len(context.dataset.class_names), s.dropout, s.hidden
-    )
-    steps = int(np.ceil(len(features["train"][0]) / s.batch_size))
-    compile_model(
-        head,
-        make_optimizer(s.optimizer, s.learning_rate, s.momentum, s.nesterov, s.lr_schedule,
-                       steps, s.epochs),
-    )
+    train_x, train_y = context.features("train")
+    head = _new_head(context, train_x.shape[1])
+    steps = int(np.ceil(len(train_x) / s.batch_size))
+    compile_model(head, context.optimizer(s.learning_rate, steps, s.epochs))
     history = head.fit(
-        *features["train"],
-        validation_data=features["val"],
+        train_x, train_y,
+        validation_data=context.features("val"),
         batch_size=s.batch_size,
         epochs=s.epochs,
         shuffle=True,
         verbose=0,
-        callbacks=_callbacks(reporter, "head", s.patience, s.epochs, steps,
-                             plateau=s.lr_schedule == "plateau"),
+        callbacks=context.callbacks("head", s.epochs, steps),
     )
     rows = _history_rows(history, "head")
-    evaluations = {
-        name: [float(v) for v in head.evaluate(x, y, batch_size=256, verbose=0)]
-        for name, (x, y) in features.items()
-        if name != "train"
-    }
+    evaluations = _evaluate_head(head, context, _eval_splits(context))
     model = build_classifier(context.spec, base, head, s.image_size)
-    config = context.config(run_dir, base.name)
-    metrics = _finish(context, run_dir, model, config, rows, evaluations)
-    return RunResult("extract", run_dir, context.dataset.class_names, metrics, rows, context.skipped)
+    metrics = context.finish(run_dir, model, context.config(base.name), rows, evaluations)
+    return context.result(run_dir, metrics, rows)
 
 
-def _image_datasets(context, decoded):
+def _augmented_features(context, steps):
+    """An endless stream of (features, labels) batches of augmented training images.
+
+    The frozen base needs no gradients, so each augmented batch goes through the
+    inference engine and only the head trains: the same training as end to end with
+    `trainable=False`, at the speed of inference.
+    """
+    from smallcnn.augment import build_augmenter
+    from smallcnn.engine import TensorFlowEngine
+    from smallcnn.pipeline import batches
+
+    s = context.settings
+    train = context.decoded("train")
+    augmenter = build_augmenter(s.augmentation(), seed=s.seed)
+    engine = context.engine()
+    dataset = batches(train.images, train.labels, s.batch_size, shuffle=True, seed=s.seed,
+                      augmenter=augmenter, background=isinstance(engine, TensorFlowEngine))
+    while True:
+        for x, y in dataset:
+            yield engine(x.numpy()), y.numpy()
+
+
+def _train_head_frozen(context, model, head, run_dir, phase, epochs, learning_rate):
+    """Trains the head on augmented images with the base frozen; returns history rows."""
+    from smallcnn.models import compile_model
+
+    s = context.settings
+    val = context.features("val")
+    steps = int(np.ceil(len(context.decoded("train")) / s.batch_size))
+    compile_model(head, context.optimizer(learning_rate, steps, epochs))
+    history = head.fit(
+        _augmented_features(context, steps),
+        steps_per_epoch=steps,
+        shuffle=False,  # the stream is shuffled
+        validation_data=val,
+        epochs=epochs,
+        verbose=0,
+        callbacks=context.callbacks(phase, epochs, steps,
+                                    checkpoint=(run_dir / runs.MODEL_FILE, model)),
+    )
+    return _history_rows(history, phase)
+
+
+def _image_datasets(context):
     from smallcnn.augment import build_augmenter
     from smallcnn.pipeline import batches
 
     s = context.settings
     augmenter = build_augmenter(s.augmentation(), seed=s.seed)
-    train = decoded["train"]
+    train = context.decoded("train")
     train_ds = batches(train.images, train.labels, s.batch_size, shuffle=True, seed=s.seed,
                        augmenter=augmenter)
-    eval_ds = {
-        name: batches(split.images, split.labels, s.batch_size)
-        for name, split in decoded.items()
-        if name != "train"
-    }
+    eval_ds = {}
+    for name in _eval_splits(context):
+        split = context.decoded(name)
+        eval_ds[name] = batches(split.images, split.labels, s.batch_size)
     steps = int(np.ceil(len(train) / s.batch_size))
     return train_ds, eval_ds, steps
 
 
-def _fit_images(context, model, train_ds, eval_ds, steps, phase, epochs, learning_rate, run_dir,
-                initial_epoch=0):
-    from smallcnn.models import compile_model, make_optimizer
+def _train_end_to_end(context, model, run_dir, phase, epochs, learning_rate, initial_epoch=0):
+    """Trains every trainable layer of the model on augmented images; returns history rows."""
+    from smallcnn.models import compile_model
 
-    s = context.settings
-    compile_model(
-        model,
-        make_optimizer(s.optimizer, learning_rate, s.momentum, s.nesterov, s.lr_schedule, steps,
-                       epochs),
-    )
+    train_ds, eval_ds, steps = _image_datasets(context)
+    compile_model(model, context.optimizer(learning_rate, steps, epochs))
     history = model.fit(
         train_ds,
         validation_data=eval_ds["val"],
@@ -342,20 +427,18 @@ def _fit_images(context, model, train_ds, eval_ds, steps, phase, epochs, learnin
         initial_epoch=initial_epoch,
         shuffle=False,  # the tf.data pipeline shuffles
         verbose=0,
-        callbacks=_callbacks(context.reporter, phase, s.patience, epochs, steps,
-                             checkpoint=run_dir / runs.MODEL_FILE,
-                             plateau=s.lr_schedule == "plateau"),
+        callbacks=context.callbacks(phase, epochs, steps,
+                                    checkpoint=(run_dir / runs.MODEL_FILE, model)),
     )
-    return _history_rows(history, phase, first_epoch=initial_epoch + 1)
-
-
-def _evaluate(model, eval_ds):
-    return {name: [float(v) for v in model.evaluate(ds, verbose=0)] for name, ds in eval_ds.items()}
+    rows = _history_rows(history, phase, first_epoch=initial_epoch + 1)
+    evaluations = {name: [float(v) for v in model.evaluate(ds, verbose=0)]
+                   for name, ds in eval_ds.items()}
+    return rows, evaluations
 
 
 def train(data_dir, settings=None, out=None, overwrite=False, reporter=None,
-            command_line=None):
-    """Trains the classifier end to end on augmented images.
+          command_line=None):
+    """Trains the classifier on augmented images, with early stopping.
 
     With `settings.freeze` (the default for pretrained bases) the base stays frozen and
     only the head learns; without it (the default for `--base small` or
@@ -364,25 +447,27 @@ def train(data_dir, settings=None, out=None, overwrite=False, reporter=None,
     Returns:
         A `RunResult`.
     """
-    from smallcnn.models import build_classifier, build_head
+    from smallcnn.models import build_classifier
 
     reporter = reporter or Reporter()
     context = _Context("train", data_dir, settings or Settings(), reporter, command_line)
     s = context.settings
-    base = build_base(context.spec, s.image_size, context.weights)
+    base = context.build_base()
     base.trainable = not s.freeze
     run_dir = runs.new_run_dir("train", out, overwrite=overwrite)
-    decoded = context.decode()
-    train_ds, eval_ds, steps = _image_datasets(context, decoded)
-    head = build_head(context.spec.feature_width, len(context.dataset.class_names), s.dropout,
-                      s.hidden)
+    head = _new_head(context)
     model = build_classifier(context.spec, base, head, s.image_size)
-    config = context.config(run_dir, base.name)
+    config = context.config(base.name)
     runs.write_json(run_dir / runs.CONFIG_FILE, config)  # the checkpoint is usable at once
-    rows = _fit_images(context, model, train_ds, eval_ds, steps, "frozen" if s.freeze else "full",
-                       s.epochs, s.learning_rate, run_dir)
-    metrics = _finish(context, run_dir, model, config, rows, _evaluate(model, eval_ds))
-    return RunResult("train", run_dir, context.dataset.class_names, metrics, rows, context.skipped)
+    if s.freeze:
+        rows = _train_head_frozen(context, model, head, run_dir, "frozen", s.epochs,
+                                  s.learning_rate)
+        evaluations = _evaluate_head(head, context, _eval_splits(context))
+    else:
+        rows, evaluations = _train_end_to_end(context, model, run_dir, "full", s.epochs,
+                                              s.learning_rate)
+    metrics = context.finish(run_dir, model, config, rows, evaluations)
+    return context.result(run_dir, metrics, rows)
 
 
 def finetune(data_dir=None, from_run=None, settings=None, out=None, overwrite=False,
@@ -396,8 +481,7 @@ def finetune(data_dir=None, from_run=None, settings=None, out=None, overwrite=Fa
     Returns:
         A `RunResult` whose `unfrozen` lists the unfrozen layers.
     """
-    from smallcnn.models import (build_classifier, build_head, count_params, find_base,
-                                 unfreeze_top)
+    from smallcnn.models import build_classifier, count_params, find_base, unfreeze_top
 
     reporter = reporter or Reporter()
     settings = settings or Settings()
@@ -420,9 +504,6 @@ def finetune(data_dir=None, from_run=None, settings=None, out=None, overwrite=Fa
         raise UsageError("finetune needs DATA, or a run to start from: --from RUN.")
     context = _Context("finetune", data_dir, settings, reporter, command_line)
     s = context.settings
-    run_dir = runs.new_run_dir("finetune", out, overwrite=overwrite)
-    decoded = context.decode()
-    train_ds, eval_ds, steps = _image_datasets(context, decoded)
     rows = []
     if source_config is not None:
         if source_config["class_names"] != context.dataset.class_names:
@@ -433,17 +514,18 @@ def finetune(data_dir=None, from_run=None, settings=None, out=None, overwrite=Fa
         model = runs.load_model(from_run)
         base = find_base(model, source_config["base_layer"])
         context.weights_source = source_config["weights"]
-        config = context.config(run_dir, base.name, {"from_run": str(from_run)})
+        run_dir = runs.new_run_dir("finetune", out, overwrite=overwrite)
+        config = context.config(base.name, {"from_run": str(from_run)})
     else:
-        base = build_base(context.spec, s.image_size, context.weights)
+        base = context.build_base()
         base.trainable = False
-        head = build_head(context.spec.feature_width, len(context.dataset.class_names),
-                          s.dropout, s.hidden)
+        run_dir = runs.new_run_dir("finetune", out, overwrite=overwrite)
+        head = _new_head(context)
         model = build_classifier(context.spec, base, head, s.image_size)
-        config = context.config(run_dir, base.name)
+        config = context.config(base.name)
         runs.write_json(run_dir / runs.CONFIG_FILE, config)
-        rows = _fit_images(context, model, train_ds, eval_ds, steps, "frozen", s.head_epochs,
-                           s.head_learning_rate, run_dir)
+        rows = _train_head_frozen(context, model, head, run_dir, "frozen", s.head_epochs,
+                                  s.head_learning_rate)
     runs.write_json(run_dir / runs.CONFIG_FILE, config)
 
     unfrozen = unfreeze_top(base, s.unfreeze)
@@ -452,11 +534,10 @@ def finetune(data_dir=None, from_run=None, settings=None, out=None, overwrite=Fa
         f"Unfroze {len(unfrozen)} base layer(s): {', '.join(unfrozen)}; "
         f"{trainable:,} parameters now train (head included)."
     )
-    rows += _fit_images(context, model, train_ds, eval_ds, steps, "finetune", s.epochs,
-                        s.learning_rate, run_dir, initial_epoch=len(rows))
-    finetune_start = next((r["epoch"] for r in rows if r["phase"] == "finetune"), None)
-    metrics = _finish(context, run_dir, model, config, rows, _evaluate(model, eval_ds),
-                      {"finetune_start_epoch": finetune_start, "unfrozen_layers": unfrozen,
-                       "trainable_params": trainable})
-    return RunResult("finetune", run_dir, context.dataset.class_names, metrics, rows,
-                     context.skipped, unfrozen, trainable)
+    tuned, evaluations = _train_end_to_end(context, model, run_dir, "finetune", s.epochs,
+                                           s.learning_rate, initial_epoch=len(rows))
+    rows += tuned
+    metrics = context.finish(run_dir, model, config, rows, evaluations,
+                             {"finetune_start_epoch": len(rows) - len(tuned) + 1,
+                              "unfrozen_layers": unfrozen, "trainable_params": trainable})
+    return context.result(run_dir, metrics, rows, unfrozen=unfrozen, trainable_params=trainable)

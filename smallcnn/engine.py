@@ -1,0 +1,128 @@
+"""Running a frozen conv base for inference, in the fastest engine available.
+
+A frozen base needs no gradients, so its forward pass can run outside TensorFlow's
+training graph. On a CPU, LiteRT (the successor of tf.lite) with XNNPACK runs
+MobileNetV2 about twice as fast as TensorFlow (measured here: ~220 vs ~115 images/s
+on 2 cores at 224 px). The converted model is cached beside the feature cache, so the
+conversion (several seconds) is paid once per base, weights and image size.
+"""
+
+import hashlib
+import json
+import os
+
+import numpy as np
+
+from smallcnn.features import cache_dir, weights_identity
+
+ENGINES = ("auto", "litert", "tf")
+
+
+class TensorFlowEngine:
+    name = "tensorflow"
+
+    def __init__(self, extractor):
+        import tensorflow as tf
+
+        self._run = tf.function(lambda x: extractor(x, training=False), reduce_retracing=True)
+
+    def __call__(self, images):
+        import tensorflow as tf
+
+        return self._run(tf.cast(images, tf.float32)).numpy()
+
+
+class LiteRTEngine:
+    name = "litert"
+
+    def __init__(self, model_path):
+        from ai_edge_litert.interpreter import Interpreter
+
+        from smallcnn.quiet import native_stderr_silenced
+
+        with native_stderr_silenced():  # "INFO: Created TensorFlow Lite XNNPACK delegate"
+            self._interpreter = Interpreter(model_path=str(model_path),
+                                            num_threads=os.cpu_count())
+            self._interpreter.allocate_tensors()
+        self._input = self._interpreter.get_input_details()[0]["index"]
+        self._output = self._interpreter.get_output_details()[0]["index"]
+        self._shape = None
+
+    def __call__(self, images):
+        images = np.asarray(images, dtype=np.float32)
+        if self._shape != images.shape:
+            self._interpreter.resize_tensor_input(self._input, list(images.shape))
+            self._interpreter.allocate_tensors()
+            self._shape = images.shape
+        self._interpreter.set_tensor(self._input, images)
+        self._interpreter.invoke()
+        return self._interpreter.get_tensor(self._output).copy()
+
+
+def _litert_path(spec, weights, image_size):
+    description = {"base": spec.name, "weights": weights_identity(weights), "size": image_size,
+                   "preprocessing": spec.preprocessing, "format": 1}
+    key = hashlib.sha256(json.dumps(description).encode()).hexdigest()[:32]
+    return cache_dir().parent / "engines" / f"{spec.name}-{image_size}-{key}.tflite"
+
+
+def _convert(extractor, path, reporter):
+    import tempfile
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, temp = tempfile.mkstemp(suffix=".tflite", dir=path.parent)
+    os.close(fd)
+    try:
+        reporter.note(f"Converting the base to LiteRT for faster inference (once): {path.name}")
+        extractor.export(temp, format="litert", verbose=False)
+        os.replace(temp, path)
+    finally:
+        if os.path.exists(temp):
+            os.unlink(temp)
+
+
+def feature_engine(spec, weights, image_size, extractor, engine="auto", reporter=None):
+    """The engine that computes pooled features for uint8/float image batches.
+
+    Args:
+        engine: 'litert', 'tf', or 'auto': LiteRT for pretrained weights (its converted
+            model can be cached), TensorFlow for random weights or when LiteRT fails.
+    """
+    from smallcnn.reporting import Reporter
+
+    reporter = reporter or Reporter()
+    engine = os.environ.get("SMALLCNN_ENGINE", engine)
+    if engine not in ENGINES:
+        from smallcnn.errors import UsageError
+
+        raise UsageError(f"Unknown engine {engine!r}. Choose one of: {', '.join(ENGINES)}.")
+    if engine == "tf" or (engine == "auto" and weights == "none"):
+        return TensorFlowEngine(extractor)
+    path = _litert_path(spec, weights, image_size)
+    try:
+        if weights == "none" or not path.exists():
+            _convert(extractor, path, reporter)
+        return LiteRTEngine(path)
+    except Exception as error:  # no LiteRT wheel for this platform, or an op it lacks
+        reporter.warning(f"LiteRT is not usable here ({type(error).__name__}: {error}); "
+                         "using TensorFlow for the base.")
+        return TensorFlowEngine(extractor)
+
+
+def compute_features(engine, images, batch_size=32, progress=None):
+    """Runs the engine over a `(n, size, size, 3)` uint8 array in batches.
+
+    Returns:
+        float32 features, one row per image.
+    """
+    n = len(images)
+    out = None
+    for start in range(0, n, batch_size):
+        batch = np.asarray(images[start : start + batch_size], dtype=np.float32)
+        values = engine(batch)
+        if out is None:
+            out = np.empty((n, values.shape[-1]), dtype=np.float32)
+        out[start : start + len(values)] = values
+        if progress is not None:
+            progress(min(start + batch_size, n))
+    return out
