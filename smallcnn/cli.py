@@ -42,6 +42,19 @@ def _quiet_tensorflow():
 
 def _library_call(name):
     """The library function behind a command, imported only once TensorFlow is quiet."""
+    if name == "check":
+        from smallcnn.check import check_dataset
+        from smallcnn.console import RichReporter
+        from smallcnn.data import find_dataset
+
+        def check(data, val_split, seed):
+            dataset = find_dataset(data, val_split, seed)
+            with RichReporter().progress(
+                "Checking images", sum(len(s) for s in dataset.splits.values())
+            ) as advance:
+                return check_dataset(dataset, progress=advance)
+
+        return check
     if name == "predict":
         from smallcnn.predict import load
 
@@ -286,6 +299,29 @@ def finetune(
     result = _run("finetune", data, from_run=from_run, settings=settings, out=out,
                   overwrite=overwrite)
     _report(result)
+
+
+@app.command()
+def check(
+    data: Data,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as one JSON document on stdout.")] = False,
+    val_split: ValSplit = 0.2,
+    seed: Seed = 42,
+):
+    """Check a data set: counts, sizes, unreadable files, duplicates and leakage across splits.
+
+    Exit status 0 when the data can be trained on; 3, with the reason, when it cannot.
+    """
+    from smallcnn.console import check_tables, stderr, stdout
+
+    report = _run("check", data, val_split, seed)
+    if as_json:
+        sys.stdout.write(json.dumps(report.to_dict(), indent=2) + "\n")
+    else:
+        stdout.print(check_tables(report))
+    if not report.trainable:
+        stderr.print(f"[bold red]error:[/bold red] {report.reason}", soft_wrap=True)
+        raise typer.Exit(3)
 
 
 @app.command()

@@ -50,6 +50,15 @@ class RichReporter(Reporter):
                 "for validation (--val-split, --seed)."
             )
 
+    def check(self, report):
+        for line in report.warnings:
+            self.warning(line)
+        for bad in report.unreadable[:20]:
+            self.warning(f"Skipping {bad['path']}: {bad['reason']}.")
+        if len(report.unreadable) > 20:
+            self.warning(f"... and {len(report.unreadable) - 20} more unreadable files "
+                         "(smallcnn check DATA lists them all).")
+
     @contextlib.contextmanager
     def progress(self, description, total):
         self._epoch_started = self._epoch_started or time.time()
@@ -119,3 +128,56 @@ def predictions_table(predictions):
         top = ", ".join(f"{t['label']} {t['probability']:.1%}" for t in p.top)
         table.add_row(_short(p.path), p.label, f"{p.probability:.1%}", top)
     return table
+
+
+def check_tables(report, limit=50):
+    """Renderables for `smallcnn check`: counts, what was found, what is wrong."""
+    from rich.console import Group
+
+    def rel(path):
+        return os.path.relpath(path, report.root)
+
+    counts = Table()
+    counts.add_column("class")
+    for split in report.counts:
+        counts.add_column(split, justify="right")
+    for index, name in enumerate(report.class_names):
+        counts.add_row(name, *(str(report.counts[split][index]) for split in report.counts))
+    counts.add_row("[bold]total", *(f"[bold]{sum(c)}" for c in report.counts.values()))
+    parts = [f"[bold]{report.root}[/bold] ({report.layout}): {report.files} files; readable "
+             "images per class (paths below are relative to it):", counts]
+    if report.sizes:
+        s = report.sizes
+        parts.append(f"sizes: width {s['min_width']}-{s['max_width']} px, height "
+                     f"{s['min_height']}-{s['max_height']} px; modes: "
+                     + ", ".join(f"{m} {n}" for m, n in sorted(report.modes.items()))
+                     + "; formats: "
+                     + ", ".join(f"{m} {n}" for m, n in sorted(report.formats.items())))
+    if report.unreadable:
+        bad = Table(title=f"{len(report.unreadable)} unreadable file(s)", title_justify="left")
+        bad.add_column("file", overflow="fold")
+        bad.add_column("split")
+        bad.add_column("reason", overflow="fold")
+        for item in report.unreadable:
+            bad.add_row(rel(item["path"]), item["split"], item["reason"])
+        parts.append(bad)
+    if report.duplicates:
+        dup = Table(title=f"{len(report.duplicates)} duplicate pair(s), "
+                          f"{len(report.leaks)} across splits", title_justify="left")
+        dup.add_column("file", overflow="fold")
+        dup.add_column("duplicate of", overflow="fold")
+        dup.add_column("splits")
+        dup.add_column("kind")
+        for item in report.duplicates[:limit]:
+            splits = item["split_a"] if item["split_a"] == item["split_b"] else (
+                f"[bold red]{item['split_a']} / {item['split_b']}[/bold red]")
+            kind = "exact" if item["kind"] == "exact" else f"near ({item['distance']} bits)"
+            dup.add_row(rel(item["a"]), rel(item["b"]), splits, kind)
+        if len(report.duplicates) > limit:
+            dup.caption = f"first {limit} shown; --json lists all"
+        parts.append(dup)
+    for line in report.warnings:
+        parts.append(f"[yellow]warning:[/yellow] {line}")
+    parts.append("[green]The data can be trained on.[/green]" if report.trainable
+                 else f"[bold red]Cannot train:[/bold red] {report.reason}")
+    return Group(*parts)

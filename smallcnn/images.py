@@ -30,6 +30,18 @@ class UnreadableImage(DataError):
         self.reason = reason
 
 
+def reason_for(error):
+    """A few words on why a decoder failed, from the exception it raised."""
+    message = str(error)
+    if "truncated" in message.lower() or "broken data stream" in message:
+        return "the file is truncated"
+    if "decoder" in message and "not available" in message:
+        return f"unsupported format ({message})"
+    if isinstance(error, OSError):
+        return f"cannot decode it ({message})"
+    return f"cannot decode it ({type(error).__name__}: {message})"
+
+
 def is_image_file(path):
     path = Path(path)
     return path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".")
@@ -52,7 +64,7 @@ def _open(path):
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise UnreadableImage(path, f"larger than the limit of {PIXEL_LIMIT:,} pixels") from None
     except OSError as error:
-        raise UnreadableImage(path, f"cannot open the file ({error})") from None
+        raise UnreadableImage(path, reason_for(error)) from None
     width, height = image.size
     if width * height > PIXEL_LIMIT:
         image.close()
@@ -105,15 +117,8 @@ def load_image(path, size):
             return np.asarray(image, dtype=np.uint8)
     except UnreadableImage:
         raise
-    except OSError as error:
-        message = str(error)
-        if "truncated" in message or "broken data stream" in message:
-            reason = "the file is truncated"
-        else:
-            reason = f"cannot decode it ({message})"
-        raise UnreadableImage(path, reason) from None
-    except Exception as error:  # any other decoder failure is a property of the file
-        raise UnreadableImage(path, f"cannot decode it ({type(error).__name__}: {error})") from None
+    except Exception as error:  # any decoder failure is a property of the file
+        raise UnreadableImage(path, reason_for(error)) from None
 
 
 def load_images(paths, size, out=None, progress=None):

@@ -13,6 +13,9 @@ class Reporter:
     def dataset(self, dataset):
         """A data set was found and checked (called before any training)."""
 
+    def check(self, report):
+        """The data set was checked (a `smallcnn.check.CheckReport`), before training."""
+
     @contextlib.contextmanager
     def progress(self, description, total):
         """A task of `total` steps; yields a callable taking the number of steps done."""

@@ -119,6 +119,18 @@ class RunResult:
     trainable_params: int = None
 
 
+def run_check(dataset, reporter):
+    """Checks a data set (cached per file), shows what is wrong, refuses what cannot train."""
+    from smallcnn.check import check_dataset, require_trainable
+
+    total = sum(len(split) for split in dataset.splits.values())
+    with reporter.progress("Checking images", total) as advance:
+        report = check_dataset(dataset, progress=advance)
+    reporter.check(report)
+    require_trainable(report)
+    return report
+
+
 class _Context:
     """What every training command starts from: settings, base entry, data set.
 
@@ -141,8 +153,12 @@ class _Context:
         self.settings.augmentation()  # checks the augmentation options up front
         self.dataset = find_dataset(data_dir, self.settings.val_split, self.settings.seed)
         reporter.dataset(self.dataset)
+        self.check = run_check(self.dataset, reporter)
         keras.utils.set_random_seed(self.settings.seed)
-        self.skipped = {}  # path -> reason, for unreadable images left out
+        # Unreadable files are left out before anything is decoded.
+        self.skipped = {bad["path"]: bad["reason"] for bad in self.check.unreadable}
+        for name, split in self.dataset.splits.items():
+            self.dataset.splits[name] = split.without(self.skipped)
         self._decoded = {}
         self._features = {}
         self._engine = None
