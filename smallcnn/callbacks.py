@@ -1,6 +1,8 @@
 """Keras callbacks used while training: progress reporting and an atomic checkpoint."""
 
 import math
+import signal
+import threading
 import time
 
 import keras
@@ -80,3 +82,38 @@ class AtomicCheckpoint(keras.callbacks.Callback):
         if now - self._last_save >= self.min_interval:
             runs.save_model(self._to_save or self.model, self.path)
             self._last_save = now
+
+
+class StopOnSignal(keras.callbacks.Callback):
+    """Ctrl-C (SIGINT) or SIGTERM stops training at the end of the current step.
+
+    Training then ends as if early stopping had fired: the best weights are restored
+    and the run is saved. A second Ctrl-C stops at once (KeyboardInterrupt).
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.received = None
+        self._previous = {}
+
+    def _handle(self, signum, frame):
+        if self.received is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.received = signal.Signals(signum).name
+        if self.model is not None:
+            self.model.stop_training = True
+
+    def on_train_begin(self, logs=None):
+        if threading.current_thread() is not threading.main_thread():
+            return  # signal handlers can only be set from the main thread
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            self._previous[signum] = signal.signal(signum, self._handle)
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.received is not None:
+            self.model.stop_training = True
+
+    def on_train_end(self, logs=None):
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        self._previous = {}

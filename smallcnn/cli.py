@@ -152,6 +152,8 @@ Flip = Annotated[Optional[str], typer.Option(help="Random flips: horizontal, ver
 Brightness = Annotated[Optional[float], typer.Option(help="Random brightness change, fraction of the range.", show_default=False)]
 Contrast = Annotated[Optional[float], typer.Option(help="Random contrast change factor.", show_default=False)]
 Engine = Annotated[str, typer.Option(help="Engine for the frozen base's forward pass: auto (LiteRT for pretrained weights), litert or tf.")]
+ClassWeight = Annotated[str, typer.Option(help="balanced: weight each class by the inverse of its frequency; none.")]
+Resume = Annotated[Optional[Path], typer.Option(help="Continue an interrupted run in its folder, with its settings.", show_default=False)]
 Unfreeze = Annotated[int, typer.Option(help="Number of top base layers with weights to unfreeze (BatchNorm excluded).")]
 
 
@@ -162,11 +164,18 @@ def _settings(**values):
 
 
 def _report(result):
-    from smallcnn.console import stdout, summary_table
+    from smallcnn.console import stderr, stdout, summary_table
 
     stdout.print(f"[bold]{result.command}[/bold]: {result.run_dir}")
     stdout.print(summary_table(result))
     stdout.print(f"Model saved in {result.run_dir}. Predict with: smallcnn predict IMAGE --model {result.run_dir}")
+    if result.interrupted:
+        stderr.print(
+            f"[bold yellow]Interrupted ({result.interrupted}):[/bold yellow] the best model so far "
+            f"is saved in {result.run_dir}. Continue with: smallcnn {result.command} --resume "
+            f"{result.run_dir}", soft_wrap=True,
+        )
+        raise typer.Exit(130)
 
 
 @app.command()
@@ -188,6 +197,7 @@ def extract(
     seed: Seed = 42,
     val_split: ValSplit = 0.2,
     engine: Engine = "auto",
+    class_weight: ClassWeight = "none",
     out: Out = None,
     overwrite: Overwrite = False,
 ):
@@ -199,15 +209,21 @@ def extract(
         base=base, weights=weights, image_size=image_size, batch_size=batch_size, epochs=epochs,
         learning_rate=learning_rate, optimizer=optimizer, momentum=momentum, nesterov=nesterov,
         lr_schedule=lr_schedule, dropout=dropout, hidden=hidden, patience=patience, seed=seed,
-        val_split=val_split, engine=engine,
+        val_split=val_split, engine=engine, class_weight=class_weight,
     )
     result = _run("extract", data, settings, out=out, overwrite=overwrite)
     _report(result)
 
 
+DataOrResume = Annotated[
+    Optional[Path],
+    typer.Argument(help="As for extract (not needed with --resume).", show_default=False),
+]
+
+
 @app.command()
 def train(
-    data: Data,
+    data: DataOrResume = None,
     freeze: Annotated[Optional[bool], typer.Option("--freeze/--no-freeze", help="Keep the base frozen and train the head only.  [default: --freeze for pretrained bases, --no-freeze for small or --weights none]", show_default=False)] = None,
     base: Base = None,
     weights: Weights = None,
@@ -233,19 +249,25 @@ def train(
     brightness: Brightness = None,
     contrast: Contrast = None,
     engine: Engine = "auto",
+    class_weight: ClassWeight = "none",
     out: Out = None,
     overwrite: Overwrite = False,
+    resume: Resume = None,
 ):
-    """Train on augmented images, the base frozen (--freeze), with early stopping."""
+    """Train on augmented images, the base frozen (--freeze), with early stopping.
+
+    Ctrl-C stops at the end of the current step and saves the best model so far;
+    --resume RUN continues.
+    """
     settings = _settings(
         freeze=freeze, base=base, weights=weights, image_size=image_size, batch_size=batch_size,
         epochs=epochs, learning_rate=learning_rate, optimizer=optimizer, momentum=momentum,
         nesterov=nesterov, lr_schedule=lr_schedule, dropout=dropout, hidden=hidden,
         patience=patience, seed=seed, val_split=val_split, augment=augment, rotation=rotation,
         shift=shift, shear=shear, zoom=zoom, flip=flip, brightness=brightness, contrast=contrast,
-        engine=engine,
+        engine=engine, class_weight=class_weight,
     )
-    result = _run("train", data, settings, out=out, overwrite=overwrite)
+    result = _run("train", data, settings, out=out, overwrite=overwrite, resume=resume)
     _report(result)
 
 
@@ -280,8 +302,10 @@ def finetune(
     brightness: Brightness = None,
     contrast: Contrast = None,
     engine: Engine = "auto",
+    class_weight: ClassWeight = "none",
     out: Out = None,
     overwrite: Overwrite = False,
+    resume: Resume = None,
 ):
     """Unfreeze the top layers of the base and train them with the head at a low learning rate."""
     from smallcnn.runs import CONFIG_FILE
@@ -295,9 +319,10 @@ def finetune(
         lr_schedule=lr_schedule, dropout=dropout, hidden=hidden, patience=patience, seed=seed,
         val_split=val_split, augment=augment, rotation=rotation, shift=shift, shear=shear,
         zoom=zoom, flip=flip, brightness=brightness, contrast=contrast, engine=engine,
+        class_weight=class_weight,
     )
     result = _run("finetune", data, from_run=from_run, settings=settings, out=out,
-                  overwrite=overwrite)
+                  overwrite=overwrite, resume=resume)
     _report(result)
 
 

@@ -6,6 +6,7 @@ Each function checks its inputs, trains, writes a run folder and returns a
 
 import dataclasses
 import datetime
+import json
 import shlex
 import sys
 import time
@@ -68,6 +69,7 @@ class Settings:
     head_epochs: int = None
     head_learning_rate: float = None
     engine: str = "auto"
+    class_weight: str = "none"
 
     def resolve(self, command, spec=None):
         """A copy with every None replaced by the command's or the base's default."""
@@ -91,6 +93,10 @@ class Settings:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise UsageError(f"--{name.replace('_', '-')} must be at least 1. Received: {value}")
+        if self.class_weight not in ("none", "balanced"):
+            raise UsageError(
+                f"--class-weight must be 'balanced' or 'none'. Received: {self.class_weight!r}"
+            )
         if self.patience is not None and self.patience < 0:
             raise UsageError(f"--patience must be 0 or more. Received: {self.patience}")
 
@@ -117,6 +123,7 @@ class RunResult:
     skipped: list  # [path, reason] of unreadable images left out
     unfrozen: list = dataclasses.field(default_factory=list)
     trainable_params: int = None
+    interrupted: str = None  # the signal that stopped training early (SIGINT, SIGTERM)
 
 
 def run_check(dataset, reporter):
@@ -162,6 +169,7 @@ class _Context:
         self._decoded = {}
         self._features = {}
         self._engine = None
+        self._stop = None
 
     def decoded(self, name):
         """The decoded images of one split (decoded on first use only)."""
@@ -245,13 +253,28 @@ class _Context:
         return make_optimizer(s.optimizer, learning_rate, s.momentum, s.nesterov, s.lr_schedule,
                               steps, epochs)
 
+    @property
+    def interrupted(self):
+        """The signal that asked training to stop, if one did."""
+        return self._stop.received if self._stop is not None else None
+
+    def class_weights(self):
+        """{class index: weight} for --class-weight balanced, else None."""
+        if self.settings.class_weight != "balanced":
+            return None
+        counts = np.bincount(self.dataset.train.labels, minlength=len(self.dataset.class_names))
+        return {i: float(counts.sum() / (len(counts) * c)) for i, c in enumerate(counts) if c}
+
     def callbacks(self, phase, epochs, steps, checkpoint=None):
         import keras
 
-        from smallcnn.callbacks import AtomicCheckpoint, ReportEpochs
+        from smallcnn.callbacks import AtomicCheckpoint, ReportEpochs, StopOnSignal
 
         s = self.settings
+        if self._stop is None:
+            self._stop = StopOnSignal()
         callbacks = [
+            self._stop,
             keras.callbacks.EarlyStopping(
                 monitor="val_loss", patience=s.patience, restore_best_weights=True
             ),
@@ -280,9 +303,12 @@ class _Context:
                 "seconds": round(time.time() - self.started, 2),
                 "train_images": len(self.dataset.train),
                 "skipped_images": len(self.skipped),
+                "class_weights": self.class_weights(),
                 **(extra_metrics or {}),
             }
         )
+        if self.interrupted:
+            metrics["interrupted"] = self.interrupted
         runs.save_model(model, run_dir / runs.MODEL_FILE)
         runs.write_json(run_dir / runs.CONFIG_FILE, config)
         runs.write_json(run_dir / runs.METRICS_FILE, metrics)
@@ -291,7 +317,8 @@ class _Context:
 
     def result(self, run_dir, metrics, rows, **extra):
         return RunResult(self.command, run_dir, self.dataset.class_names, metrics, rows,
-                         [[p, r] for p, r in self.skipped.items()], **extra)
+                         [[p, r] for p, r in self.skipped.items()],
+                         interrupted=self.interrupted, **extra)
 
 
 def _history_rows(history, phase, first_epoch=1):
@@ -360,6 +387,7 @@ def extract(data_dir, settings=None, out=None, overwrite=False, reporter=None,
         batch_size=s.batch_size,
         epochs=s.epochs,
         shuffle=True,
+        class_weight=context.class_weights(),
         verbose=0,
         callbacks=context.callbacks("head", s.epochs, steps),
     )
@@ -387,12 +415,20 @@ def _augmented_features(context, steps):
     engine = context.engine()
     dataset = batches(train.images, train.labels, s.batch_size, shuffle=True, seed=s.seed,
                       augmenter=augmenter, background=isinstance(engine, TensorFlowEngine))
+    weights = context.class_weights()
+    lookup = np.array([weights.get(i, 0.0) for i in range(len(context.dataset.class_names))],
+                      dtype=np.float32) if weights else None
     while True:
         for x, y in dataset:
-            yield engine(x.numpy()), y.numpy()
+            y = y.numpy()
+            if lookup is None:
+                yield engine(x.numpy()), y
+            else:  # Keras takes no class_weight with a generator: per-sample weights instead
+                yield engine(x.numpy()), y, lookup[y]
 
 
-def _train_head_frozen(context, model, head, run_dir, phase, epochs, learning_rate):
+def _train_head_frozen(context, model, head, run_dir, phase, epochs, learning_rate,
+                       initial_epoch=0):
     """Trains the head on augmented images with the base frozen; returns history rows."""
     from smallcnn.models import compile_model
 
@@ -405,12 +441,13 @@ def _train_head_frozen(context, model, head, run_dir, phase, epochs, learning_ra
         steps_per_epoch=steps,
         shuffle=False,  # the stream is shuffled
         validation_data=val,
-        epochs=epochs,
+        epochs=initial_epoch + epochs,
+        initial_epoch=initial_epoch,
         verbose=0,
         callbacks=context.callbacks(phase, epochs, steps,
                                     checkpoint=(run_dir / runs.MODEL_FILE, model)),
     )
-    return _history_rows(history, phase)
+    return _history_rows(history, phase, first_epoch=initial_epoch + 1)
 
 
 def _image_datasets(context):
@@ -442,6 +479,7 @@ def _train_end_to_end(context, model, run_dir, phase, epochs, learning_rate, ini
         epochs=initial_epoch + epochs,
         initial_epoch=initial_epoch,
         shuffle=False,  # the tf.data pipeline shuffles
+        class_weight=context.class_weights(),
         verbose=0,
         callbacks=context.callbacks(phase, epochs, steps,
                                     checkpoint=(run_dir / runs.MODEL_FILE, model)),
@@ -452,8 +490,8 @@ def _train_end_to_end(context, model, run_dir, phase, epochs, learning_rate, ini
     return rows, evaluations
 
 
-def train(data_dir, settings=None, out=None, overwrite=False, reporter=None,
-          command_line=None):
+def train(data_dir=None, settings=None, out=None, overwrite=False, reporter=None,
+          command_line=None, resume=None):
     """Trains the classifier on augmented images, with early stopping.
 
     With `settings.freeze` (the default for pretrained bases) the base stays frozen and
@@ -466,6 +504,10 @@ def train(data_dir, settings=None, out=None, overwrite=False, reporter=None,
     from smallcnn.models import build_classifier
 
     reporter = reporter or Reporter()
+    if resume is not None:
+        return _resume("train", resume, reporter, command_line)
+    if data_dir is None:
+        raise UsageError("train needs DATA, or a run to continue: --resume RUN.")
     context = _Context("train", data_dir, settings or Settings(), reporter, command_line)
     s = context.settings
     base = context.build_base()
@@ -487,7 +529,7 @@ def train(data_dir, settings=None, out=None, overwrite=False, reporter=None,
 
 
 def finetune(data_dir=None, from_run=None, settings=None, out=None, overwrite=False,
-             reporter=None, command_line=None):
+             reporter=None, command_line=None, resume=None):
     """Fine-tunes the top layers of the base together with the head, at a low learning rate.
 
     Starts from a run folder (`from_run`) or, without one, first trains the head with
@@ -497,9 +539,12 @@ def finetune(data_dir=None, from_run=None, settings=None, out=None, overwrite=Fa
     Returns:
         A `RunResult` whose `unfrozen` lists the unfrozen layers.
     """
-    from smallcnn.models import build_classifier, count_params, find_base, unfreeze_top
+    from smallcnn.models import (HEAD_NAME, build_classifier, count_params, find_base,
+                                 unfreeze_top)
 
     reporter = reporter or Reporter()
+    if resume is not None:
+        return _resume("finetune", resume, reporter, command_line)
     settings = settings or Settings()
     source_config = None
     if from_run is not None:
@@ -543,6 +588,10 @@ def finetune(data_dir=None, from_run=None, settings=None, out=None, overwrite=Fa
         rows = _train_head_frozen(context, model, head, run_dir, "frozen", s.head_epochs,
                                   s.head_learning_rate)
     runs.write_json(run_dir / runs.CONFIG_FILE, config)
+    if context.interrupted:  # stopped while training the head: save that, tune nothing
+        evaluations = _evaluate_head(model.get_layer(HEAD_NAME), context, _eval_splits(context))
+        metrics = context.finish(run_dir, model, config, rows, evaluations)
+        return context.result(run_dir, metrics, rows)
 
     unfrozen = unfreeze_top(base, s.unfreeze)
     trainable = count_params(model.trainable_weights)
@@ -557,3 +606,109 @@ def finetune(data_dir=None, from_run=None, settings=None, out=None, overwrite=Fa
                              {"finetune_start_epoch": len(rows) - len(tuned) + 1,
                               "unfrozen_layers": unfrozen, "trainable_params": trainable})
     return context.result(run_dir, metrics, rows, unfrozen=unfrozen, trainable_params=trainable)
+
+
+def _resume(command, run, reporter, command_line):
+    """Continues an interrupted `train` or `finetune` run in its own folder.
+
+    The run's recorded settings are used; training starts from its saved (best) model
+    and epoch count, and the better of the old and the new model is kept.
+    """
+    import csv
+
+    from smallcnn.models import HEAD_NAME, count_params, feature_extractor, find_base, unfreeze_top
+
+    run_dir = runs.resolve_run(run)
+    config = runs.read_config(run_dir)
+    if config.get("command") != command:
+        raise UsageError(
+            f"{str(run_dir)!r} is a {config.get('command')} run; resume it with "
+            f"smallcnn {config.get('command')} --resume {run_dir}."
+        )
+    known = {f.name for f in dataclasses.fields(Settings)}
+    recorded = {k: v for k, v in config["settings"].items() if k in known}
+    # The base comes with the saved model; "none" keeps the engine from reusing a
+    # conversion of the original weights (fine-tuning changed them).
+    settings = dataclasses.replace(Settings(**recorded), weights="none")
+    context = _Context(command, config["data"], settings, reporter, command_line)
+    context.weights_source = config["weights"]
+    if config["class_names"] != context.dataset.class_names:
+        raise DataError(
+            f"The data now has classes {context.dataset.class_names}, but the run "
+            f"{str(run_dir)!r} was trained on {config['class_names']}."
+        )
+    s = context.settings
+    model = runs.load_model(run_dir)
+    base = find_base(model, config["base_layer"])
+    head = model.get_layer(HEAD_NAME)
+    context.base = base
+    context.extractor = feature_extractor(context.spec, base, s.image_size)
+
+    rows = []
+    history_path = run_dir / runs.HISTORY_FILE
+    if history_path.exists():
+        with open(history_path, newline="") as f:
+            for row in csv.DictReader(f):
+                rows.append({k: (v if k == "phase" else float(v)) for k, v in row.items() if v})
+                rows[-1]["epoch"] = int(rows[-1]["epoch"])
+    try:
+        previous_loss = json.loads((run_dir / runs.METRICS_FILE).read_text())["val_loss"]
+    except (OSError, ValueError, KeyError):
+        previous_loss = None
+    previous_weights = model.get_weights()
+    done = len(rows)
+    phases = [r["phase"] for r in rows]
+    reporter.note(f"Resuming {run_dir} after {done} epoch(s).")
+
+    extra = {}
+    if command == "train" and s.freeze:
+        left = s.epochs - done
+        if left > 0:
+            rows += _train_head_frozen(context, model, head, run_dir, "frozen", left,
+                                       s.learning_rate, initial_epoch=done)
+    elif command == "train":
+        left = s.epochs - done
+        if left > 0:
+            rows += _train_end_to_end(context, model, run_dir, "full", left, s.learning_rate,
+                                      initial_epoch=done)[0]
+    else:
+        head_done = phases.count("frozen")
+        if "finetune" not in phases and head_done < s.head_epochs and not config.get("from_run"):
+            rows += _train_head_frozen(context, model, head, run_dir, "frozen",
+                                       s.head_epochs - head_done, s.head_learning_rate,
+                                       initial_epoch=done)
+        if not context.interrupted:
+            unfrozen = unfreeze_top(base, s.unfreeze)
+            extra = {"unfrozen_layers": unfrozen,
+                     "trainable_params": count_params(model.trainable_weights)}
+            left = s.epochs - (len(rows) - [r["phase"] for r in rows].count("frozen"))
+            start = len(rows)
+            if left > 0:
+                rows += _train_end_to_end(context, model, run_dir, "finetune", left,
+                                          s.learning_rate, initial_epoch=start)[0]
+            extra["finetune_start_epoch"] = next(
+                (r["epoch"] for r in rows if r["phase"] == "finetune"), start + 1)
+
+    evaluations = _evaluate_model(model, context)
+    if previous_loss is not None and evaluations["val"][0] > previous_loss:
+        model.set_weights(previous_weights)  # the run before the interruption was better
+        evaluations = _evaluate_model(model, context)
+    config["resumed"] = config.get("resumed", []) + [context.command_line]
+    metrics = context.finish(run_dir, model, config, rows, evaluations, extra)
+    return context.result(run_dir, metrics, rows, unfrozen=extra.get("unfrozen_layers", []),
+                          trainable_params=extra.get("trainable_params"))
+
+
+def _evaluate_model(model, context):
+    """Loss and accuracy of the whole model on each evaluation split's images."""
+    from smallcnn.models import compile_model
+    from smallcnn.pipeline import batches
+
+    if model.optimizer is None:
+        compile_model(model, "adam")
+    evaluations = {}
+    for name in _eval_splits(context):
+        split = context.decoded(name)
+        dataset = batches(split.images, split.labels, context.settings.batch_size)
+        evaluations[name] = [float(v) for v in model.evaluate(dataset, verbose=0)]
+    return evaluations

@@ -1,0 +1,107 @@
+"""Interruptions never lose a model: SIGINT saves and resumes; a crash mid-save keeps the old file."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+
+from conftest import invoke, make_dataset
+from smallcnn import runs
+
+
+def test_sigint_saves_a_loadable_model_and_the_run_resumes(tmp_path):
+    data = make_dataset(tmp_path / "d", per_class=40, size=32)
+    env = {**os.environ, "COLUMNS": "200"}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "smallcnn", "train", str(data), "--base", "small",
+         "--image-size", "32", "--epochs", "12", "--patience", "20", "--batch-size", "4",
+         "--out", "runs/i"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=tmp_path,
+    )
+    lines = []
+
+    def read():
+        for line in process.stdout:
+            lines.append(line)
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    deadline = time.time() + 120
+    while not any("full epoch" in l for l in lines) and time.time() < deadline:
+        time.sleep(0.1)
+    assert any("full epoch" in l for l in lines), "".join(lines)
+    process.send_signal(signal.SIGINT)
+    assert process.wait(timeout=120) == 130, "".join(lines)
+    reader.join(timeout=5)
+    output = "".join(lines)
+    assert "Interrupted (SIGINT)" in output and "smallcnn train --resume runs/i" in output
+    assert "Traceback" not in output
+
+    run = tmp_path / "runs" / "i"
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["interrupted"] == "SIGINT" and metrics["epochs"] < 12
+    import smallcnn.layers  # noqa: F401
+
+    keras.saving.load_model(run / "model.keras", safe_mode=True)
+
+    os.chdir(tmp_path)
+    resumed = invoke("train", "--resume", "runs/i")
+    assert resumed.exit_code == 0, resumed.output
+    assert f"Resuming runs/i after {metrics['epochs']} epoch(s)" in resumed.output
+    after = json.loads((run / "metrics.json").read_text())
+    assert "interrupted" not in after
+    assert after["epochs"] > metrics["epochs"]
+    assert after["val_loss"] <= metrics["val_loss"] + 1e-6
+    config = json.loads((run / "smallcnn.json").read_text())
+    assert config["resumed"] == ["smallcnn train --resume runs/i"]
+
+
+def test_resume_refuses_another_commands_run(tiny_data):
+    invoke("extract", tiny_data, "--base", "small", "--image-size", "32", "--epochs", "2",
+           "--out", "runs/x")
+    result = invoke("train", "--resume", "runs/x")
+    assert result.exit_code == 2
+    assert "is a extract run; resume it with smallcnn extract" in result.output
+
+
+def test_a_crash_while_saving_leaves_the_previous_model(tmp_path):
+    inputs = keras.Input((3,))
+    model = keras.Model(inputs, keras.layers.Dense(2)(inputs))
+    path = tmp_path / "model.keras"
+    runs.save_model(model, path)
+    before = path.read_bytes()
+
+    class Crashing(keras.Model):
+        def save(self, filepath, *args, **kwargs):
+            Path(filepath).write_bytes(b"PK\x03\x04 half a zip")
+            raise OSError("disk full")
+
+    broken = Crashing(inputs, keras.layers.Dense(2)(inputs))
+    with pytest.raises(OSError, match="disk full"):
+        runs.save_model(broken, path)
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.keras"]
+    np.testing.assert_allclose(
+        keras.saving.load_model(path).predict(np.ones((1, 3)), verbose=0),
+        model.predict(np.ones((1, 3)), verbose=0),
+    )
+
+
+def test_balanced_class_weights(tmp_path):
+    root = make_dataset(tmp_path / "d", per_class=6, classes=("red",))
+    make_dataset(root, per_class=18, classes=("blue",), seed=3)
+    result = invoke("extract", root, "--base", "small", "--image-size", "32", "--epochs", "2",
+                    "--class-weight", "balanced", "--out", "runs/w")
+    assert result.exit_code == 0, result.output
+    weights = json.loads(open("runs/w/metrics.json").read())["class_weights"]
+    train = json.loads(open("runs/w/smallcnn.json").read())["data_counts"]["train"]
+    total = sum(train)
+    assert weights == {str(i): pytest.approx(total / (2 * n)) for i, n in enumerate(train)}
