@@ -59,7 +59,7 @@ def _library_call(name):
         from smallcnn.predict import load
 
         def predict(paths, model=None, **kwargs):
-            return load(model).predict(paths, **kwargs)
+            return load(model).predict_paths(paths, **kwargs)
 
         return predict
     from smallcnn import training
@@ -358,14 +358,18 @@ def predict(
     batch_size: BatchSize = 32,
 ):
     """Classify images with a trained model: top-k classes and probabilities."""
-    from smallcnn.console import predictions_table, stdout
+    from smallcnn.console import predictions_table, stderr, stdout
 
-    predictions = _run("predict", [str(p) for p in images], model=model, top_k=top_k,
-                       batch_size=batch_size)
+    predictions, failures = _run("predict", [str(p) for p in images], model=model,
+                                 top_k=top_k, batch_size=batch_size)
     if as_json:
         sys.stdout.write(json.dumps([p.to_dict() for p in predictions], indent=2) + "\n")
-    else:
+    elif predictions:
         stdout.print(predictions_table(predictions))
+    for failure in failures:
+        stderr.print(f"[bold red]error:[/bold red] {failure}", soft_wrap=True)
+    if failures:
+        raise typer.Exit(failures[0].exit_code)
 
 
 def main():

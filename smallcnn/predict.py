@@ -51,20 +51,37 @@ class Classifier:
             sorted order).
 
         Raises:
-            DataError: a path does not exist, or an image cannot be read.
+            DataError: a path does not exist, or an image cannot be read (see
+                `predict_paths` to predict the readable ones and list the others).
         """
         if isinstance(images, np.ndarray):
-            paths = [None] * len(images)
-            pixels = images
-        else:
-            if isinstance(images, (str, Path)):
-                images = [images]
-            paths = expand_paths(images)
-            pixels = np.stack([load_image(p, self.image_size) for p in paths]) if paths else None
-        if not paths:
-            return []
-        probabilities = self.probabilities(pixels, batch_size)
-        return [self._prediction(path, row, top_k) for path, row in zip(paths, probabilities)]
+            probabilities = self.probabilities(images, batch_size)
+            return [self._prediction(None, row, top_k) for row in probabilities]
+        predictions, failures = self.predict_paths(images, top_k, batch_size)
+        if failures:
+            raise failures[0]
+        return predictions
+
+    def predict_paths(self, paths, top_k=3, batch_size=32):
+        """Like `predict` for files and folders, without stopping at unreadable images.
+
+        Returns:
+            `(predictions, failures)`: a `Prediction` for each readable image, and an
+            `UnreadableImage` error for each image that cannot be read.
+        """
+        if isinstance(paths, (str, Path)):
+            paths = [paths]
+        readable, pixels, failures = [], [], []
+        for path in expand_paths(paths):
+            try:
+                pixels.append(load_image(path, self.image_size))
+                readable.append(path)
+            except UnreadableImage as error:
+                failures.append(error)
+        if not readable:
+            return [], failures
+        probabilities = self.probabilities(np.stack(pixels), batch_size)
+        return [self._prediction(p, row, top_k) for p, row in zip(readable, probabilities)], failures
 
     def _prediction(self, path, row, top_k):
         order = np.argsort(row)[::-1][: max(1, top_k)]

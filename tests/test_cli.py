@@ -203,3 +203,17 @@ def test_predict_refuses_damaged_model_and_missing_image(tiny_data):
         f.truncate(1000)
     damaged = invoke("predict", tiny_data / "val", "--model", "runs/x")
     assert damaged.exit_code == 4 and "not a Keras model file" in damaged.output
+
+
+def test_predict_names_each_unreadable_image_and_predicts_the_rest(tiny_data):
+    invoke("extract", tiny_data, "--base", "small", "--image-size", "32", *FAST, "--out", "runs/x")
+    good = tiny_data / "val" / "red" / "red_000.png"
+    empty = tiny_data / "empty.jpg"
+    empty.write_bytes(b"")
+    html = tiny_data / "page.png"
+    html.write_text("<html></html>")
+    result = invoke("predict", good, empty, html, "--model", "runs/x", "--json")
+    assert result.exit_code == 3
+    assert [p["path"] for p in json.loads(result.stdout)] == [str(good)]
+    assert f"Cannot read image '{empty}': the file is empty." in result.output
+    assert f"Cannot read image '{html}': not an image" in result.output
