@@ -10,6 +10,9 @@ conversion (several seconds) is paid once per base, weights and image size.
 import hashlib
 import json
 import os
+import shutil
+import tempfile
+from pathlib import Path
 
 import numpy as np
 
@@ -33,7 +36,14 @@ class TensorFlowEngine:
 
 
 class LiteRTEngine:
+    """A LiteRT interpreter (XNNPACK) that runs batches in micro-batches of 2 images.
+
+    XNNPACK on 2 cores runs MobileNetV2 at 224 px at about 300 images/s one or two
+    images at a time, and at about 225 images/s in batches of 32 (measured here).
+    """
+
     name = "litert"
+    micro_batch = 2
 
     def __init__(self, model_path):
         from ai_edge_litert.interpreter import Interpreter
@@ -50,6 +60,9 @@ class LiteRTEngine:
 
     def __call__(self, images):
         images = np.asarray(images, dtype=np.float32)
+        if len(images) > self.micro_batch:
+            return np.concatenate([self(images[i : i + self.micro_batch])
+                                   for i in range(0, len(images), self.micro_batch)])
         if self._shape != images.shape:
             self._interpreter.resize_tensor_input(self._input, list(images.shape))
             self._interpreter.allocate_tensors()
@@ -67,14 +80,29 @@ def _litert_path(spec, weights, image_size):
 
 
 def _convert(extractor, path, reporter):
-    import tempfile
+    """Writes the extractor as a LiteRT model, its weights frozen into constants.
+
+    Freezing a concrete function and converting it takes about 1.5 s for MobileNetV2;
+    Keras' own `export(format="litert")` goes through a SavedModel and takes about 7 s
+    (measured here), so it is only the fallback.
+    """
+    import tensorflow as tf
 
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, temp = tempfile.mkstemp(suffix=".tflite", dir=path.parent)
     os.close(fd)
     try:
-        reporter.note(f"Converting the base to LiteRT for faster inference (once): {path.name}")
-        extractor.export(temp, format="litert", verbose=False)
+        try:
+            from tensorflow.python.framework.convert_to_constants import (
+                convert_variables_to_constants_v2,
+            )
+
+            spec = tf.TensorSpec([None, *extractor.input_shape[1:]], tf.float32)
+            function = tf.function(lambda x: extractor(x, training=False), input_signature=[spec])
+            frozen = convert_variables_to_constants_v2(function.get_concrete_function())
+            Path(temp).write_bytes(tf.lite.TFLiteConverter.from_concrete_functions([frozen]).convert())
+        except Exception:
+            extractor.export(temp, format="litert", verbose=False)
         os.replace(temp, path)
     finally:
         if os.path.exists(temp):
@@ -85,8 +113,8 @@ def feature_engine(spec, weights, image_size, extractor, engine="auto", reporter
     """The engine that computes pooled features for uint8/float image batches.
 
     Args:
-        engine: 'litert', 'tf', or 'auto': LiteRT for pretrained weights (its converted
-            model can be cached), TensorFlow for random weights or when LiteRT fails.
+        engine: 'litert', 'tf', or 'auto' (LiteRT, falling back to TensorFlow when
+            LiteRT cannot be used here). Conversions of pretrained weights are cached.
     """
     from smallcnn.reporting import Reporter
 
@@ -96,11 +124,18 @@ def feature_engine(spec, weights, image_size, extractor, engine="auto", reporter
         from smallcnn.errors import UsageError
 
         raise UsageError(f"Unknown engine {engine!r}. Choose one of: {', '.join(ENGINES)}.")
-    if engine == "tf" or (engine == "auto" and weights == "none"):
+    if engine == "tf":
         return TensorFlowEngine(extractor)
-    path = _litert_path(spec, weights, image_size)
     try:
-        if weights == "none" or not path.exists():
+        if weights == "none":  # random weights: a conversion of its own, not cached
+            path = Path(tempfile.mkdtemp(prefix="smallcnn-engine-")) / "base.tflite"
+            _convert(extractor, path, reporter)
+            engine = LiteRTEngine(path)
+            shutil.rmtree(path.parent, ignore_errors=True)
+            return engine
+        path = _litert_path(spec, weights, image_size)
+        if not path.exists():
+            reporter.note(f"Converting the base to LiteRT for faster inference (once): {path.name}")
             _convert(extractor, path, reporter)
         return LiteRTEngine(path)
     except Exception as error:  # no LiteRT wheel for this platform, or an op it lacks

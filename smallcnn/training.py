@@ -380,7 +380,8 @@ def extract(data_dir, settings=None, out=None, overwrite=False, reporter=None,
     train_x, train_y = context.features("train")
     head = _new_head(context, train_x.shape[1])
     steps = int(np.ceil(len(train_x) / s.batch_size))
-    compile_model(head, context.optimizer(s.learning_rate, steps, s.epochs))
+    compile_model(head, context.optimizer(s.learning_rate, steps, s.epochs),
+                  steps_per_execution=steps)
     history = head.fit(
         train_x, train_y,
         validation_data=context.features("val"),
