@@ -22,8 +22,11 @@ class ReportEpochs(keras.callbacks.Callback):
         self._progress = None
         self._advance = None
         self._first_epoch = None
+        self._started = None
+        self.seconds = []  # wall time of each epoch, validation included
 
     def on_epoch_begin(self, epoch, logs=None):
+        self._started = time.perf_counter()
         if self._first_epoch is None:
             self._first_epoch = epoch
         number = epoch - self._first_epoch + 1
@@ -41,6 +44,8 @@ class ReportEpochs(keras.callbacks.Callback):
             self._progress.__exit__(None, None, None)
             self._progress = self._advance = None
         logs = dict(logs or {})
+        self.seconds.append(time.perf_counter() - self._started)
+        logs["seconds"] = self.seconds[-1]
         learning_rate = getattr(self.model.optimizer, "learning_rate", None)
         if learning_rate is not None:
             try:

@@ -39,7 +39,6 @@ class RichReporter(Reporter):
     def __init__(self, console=stdout, errors=stderr):
         self.console = console
         self.errors = errors
-        self._epoch_started = None
 
     def dataset(self, dataset):
         self.console.print(f"[bold]{dataset.root}[/bold] ({dataset.layout})")
@@ -61,7 +60,6 @@ class RichReporter(Reporter):
 
     @contextlib.contextmanager
     def progress(self, description, total):
-        self._epoch_started = self._epoch_started or time.time()
         bar = Progress(
             TextColumn("{task.description}"),
             BarColumn(),
@@ -76,13 +74,11 @@ class RichReporter(Reporter):
             yield lambda done: bar.update(task, completed=done)
 
     def epoch(self, phase, epoch, epochs, logs):
-        elapsed = time.time() - self._epoch_started if self._epoch_started else 0.0
-        self._epoch_started = None
         parts = [f"{phase} epoch {epoch:>3}/{epochs}"]
         for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
             if key in logs:
                 parts.append(f"{key} {logs[key]:.4f}")
-        parts.append(f"{elapsed:.1f}s")
+        parts.append(f"{logs.get('seconds', 0.0):.1f}s")
         self.console.print("  ".join(parts), soft_wrap=True)
 
     def note(self, text):

@@ -100,7 +100,8 @@ def _convert(extractor, path, reporter):
             spec = tf.TensorSpec([None, *extractor.input_shape[1:]], tf.float32)
             function = tf.function(lambda x: extractor(x, training=False), input_signature=[spec])
             frozen = convert_variables_to_constants_v2(function.get_concrete_function())
-            Path(temp).write_bytes(tf.lite.TFLiteConverter.from_concrete_functions([frozen]).convert())
+            converter = tf.lite.TFLiteConverter.from_concrete_functions([frozen], extractor)
+            Path(temp).write_bytes(converter.convert())
         except Exception:
             extractor.export(temp, format="litert", verbose=False)
         os.replace(temp, path)

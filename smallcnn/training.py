@@ -170,6 +170,8 @@ class _Context:
         self._features = {}
         self._engine = None
         self._stop = None
+        self.base_seconds = 0.0  # time in the base's forward pass for feature extraction
+        self.base_images = 0
 
     def decoded(self, name):
         """The decoded images of one split (decoded on first use only)."""
@@ -216,9 +218,12 @@ class _Context:
         else:
             decoded = self.decoded(name)
             engine = self.engine()
+            started = time.perf_counter()
             with self.reporter.progress(f"Extracting {name} features ({engine.name})",
                                         len(decoded)) as advance:
                 values = compute_features(engine, decoded.images, progress=advance)
+            self.base_seconds += time.perf_counter() - started
+            self.base_images += len(decoded)
             labels = decoded.labels
             skipped = [[f.path, f.reason] for f in decoded.skipped]
             cache.store(key, values, labels, decoded.paths, skipped)
@@ -253,6 +258,12 @@ class _Context:
         return make_optimizer(s.optimizer, learning_rate, s.momentum, s.nesterov, s.lr_schedule,
                               steps, epochs)
 
+    def _new_report(self, phase, epochs, steps):
+        from smallcnn.callbacks import ReportEpochs
+
+        self.epoch_report = ReportEpochs(self.reporter, phase, epochs, steps)
+        return self.epoch_report
+
     @property
     def interrupted(self):
         """The signal that asked training to stop, if one did."""
@@ -268,7 +279,7 @@ class _Context:
     def callbacks(self, phase, epochs, steps, checkpoint=None):
         import keras
 
-        from smallcnn.callbacks import AtomicCheckpoint, ReportEpochs, StopOnSignal
+        from smallcnn.callbacks import AtomicCheckpoint, StopOnSignal
 
         s = self.settings
         if self._stop is None:
@@ -278,7 +289,7 @@ class _Context:
             keras.callbacks.EarlyStopping(
                 monitor="val_loss", patience=s.patience, restore_best_weights=True
             ),
-            ReportEpochs(self.reporter, phase, epochs, steps),
+            self._new_report(phase, epochs, steps),
         ]
         if s.lr_schedule == "plateau":
             callbacks.append(
@@ -304,6 +315,9 @@ class _Context:
                 "train_images": len(self.dataset.train),
                 "skipped_images": len(self.skipped),
                 "class_weights": self.class_weights(),
+                "engine": self._engine.name if self._engine is not None else None,
+                "base_images_per_second": (round(self.base_images / self.base_seconds, 1)
+                                           if self.base_seconds else None),
                 **(extra_metrics or {}),
             }
         )
@@ -321,12 +335,14 @@ class _Context:
                          interrupted=self.interrupted, **extra)
 
 
-def _history_rows(history, phase, first_epoch=1):
+def _history_rows(history, phase, first_epoch=1, seconds=()):
     rows = []
     for i in range(len(history.history.get("loss", []))):
         row = {"epoch": first_epoch + i, "phase": phase}
         for key, values in history.history.items():
             row[key] = float(values[i])
+        if i < len(seconds):
+            row["seconds"] = round(seconds[i], 3)
         rows.append(row)
     return rows
 
@@ -392,7 +408,7 @@ def extract(data_dir, settings=None, out=None, overwrite=False, reporter=None,
         verbose=0,
         callbacks=context.callbacks("head", s.epochs, steps),
     )
-    rows = _history_rows(history, "head")
+    rows = _history_rows(history, "head", seconds=context.epoch_report.seconds)
     evaluations = _evaluate_head(head, context, _eval_splits(context))
     model = build_classifier(context.spec, base, head, s.image_size)
     metrics = context.finish(run_dir, model, context.config(base.name), rows, evaluations)
@@ -448,7 +464,8 @@ def _train_head_frozen(context, model, head, run_dir, phase, epochs, learning_ra
         callbacks=context.callbacks(phase, epochs, steps,
                                     checkpoint=(run_dir / runs.MODEL_FILE, model)),
     )
-    return _history_rows(history, phase, first_epoch=initial_epoch + 1)
+    return _history_rows(history, phase, first_epoch=initial_epoch + 1,
+                         seconds=context.epoch_report.seconds)
 
 
 def _image_datasets(context):
@@ -485,7 +502,8 @@ def _train_end_to_end(context, model, run_dir, phase, epochs, learning_rate, ini
         callbacks=context.callbacks(phase, epochs, steps,
                                     checkpoint=(run_dir / runs.MODEL_FILE, model)),
     )
-    rows = _history_rows(history, phase, first_epoch=initial_epoch + 1)
+    rows = _history_rows(history, phase, first_epoch=initial_epoch + 1,
+                         seconds=context.epoch_report.seconds)
     evaluations = {name: [float(v) for v in model.evaluate(ds, verbose=0)]
                    for name, ds in eval_ds.items()}
     return rows, evaluations
