@@ -1,0 +1,267 @@
+"""smallcnn against the hand-written Keras recipe, and against the machine's limit.
+
+For each data set, in one run, alternating the tools (see bench/peer.py for the peer):
+  limit      the base's forward pass alone on decoded images (TensorFlow and LiteRT)
+  extract    peer: ImageDataGenerator + conv_base.predict + Flatten head (30 epochs)
+             smallcnn extract, cold (empty caches), then warm (feature cache filled)
+  frozen     peer: frozen base, ImageDataGenerator augmentation, E epochs
+             smallcnn train --freeze, E epochs (no early stop)
+  finetune   peer: E frozen + E fine-tuning epochs; smallcnn finetune, the same
+  predict    one image from a cold start against `python -c "import tensorflow"`,
+             and a folder of up to 1,000 images
+  scaling    (cats-dogs-small) extract at 1x, 2x and 4x the training set, by repetition
+Wall time and peak memory of every command come from /usr/bin/time.
+
+    .venv/bin/python bench/run.py [--datasets ants-bees cats-dogs-small] [--epochs 2]
+
+Prints a table per data set and writes docs/benchmarks.md and bench/results/*.json.
+"""
+
+import argparse
+import csv
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared" / "datasets"
+PYTHON = sys.executable
+
+
+def timed(args, env=None, cwd=None):
+    """Runs a command; returns wall seconds, peak RSS in MB, exit code and output."""
+    with tempfile.NamedTemporaryFile("r", suffix=".time") as stats:
+        process = subprocess.run(
+            ["/usr/bin/time", "-f", "%e %M", "-o", stats.name, *map(str, args)],
+            env={**os.environ, **(env or {})}, cwd=cwd, capture_output=True, text=True,
+        )
+        wall, peak_kb = stats.read().split()[-2:]
+    if process.returncode != 0:
+        print(process.stdout[-3000:], process.stderr[-3000:], file=sys.stderr)
+        raise SystemExit(f"failed ({process.returncode}): {' '.join(map(str, args))}")
+    return {"wall_seconds": float(wall), "peak_mb": int(peak_kb) / 1024, "output": process.stdout}
+
+
+def smallcnn(*args, env=None, cwd=None):
+    return timed([PYTHON, "-m", "smallcnn", *args], env=env, cwd=cwd)
+
+
+def peer(phase, data, epochs, work):
+    out = work / f"peer-{phase}.json"
+    run = timed([PYTHON, ROOT / "bench" / "peer.py", phase, data, "--epochs", epochs,
+                 "--out", out])
+    return {**json.loads(out.read_text()), **run}
+
+
+def run_metrics(run_dir):
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    with open(run_dir / "history.csv") as f:
+        metrics["history"] = list(csv.DictReader(f))
+    return metrics
+
+
+def limit(data):
+    """Images/s of the bare forward pass on decoded images: TensorFlow and LiteRT."""
+    code = f"""
+import json, os, time, tempfile
+os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2"
+import numpy as np, tensorflow as tf
+from pathlib import Path
+from smallcnn.bases import build_base, get_base
+from smallcnn.models import feature_extractor
+from smallcnn.images import load_images
+from smallcnn.engine import LiteRTEngine, _convert
+paths = sorted(str(p) for p in Path({str(data)!r}).rglob("*.jpg"))[:256]
+images, _ = load_images(paths, 224)
+x = images.astype("float32")
+spec = get_base("mobilenet_v2"); extractor = feature_extractor(spec, build_base(spec, 224, "imagenet"), 224)
+run = tf.function(lambda b: extractor(b, training=False), reduce_retracing=True)
+result = {{}}
+for batch in (32, 64, 128):
+    run(x[:batch]); start = time.perf_counter()
+    for i in range(0, len(x), batch): run(x[i:i + batch]).numpy()
+    result[f"tensorflow_batch{{batch}}"] = len(x) / (time.perf_counter() - start)
+path = Path(tempfile.mkdtemp()) / "base.tflite"; _convert(extractor, path, None)
+for micro in (1, 2, 8, 32):
+    engine = LiteRTEngine(path); engine.micro_batch = micro; engine(x[:micro])
+    start = time.perf_counter()
+    for i in range(0, len(x), 32): engine(x[i:i + 32])
+    result[f"litert_batch{{micro}}"] = len(x) / (time.perf_counter() - start)
+print(json.dumps(result))
+"""
+    out = timed([PYTHON, "-c", code], cwd=ROOT)
+    return json.loads(out["output"].strip().splitlines()[-1])
+
+
+def repeated(source, times, work):
+    """A copy of `source` whose train split repeats each image `times` times (symlinks)."""
+    target = work / f"x{times}"
+    for split in source.iterdir():
+        if not split.is_dir():
+            continue
+        for cls in split.iterdir():
+            folder = target / split.name / cls.name
+            folder.mkdir(parents=True)
+            for image in cls.iterdir():
+                copies = times if split.name == "train" else 1
+                for k in range(copies):
+                    (folder / f"r{k}-{image.name}").symlink_to(image)
+    return target
+
+
+def bench(name, epochs, work, scaling):
+    data = SHARED / name
+    cache = work / "cache"
+    env = {"SMALLCNN_CACHE": str(cache)}
+    result = {"data set": name, "epochs": epochs}
+    print(f"== {name}", flush=True)
+    result["limit"] = limit(data)
+    print("limit", result["limit"], flush=True)
+
+    result["peer_extract"] = peer("extract", data, 30, work)
+    shutil.rmtree(cache, ignore_errors=True)
+    cold = smallcnn("extract", data, "--out", work / "extract-cold", env=env)
+    result["smallcnn_extract"] = {**cold, **run_metrics(work / "extract-cold")}
+    warm = smallcnn("extract", data, "--out", work / "extract-warm", env=env)
+    result["smallcnn_extract_warm"] = {**warm, **run_metrics(work / "extract-warm")}
+    print("extract done", flush=True)
+
+    result["peer_frozen"] = peer("frozen", data, epochs, work)
+    run = smallcnn("train", "--freeze", data, "--epochs", epochs, "--patience", epochs,
+                   "--out", work / "train", env=env)
+    result["smallcnn_train"] = {**run, **run_metrics(work / "train")}
+    print("train done", flush=True)
+
+    result["peer_finetune"] = peer("finetune", data, epochs, work)
+    run = smallcnn("finetune", data, "--head-epochs", epochs, "--epochs", epochs,
+                   "--patience", epochs, "--out", work / "finetune", env=env)
+    result["smallcnn_finetune"] = {**run, **run_metrics(work / "finetune")}
+    print("finetune done", flush=True)
+
+    images = sorted((data / ("val" if (data / "val").is_dir() else "validation")).rglob("*.jpg"))
+    folder = work / "predict"
+    folder.mkdir()
+    for image in images[:1000]:
+        (folder / f"{image.parent.name}-{image.name}").symlink_to(image)
+    imports = [timed([PYTHON, "-c", "import tensorflow"])["wall_seconds"] for _ in range(3)]
+    single = [smallcnn("predict", images[0], "--model", work / "extract-cold",
+                       env=env)["wall_seconds"] for _ in range(3)]
+    smallcnn("predict", folder, "--model", work / "extract-cold", "--json", env=env)  # converts once
+    many = smallcnn("predict", folder, "--model", work / "extract-cold", "--json", env=env)
+    result["predict"] = {"import_tensorflow_seconds": min(imports),
+                         "one_image_seconds": min(single), "folder_images": len(images[:1000]),
+                         "folder_seconds": many["wall_seconds"], "folder_peak_mb": many["peak_mb"]}
+    print("predict done", flush=True)
+
+    if scaling:
+        result["scaling"] = []
+        for times in (1, 2, 4):
+            source = repeated(data, times, work) if times > 1 else data
+            scale_cache = work / f"cache-x{times}"
+            run = smallcnn("extract", source, "--out", work / f"scale-x{times}",
+                           env={"SMALLCNN_CACHE": str(scale_cache)})
+            metrics = run_metrics(work / f"scale-x{times}")
+            result["scaling"].append({"times": times, "train_images": metrics["train_images"],
+                                      "seconds": run["wall_seconds"], "peak_mb": run["peak_mb"]})
+            shutil.rmtree(scale_cache, ignore_errors=True)
+        print("scaling done", flush=True)
+    for value in result.values():
+        if isinstance(value, dict):
+            value.pop("output", None)
+    return result
+
+
+def mean(values):
+    return statistics.mean(values) if values else float("nan")
+
+
+def summary(r):
+    """The table of one data set, as markdown lines."""
+    lim = r["limit"]
+    best_limit = max(lim.values())
+    pe, se, sw = r["peer_extract"], r["smallcnn_extract"], r["smallcnn_extract_warm"]
+    pf, st = r["peer_frozen"], r["smallcnn_train"]
+    pft, sft = r["peer_finetune"], r["smallcnn_finetune"]
+    test = "test_accuracy" in se
+    acc = "test_accuracy" if test else "val_accuracy"
+    peer_epoch = mean(pf["epoch_seconds"])
+    ours_epoch = mean([float(h["seconds"]) for h in st["history"] if h.get("seconds")])
+    p = r["predict"]
+    marginal = p["folder_images"] / max(1e-9, p["folder_seconds"] - p["one_image_seconds"])
+    rows = [
+        f"### {r['data set']}",
+        "",
+        f"Forward-pass limit (MobileNetV2, 224 px, decoded images): "
+        + ", ".join(f"{k} {v:.0f}/s" for k, v in lim.items())
+        + f"; best {best_limit:.0f} images/s.",
+        "",
+        "| phase | peer (Keras recipe) | smallcnn | smallcnn / peer |",
+        "|---|---|---|---|",
+        f"| extract: wall s (peer: extraction phase only) | {pe['seconds_extracting']:.1f} "
+        f"(whole script {pe['wall_seconds']:.1f}) | {se['wall_seconds']:.1f} | "
+        f"{pe['seconds_extracting'] / se['wall_seconds']:.1f}x faster |",
+        f"| extract: {acc} | {pe.get(acc, float('nan')):.2%} | {se[acc]:.2%} | "
+        f"{(se[acc] - pe.get(acc, 0)) * 100:+.2f} points |",
+        f"| extract: peak memory MB | {pe['peak_mb']:.0f} | {se['peak_mb']:.0f} | |",
+        f"| extract: base images/s | {pe['images_through_base'] / pe['seconds_extracting']:.0f} "
+        f"(decoding included) | {se['base_images_per_second'] or 0:.0f} "
+        f"({(se['base_images_per_second'] or 0) / best_limit:.0%} of the limit) | |",
+        f"| extract again, features cached: wall s (in the library, after imports) | | "
+        f"{sw['wall_seconds']:.1f} ({sw['seconds']:.1f}; cold run {se['seconds']:.1f}) | "
+        f"cold/warm {se['wall_seconds'] / sw['wall_seconds']:.1f}x wall, "
+        f"{se['seconds'] / sw['seconds']:.1f}x in the library |",
+        f"| train --freeze: s per epoch ({r['epochs']} epochs) | {peer_epoch:.1f} | "
+        f"{ours_epoch:.1f} | {peer_epoch / ours_epoch:.1f}x faster |",
+        f"| train --freeze: val_accuracy after {r['epochs']} epochs | {pf['val_accuracy']:.2%} | "
+        f"{st['val_accuracy']:.2%} | {(st['val_accuracy'] - pf['val_accuracy']) * 100:+.2f} points |",
+        f"| train --freeze: wall s, peak MB | {pf['wall_seconds']:.1f}, {pf['peak_mb']:.0f} | "
+        f"{st['wall_seconds']:.1f}, {st['peak_mb']:.0f} | |",
+        f"| finetune ({r['epochs']} + {r['epochs']} epochs): wall s | {pft['wall_seconds']:.1f} | "
+        f"{sft['wall_seconds']:.1f} | {pft['wall_seconds'] / sft['wall_seconds']:.1f}x faster |",
+        f"| finetune: val_accuracy | {pft['val_accuracy']:.2%} | {sft['val_accuracy']:.2%} | "
+        f"{(sft['val_accuracy'] - pft['val_accuracy']) * 100:+.2f} points |",
+        "",
+        f"predict: one image from a cold start {p['one_image_seconds']:.2f} s against "
+        f"{p['import_tensorflow_seconds']:.2f} s for `import tensorflow` "
+        f"(+{p['one_image_seconds'] - p['import_tensorflow_seconds']:.2f} s); a folder of "
+        f"{p['folder_images']} images {p['folder_seconds']:.1f} s, {marginal:.0f} images/s "
+        f"beyond start-up, decoding included ({marginal / best_limit:.0%} of the limit).",
+    ]
+    if "scaling" in r:
+        rows += ["", "| training set | images | extract wall s | peak MB |", "|---|---|---|---|"]
+        rows += [f"| {s['times']}x | {s['train_images']} | {s['seconds']:.1f} | {s['peak_mb']:.0f} |"
+                 for s in r["scaling"]]
+    return rows
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--datasets", nargs="+", default=["ants-bees", "cats-dogs-small"])
+    parser.add_argument("--epochs", type=int, default=2)
+    args = parser.parse_args()
+    results_dir = ROOT / "bench" / "results"
+    results_dir.mkdir(parents=True, exist_ok=True)
+    lines = ["# Benchmarks", "",
+             f"`make bench` ({' '.join(sys.argv[1:]) or 'defaults'}), "
+             f"{time.strftime('%Y-%m-%d')}, on this project's 2-core, no-GPU machine. "
+             "Every figure comes from one run of bench/run.py; the tools alternate.", ""]
+    for name in args.datasets:
+        work = Path(tempfile.mkdtemp(prefix=f"smallcnn-bench-{name}-"))
+        result = bench(name, args.epochs, work, scaling=name == "cats-dogs-small")
+        (results_dir / f"{name}.json").write_text(json.dumps(result, indent=2, default=str))
+        table = summary(result)
+        print("\n".join(table), flush=True)
+        lines += table + [""]
+        shutil.rmtree(work, ignore_errors=True)
+    (ROOT / "docs").mkdir(exist_ok=True)
+    (ROOT / "docs" / "benchmarks.md").write_text("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    main()
