@@ -277,7 +277,7 @@ def finetune(
     from_run: Annotated[Optional[Path], typer.Option("--from", help="Start from this run folder instead of training a head first.", show_default=False)] = None,
     unfreeze: Unfreeze = 4,
     head_epochs: Annotated[Optional[int], typer.Option(help="Epochs for the head with the base frozen (without --from).  [default: 30]", show_default=False)] = None,
-    head_learning_rate: Annotated[Optional[float], typer.Option(help="Learning rate for that head phase.  [default: 1e-3]", show_default=False)] = None,
+    head_learning_rate: Annotated[Optional[float], typer.Option(help="Learning rate for that head phase.  [default: 1e-2]", show_default=False)] = None,
     base: Base = None,
     weights: Weights = None,
     image_size: ImageSize = None,

@@ -59,10 +59,10 @@ class LiteRTEngine:
         self._shape = None
 
     def __call__(self, images):
-        images = np.asarray(images, dtype=np.float32)
-        if len(images) > self.micro_batch:
+        if len(images) > self.micro_batch:  # converted to float one micro-batch at a time
             return np.concatenate([self(images[i : i + self.micro_batch])
                                    for i in range(0, len(images), self.micro_batch)])
+        images = np.asarray(images, dtype=np.float32)
         if self._shape != images.shape:
             self._interpreter.resize_tensor_input(self._input, list(images.shape))
             self._interpreter.allocate_tensors()
@@ -154,8 +154,7 @@ def compute_features(engine, images, batch_size=32, progress=None):
     n = len(images)
     out = None
     for start in range(0, n, batch_size):
-        batch = np.asarray(images[start : start + batch_size], dtype=np.float32)
-        values = engine(batch)
+        values = engine(images[start : start + batch_size])
         if out is None:
             out = np.empty((n, values.shape[-1]), dtype=np.float32)
         out[start : start + len(values)] = values
