@@ -103,6 +103,10 @@ def summary_table(result):
     if metrics.get("skipped_images"):
         table.add_row("unreadable images skipped", str(metrics["skipped_images"]))
     table.add_row("seconds", f"{metrics['seconds']:.1f}")
+    imbalance = metrics.get("class_imbalance") or 1
+    if imbalance > 3:
+        weighted = "balanced" if metrics.get("class_weights") else "none"
+        table.add_row("class imbalance", f"{imbalance:.1f}x (--class-weight {weighted})")
     return table
 
 

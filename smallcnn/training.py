@@ -320,6 +320,7 @@ class _Context:
                 "train_images": len(self.dataset.train),
                 "skipped_images": len(self.skipped),
                 "class_weights": self.class_weights(),
+                "class_imbalance": _imbalance(self.dataset),
                 "engine": self._engine.name if self._engine is not None else None,
                 "base_images_per_second": (round(self.base_images / self.base_seconds, 1)
                                            if self.base_seconds else None),
@@ -338,6 +339,12 @@ class _Context:
         return RunResult(self.command, run_dir, self.dataset.class_names, metrics, rows,
                          [[p, r] for p, r in self.skipped.items()],
                          interrupted=self.interrupted, **extra)
+
+
+def _imbalance(dataset):
+    """Largest over smallest class in the training split."""
+    counts = [c for c in dataset.counts()["train"] if c]
+    return round(max(counts) / min(counts), 2) if counts else None
 
 
 def _history_rows(history, phase, first_epoch=1, seconds=()):

@@ -96,11 +96,12 @@ def test_a_crash_while_saving_leaves_the_previous_model(tmp_path):
 
 
 def test_balanced_class_weights(tmp_path):
-    root = make_dataset(tmp_path / "d", per_class=6, classes=("red",))
+    root = make_dataset(tmp_path / "d", per_class=5, classes=("red",))
     make_dataset(root, per_class=18, classes=("blue",), seed=3)
     result = invoke("extract", root, "--base", "small", "--image-size", "32", "--epochs", "2",
                     "--class-weight", "balanced", "--out", "runs/w")
     assert result.exit_code == 0, result.output
+    assert "3.6x (--class-weight balanced)" in result.output  # the summary notes the imbalance
     weights = json.loads(open("runs/w/metrics.json").read())["class_weights"]
     train = json.loads(open("runs/w/smallcnn.json").read())["data_counts"]["train"]
     total = sum(train)
