@@ -198,7 +198,7 @@ def summary(r):
     rows = [
         f"### {r['data set']}",
         "",
-        f"Forward-pass limit (MobileNetV2, 224 px, decoded images): "
+        "Forward-pass limit (MobileNetV2, 224 px, decoded images): "
         + ", ".join(f"{k} {v:.0f}/s" for k, v in lim.items())
         + f"; best {best_limit:.0f} images/s.",
         "",

@@ -2,7 +2,6 @@
 
 import contextlib
 import os
-import time
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
