@@ -76,7 +76,7 @@ from pathlib import Path
 from smallcnn.bases import build_base, get_base
 from smallcnn.models import feature_extractor
 from smallcnn.images import load_images
-from smallcnn.engine import LiteRTEngine, _convert
+from smallcnn.engine import LiteRTEngine, convert_to_litert
 paths = sorted(str(p) for p in Path({str(data)!r}).rglob("*.jpg"))[:256]
 images, _ = load_images(paths, 224)
 x = images.astype("float32")
@@ -87,7 +87,7 @@ for batch in (32, 64, 128):
     run(x[:batch]); start = time.perf_counter()
     for i in range(0, len(x), batch): run(x[i:i + batch]).numpy()
     result[f"tensorflow_batch{{batch}}"] = len(x) / (time.perf_counter() - start)
-path = Path(tempfile.mkdtemp()) / "base.tflite"; _convert(extractor, path, None)
+path = Path(tempfile.mkdtemp()) / "base.tflite"; convert_to_litert(extractor, path)
 for micro in (1, 2, 8, 32):
     engine = LiteRTEngine(path); engine.micro_batch = micro; engine(x[:micro])
     start = time.perf_counter()

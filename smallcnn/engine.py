@@ -79,8 +79,8 @@ def _litert_path(spec, weights, image_size):
     return cache_dir().parent / "engines" / f"{spec.name}-{image_size}-{key}.tflite"
 
 
-def _convert(extractor, path, reporter):
-    """Writes the extractor as a LiteRT model, its weights frozen into constants.
+def convert_to_litert(model, path):
+    """Writes a Keras model (one image input) as a LiteRT model, its weights frozen into constants.
 
     Freezing a concrete function and converting it takes about 1.5 s for MobileNetV2;
     Keras' own `export(format="litert")` goes through a SavedModel and takes about 7 s
@@ -97,13 +97,13 @@ def _convert(extractor, path, reporter):
                 convert_variables_to_constants_v2,
             )
 
-            spec = tf.TensorSpec([None, *extractor.input_shape[1:]], tf.float32)
-            function = tf.function(lambda x: extractor(x, training=False), input_signature=[spec])
+            spec = tf.TensorSpec([None, *model.input_shape[1:]], tf.float32)
+            function = tf.function(lambda x: model(x, training=False), input_signature=[spec])
             frozen = convert_variables_to_constants_v2(function.get_concrete_function())
-            converter = tf.lite.TFLiteConverter.from_concrete_functions([frozen], extractor)
+            converter = tf.lite.TFLiteConverter.from_concrete_functions([frozen], model)
             Path(temp).write_bytes(converter.convert())
         except Exception:
-            extractor.export(temp, format="litert", verbose=False)
+            model.export(temp, format="litert", verbose=False)
         os.replace(temp, path)
     finally:
         if os.path.exists(temp):
@@ -130,14 +130,14 @@ def feature_engine(spec, weights, image_size, extractor, engine="auto", reporter
     try:
         if weights == "none":  # random weights: a conversion of its own, not cached
             path = Path(tempfile.mkdtemp(prefix="smallcnn-engine-")) / "base.tflite"
-            _convert(extractor, path, reporter)
+            convert_to_litert(extractor, path)
             engine = LiteRTEngine(path)
             shutil.rmtree(path.parent, ignore_errors=True)
             return engine
         path = _litert_path(spec, weights, image_size)
         if not path.exists():
             reporter.note(f"Converting the base to LiteRT for faster inference (once): {path.name}")
-            _convert(extractor, path, reporter)
+            convert_to_litert(extractor, path)
         return LiteRTEngine(path)
     except Exception as error:  # no LiteRT wheel for this platform, or an op it lacks
         reporter.warning(f"LiteRT is not usable here ({type(error).__name__}: {error}); "

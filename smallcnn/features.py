@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from smallcnn.runs import _atomic_write
+from smallcnn.runs import atomic_write
 
 CACHE_FORMAT = 1
 
@@ -83,6 +83,6 @@ def store(key, features, labels, paths, skipped):
             )
 
     try:
-        _atomic_write(folder / f"{key}.npz", write)
+        atomic_write(folder / f"{key}.npz", write)
     except OSError:
         pass  # a read-only or full cache only costs time on the next run

@@ -63,7 +63,7 @@ class Classifier:
                 os.environ.get("SMALLCNN_ENGINE", "auto") != "tf":
             import hashlib
 
-            from smallcnn.engine import LiteRTEngine, _convert
+            from smallcnn.engine import LiteRTEngine, convert_to_litert
             from smallcnn.features import cache_dir
 
             model_file = Path(self.run_dir) / runs.MODEL_FILE
@@ -74,7 +74,7 @@ class Classifier:
             path = cache_dir().parent / "engines" / f"model-{key}.tflite"
             try:
                 if not path.exists():
-                    _convert(self.model, path, None)
+                    convert_to_litert(self.model, path)
                 self._litert = LiteRTEngine(path)
             except Exception:  # no LiteRT here: TensorFlow predicts, only slower
                 self._litert = False

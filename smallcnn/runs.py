@@ -27,7 +27,7 @@ METRICS_FILE = "metrics.json"
 HISTORY_FILE = "history.csv"
 
 
-def _atomic_write(path, write):
+def atomic_write(path, write):
     """Calls `write(temp_path)`, then renames the temporary file onto `path`."""
     path = Path(path)
     fd, temp = tempfile.mkstemp(prefix=f".{path.stem}-", suffix=path.suffix, dir=path.parent)
@@ -48,7 +48,7 @@ def write_text(path, text):
         with open(temp, "w", encoding="utf-8") as f:
             f.write(text)
 
-    _atomic_write(path, write)
+    atomic_write(path, write)
 
 
 def write_json(path, data):
@@ -57,7 +57,7 @@ def write_json(path, data):
 
 def save_model(model, path):
     """Saves a Keras model atomically (Keras itself writes in place)."""
-    _atomic_write(path, lambda temp: model.save(temp))
+    atomic_write(path, lambda temp: model.save(temp))
 
 
 def write_history(path, rows):
