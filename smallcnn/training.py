@@ -630,9 +630,22 @@ def finetune(data_dir=None, from_run=None, settings=None, out=None, overwrite=Fa
         f"Unfroze {len(unfrozen)} base layer(s): {', '.join(unfrozen)}; "
         f"{trainable:,} parameters now train (head included)."
     )
+    before = model.get_weights()
+    before_loss = min((r["val_loss"] for r in rows if "val_loss" in r), default=None)
+    if source_config is not None:
+        try:
+            before_loss = json.loads((from_run / runs.METRICS_FILE).read_text())["val_loss"]
+        except (OSError, ValueError, KeyError):
+            pass
     tuned, evaluations = _train_end_to_end(context, model, run_dir, "finetune", s.epochs,
                                            s.learning_rate, initial_epoch=len(rows))
     rows += tuned
+    # Fine-tuning that leaves val_loss clearly worse (not just within noise) is undone.
+    if before_loss is not None and evaluations["val"][0] > before_loss + 1e-3:
+        model.set_weights(before)
+        evaluations = _evaluate_model(model, context)
+        reporter.note(f"Fine-tuning did not lower val_loss below {before_loss:.4f}; "
+                      "kept the model from before it.")
     metrics = context.finish(run_dir, model, config, rows, evaluations,
                              {"finetune_start_epoch": len(rows) - len(tuned) + 1,
                               "unfrozen_layers": unfrozen, "trainable_params": trainable})

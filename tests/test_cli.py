@@ -99,8 +99,10 @@ def test_train_freeze_keeps_base_and_finetune_changes_only_unfrozen_layers(
     tiny_data, base_weights_file
 ):
     base_name, original = _file_weights(base_weights_file)
+    # A barely trained head, so that fine-tuning improves on it and its weights are kept.
     frozen = invoke("train", tiny_data, "--freeze", "--weights", base_weights_file,
-                    "--image-size", "32", *FAST, "--learning-rate", "0.01", "--out", "runs/f")
+                    "--image-size", "32", "--epochs", "1", "--batch-size", "8",
+                    "--learning-rate", "0.0001", "--out", "runs/f")
     assert frozen.exit_code == 0, frozen.output
     after_train = _base_weights("runs/f", base_name)
     assert all(np.array_equal(a, b) for name in original
@@ -119,6 +121,14 @@ def test_train_freeze_keeps_base_and_finetune_changes_only_unfrozen_layers(
     assert metrics["unfrozen_layers"] == ["Conv_1", "block_16_project"]
     config = json.loads(open("runs/t/smallcnn.json").read())
     assert config["from_run"].endswith("runs/f")
+
+    # Fine-tuning that only makes things worse does not replace the better model.
+    ruined = invoke("finetune", "--from", "runs/f", "--unfreeze", "2", "--epochs", "1",
+                    "--batch-size", "8", "--learning-rate", "1000", "--out", "runs/r")
+    assert ruined.exit_code == 0, ruined.output
+    assert "kept the model from before it" in ruined.output
+    before = json.loads(open("runs/f/metrics.json").read())["val_loss"]
+    assert json.loads(open("runs/r/metrics.json").read())["val_loss"] <= before + 1e-3
 
 
 def test_finetune_without_a_run_trains_the_head_first(tiny_data, base_weights_file):
