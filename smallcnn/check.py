@@ -149,12 +149,18 @@ class CheckReport:
         return {**dataclasses.asdict(self), "cross_split_duplicates": len(self.leaks)}
 
 
-def check_dataset(dataset, progress=None):
-    """Scans every file of a `data.Dataset`; returns a `CheckReport`."""
+def check_dataset(dataset, reporter=None):
+    """Scans every file of a `data.Dataset`; returns a `CheckReport`.
+
+    `reporter` (a `smallcnn.reporting.Reporter`) shows the scan's progress.
+    """
+    from smallcnn.reporting import Reporter
+
     entries = []  # (path, split, class index)
     for name, split in dataset.splits.items():
         entries.extend((p, name, int(label)) for p, label in zip(split.paths, split.labels))
-    facts = scan_files([e[0] for e in entries], dataset.root, progress)
+    with (reporter or Reporter()).progress("Checking images", len(entries)) as advance:
+        facts = scan_files([e[0] for e in entries], dataset.root, advance)
 
     unreadable = []
     counts = {name: [0] * len(dataset.class_names) for name in dataset.splits}

@@ -48,11 +48,7 @@ def _library_call(name):
         from smallcnn.data import find_dataset
 
         def check(data, val_split, seed):
-            dataset = find_dataset(data, val_split, seed)
-            with RichReporter().progress(
-                "Checking images", sum(len(s) for s in dataset.splits.values())
-            ) as advance:
-                return check_dataset(dataset, progress=advance)
+            return check_dataset(find_dataset(data, val_split, seed), RichReporter())
 
         return check
     if name == "predict":

@@ -135,9 +135,7 @@ def run_check(dataset, reporter):
     """Checks a data set (cached per file), shows what is wrong, refuses what cannot train."""
     from smallcnn.check import check_dataset, require_trainable
 
-    total = sum(len(split) for split in dataset.splits.values())
-    with reporter.progress("Checking images", total) as advance:
-        report = check_dataset(dataset, progress=advance)
+    report = check_dataset(dataset, reporter)
     reporter.check(report)
     require_trainable(report)
     return report
@@ -427,7 +425,7 @@ def extract(data_dir, settings=None, out=None, overwrite=False, reporter=None,
     return context.result(run_dir, metrics, rows)
 
 
-def _augmented_features(context, steps):
+def _augmented_features(context):
     """An endless stream of (features, labels) batches of augmented training images.
 
     The frozen base needs no gradients, so each augmented batch goes through the
@@ -466,7 +464,7 @@ def _train_head_frozen(context, model, head, run_dir, phase, epochs, learning_ra
     steps = int(np.ceil(len(context.decoded("train")) / s.batch_size))
     compile_model(head, context.optimizer(learning_rate, steps, epochs))
     history = head.fit(
-        _augmented_features(context, steps),
+        _augmented_features(context),
         steps_per_epoch=steps,
         shuffle=False,  # the stream is shuffled
         validation_data=val,
@@ -516,9 +514,7 @@ def _train_end_to_end(context, model, run_dir, phase, epochs, learning_rate, ini
     )
     rows = _history_rows(history, phase, first_epoch=initial_epoch + 1,
                          seconds=context.epoch_report.seconds)
-    evaluations = {name: [float(v) for v in model.evaluate(ds, verbose=0)]
-                   for name, ds in eval_ds.items()}
-    return rows, evaluations
+    return rows, _evaluate_model(model, context)
 
 
 def train(data_dir=None, settings=None, out=None, overwrite=False, reporter=None,
