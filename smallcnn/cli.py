@@ -51,6 +51,14 @@ def _library_call(name):
             return check_dataset(find_dataset(data, val_split, seed), RichReporter())
 
         return check
+    if name == "export":
+        from smallcnn.console import RichReporter, stderr, stdout
+        from smallcnn.export import export
+
+        def export_run(*args, as_json=False, **kwargs):  # --json: stdout holds the JSON alone
+            return export(*args, reporter=RichReporter(stderr if as_json else stdout), **kwargs)
+
+        return export_run
     if name == "predict":
         from smallcnn.predict import load
 
@@ -65,12 +73,16 @@ def _library_call(name):
     return lambda *args, **kwargs: function(*args, reporter=RichReporter(), **kwargs)
 
 
-def _run(command, *args, **kwargs):
-    """Runs one library call, turning errors into a message and an exit code."""
+def _run(command, *args, tensorflow=True, **kwargs):
+    """Runs one library call, turning errors into a message and an exit code.
+
+    `tensorflow=False` skips importing TensorFlow (2-3 s) for calls that do not need it.
+    """
     from smallcnn.console import stderr
 
     try:
-        _quiet_tensorflow()
+        if tensorflow:
+            _quiet_tensorflow()
         return _library_call(command)(*args, **kwargs)
     except SmallcnnError as error:
         if _state["debug"]:
@@ -348,7 +360,7 @@ def check(
 @app.command()
 def predict(
     images: Annotated[List[Path], typer.Argument(help="Image files or folders.", show_default=False)],
-    model: Annotated[Optional[Path], typer.Option("--model", help="Run folder (or its model.keras).  [default: the most recent run in ./runs]", show_default=False)] = None,
+    model: Annotated[Optional[Path], typer.Option("--model", help="Run folder (or its model.keras), or an exported .tflite, .onnx, .keras file or SavedModel folder.  [default: the most recent run in ./runs]", show_default=False)] = None,
     top_k: Annotated[int, typer.Option("--top-k", help="Classes to show per image.")] = 3,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout.")] = False,
     batch_size: BatchSize = 32,
@@ -356,8 +368,9 @@ def predict(
     """Classify images with a trained model: top-k classes and probabilities."""
     from smallcnn.console import predictions_table, stderr, stdout
 
+    light = model is not None and model.suffix.lower() in (".tflite", ".onnx") and model.is_file()
     predictions, failures = _run("predict", [str(p) for p in images], model=model,
-                                 top_k=top_k, batch_size=batch_size)
+                                 top_k=top_k, batch_size=batch_size, tensorflow=not light)
     if as_json:
         sys.stdout.write(json.dumps([p.to_dict() for p in predictions], indent=2) + "\n")
     elif predictions:
@@ -366,6 +379,34 @@ def predict(
         stderr.print(f"[bold red]error:[/bold red] {failure}", soft_wrap=True)
     if failures:
         raise typer.Exit(failures[0].exit_code)
+
+
+@app.command("export")
+def export_command(
+    run: Annotated[Optional[Path], typer.Argument(help="Run folder.  [default: the most recent run in ./runs]", show_default=False)] = None,
+    format: Annotated[str, typer.Option("--format", help="keras, savedmodel, tflite or onnx.")] = "tflite",
+    quantize: Annotated[str, typer.Option("--quantize", help="none, float16 or int8 (tflite and onnx); int8 calibrates on training images.")] = "none",
+    out: Annotated[Optional[Path], typer.Option("--out", help="File (or folder) to write.  [default: RUN/export/model[-QUANTIZE].EXT]", show_default=False)] = None,
+    data: Annotated[Optional[Path], typer.Option("--data", help="The run's data folder, if it has moved (the export is checked on its validation images).", show_default=False)] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing export.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result as one JSON document on stdout.")] = False,
+):
+    """Export a trained model (raw RGB pixels in, probabilities out), checked against the run's model.
+
+    The exported file is run on the validation images; the export fails, writing
+    nothing, when fewer than 99% (97% for int8) of its top-1 answers match the run's model.
+    """
+    from smallcnn.console import export_table, stdout
+
+    result = _run("export", run, format=format, quantize=quantize, out=out,
+                  data=data, overwrite=overwrite, as_json=as_json)
+    if as_json:
+        sys.stdout.write(json.dumps(result.to_dict(), indent=2) + "\n")
+        return
+    stdout.print(export_table(result))
+    stdout.print(f"Exported {result.path} (labels: {result.labels_path}, input contract: "
+                 f"{result.contract_path}). Predict with: smallcnn predict IMAGE --model {result.path}",
+                 soft_wrap=True)
 
 
 def main():

@@ -109,6 +109,20 @@ def summary_table(result):
     return table
 
 
+def export_table(result):
+    table = Table()
+    table.add_column(f"{result.format} export" + ("" if result.quantize == "none"
+                                                  else f" ({result.quantize})"))
+    table.add_column("value", justify="right")
+    table.add_row("file size", f"{result.size_bytes / 1e6:.2f} MB")
+    table.add_row("checked on", f"{result.images} validation images")
+    table.add_row("top-1 agreement with the run's model", f"{result.agreement:.2%}")
+    table.add_row("largest probability difference", f"{result.max_difference:.4f}")
+    table.add_row("one-image latency", f"{result.latency_ms:.1f} ms")
+    table.add_row("seconds", f"{result.seconds:.1f}")
+    return table
+
+
 def _short(path):
     """A path relative to the working folder when it is inside it."""
     try:

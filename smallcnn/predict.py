@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from smallcnn import runs
-from smallcnn.errors import DataError, UsageError
+from smallcnn.errors import DataError, ModelError, UsageError
 from smallcnn.images import UnreadableImage, is_image_file, load_images
 
 
@@ -124,6 +124,76 @@ class Classifier:
         return Prediction(path, top[0]["label"], top[0]["probability"], top)
 
 
+class ExportedClassifier(Classifier):
+    """An exported model (`smallcnn export`) run in its own runtime: LiteRT, ONNX Runtime,
+    TensorFlow (SavedModel) or Keras."""
+
+    def __init__(self, runtime, class_names, path):
+        self.model = None
+        self.runtime = runtime
+        self.path = str(path)
+        self.run_dir = None
+        self.class_names = list(class_names)
+        self.image_size = int(runtime.input_shape[1])
+        self.config = {"class_names": self.class_names, "image_size": self.image_size,
+                       "format": runtime.format}
+
+    def probabilities(self, images, batch_size=32):
+        from smallcnn.runtimes import run_batches
+
+        images = np.asarray(images)
+        expected = (self.image_size, self.image_size, 3)
+        if images.ndim != 4 or images.shape[1:] != expected:
+            raise UsageError(
+                f"Images must be an array of shape (n, {self.image_size}, {self.image_size}, 3). "
+                f"Received: shape={images.shape}"
+            )
+        if images.dtype != np.uint8:
+            images = np.clip(np.round(images), 0, 255).astype(np.uint8)
+        return run_batches(self.runtime, images, batch_size)
+
+
+def load_exported(path):
+    """Opens a model written by `smallcnn export`, with its labels (from the contract JSON
+    beside it, or labels.txt)."""
+    import json
+
+    from smallcnn.export import LABELS_FILE, contract_path
+    from smallcnn.runtimes import open_model
+
+    path = Path(path).expanduser()
+    runtime = open_model(path)
+    contract, labels_file = contract_path(path), path.parent / LABELS_FILE
+    try:
+        if contract.is_file():
+            labels = json.loads(contract.read_text(encoding="utf-8"))["labels"]
+        elif labels_file.is_file():
+            labels = [line.strip() for line in labels_file.read_text(encoding="utf-8").splitlines()
+                      if line.strip()]
+        else:
+            raise ModelError(
+                f"No labels for {str(path)!r}: put {contract.name} or {LABELS_FILE} (one class "
+                "per line, in the model's output order) beside it."
+            )
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise ModelError(f"Cannot read the labels beside {str(path)!r}: {error}") from None
+    outputs = runtime(np.zeros((1, *runtime.input_shape[1:]), dtype=runtime.input_dtype)).shape[-1]
+    if outputs != len(labels):
+        raise ModelError(f"{str(path)!r} has {outputs} outputs but its labels name {len(labels)} "
+                         "classes; export the model again.")
+    return ExportedClassifier(runtime, labels, path)
+
+
+def is_exported(path):
+    """Whether `path` names an exported model rather than a run folder (or a run's model)."""
+    from smallcnn.runtimes import format_of
+
+    path = Path(path).expanduser()
+    if format_of(path) is None:
+        return False
+    return not (path.parent / runs.CONFIG_FILE).is_file() or path.name != runs.MODEL_FILE
+
+
 def expand_paths(paths):
     """Image files from a list of files and folders (searched recursively)."""
     found = []
@@ -141,7 +211,8 @@ def expand_paths(paths):
 
 
 def load(path=None):
-    """Loads a trained model from a run folder (default: the most recent run in ./runs).
+    """Loads a trained model from a run folder (default: the most recent run in ./runs), or
+    an exported model (.tflite, .onnx, .keras, SavedModel folder) made by `smallcnn export`.
 
     Example:
 
@@ -150,10 +221,12 @@ def load(path=None):
         for p in classifier.predict(["cat.jpg", "photos/"]):
             print(p.path, p.label, p.probability)
     """
+    if path is not None and is_exported(path):
+        return load_exported(path)
     run_dir = runs.resolve_run(path) if path is not None else runs.latest_run()
     config = runs.read_config(run_dir)
     model = runs.load_model(run_dir)
     return Classifier(model, config, run_dir)
 
 
-__all__ = ["Classifier", "Prediction", "UnreadableImage", "load", "expand_paths"]
+__all__ = ["Classifier", "ExportedClassifier", "Prediction", "UnreadableImage", "load", "expand_paths"]

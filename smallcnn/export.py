@@ -1,0 +1,443 @@
+"""Exporting a trained run to a file that runs elsewhere, verified before it is kept.
+
+    smallcnn export RUN --format keras|savedmodel|tflite|onnx [--quantize none|float16|int8]
+
+Every exported model takes raw RGB pixels (`uint8`, `(n, size, size, 3)`) and returns
+class probabilities, so no user has to reproduce the preprocessing. The preprocessing
+is rebuilt from standard Keras layers (no smallcnn layer), so even the `.keras` export
+loads where smallcnn is not installed. `labels.txt` and a JSON file with the input
+contract go beside the model.
+
+Before a file is put in place, it is loaded back in its own runtime and run on the
+run's validation images; the export fails (and leaves nothing behind) when its top-1
+agreement with the Keras model is below 99% (97% for int8).
+"""
+
+import dataclasses
+import datetime
+import json
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from smallcnn import __version__, runs
+from smallcnn.errors import DataError, ModelError, UsageError
+from smallcnn.reporting import Reporter
+from smallcnn.runtimes import FORMATS, open_model, run_batches
+
+QUANTIZATIONS = ("none", "float16", "int8")
+# Which quantizations each format offers.
+SUPPORTED = {"keras": ("none",), "savedmodel": ("none",), "tflite": QUANTIZATIONS,
+             "onnx": QUANTIZATIONS}
+# The least top-1 agreement with the Keras model on the validation images.
+MIN_AGREEMENT = {"none": 0.99, "float16": 0.99, "int8": 0.97}
+CALIBRATION_IMAGES = 100  # training images that calibrate int8 activation ranges
+LABELS_FILE = "labels.txt"
+RESIZE_CONTRACT = ("the whole image resized to size x size (bilinear, no crop), after applying "
+                   "its EXIF orientation; transparency composited on white; RGB order")
+
+_CAFFE_BGR_MEAN = (103.939, 116.779, 123.68)
+_TORCH_MEAN = np.array((0.485, 0.456, 0.406))
+_TORCH_STD = np.array((0.229, 0.224, 0.225))
+
+
+@dataclasses.dataclass
+class ExportResult:
+    path: str
+    format: str
+    quantize: str
+    size_bytes: int
+    images: int  # validation images the export was checked on
+    agreement: float  # top-1 agreement with the Keras model
+    max_difference: float  # largest absolute difference of a class probability
+    latency_ms: float  # median time for one image in the exported model's runtime
+    labels_path: str
+    contract_path: str
+    seconds: float
+
+    def to_dict(self):
+        return dataclasses.asdict(self)
+
+
+def standard_preprocessing(mode):
+    """Standard Keras layers that do what `smallcnn.layers.Preprocess(mode)` does.
+
+    Returns:
+        A function from a uint8 image tensor to the base's input.
+    """
+    import keras
+    from keras import layers
+
+    if mode == "tf":
+        return layers.Rescaling(1 / 127.5, offset=-1.0, name="preprocess")
+    if mode == "scale":
+        return layers.Rescaling(1 / 255.0, name="preprocess")
+    if mode == "torch":
+        return layers.Rescaling(list(1 / (255.0 * _TORCH_STD)), list(-_TORCH_MEAN / _TORCH_STD),
+                                name="preprocess")
+    if mode == "none":
+        return layers.Rescaling(1.0, name="preprocess")
+    if mode == "caffe":  # RGB -> BGR and minus the mean, as one fixed 1x1 convolution
+        cast = layers.Rescaling(1.0, name="preprocess_cast")
+        convert = layers.Conv2D(3, 1, name="preprocess", trainable=False)
+        convert.build((None, None, None, 3))
+        convert.set_weights([np.eye(3, dtype="float32")[::-1].reshape(1, 1, 3, 3),
+                             -np.asarray(_CAFFE_BGR_MEAN, dtype="float32")])
+        return lambda x: convert(cast(x))
+    raise ModelError(f"Unknown preprocessing {mode!r} in the run's smallcnn.json.")
+
+
+def portable_model(model, config):
+    """The run's model with a uint8 input and standard preprocessing layers only."""
+    import keras
+
+    from smallcnn.models import HEAD_NAME
+
+    size = int(config["image_size"])
+    try:
+        base = model.get_layer(config["base_layer"])
+        pool = model.get_layer("pool")
+        head = model.get_layer(HEAD_NAME)
+    except (KeyError, ValueError):
+        raise ModelError("The run's model was not made by this smallcnn version; "
+                         "it has no base, pool and head layers to export.") from None
+    inputs = keras.Input((size, size, 3), dtype="uint8", name="image")
+    x = standard_preprocessing(config["preprocessing"])(inputs)
+    x = base(x, training=False)
+    outputs = head(pool(x))
+    portable = keras.Model(inputs, outputs, name=model.name)
+    portable(np.zeros((1, size, size, 3), dtype="uint8"))  # built and called: some exporters ask
+    return portable
+
+
+def default_output(run_dir, format, quantize):
+    """RUN/export/model[-QUANTIZE].tflite (or .onnx, .keras; savedmodel/ for a folder)."""
+    stem = "model" if quantize == "none" else f"model-{quantize}"
+    name = {"keras": f"{stem}.keras", "savedmodel": "savedmodel", "tflite": f"{stem}.tflite",
+            "onnx": f"{stem}.onnx"}[format]
+    return Path(run_dir) / "export" / name
+
+
+def contract_path(path):
+    """The input-contract JSON beside an exported model: model.tflite -> model.tflite.json."""
+    path = Path(path)
+    return path.parent / f"{path.name}.json"
+
+
+def _validate(format, quantize, out):
+    if format not in FORMATS:
+        raise UsageError(f"Unknown --format {format!r}. Choose one of: {', '.join(FORMATS)}.")
+    if quantize not in QUANTIZATIONS:
+        raise UsageError(
+            f"Unknown --quantize {quantize!r}. Choose one of: {', '.join(QUANTIZATIONS)}."
+        )
+    if quantize not in SUPPORTED[format]:
+        raise UsageError(
+            f"--quantize {quantize} is not offered for --format {format}; "
+            "quantized models are exported as tflite or onnx."
+        )
+    if out is not None and format != "savedmodel":
+        suffix = {"keras": ".keras", "tflite": ".tflite", "onnx": ".onnx"}[format]
+        if Path(out).suffix.lower() != suffix and Path(out).suffix:
+            raise UsageError(
+                f"--out for --format {format} must end in {suffix} (or be a folder). "
+                f"Received: {str(out)!r}"
+            )
+
+
+def _resolve_output(run_dir, format, quantize, out):
+    if out is None:
+        return default_output(run_dir, format, quantize)
+    out = Path(out).expanduser()
+    if format != "savedmodel" and (out.is_dir() or not out.suffix):
+        return out / default_output(run_dir, format, quantize).name
+    return out
+
+
+def _labels_text(class_names):
+    return "".join(f"{name}\n" for name in class_names)
+
+
+def _verification_images(config, data, reporter):
+    """(validation images, their labels, calibration images) decoded at the model's size."""
+    from smallcnn.data import find_dataset
+    from smallcnn.images import load_images
+
+    root = data or config.get("data")
+    if not root or not Path(root).is_dir():
+        raise DataError(
+            f"The run's data folder {str(root)!r} is not there, and an export is checked on "
+            "the validation images; pass --data DATA (the folder the run was trained on)."
+        )
+    settings = config.get("settings", {})
+    dataset = find_dataset(root, settings.get("val_split", 0.2), settings.get("seed", 42))
+    if dataset.class_names != list(config["class_names"]):
+        raise DataError(
+            f"The classes in {str(root)!r} ({', '.join(dataset.class_names)}) are not the "
+            f"model's ({', '.join(config['class_names'])}); pass the data the run was trained on."
+        )
+    size = int(config["image_size"])
+    with reporter.progress("Decoding the validation images", len(dataset.val)) as advance:
+        val, failures = load_images(dataset.val.paths, size, progress=advance)
+    keep = np.ones(len(val), dtype=bool)
+    bad = {f.path for f in failures}
+    keep[[i for i, p in enumerate(dataset.val.paths) if p in bad]] = False
+    rng = np.random.default_rng(0)
+    train = dataset.train.paths
+    picked = sorted(rng.choice(len(train), min(CALIBRATION_IMAGES, len(train)), replace=False))
+    calibration, failures = load_images([train[i] for i in picked], size)
+    bad = {f.path for f in failures}
+    calibration = calibration[[train[i] not in bad for i in picked]]
+    return val[keep], dataset.val.labels[keep], calibration
+
+
+def _write_tflite(model, path, quantize, calibration):
+    import tensorflow as tf
+    from tensorflow.python.framework.convert_to_constants import (
+        convert_variables_to_constants_v2,
+    )
+
+    spec = tf.TensorSpec([None, *model.input_shape[1:]], tf.uint8)
+    function = tf.function(lambda x: model(x, training=False), input_signature=[spec],
+                           autograph=False)
+    frozen = convert_variables_to_constants_v2(function.get_concrete_function())
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([frozen], model)
+    if quantize == "float16":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.target_spec.supported_types = [tf.float16]
+    elif quantize == "int8":  # int8 weights and activations; uint8 in, probabilities out
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.representative_dataset = lambda: ([image[None]] for image in calibration)
+    from smallcnn.quiet import native_stderr_silenced
+
+    with native_stderr_silenced():  # the converter's "fully_quantize: 0, ..." line
+        Path(path).write_bytes(converter.convert())
+
+
+def _write_onnx(model, path, quantize, calibration):
+    try:
+        import onnx  # noqa: F401
+        import tf2onnx  # noqa: F401
+    except ImportError:
+        raise UsageError(
+            "ONNX export needs tf2onnx and onnx: pip install 'smallcnn[onnx]'."
+        ) from None
+    from smallcnn.quiet import native_stderr_silenced
+
+    if quantize == "none":
+        with native_stderr_silenced():
+            model.export(str(path), format="onnx", verbose=False)
+        return
+    folder = Path(tempfile.mkdtemp(prefix="smallcnn-onnx-", dir=Path(path).parent))
+    try:
+        plain = folder / "plain.onnx"
+        with native_stderr_silenced():
+            model.export(str(plain), format="onnx", verbose=False)
+        if quantize == "float16":
+            import onnx
+            from onnxruntime.transformers.float16 import convert_float_to_float16
+
+            onnx.save(convert_float_to_float16(onnx.load(str(plain)), keep_io_types=True),
+                      str(path))
+        else:
+            _quantize_onnx_int8(plain, folder / "prepared.onnx", path, calibration)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _quantize_onnx_int8(plain, prepared, path, calibration):
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    class Images(CalibrationDataReader):
+        def __init__(self, name):
+            self._batches = iter([{name: image[None]} for image in calibration])
+
+        def get_next(self):
+            return next(self._batches, None)
+
+    import onnx
+
+    name = onnx.load(str(plain)).graph.input[0].name
+    quant_pre_process(str(plain), str(prepared), skip_symbolic_shape=True)
+    quantize_static(str(prepared), str(path), Images(name), quant_format=QuantFormat.QDQ,
+                    per_channel=True, activation_type=QuantType.QUInt8,
+                    weight_type=QuantType.QInt8)
+
+
+def _write(model, path, format, quantize, calibration):
+    if format == "keras":
+        model.save(str(path))
+    elif format == "savedmodel":
+        from smallcnn.quiet import native_stderr_silenced
+
+        with native_stderr_silenced():
+            model.export(str(path), format="tf_saved_model", verbose=False)
+    elif format == "tflite":
+        _write_tflite(model, path, quantize, calibration)
+    else:
+        _write_onnx(model, path, quantize, calibration)
+
+
+def _size(path):
+    path = Path(path)
+    if path.is_dir():
+        return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+    return path.stat().st_size
+
+
+def _latency_ms(runtime, image, repeats=20):
+    """The median time of one single-image call, after two warm-up calls."""
+    for _ in range(2):
+        runtime(image)
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        runtime(image)
+        times.append(time.perf_counter() - started)
+    return float(np.median(times) * 1000)
+
+
+def _remove(path):
+    path = Path(path)
+    if path.is_dir():
+        shutil.rmtree(path)
+    elif path.exists() or path.is_symlink():
+        path.unlink()
+
+
+def export(run=None, format="tflite", quantize="none", out=None, data=None, overwrite=False,
+           reporter=None):
+    """Exports a run's model, checks it against the Keras model, and writes its contract.
+
+    Args:
+        run: a run folder (default: the most recent run in ./runs).
+        format: 'keras', 'savedmodel', 'tflite' or 'onnx'.
+        quantize: 'none', 'float16' or 'int8' (tflite and onnx only); int8 calibrates on
+            up to 100 images of the run's training split.
+        out: the file (or folder) to write; default RUN/export/model[-QUANTIZE].EXT.
+        data: the data folder, when it is no longer where the run recorded it.
+        overwrite: replace an existing export (and a different labels.txt beside it).
+
+    Returns:
+        An `ExportResult`.
+
+    Raises:
+        ModelError: the exported model disagrees with the Keras model too often.
+    """
+    reporter = reporter or Reporter()
+    started = time.time()
+    _validate(format, quantize, out)
+    run_dir = runs.resolve_run(run) if run is not None else runs.latest_run()
+    config = runs.read_config(run_dir)
+    path = _resolve_output(run_dir, format, quantize, out)
+    labels_path = path.parent / LABELS_FILE
+    contract = contract_path(path)
+    labels = _labels_text(config["class_names"])
+    if not overwrite:
+        if path.exists():
+            raise UsageError(f"{str(path)!r} already exists; pass --overwrite to replace it, "
+                             "or --out for another name.")
+        if labels_path.exists() and labels_path.read_text(encoding="utf-8") != labels:
+            raise UsageError(f"{str(labels_path)!r} exists with other labels; pass --out to "
+                             "export to another folder, or --overwrite.")
+    path.parent.mkdir(parents=True, exist_ok=True)
+
+    model = runs.load_model(run_dir)
+    val, val_labels, calibration = _verification_images(config, data, reporter)
+    if not len(val):
+        raise DataError("The run's validation split has no readable image to check the export on.")
+    reference = np.concatenate([np.asarray(model(val[i : i + 32].astype("float32"),
+                                                 training=False))
+                                for i in range(0, len(val), 32)])
+    portable = portable_model(model, config)
+
+    temp = path.parent / f".{path.stem}-{os.getpid()}.partial{path.suffix}"
+    _remove(temp)
+    try:
+        reporter.note(f"Exporting {format}" + ("" if quantize == "none" else f" ({quantize})")
+                      + f" and checking it on {len(val)} validation images")
+        _write(portable, temp, format, quantize, calibration)
+        runtime = open_model(temp, format)
+        exported = run_batches(runtime, val, batch_size=8 if format == "tflite" else 32)
+        agreement = float(np.mean(exported.argmax(1) == reference.argmax(1)))
+        difference = float(np.abs(exported - reference).max())
+        latency = _latency_ms(runtime, val[:1])
+        del runtime
+        needed = MIN_AGREEMENT[quantize]
+        if agreement < needed:
+            raise ModelError(
+                f"The {format} export ({quantize}) agrees with the Keras model on "
+                f"{agreement:.2%} of {len(val)} validation images, below the {needed:.0%} "
+                f"required (largest probability difference {difference:.4f}); nothing was "
+                + ("written. Try --quantize float16." if quantize == "int8" else "written.")
+            )
+        if overwrite:
+            _remove(path)
+        os.replace(temp, path)
+    finally:
+        _remove(temp)
+
+    runs.write_text(labels_path, labels)
+    accuracy = float(np.mean(exported.argmax(1) == val_labels))
+    result = ExportResult(str(path), format, quantize, _size(path), len(val), agreement,
+                          difference, round(latency, 3), str(labels_path), str(contract),
+                          round(time.time() - started, 2))
+    runs.write_json(contract, _contract(config, run_dir, path, result, accuracy))
+    return result
+
+
+def _contract(config, run_dir, path, result, accuracy):
+    import keras
+    import tensorflow as tf
+
+    size = int(config["image_size"])
+    classes = list(config["class_names"])
+    return {
+        "format": result.format,
+        "quantize": result.quantize,
+        "file": path.name,
+        "input": {
+            "dtype": "uint8",
+            "shape": [None, size, size, 3],
+            "layout": "NHWC",
+            "color": "RGB",
+            "range": [0, 255],
+            "resize": RESIZE_CONTRACT,
+            "preprocessing": f"inside the model ({config['preprocessing']} mode): pass raw pixels",
+        },
+        "output": {
+            "dtype": "float32",
+            "shape": [None, len(classes)],
+            "meaning": "class probabilities (softmax), in the order of labels",
+        },
+        "labels": classes,
+        "labels_file": LABELS_FILE,
+        "verification": {
+            "split": "val",
+            "images": result.images,
+            "top1_agreement": result.agreement,
+            "max_probability_difference": result.max_difference,
+            "accuracy": accuracy,
+        },
+        "size_bytes": result.size_bytes,
+        "latency_ms": result.latency_ms,
+        "source": {
+            "run": str(run_dir),
+            "base": config.get("base"),
+            "weights": config.get("weights"),
+            "smallcnn": __version__,
+            "tensorflow": tf.__version__,
+            "keras": keras.__version__,
+        },
+        "created": datetime.datetime.now().isoformat(timespec="seconds"),
+    }

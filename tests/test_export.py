@@ -1,0 +1,223 @@
+"""smallcnn export: every format and quantization, checked for parity, loadable elsewhere."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+from conftest import invoke, make_dataset
+
+from smallcnn.export import MIN_AGREEMENT, SUPPORTED
+
+CASES = [(f, q) for f, quantizations in SUPPORTED.items() for q in quantizations]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A small 3-class model that has learned its (easy) data: (run folder, data folder)."""
+    from smallcnn import training
+    from smallcnn.training import Settings
+
+    root = tmp_path_factory.mktemp("export")
+    data = make_dataset(root / "data", per_class=16, classes=("red", "green", "blue"))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("SMALLCNN_CACHE", str(root / "cache"))
+        result = training.extract(data, Settings(base="small", image_size=32, epochs=60,
+                                                 learning_rate=0.01, batch_size=8),
+                                  out=root / "run")
+    assert result.metrics["val_accuracy"] == 1.0
+    return result.run_dir, data
+
+
+def _val_images(data):
+    return sorted(str(p) for p in (data / "val").rglob("*.png"))
+
+
+@pytest.mark.parametrize("format, quantize", CASES)
+def test_export_matches_the_run_and_predicts_the_same(trained, tmp_path, format, quantize):
+    import smallcnn
+
+    if format == "onnx":
+        pytest.importorskip("tf2onnx")
+    run, data = trained
+    out = tmp_path / "exported" / ("savedmodel" if format == "savedmodel"
+                                   else f"model-{quantize}.{format}")
+    result = invoke("export", run, "--format", format, "--quantize", quantize, "--out", out,
+                    "--json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["agreement"] >= MIN_AGREEMENT[quantize]
+    assert report["images"] == 48 and report["size_bytes"] > 0 and report["latency_ms"] > 0
+    assert out.exists()
+    assert (out.parent / "labels.txt").read_text().split() == ["blue", "green", "red"]
+    contract = json.loads((out.parent / f"{out.name}.json").read_text())
+    assert contract["input"]["dtype"] == "uint8"
+    assert contract["input"]["shape"] == [None, 32, 32, 3]
+    assert contract["labels"] == ["blue", "green", "red"]
+    assert contract["verification"]["top1_agreement"] == report["agreement"]
+    assert not [p for p in out.parent.iterdir() if "partial" in p.name]  # no temp left
+
+    # The exported model through the Python API gives the run's labels.
+    paths = _val_images(data)
+    expected = [p.label for p in smallcnn.load(run).predict(paths)]
+    exported = smallcnn.load(out).predict(paths)
+    agreement = np.mean([p.label == e for p, e in zip(exported, expected)])
+    assert agreement >= MIN_AGREEMENT[quantize]
+    assert all(abs(sum(t["probability"] for t in p.top) - 1) < 0.02 for p in exported)
+
+
+def test_default_output_and_predict_with_a_tflite_file(trained, tmp_path):
+    run, data = trained
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    result = invoke("export", copy)
+    assert result.exit_code == 0, result.output
+    model = copy / "export" / "model.tflite"
+    assert model.is_file() and "agreement" in result.output
+    images = sorted((data / "val" / "green").iterdir())[:4]
+    predicted = invoke("predict", *images, "--model", model, "--json")
+    assert predicted.exit_code == 0, predicted.output
+    assert [p["label"] for p in json.loads(predicted.stdout)] == ["green"] * 4
+
+
+def _fresh_python(code):
+    """Runs code in a new interpreter, outside the project folder; returns its stdout."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env["TF_CPP_MIN_LOG_LEVEL"] = "2"
+    process = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True,
+                             text=True, env=env, cwd="/", timeout=300)
+    assert process.returncode == 0, process.stderr[-2000:]
+    return process.stdout.strip().splitlines()[-1]
+
+
+@pytest.mark.parametrize("format, runtime_code", [
+    ("tflite", """
+        from ai_edge_litert.interpreter import Interpreter
+        interpreter = Interpreter(model_path=MODEL)
+        interpreter.allocate_tensors()
+        interpreter.set_tensor(interpreter.get_input_details()[0]["index"], pixels)
+        interpreter.invoke()
+        probabilities = interpreter.get_tensor(interpreter.get_output_details()[0]["index"])
+    """),
+    ("keras", """
+        import keras
+        model = keras.saving.load_model(MODEL, safe_mode=True)
+        probabilities = model.predict(pixels, verbose=0)
+    """),
+    ("onnx", """
+        import onnxruntime
+        session = onnxruntime.InferenceSession(MODEL, providers=["CPUExecutionProvider"])
+        probabilities = session.run(None, {session.get_inputs()[0].name: pixels})[0]
+    """),
+])
+def test_export_loads_in_a_fresh_process_without_smallcnn(trained, tmp_path, format,
+                                                         runtime_code):
+    if format == "onnx":
+        pytest.importorskip("tf2onnx")
+    run, data = trained
+    model = tmp_path / f"model.{format}"
+    assert invoke("export", run, "--format", format, "--out", model).exit_code == 0
+    image = sorted((data / "val" / "red").iterdir())[0]
+    code = f"""
+        import sys
+        import numpy as np
+        from PIL import Image
+        MODEL = {str(model)!r}
+        pixels = np.asarray(Image.open({str(image)!r}).convert("RGB").resize((32, 32),
+                            Image.BILINEAR), dtype=np.uint8)[None]
+    """ + runtime_code + """
+        labels = open(MODEL.rsplit("/", 1)[0] + "/labels.txt").read().split()
+        print(labels[int(np.argmax(probabilities[0]))], round(float(np.sum(probabilities)), 3),
+              "smallcnn" in sys.modules,
+              any(m == "tensorflow" or m.startswith("tensorflow.") for m in sys.modules))
+    """
+    label, total, smallcnn_imported, tensorflow_imported = _fresh_python(code).split()
+    assert label == "red" and float(total) == pytest.approx(1.0, abs=0.01)
+    assert smallcnn_imported == "False"
+    if format in ("tflite", "onnx"):
+        assert tensorflow_imported == "False"
+
+
+@pytest.mark.parametrize("mode", ["tf", "caffe", "torch", "scale", "none"])
+def test_standard_preprocessing_equals_the_smallcnn_layer(mode):
+    import keras
+
+    from smallcnn.export import standard_preprocessing
+    from smallcnn.layers import Preprocess
+
+    pixels = np.random.default_rng(0).integers(0, 256, (2, 5, 5, 3)).astype("uint8")
+    expected = np.asarray(Preprocess(mode)(pixels.astype("float32")))
+    inputs = keras.Input((5, 5, 3), dtype="uint8")
+    model = keras.Model(inputs, standard_preprocessing(mode)(inputs))
+    np.testing.assert_allclose(np.asarray(model(pixels)), expected, rtol=1e-5, atol=1e-4)
+
+
+def test_an_export_that_disagrees_fails_and_leaves_nothing(trained, tmp_path, monkeypatch):
+    import smallcnn.export
+
+    run, _ = trained
+    opened = smallcnn.export.open_model
+
+    def scrambled(path, format=None):  # a runtime whose answers are a class off
+        runtime = opened(path, format)
+        return lambda images: np.roll(runtime(images), 1, axis=1)
+
+    monkeypatch.setattr(smallcnn.export, "open_model", scrambled)
+    out = tmp_path / "out" / "model.tflite"
+    result = invoke("export", run, "--out", out)
+    assert result.exit_code == 4
+    assert "agrees with the Keras model on 0.00% of 48 validation images" in result.output
+    assert not out.exists() and not list(out.parent.iterdir())
+
+
+def test_export_refusals(trained, tmp_path):
+    run, data = trained
+    cases = [
+        (["--format", "keras", "--quantize", "int8"], 2, "not offered for --format keras"),
+        (["--format", "pt"], 2, "Unknown --format 'pt'"),
+        (["--quantize", "int4"], 2, "Unknown --quantize 'int4'"),
+        (["--out", tmp_path / "model.onnx"], 2, "must end in .tflite"),
+    ]
+    for args, code, message in cases:
+        result = invoke("export", run, *args)
+        assert result.exit_code == code, result.output
+        assert message in result.output
+
+    # An existing export is kept unless --overwrite.
+    out = tmp_path / "keep" / "model.tflite"
+    assert invoke("export", run, "--out", out).exit_code == 0
+    before = out.read_bytes()
+    result = invoke("export", run, "--out", out)
+    assert result.exit_code == 2 and "--overwrite" in result.output
+    assert out.read_bytes() == before
+    # A user's own labels.txt is not replaced.
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "labels.txt").write_text("cat\ndog\n")
+    result = invoke("export", run, "--out", tmp_path / "mine" / "model.tflite")
+    assert result.exit_code == 2 and "other labels" in result.output
+    assert (tmp_path / "mine" / "labels.txt").read_text() == "cat\ndog\n"
+
+    # A run whose data has moved: one line naming --data, and --data works.
+    moved = tmp_path / "run"
+    shutil.copytree(run, moved)
+    config = json.loads((moved / "smallcnn.json").read_text())
+    config["data"] = str(tmp_path / "gone")
+    (moved / "smallcnn.json").write_text(json.dumps(config))
+    result = invoke("export", moved)
+    assert result.exit_code == 3 and "--data" in result.output
+    assert invoke("export", moved, "--data", data).exit_code == 0
+
+
+def test_predict_refuses_an_exported_model_without_labels(trained, tmp_path):
+    run, data = trained
+    out = tmp_path / "model.tflite"
+    assert invoke("export", run, "--out", out).exit_code == 0
+    os.unlink(tmp_path / "labels.txt")
+    os.unlink(tmp_path / "model.tflite.json")
+    image = sorted((data / "val" / "red").iterdir())[0]
+    result = invoke("predict", image, "--model", out)
+    assert result.exit_code == 4 and "labels.txt" in result.output
