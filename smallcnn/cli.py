@@ -51,6 +51,22 @@ def _library_call(name):
             return check_dataset(find_dataset(data, val_split, seed), RichReporter())
 
         return check
+    if name in ("evaluate", "report"):
+        from smallcnn.console import RichReporter, stderr, stdout
+
+        if name == "evaluate":
+            from smallcnn.evaluate import evaluate as function
+        else:
+            from smallcnn.report import build_report as function
+
+        def with_reporter(*args, as_json=False, **kwargs):
+            return function(*args, reporter=RichReporter(stderr if as_json else stdout), **kwargs)
+
+        return with_reporter
+    if name.startswith("visualize."):
+        from smallcnn import visualize
+
+        return getattr(visualize, name.split(".", 1)[1])
     if name == "export":
         from smallcnn.console import RichReporter, stderr, stdout
         from smallcnn.export import export
@@ -161,6 +177,7 @@ Brightness = Annotated[Optional[float], typer.Option(help="Random brightness cha
 Contrast = Annotated[Optional[float], typer.Option(help="Random contrast change factor.", show_default=False)]
 Engine = Annotated[str, typer.Option(help="Engine for the frozen base's forward pass: auto (LiteRT for pretrained weights), litert or tf.")]
 ClassWeight = Annotated[str, typer.Option(help="balanced: weight each class by the inverse of its frequency; none.")]
+TensorBoard = Annotated[bool, typer.Option("--tensorboard", help="Also write TensorBoard logs to RUN/tensorboard/.")]
 Resume = Annotated[Optional[Path], typer.Option(help="Continue an interrupted run in its folder, with its settings.", show_default=False)]
 Unfreeze = Annotated[int, typer.Option(help="Number of top base layers with weights to unfreeze (BatchNorm excluded).")]
 
@@ -206,6 +223,7 @@ def extract(
     val_split: ValSplit = 0.2,
     engine: Engine = "auto",
     class_weight: ClassWeight = "none",
+    tensorboard: TensorBoard = False,
     out: Out = None,
     overwrite: Overwrite = False,
 ):
@@ -217,7 +235,7 @@ def extract(
         base=base, weights=weights, image_size=image_size, batch_size=batch_size, epochs=epochs,
         learning_rate=learning_rate, optimizer=optimizer, momentum=momentum, nesterov=nesterov,
         lr_schedule=lr_schedule, dropout=dropout, hidden=hidden, patience=patience, seed=seed,
-        val_split=val_split, engine=engine, class_weight=class_weight,
+        val_split=val_split, engine=engine, class_weight=class_weight, tensorboard=tensorboard,
     )
     result = _run("extract", data, settings, out=out, overwrite=overwrite)
     _report(result)
@@ -258,6 +276,7 @@ def train(
     contrast: Contrast = None,
     engine: Engine = "auto",
     class_weight: ClassWeight = "none",
+    tensorboard: TensorBoard = False,
     out: Out = None,
     overwrite: Overwrite = False,
     resume: Resume = None,
@@ -273,7 +292,7 @@ def train(
         nesterov=nesterov, lr_schedule=lr_schedule, dropout=dropout, hidden=hidden,
         patience=patience, seed=seed, val_split=val_split, augment=augment, rotation=rotation,
         shift=shift, shear=shear, zoom=zoom, flip=flip, brightness=brightness, contrast=contrast,
-        engine=engine, class_weight=class_weight,
+        engine=engine, class_weight=class_weight, tensorboard=tensorboard,
     )
     result = _run("train", data, settings, out=out, overwrite=overwrite, resume=resume)
     _report(result)
@@ -311,6 +330,7 @@ def finetune(
     contrast: Contrast = None,
     engine: Engine = "auto",
     class_weight: ClassWeight = "none",
+    tensorboard: TensorBoard = False,
     out: Out = None,
     overwrite: Overwrite = False,
     resume: Resume = None,
@@ -327,7 +347,7 @@ def finetune(
         lr_schedule=lr_schedule, dropout=dropout, hidden=hidden, patience=patience, seed=seed,
         val_split=val_split, augment=augment, rotation=rotation, shift=shift, shear=shear,
         zoom=zoom, flip=flip, brightness=brightness, contrast=contrast, engine=engine,
-        class_weight=class_weight,
+        class_weight=class_weight, tensorboard=tensorboard,
     )
     result = _run("finetune", data, from_run=from_run, settings=settings, out=out,
                   overwrite=overwrite, resume=resume)
@@ -379,6 +399,94 @@ def predict(
         stderr.print(f"[bold red]error:[/bold red] {failure}", soft_wrap=True)
     if failures:
         raise typer.Exit(failures[0].exit_code)
+
+
+RunArgument = Annotated[Optional[Path], typer.Argument(help="Run folder.  [default: the most recent run in ./runs]", show_default=False)]
+ModelOption = Annotated[Optional[Path], typer.Option("--model", help="Run folder.  [default: the most recent run in ./runs]", show_default=False)]
+VisualizeOut = Annotated[Optional[Path], typer.Option("--out", help="Folder for the pictures.  [default: RUN/visualize]", show_default=False)]
+
+
+@app.command()
+def evaluate(
+    run: RunArgument = None,
+    data: Annotated[Optional[Path], typer.Argument(help="A data folder with the model's classes.  [default: the run's]", show_default=False)] = None,
+    split: Annotated[str, typer.Option("--split", help="val, test or train.")] = "val",
+    top: Annotated[int, typer.Option("--top", help="How many of the most confidently wrong images to list.")] = 10,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout.")] = False,
+):
+    """Accuracy, per-class precision/recall/F1, the confusion matrix (and confusion.png), the worst mistakes."""
+    from smallcnn.console import evaluation_tables, stdout
+
+    result = _run("evaluate", run, data, split=split, top_wrong=top, as_json=as_json)
+    if as_json:
+        sys.stdout.write(json.dumps(result.to_dict(), indent=2) + "\n")
+        return
+    stdout.print(evaluation_tables(result))
+    stdout.print(f"Confusion matrix picture: {result.confusion_png}")
+
+
+@app.command()
+def report(
+    run: RunArgument = None,
+    data: Annotated[Optional[Path], typer.Option("--data", help="The run's data folder, if it has moved.", show_default=False)] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", help="HTML file to write.  [default: RUN/report.html]", show_default=False)] = None,
+):
+    """One self-contained HTML page: data, curves, per-class metrics, confusion matrix, mistakes with Grad-CAM."""
+    from smallcnn.console import stdout
+
+    path = _run("report", run, data=data, out=out)
+    stdout.print(f"Report written: {path}")
+
+
+visualize_app = typer.Typer(help="Look inside a trained model: Grad-CAM, activations, filters.",
+                            no_args_is_help=True)
+app.add_typer(visualize_app, name="visualize")
+
+
+def _pictures(pictures):
+    from smallcnn.console import stdout
+
+    for picture in pictures:
+        extra = f"  {picture.label} {picture.probability:.1%}" if picture.label else ""
+        stdout.print(f"{picture.path}{extra}", soft_wrap=True)
+
+
+@visualize_app.command("gradcam")
+def visualize_gradcam(
+    images: Annotated[List[Path], typer.Argument(help="Image files or folders.", show_default=False)],
+    model: ModelOption = None,
+    class_name: Annotated[Optional[str], typer.Option("--class", help="Class to explain.  [default: the predicted one]", show_default=False)] = None,
+    out: VisualizeOut = None,
+):
+    """Grad-CAM heatmap over each image: which part made the decision (from the base's last conv layer)."""
+    _pictures(_run("visualize.gradcam", [str(p) for p in images], model=model,
+                   class_name=class_name, out=out))
+
+
+@visualize_app.command("activations")
+def visualize_activations(
+    image: Annotated[Path, typer.Argument(help="An image file.", show_default=False)],
+    model: ModelOption = None,
+    layer: Annotated[Optional[List[str]], typer.Option("--layer", help="Base layer to show (repeatable).  [default: 4 conv layers from first to last]", show_default=False)] = None,
+    channels: Annotated[int, typer.Option("--channels", help="Feature maps to show per layer.")] = 32,
+    out: VisualizeOut = None,
+):
+    """A grid of the feature maps that chosen layers of the base compute for one image."""
+    _pictures(_run("visualize.activations", str(image), model=model, layers=layer,
+                   channels=channels, out=out))
+
+
+@visualize_app.command("filters")
+def visualize_filters(
+    model: ModelOption = None,
+    layer: Annotated[Optional[str], typer.Option("--layer", help="A conv layer of the base.", show_default=False)] = None,
+    count: Annotated[int, typer.Option("--filters", help="How many filters (the first N).")] = 16,
+    steps: Annotated[int, typer.Option("--steps", help="Gradient-ascent steps.")] = 30,
+    out: VisualizeOut = None,
+):
+    """The input patterns that maximise each filter of a conv layer (gradient ascent on the input)."""
+    _pictures(_run("visualize.filters", model=model, layer=layer, count=count, steps=steps,
+                   out=out))
 
 
 @app.command("export")

@@ -123,6 +123,37 @@ def export_table(result):
     return table
 
 
+def evaluation_tables(evaluation):
+    """Renderables for `smallcnn evaluate`: per-class numbers, confusion matrix, mistakes."""
+    from rich.console import Group
+
+    per_class = Table()
+    for column in ("class", "precision", "recall", "F1", "support"):
+        per_class.add_column(column, justify="left" if column == "class" else "right")
+    for row in evaluation.per_class:
+        per_class.add_row(row["class"], f"{row['precision']:.3f}", f"{row['recall']:.3f}",
+                          f"{row['f1']:.3f}", str(row["support"]))
+    confusion = Table()
+    confusion.add_column("true \\ predicted")
+    for name in evaluation.classes:
+        confusion.add_column(name, justify="right")
+    for name, row in zip(evaluation.classes, evaluation.confusion_matrix):
+        confusion.add_row(name, *(str(v) for v in row))
+    parts = [f"[bold]{evaluation.split}[/bold]: accuracy {evaluation.accuracy:.2%} of "
+             f"{evaluation.images} images, macro F1 {evaluation.macro_f1:.3f}", per_class,
+             "Confusion matrix (rows: true class, columns: predicted class)", confusion]
+    if evaluation.wrong:
+        parts.append("Most confidently wrong")
+        wrong = Table()
+        for column in ("image", "true", "predicted", "probability"):
+            wrong.add_column(column, justify="right" if column == "probability" else "left",
+                             overflow="fold")
+        for w in evaluation.wrong:
+            wrong.add_row(_short(w["path"]), w["true"], w["predicted"], f"{w['probability']:.1%}")
+        parts.append(wrong)
+    return Group(*parts)
+
+
 def _short(path):
     """A path relative to the working folder when it is inside it."""
     try:

@@ -4,6 +4,7 @@
     RUN/smallcnn.json    class names, base, weights, image size, settings, command line
     RUN/metrics.json     validation (and test) figures of the restored best model
     RUN/history.csv      one row per epoch
+    RUN/curves.png       loss and accuracy per epoch, train against validation
 
 Every file is written to a temporary name in the same folder and renamed into place,
 so an interrupted run never leaves a half-written file where a good one was.
@@ -25,6 +26,7 @@ MODEL_FILE = "model.keras"
 CONFIG_FILE = "smallcnn.json"
 METRICS_FILE = "metrics.json"
 HISTORY_FILE = "history.csv"
+CURVES_FILE = "curves.png"
 
 
 def atomic_write(path, write):

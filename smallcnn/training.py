@@ -69,6 +69,7 @@ class Settings:
     head_epochs: int = None
     head_learning_rate: float = None
     engine: str = "auto"
+    tensorboard: bool = False  # also log to RUN/tensorboard/<phase>
     class_weight: str = "none"
 
     def resolve(self, command, spec=None):
@@ -104,6 +105,12 @@ class Settings:
             )
         if self.patience is not None and self.patience < 0:
             raise UsageError(f"--patience must be 0 or more. Received: {self.patience}")
+        if self.tensorboard:
+            import importlib.util
+
+            if importlib.util.find_spec("tensorboard") is None:
+                raise UsageError("--tensorboard needs the tensorboard package: "
+                                 "pip install tensorboard (or pip install 'smallcnn[tensorboard]').")
 
     def augmentation(self):
         return resolve_augmentation(
@@ -279,7 +286,7 @@ class _Context:
         counts = np.bincount(self.dataset.train.labels, minlength=len(self.dataset.class_names))
         return {i: float(counts.sum() / (len(counts) * c)) for i, c in enumerate(counts) if c}
 
-    def callbacks(self, phase, epochs, steps, checkpoint=None):
+    def callbacks(self, phase, epochs, steps, checkpoint=None, run_dir=None):
         import keras
 
         from smallcnn.callbacks import AtomicCheckpoint, StopOnSignal
@@ -302,6 +309,9 @@ class _Context:
             )
         if checkpoint is not None:
             callbacks.append(AtomicCheckpoint(*checkpoint))
+            run_dir = run_dir or checkpoint[0].parent
+        if s.tensorboard and run_dir is not None:
+            callbacks.append(keras.callbacks.TensorBoard(log_dir=str(run_dir / "tensorboard" / phase)))
         return callbacks
 
     def finish(self, run_dir, model, config, rows, evaluations, extra_metrics=None):
@@ -331,7 +341,18 @@ class _Context:
         runs.write_json(run_dir / runs.CONFIG_FILE, config)
         runs.write_json(run_dir / runs.METRICS_FILE, metrics)
         runs.write_history(run_dir / runs.HISTORY_FILE, rows)
+        self.plot_curves(run_dir, rows, metrics["best_epoch"])
         return metrics
+
+    def plot_curves(self, run_dir, rows, best_epoch):
+        """RUN/curves.png; a picture that cannot be drawn costs a warning, not the run."""
+        from smallcnn.plots import curves_figure, save_figure
+
+        try:
+            save_figure(curves_figure(rows, best_epoch, f"{self.command}: {run_dir.name}"),
+                        run_dir / runs.CURVES_FILE)
+        except Exception as error:
+            self.reporter.warning(f"Could not draw {runs.CURVES_FILE}: {error}")
 
     def result(self, run_dir, metrics, rows, **extra):
         return RunResult(self.command, run_dir, self.dataset.class_names, metrics, rows,
@@ -416,7 +437,7 @@ def extract(data_dir, settings=None, out=None, overwrite=False, reporter=None,
         shuffle=True,
         class_weight=context.class_weights(),
         verbose=0,
-        callbacks=context.callbacks("head", s.epochs, steps),
+        callbacks=context.callbacks("head", s.epochs, steps, run_dir=run_dir),
     )
     rows = _history_rows(history, "head", seconds=context.epoch_report.seconds)
     evaluations = _evaluate_head(head, context, _eval_splits(context))

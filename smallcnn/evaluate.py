@@ -1,0 +1,135 @@
+"""The numbers to read before trusting a model: accuracy, per-class precision, recall
+and F1, the confusion matrix, and the images it gets most confidently wrong."""
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+
+from smallcnn import runs
+from smallcnn.errors import DataError, UsageError
+from smallcnn.reporting import Reporter
+
+CONFUSION_FILE = "confusion.png"
+
+
+@dataclasses.dataclass
+class Evaluation:
+    run_dir: str
+    data: str
+    split: str
+    classes: list
+    accuracy: float
+    per_class: list  # [{"class", "precision", "recall", "f1", "support"}], in class order
+    confusion_matrix: list  # rows: true classes; columns: predicted classes
+    wrong: list  # [{"path", "true", "predicted", "probability"}], most confident first
+    images: int
+    skipped: list  # [[path, reason]] of unreadable images
+    confusion_png: str = None
+
+    @property
+    def macro_f1(self):
+        return float(np.mean([c["f1"] for c in self.per_class]))
+
+    def to_dict(self):
+        return {**dataclasses.asdict(self), "macro_f1": self.macro_f1}
+
+
+def scores(true, predicted, num_classes):
+    """Confusion matrix (rows true, columns predicted) and per-class precision, recall, F1,
+    support. A class never predicted has precision 0; one absent from `true`, recall 0."""
+    true = np.asarray(true, dtype=int)
+    predicted = np.asarray(predicted, dtype=int)
+    matrix = np.zeros((num_classes, num_classes), dtype=int)
+    np.add.at(matrix, (true, predicted), 1)
+    rows = []
+    for c in range(num_classes):
+        hits = matrix[c, c]
+        predicted_c = matrix[:, c].sum()
+        support = matrix[c].sum()
+        precision = hits / predicted_c if predicted_c else 0.0
+        recall = hits / support if support else 0.0
+        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+        rows.append({"precision": float(precision), "recall": float(recall), "f1": float(f1),
+                     "support": int(support)})
+    return matrix, rows
+
+
+def split_of(config, data=None, split="val"):
+    """The `Split` of the run's data set (or of `data`) to evaluate on, with class checks."""
+    from smallcnn.data import find_dataset
+
+    root = data or config.get("data")
+    if not root or not Path(root).is_dir():
+        raise DataError(f"The run's data folder {str(root)!r} is not there; pass DATA.")
+    settings = config.get("settings", {})
+    dataset = find_dataset(root, settings.get("val_split", 0.2), settings.get("seed", 42))
+    classes = list(config["class_names"])
+    if dataset.class_names != classes:
+        raise DataError(
+            f"The classes in {str(root)!r} ({', '.join(dataset.class_names)}) are not the "
+            f"model's ({', '.join(classes)})."
+        )
+    if split not in dataset.splits:
+        have = ", ".join(dataset.splits)
+        raise DataError(f"{str(root)!r} has no {split} split (it has: {have}).")
+    return dataset, dataset.splits[split]
+
+
+def evaluate(run=None, data=None, split="val", top_wrong=12, out=None, reporter=None,
+             classifier=None):
+    """Evaluates a run's model on a split of its data set (or of `data`).
+
+    Args:
+        run: a run folder; default the most recent run.
+        data: a data folder with the model's classes; default the one the run trained on.
+        split: 'val', 'test' or 'train'.
+        top_wrong: how many of the most confidently wrong images to list.
+        out: folder for confusion.png; default the run folder.
+
+    Returns:
+        An `Evaluation`.
+    """
+    from smallcnn.images import load_images
+    from smallcnn.plots import confusion_figure, save_figure
+    from smallcnn.predict import load
+
+    reporter = reporter or Reporter()
+    if split not in ("train", "val", "test"):
+        raise UsageError(f"--split must be val, test or train. Received: {split!r}")
+    if classifier is None:
+        classifier = load(run)
+    run_dir = classifier.run_dir
+    config = runs.read_config(run_dir)
+    dataset, chosen = split_of(config, data, split)
+    with reporter.progress(f"Decoding the {split} images", len(chosen)) as advance:
+        images, failures = load_images(chosen.paths, classifier.image_size, progress=advance)
+    bad = {f.path for f in failures}
+    keep = np.array([p not in bad for p in chosen.paths], dtype=bool)
+    if not keep.any():
+        raise DataError(f"No readable image in the {split} split of {dataset.root!r}.")
+    paths = [p for p, k in zip(chosen.paths, keep) if k]
+    true = chosen.labels[keep]
+    probabilities = classifier.probabilities(images[keep])
+    predicted = probabilities.argmax(1)
+    classes = classifier.class_names
+    matrix, per_class = scores(true, predicted, len(classes))
+    per_class = [{"class": name, **row} for name, row in zip(classes, per_class)]
+    wrong = np.flatnonzero(predicted != true)
+    wrong = wrong[np.argsort(-probabilities[wrong, predicted[wrong]])][:top_wrong]
+    result = Evaluation(
+        run_dir=str(run_dir), data=dataset.root, split=split, classes=classes,
+        accuracy=float(np.mean(predicted == true)), per_class=per_class,
+        confusion_matrix=matrix.tolist(),
+        wrong=[{"path": paths[i], "true": classes[true[i]], "predicted": classes[predicted[i]],
+                "probability": float(probabilities[i, predicted[i]])} for i in wrong],
+        images=int(keep.sum()), skipped=[[f.path, f.reason] for f in failures],
+    )
+    folder = Path(out) if out is not None else Path(run_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    target = folder / (CONFUSION_FILE if split == "val" else f"confusion-{split}.png")
+    save_figure(confusion_figure(matrix, classes,
+                                 f"{split}: {result.accuracy:.1%} of {result.images} images"),
+                target)
+    result.confusion_png = str(target)
+    return result
