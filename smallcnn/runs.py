@@ -29,12 +29,17 @@ HISTORY_FILE = "history.csv"
 CURVES_FILE = "curves.png"
 
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
 def atomic_write(path, write):
     """Calls `write(temp_path)`, then renames the temporary file onto `path`."""
     path = Path(path)
     fd, temp = tempfile.mkstemp(prefix=f".{path.stem}-", suffix=path.suffix, dir=path.parent)
     os.close(fd)
     try:
+        os.chmod(temp, 0o666 & ~_UMASK)  # mkstemp makes 0600: give the usual permissions
         write(temp)
         with open(temp, "rb") as f:
             os.fsync(f.fileno())

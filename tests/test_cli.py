@@ -27,7 +27,11 @@ def test_extract_small_base_learns_and_writes_a_run(tiny_data):
 
     run = Path("runs/x")
     assert {p.name for p in run.iterdir()} >= {"model.keras", "metrics.json", "history.csv",
-                                              "smallcnn.json"}
+                                              "smallcnn.json", "curves.png"}
+    # Written through temporary files, yet with the usual permissions (not mkstemp's 0600).
+    umask = os.umask(0)
+    os.umask(umask)
+    assert {p.stat().st_mode & 0o777 for p in run.iterdir()} == {0o666 & ~umask}
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["val_accuracy"] > 0.75  # two colours: chance is 0.5
     assert {"val_loss", "epochs", "seconds"} <= set(metrics)
