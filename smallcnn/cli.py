@@ -223,6 +223,8 @@ def extract(
     val_split: ValSplit = 0.2,
     engine: Engine = "auto",
     class_weight: ClassWeight = "none",
+    views: Annotated[int, typer.Option("--views", help="Also train on the features of this many augmented copies of each training image (computed once, cached; --augment sets the augmentation, default light).")] = 0,
+    augment: Augment = None,
     tensorboard: TensorBoard = False,
     out: Out = None,
     overwrite: Overwrite = False,
@@ -236,6 +238,7 @@ def extract(
         learning_rate=learning_rate, optimizer=optimizer, momentum=momentum, nesterov=nesterov,
         lr_schedule=lr_schedule, dropout=dropout, hidden=hidden, patience=patience, seed=seed,
         val_split=val_split, engine=engine, class_weight=class_weight, tensorboard=tensorboard,
+        views=views, augment=augment,
     )
     result = _run("extract", data, settings, out=out, overwrite=overwrite)
     _report(result)

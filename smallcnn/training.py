@@ -6,6 +6,7 @@ Each function checks its inputs, trains, writes a run folder and returns a
 
 import dataclasses
 import datetime
+import hashlib
 import json
 import shlex
 import sys
@@ -15,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from smallcnn import __version__, runs
-from smallcnn.augment import DEFAULT_PRESET, resolve_augmentation
+from smallcnn.augment import DEFAULT_PRESET, Augmentation, resolve_augmentation
 from smallcnn.bases import DEFAULT_BASE, build_base, get_base, resolve_weights, weights_label
 from smallcnn.data import find_dataset
 from smallcnn.errors import DataError, UsageError
@@ -71,10 +72,13 @@ class Settings:
     engine: str = "auto"
     tensorboard: bool = False  # also log to RUN/tensorboard/<phase>
     class_weight: str = "none"
+    views: int = 0  # extract: also the features of this many augmented copies of each train image
 
     def resolve(self, command, spec=None):
         """A copy with every None replaced by the command's or the base's default."""
         values = dataclasses.asdict(self)
+        if command == "extract" and values.get("views") and values.get("augment") is None:
+            values["augment"] = DEFAULT_PRESET  # augmented views need an augmentation
         for key, value in COMMAND_DEFAULTS[command].items():
             if values.get(key) is None:
                 values[key] = value
@@ -103,6 +107,8 @@ class Settings:
             raise UsageError(
                 f"--class-weight must be 'balanced' or 'none'. Received: {self.class_weight!r}"
             )
+        if self.views is not None and not 0 <= self.views <= 100:
+            raise UsageError(f"--views must be between 0 and 100. Received: {self.views}")
         if self.patience is not None and self.patience < 0:
             raise UsageError(f"--patience must be 0 or more. Received: {self.patience}")
         if self.tensorboard:
@@ -239,6 +245,47 @@ class _Context:
             cache.store(key, values, labels, decoded.paths, skipped)
         self._features[name] = (values, np.asarray(labels, dtype=np.int32))
         return self._features[name]
+
+    def augmented_views(self, count):
+        """Base features of `count` augmented copies of each training image (cached).
+
+        Each view is one pass over the training images with the run's augmentation and
+        its own seed, so the same settings give the same views, and a cache hit.
+        """
+        from smallcnn import features as cache
+        from smallcnn.augment import build_augmenter
+        import tensorflow as tf
+
+        s = self.settings
+        augmentation = s.augmentation()
+        split = self.dataset.train
+        base_key = cache.cache_key(self.spec, self.weights, s.image_size, split.paths)
+        views = []
+        for view in range(count):
+            key = None if base_key is None else hashlib.sha256(json.dumps(
+                [base_key, dataclasses.asdict(augmentation), s.seed, view]).encode()).hexdigest()
+            cached = cache.load_cached(key)
+            if cached is not None:
+                views.append(cached[0])
+                self.reporter.note(f"train: augmented view {view + 1} from the cache")
+                continue
+            decoded = self.decoded("train")
+            engine = self.engine()
+            augmenter = build_augmenter(augmentation, seed=s.seed * 1000 + view)
+            started = time.perf_counter()
+            with self.reporter.progress(f"Extracting augmented view {view + 1}/{count} "
+                                        f"({engine.name})", len(decoded)) as advance:
+                values = []
+                for start in range(0, len(decoded), 32):
+                    batch = tf.cast(decoded.images[start : start + 32], tf.float32)
+                    values.append(engine(augmenter(batch).numpy()))
+                    advance(start + len(values[-1]))
+                values = np.concatenate(values)
+            self.base_seconds += time.perf_counter() - started
+            self.base_images += len(decoded)
+            cache.store(key, values, decoded.labels, decoded.paths, [])
+            views.append(values)
+        return views
 
     def config(self, base_layer, extra=None):
         settings = dataclasses.asdict(self.settings)
@@ -425,6 +472,13 @@ def extract(data_dir, settings=None, out=None, overwrite=False, reporter=None,
     base = context.build_base()
     run_dir = runs.new_run_dir("extract", out, overwrite=overwrite)
     train_x, train_y = context.features("train")
+    if s.views:  # the head also trains on features of augmented copies
+        if context.settings.augmentation() == Augmentation():
+            raise UsageError("--views needs an augmentation; drop --augment none, or pass "
+                             "--augment light|standard|strong.")
+        views = context.augmented_views(s.views)
+        train_x = np.concatenate([train_x, *views])
+        train_y = np.tile(train_y, s.views + 1)
     head = _new_head(context, train_x.shape[1])
     steps = int(np.ceil(len(train_x) / s.batch_size))
     compile_model(head, context.optimizer(s.learning_rate, steps, s.epochs),
@@ -442,7 +496,8 @@ def extract(data_dir, settings=None, out=None, overwrite=False, reporter=None,
     rows = _history_rows(history, "head", seconds=context.epoch_report.seconds)
     evaluations = _evaluate_head(head, context, _eval_splits(context))
     model = build_classifier(context.spec, base, head, s.image_size)
-    metrics = context.finish(run_dir, model, context.config(base.name), rows, evaluations)
+    metrics = context.finish(run_dir, model, context.config(base.name), rows, evaluations,
+                             {"views": s.views, "head_training_rows": len(train_x)})
     return context.result(run_dir, metrics, rows)
 
 

@@ -65,6 +65,25 @@ def test_predict_json_and_table(tiny_data):
     assert "blue_000.png" in table.output and "probability" in table.output
 
 
+def test_extract_views_train_the_head_on_augmented_copies(tiny_data, base_weights_file):
+    args = ["extract", tiny_data, "--weights", base_weights_file, "--image-size", "32", *FAST,
+            "--views", "2"]
+    first = invoke(*args, "--out", "runs/v1")
+    assert first.exit_code == 0, first.output
+    metrics = json.loads(open("runs/v1/metrics.json").read())
+    assert metrics["views"] == 2 and metrics["head_training_rows"] == 3 * 24
+    config = json.loads(open("runs/v1/smallcnn.json").read())
+    assert config["settings"]["augment"] == "light"  # extract's default is none
+    second = invoke(*args, "--out", "runs/v2")
+    assert second.exit_code == 0, second.output
+    assert "augmented view 1 from the cache" in second.output
+    assert "augmented view 2 from the cache" in second.output
+    different = invoke(*args, "--augment", "strong", "--out", "runs/v3")
+    assert different.exit_code == 0 and "augmented view 1 from the cache" not in different.output
+    refused = invoke(*args, "--augment", "none")
+    assert refused.exit_code == 2 and "--views needs an augmentation" in refused.output
+
+
 def test_extract_features_are_cached(tiny_data, base_weights_file):
     args = ["extract", tiny_data, "--weights", base_weights_file, "--image-size", "32", *FAST]
     first = invoke(*args)
