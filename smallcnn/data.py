@@ -205,3 +205,25 @@ def _check_classes(raw, root):
                     f"(looked for {', '.join(IMAGE_EXTENSIONS)} files)."
                 )
     return class_names
+
+
+def dataset_of_run(config, data=None):
+    """The data set a run was trained on (from its smallcnn.json), or `data` in its place,
+    split as the run split it; its classes must be the model's.
+
+    Raises:
+        DataError: the folder is gone (pass DATA), or its classes are not the model's.
+    """
+    root = data or config.get("data")
+    if not root or not Path(root).is_dir():
+        raise DataError(f"The run's data folder {str(root)!r} is not there; pass the data "
+                        "folder the run was trained on (DATA, or --data DATA).")
+    settings = config.get("settings", {})
+    dataset = find_dataset(root, settings.get("val_split", 0.2), settings.get("seed", 42))
+    classes = list(config["class_names"])
+    if dataset.class_names != classes:
+        raise DataError(
+            f"The classes in {str(root)!r} ({', '.join(dataset.class_names)}) are not the "
+            f"model's ({', '.join(classes)}); pass the data the run was trained on."
+        )
+    return dataset

@@ -56,23 +56,13 @@ def scores(true, predicted, num_classes):
 
 
 def split_of(config, data=None, split="val"):
-    """The `Split` of the run's data set (or of `data`) to evaluate on, with class checks."""
-    from smallcnn.data import find_dataset
+    """The data set of a run (or `data`) and its split to evaluate on."""
+    from smallcnn.data import dataset_of_run
 
-    root = data or config.get("data")
-    if not root or not Path(root).is_dir():
-        raise DataError(f"The run's data folder {str(root)!r} is not there; pass DATA.")
-    settings = config.get("settings", {})
-    dataset = find_dataset(root, settings.get("val_split", 0.2), settings.get("seed", 42))
-    classes = list(config["class_names"])
-    if dataset.class_names != classes:
-        raise DataError(
-            f"The classes in {str(root)!r} ({', '.join(dataset.class_names)}) are not the "
-            f"model's ({', '.join(classes)})."
-        )
+    dataset = dataset_of_run(config, data)
     if split not in dataset.splits:
         have = ", ".join(dataset.splits)
-        raise DataError(f"{str(root)!r} has no {split} split (it has: {have}).")
+        raise DataError(f"{dataset.root!r} has no {split} split (it has: {have}).")
     return dataset, dataset.splits[split]
 
 

@@ -15,7 +15,6 @@ agreement with the Keras model is below 99% (97% for int8).
 
 import dataclasses
 import datetime
-import json
 import os
 import shutil
 import tempfile
@@ -69,7 +68,6 @@ def standard_preprocessing(mode):
     Returns:
         A function from a uint8 image tensor to the base's input.
     """
-    import keras
     from keras import layers
 
     if mode == "tf":
@@ -164,22 +162,10 @@ def _labels_text(class_names):
 
 def _verification_images(config, data, reporter):
     """(validation images, their labels, calibration images) decoded at the model's size."""
-    from smallcnn.data import find_dataset
+    from smallcnn.data import dataset_of_run
     from smallcnn.images import load_images
 
-    root = data or config.get("data")
-    if not root or not Path(root).is_dir():
-        raise DataError(
-            f"The run's data folder {str(root)!r} is not there, and an export is checked on "
-            "the validation images; pass --data DATA (the folder the run was trained on)."
-        )
-    settings = config.get("settings", {})
-    dataset = find_dataset(root, settings.get("val_split", 0.2), settings.get("seed", 42))
-    if dataset.class_names != list(config["class_names"]):
-        raise DataError(
-            f"The classes in {str(root)!r} ({', '.join(dataset.class_names)}) are not the "
-            f"model's ({', '.join(config['class_names'])}); pass the data the run was trained on."
-        )
+    dataset = dataset_of_run(config, data)
     size = int(config["image_size"])
     with reporter.progress("Decoding the validation images", len(dataset.val)) as advance:
         val, failures = load_images(dataset.val.paths, size, progress=advance)

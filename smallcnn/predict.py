@@ -39,13 +39,7 @@ class Classifier:
 
     def probabilities(self, images, batch_size=32):
         """Class probabilities for a `(n, size, size, 3)` array of RGB pixels in [0, 255]."""
-        images = np.asarray(images)
-        expected = (self.image_size, self.image_size, 3)
-        if images.ndim != 4 or images.shape[1:] != expected:
-            raise UsageError(
-                f"Images must be an array of shape (n, {self.image_size}, {self.image_size}, 3). "
-                f"Received: shape={images.shape}"
-            )
+        images = self._checked(images)
         if len(images) >= self.litert_min_images:
             engine = self._litert_engine()
             if engine is not None:
@@ -56,6 +50,16 @@ class Classifier:
             np.asarray(self.model(images[i : i + batch_size], training=False))
             for i in range(0, len(images), batch_size)
         ])
+
+    def _checked(self, images):
+        images = np.asarray(images)
+        expected = (self.image_size, self.image_size, 3)
+        if images.ndim != 4 or images.shape[1:] != expected:
+            raise UsageError(
+                f"Images must be an array of shape (n, {self.image_size}, {self.image_size}, 3). "
+                f"Received: shape={images.shape}"
+            )
+        return images
 
     def _litert_engine(self):
         """The whole model in LiteRT, cached by the model file's path, size and time."""
@@ -141,13 +145,7 @@ class ExportedClassifier(Classifier):
     def probabilities(self, images, batch_size=32):
         from smallcnn.runtimes import run_batches
 
-        images = np.asarray(images)
-        expected = (self.image_size, self.image_size, 3)
-        if images.ndim != 4 or images.shape[1:] != expected:
-            raise UsageError(
-                f"Images must be an array of shape (n, {self.image_size}, {self.image_size}, 3). "
-                f"Received: shape={images.shape}"
-            )
+        images = self._checked(images)
         if images.dtype != np.uint8:
             images = np.clip(np.round(images), 0, 255).astype(np.uint8)
         return run_batches(self.runtime, images, batch_size)
