@@ -82,13 +82,13 @@ def evaluate(run=None, data=None, split="val", top_wrong=12, out=None, reporter=
     """
     from smallcnn.images import load_images
     from smallcnn.plots import confusion_figure, save_figure
-    from smallcnn.predict import load
+    from smallcnn.predict import load_run
 
     reporter = reporter or Reporter()
     if split not in ("train", "val", "test"):
         raise UsageError(f"--split must be val, test or train. Received: {split!r}")
     if classifier is None:
-        classifier = load(run)
+        classifier = load_run(run)
     run_dir = classifier.run_dir
     config = runs.read_config(run_dir)
     dataset, chosen = split_of(config, data, split)

@@ -182,6 +182,17 @@ def load_exported(path):
     return ExportedClassifier(runtime, labels, path)
 
 
+def load_run(path=None):
+    """Like `load`, for what needs the run itself (its Keras model, settings and data):
+    evaluate, report, visualize. An exported file is refused with one line."""
+    if path is not None and is_exported(path):
+        raise UsageError(
+            f"{str(path)!r} is an exported model; this command needs the run folder it was "
+            "exported from (the folder with model.keras and smallcnn.json)."
+        )
+    return load(path)
+
+
 def is_exported(path):
     """Whether `path` names an exported model rather than a run folder (or a run's model)."""
     from smallcnn.runtimes import format_of
@@ -227,4 +238,4 @@ def load(path=None):
     return Classifier(model, config, run_dir)
 
 
-__all__ = ["Classifier", "ExportedClassifier", "Prediction", "UnreadableImage", "load", "expand_paths"]
+__all__ = ["Classifier", "ExportedClassifier", "Prediction", "load_run", "UnreadableImage", "load", "expand_paths"]

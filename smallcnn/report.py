@@ -74,11 +74,11 @@ def build_report(run=None, data=None, out=None, reporter=None):
     from smallcnn.evaluate import evaluate
     from smallcnn.images import load_images
     from smallcnn.plots import confusion_figure, curves_figure, png_bytes
-    from smallcnn.predict import load
+    from smallcnn.predict import load_run
     from smallcnn.visualize import gradcam_overlays
 
     reporter = reporter or Reporter()
-    classifier = load(run)
+    classifier = load_run(run)
     run_dir = Path(classifier.run_dir)
     config = classifier.config
     metrics = json.loads((run_dir / runs.METRICS_FILE).read_text()) \

@@ -164,9 +164,9 @@ def gradcam(paths, model=None, class_name=None, out=None):
         A list of `Picture`, in input order.
     """
     from smallcnn.plots import grid_figure, save_figure
-    from smallcnn.predict import load
+    from smallcnn.predict import load_run
 
-    classifier = load(model)
+    classifier = load_run(model)
     index = _class_index(classifier, class_name)
     paths, pixels = _decode(classifier, paths)
     overlays, _, probabilities = gradcam_overlays(classifier, pixels, index)
@@ -231,9 +231,9 @@ def activations(path, model=None, layers=None, channels=32, out=None):
     import keras
 
     from smallcnn.plots import grid_figure, save_figure
-    from smallcnn.predict import load
+    from smallcnn.predict import load_run
 
-    classifier = load(model)
+    classifier = load_run(model)
     preprocess, base, _, _ = _parts(classifier.model, classifier.config)
     names = list(layers) if layers else default_layers(base)
     chosen = [_get_layer(base, name) for name in names]
@@ -310,14 +310,14 @@ def filter_patterns(classifier, layer_name, filters=16, steps=30, seed=0):
 def filters(model=None, layer=None, count=16, steps=30, out=None):
     """Writes a grid of the patterns that maximise the first `count` filters of a layer."""
     from smallcnn.plots import grid_figure, save_figure
-    from smallcnn.predict import load
+    from smallcnn.predict import load_run
 
     if not layer:
         raise UsageError("Pass --layer NAME, a conv layer of the base "
                          "(smallcnn visualize activations IMAGE lists some).")
     if count < 1 or steps < 1:
         raise UsageError("--filters and --steps must be at least 1.")
-    classifier = load(model)
+    classifier = load_run(model)
     patterns, reached = filter_patterns(classifier, layer, count, steps)
     folder = _out_dir(classifier, out)
     target = folder / f"filters-{layer}.png"

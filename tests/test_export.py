@@ -212,6 +212,16 @@ def test_export_refusals(trained, tmp_path):
     assert invoke("export", moved, "--data", data).exit_code == 0
 
 
+def test_commands_that_need_the_run_refuse_an_exported_file(trained, tmp_path):
+    run, data = trained
+    out = tmp_path / "model.tflite"
+    assert invoke("export", run, "--out", out).exit_code == 0
+    image = sorted((data / "val" / "red").iterdir())[0]
+    for args in (["evaluate", out], ["report", out], ["visualize", "gradcam", image, "--model", out]):
+        result = invoke(*args)
+        assert result.exit_code == 2 and "needs the run folder" in result.output, args
+
+
 def test_predict_refuses_an_exported_model_without_labels(trained, tmp_path):
     run, data = trained
     out = tmp_path / "model.tflite"
