@@ -38,12 +38,34 @@ def make_dataset(root, per_class=12, size=40, classes=("red", "blue"), splits=("
     return root
 
 
+# The pictures smallcnn writes (as opposed to the generated input images).
+PICTURE_NAMES = ("curves.png", "confusion*.png", "*-gradcam.png", "*-activations-*.png",
+                 "filters-*.png")
+
+
+def assert_picture(source, min_width=100, min_height=100):
+    """A PNG that opens, is at least the given size, and is not one flat colour."""
+    import io
+
+    image = Image.open(source if not isinstance(source, bytes) else io.BytesIO(source))
+    image.load()
+    assert image.format == "PNG", source
+    assert image.width >= min_width and image.height >= min_height, (source, image.size)
+    pixels = np.asarray(image.convert("RGB"), dtype=np.float32)
+    assert pixels.std() > 5, f"{source} is blank"
+    return image
+
+
 @pytest.fixture(autouse=True)
 def isolated(tmp_path, monkeypatch):
-    """Each test works in its own folder with its own feature cache."""
+    """Each test works in its own folder with its own feature cache; afterwards, every
+    picture smallcnn wrote there is opened and checked (size, not blank)."""
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("SMALLCNN_CACHE", str(tmp_path / "cache"))
-    return tmp_path
+    yield tmp_path
+    for pattern in PICTURE_NAMES:
+        for path in tmp_path.rglob(pattern):
+            assert_picture(path, 150, 150)
 
 
 @pytest.fixture

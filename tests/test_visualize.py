@@ -1,7 +1,6 @@
 """What the model learned: curves, evaluation, Grad-CAM, activations, filters, the report."""
 
 import base64
-import io
 import json
 import re
 import shutil
@@ -10,21 +9,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import invoke, make_dataset
+from conftest import assert_picture, invoke, make_dataset
 from PIL import Image, ImageDraw
 
 OBJECT_COLORS = {"blue": (40, 70, 230), "red": (220, 40, 40)}
-
-
-def assert_picture(source, min_width=100, min_height=100):
-    """A PNG that opens, is at least the given size, and is not one flat colour."""
-    image = Image.open(source if not isinstance(source, bytes) else io.BytesIO(source))
-    image.load()
-    assert image.format == "PNG"
-    assert image.width >= min_width and image.height >= min_height, image.size
-    pixels = np.asarray(image.convert("RGB"), dtype=np.float32)
-    assert pixels.std() > 5, "the picture is blank"
-    return image
 
 
 def clutter_image(rng, size, color):
