@@ -51,15 +51,16 @@ def _library_call(name):
             return check_dataset(find_dataset(data, val_split, seed), RichReporter())
 
         return check
-    if name in ("evaluate", "report"):
+    if name in ("evaluate", "report", "export"):
+        import importlib
+
         from smallcnn.console import RichReporter, stderr, stdout
 
-        if name == "evaluate":
-            from smallcnn.evaluate import evaluate as function
-        else:
-            from smallcnn.report import build_report as function
+        module, function = {"evaluate": ("evaluate", "evaluate"), "report": ("report", "build_report"),
+                            "export": ("export", "export")}[name]
+        function = getattr(importlib.import_module(f"smallcnn.{module}"), function)
 
-        def with_reporter(*args, as_json=False, **kwargs):
+        def with_reporter(*args, as_json=False, **kwargs):  # --json: stdout holds the JSON alone
             return function(*args, reporter=RichReporter(stderr if as_json else stdout), **kwargs)
 
         return with_reporter
@@ -67,14 +68,6 @@ def _library_call(name):
         from smallcnn import visualize
 
         return getattr(visualize, name.split(".", 1)[1])
-    if name == "export":
-        from smallcnn.console import RichReporter, stderr, stdout
-        from smallcnn.export import export
-
-        def export_run(*args, as_json=False, **kwargs):  # --json: stdout holds the JSON alone
-            return export(*args, reporter=RichReporter(stderr if as_json else stdout), **kwargs)
-
-        return export_run
     if name == "predict":
         from smallcnn.predict import load
 

@@ -252,9 +252,10 @@ class _Context:
         Each view is one pass over the training images with the run's augmentation and
         its own seed, so the same settings give the same views, and a cache hit.
         """
+        import tensorflow as tf
+
         from smallcnn import features as cache
         from smallcnn.augment import build_augmenter
-        import tensorflow as tf
 
         s = self.settings
         augmentation = s.augmentation()
