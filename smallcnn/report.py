@@ -3,7 +3,6 @@ misclassified validation image with its Grad-CAM overlay. Pictures are embedded 
 data: URIs, so the file can be mailed or archived on its own."""
 
 import base64
-import csv
 import html
 import io
 import json
@@ -53,15 +52,6 @@ def _image_png(pixels):
     return buffer.getvalue()
 
 
-def _read_history(run_dir):
-    path = Path(run_dir) / runs.HISTORY_FILE
-    if not path.is_file():
-        return []
-    with open(path, newline="", encoding="utf-8") as f:
-        return [{k: (v if k == "phase" else float(v) if v not in ("", None) else None)
-                 for k, v in row.items()} for row in csv.DictReader(f)]
-
-
 def _table(header, rows):
     head = "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
     body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>"
@@ -87,7 +77,7 @@ def build_report(run=None, data=None, out=None, reporter=None):
                           classifier=classifier)
     classes = evaluation.classes
 
-    rows = _read_history(run_dir)
+    rows = runs.read_history(run_dir)
     curves = _data_uri(png_bytes(curves_figure(rows, metrics.get("best_epoch")))) if rows else None
     confusion = _data_uri(png_bytes(confusion_figure(
         evaluation.confusion_matrix, classes,

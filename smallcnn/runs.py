@@ -79,6 +79,19 @@ def write_history(path, rows):
     write_text(path, buffer.getvalue())
 
 
+def read_history(run_dir):
+    """The rows `write_history` wrote (numbers as floats, epoch as int); [] without a file."""
+    path = Path(run_dir) / HISTORY_FILE
+    if not path.is_file():
+        return []
+    rows = []
+    with open(path, newline="", encoding="utf-8") as f:
+        for row in csv.DictReader(f):
+            rows.append({k: (v if k == "phase" else float(v)) for k, v in row.items() if v})
+            rows[-1]["epoch"] = int(rows[-1]["epoch"])
+    return rows
+
+
 def new_run_dir(command, out=None, runs_dir=DEFAULT_RUNS_DIR, overwrite=False):
     """Creates the folder for a new run and returns its path.
 

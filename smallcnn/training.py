@@ -733,8 +733,6 @@ def _resume(command, run, reporter, command_line):
     The run's recorded settings are used; training starts from its saved (best) model
     and epoch count, and the better of the old and the new model is kept.
     """
-    import csv
-
     from smallcnn.models import HEAD_NAME, count_params, feature_extractor, find_base, unfreeze_top
 
     run_dir = runs.resolve_run(run)
@@ -763,13 +761,7 @@ def _resume(command, run, reporter, command_line):
     context.base = base
     context.extractor = feature_extractor(context.spec, base, s.image_size)
 
-    rows = []
-    history_path = run_dir / runs.HISTORY_FILE
-    if history_path.exists():
-        with open(history_path, newline="") as f:
-            for row in csv.DictReader(f):
-                rows.append({k: (v if k == "phase" else float(v)) for k, v in row.items() if v})
-                rows[-1]["epoch"] = int(rows[-1]["epoch"])
+    rows = runs.read_history(run_dir)
     try:
         previous_loss = json.loads((run_dir / runs.METRICS_FILE).read_text())["val_loss"]
     except (OSError, ValueError, KeyError):
