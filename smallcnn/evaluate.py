@@ -80,7 +80,7 @@ def evaluate(run=None, data=None, split="val", top_wrong=12, out=None, reporter=
     Returns:
         An `Evaluation`.
     """
-    from smallcnn.images import load_images
+    from smallcnn.images import load_readable
     from smallcnn.plots import confusion_figure, save_figure
     from smallcnn.predict import load_run
 
@@ -93,14 +93,13 @@ def evaluate(run=None, data=None, split="val", top_wrong=12, out=None, reporter=
     config = runs.read_config(run_dir)
     dataset, chosen = split_of(config, data, split)
     with reporter.progress(f"Decoding the {split} images", len(chosen)) as advance:
-        images, failures = load_images(chosen.paths, classifier.image_size, progress=advance)
-    bad = {f.path for f in failures}
-    keep = np.array([p not in bad for p in chosen.paths], dtype=bool)
-    if not keep.any():
+        images, kept, failures = load_readable(chosen.paths, classifier.image_size,
+                                               progress=advance)
+    if not len(kept):
         raise DataError(f"No readable image in the {split} split of {dataset.root!r}.")
-    paths = [p for p, k in zip(chosen.paths, keep) if k]
-    true = chosen.labels[keep]
-    probabilities = classifier.probabilities(images[keep])
+    paths = [chosen.paths[i] for i in kept]
+    true = chosen.labels[kept]
+    probabilities = classifier.probabilities(images)
     predicted = probabilities.argmax(1)
     classes = classifier.class_names
     matrix, per_class = scores(true, predicted, len(classes))
@@ -113,7 +112,7 @@ def evaluate(run=None, data=None, split="val", top_wrong=12, out=None, reporter=
         confusion_matrix=matrix.tolist(),
         wrong=[{"path": paths[i], "true": classes[true[i]], "predicted": classes[predicted[i]],
                 "probability": float(probabilities[i, predicted[i]])} for i in wrong],
-        images=int(keep.sum()), skipped=[[f.path, f.reason] for f in failures],
+        images=len(kept), skipped=[[f.path, f.reason] for f in failures],
     )
     folder = Path(out) if out is not None else Path(run_dir)
     folder.mkdir(parents=True, exist_ok=True)

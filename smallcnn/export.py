@@ -163,22 +163,17 @@ def _labels_text(class_names):
 def _verification_images(config, data, reporter):
     """(validation images, their labels, calibration images) decoded at the model's size."""
     from smallcnn.data import dataset_of_run
-    from smallcnn.images import load_images
+    from smallcnn.images import load_readable
 
     dataset = dataset_of_run(config, data)
     size = int(config["image_size"])
     with reporter.progress("Decoding the validation images", len(dataset.val)) as advance:
-        val, failures = load_images(dataset.val.paths, size, progress=advance)
-    keep = np.ones(len(val), dtype=bool)
-    bad = {f.path for f in failures}
-    keep[[i for i, p in enumerate(dataset.val.paths) if p in bad]] = False
+        val, kept, _ = load_readable(dataset.val.paths, size, progress=advance)
     rng = np.random.default_rng(0)
     train = dataset.train.paths
     picked = sorted(rng.choice(len(train), min(CALIBRATION_IMAGES, len(train)), replace=False))
-    calibration, failures = load_images([train[i] for i in picked], size)
-    bad = {f.path for f in failures}
-    calibration = calibration[[train[i] not in bad for i in picked]]
-    return val[keep], dataset.val.labels[keep], calibration
+    calibration, _, _ = load_readable([train[i] for i in picked], size)
+    return val, dataset.val.labels[kept], calibration
 
 
 def _write_tflite(model, path, quantize, calibration):

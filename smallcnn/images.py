@@ -151,3 +151,18 @@ def load_images(paths, size, out=None, progress=None):
             if progress is not None and (done % 32 == 0 or done == len(paths)):
                 progress(done)
     return out, [failures[i] for i in sorted(failures)]
+
+
+def load_readable(paths, size, progress=None):
+    """Like `load_images`, without the rows of unreadable files.
+
+    Returns:
+        `(images, kept, failures)`: the decoded readable images, the indices into
+        `paths` they come from (in order), and the `UnreadableImage` errors.
+    """
+    images, failures = load_images(paths, size, progress=progress)
+    if not failures:
+        return images, np.arange(len(images)), failures
+    bad = {f.path for f in failures}
+    kept = np.array([i for i, p in enumerate(map(str, paths)) if p not in bad], dtype=int)
+    return images[kept], kept, failures

@@ -8,7 +8,7 @@ import numpy as np
 
 from smallcnn import runs
 from smallcnn.errors import DataError, ModelError, UsageError
-from smallcnn.images import UnreadableImage, is_image_file, load_images
+from smallcnn.images import UnreadableImage, is_image_file, load_readable
 
 
 @dataclasses.dataclass
@@ -113,14 +113,12 @@ class Classifier:
         if isinstance(paths, (str, Path)):
             paths = [paths]
         paths = expand_paths(paths)
-        pixels, failures = load_images(paths, self.image_size)
-        bad = {f.path for f in failures}
-        keep = [i for i, p in enumerate(paths) if p not in bad]
-        readable = [paths[i] for i in keep]
-        if not readable:
+        pixels, kept, failures = load_readable(paths, self.image_size)
+        if not len(kept):
             return [], failures
-        probabilities = self.probabilities(pixels[keep] if failures else pixels, batch_size)
-        return [self._prediction(p, row, top_k) for p, row in zip(readable, probabilities)], failures
+        probabilities = self.probabilities(pixels, batch_size)
+        return [self._prediction(paths[i], row, top_k)
+                for i, row in zip(kept, probabilities)], failures
 
     def _prediction(self, path, row, top_k):
         order = np.argsort(row)[::-1][: max(1, top_k)]
