@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from smallcnn.features import cache_dir, weights_identity
+from smallcnn.runtimes import TFLiteRuntime
 
 ENGINES = ("auto", "litert", "tf")
 
@@ -35,7 +36,7 @@ class TensorFlowEngine:
         return self._run(tf.cast(images, tf.float32)).numpy()
 
 
-class LiteRTEngine:
+class LiteRTEngine(TFLiteRuntime):
     """A LiteRT interpreter (XNNPACK) that runs batches in micro-batches of 2 images.
 
     XNNPACK on 2 cores runs MobileNetV2 at 224 px at about 300 images/s one or two
@@ -45,31 +46,17 @@ class LiteRTEngine:
     name = "litert"
     micro_batch = 2
 
-    def __init__(self, model_path):
-        from ai_edge_litert.interpreter import Interpreter
+    @staticmethod
+    def _interpreter_class():
+        from ai_edge_litert.interpreter import Interpreter  # no fallback: TensorFlow is faster
 
-        from smallcnn.quiet import native_stderr_silenced
-
-        with native_stderr_silenced():  # "INFO: Created TensorFlow Lite XNNPACK delegate"
-            self._interpreter = Interpreter(model_path=str(model_path),
-                                            num_threads=os.cpu_count())
-            self._interpreter.allocate_tensors()
-        self._input = self._interpreter.get_input_details()[0]["index"]
-        self._output = self._interpreter.get_output_details()[0]["index"]
-        self._shape = None
+        return Interpreter
 
     def __call__(self, images):
         if len(images) > self.micro_batch:  # converted to float one micro-batch at a time
             return np.concatenate([self(images[i : i + self.micro_batch])
                                    for i in range(0, len(images), self.micro_batch)])
-        images = np.asarray(images, dtype=np.float32)
-        if self._shape != images.shape:
-            self._interpreter.resize_tensor_input(self._input, list(images.shape))
-            self._interpreter.allocate_tensors()
-            self._shape = images.shape
-        self._interpreter.set_tensor(self._input, images)
-        self._interpreter.invoke()
-        return self._interpreter.get_tensor(self._output).copy()
+        return super().__call__(images)
 
 
 def _litert_path(spec, weights, image_size):
@@ -79,14 +66,21 @@ def _litert_path(spec, weights, image_size):
     return cache_dir().parent / "engines" / f"{spec.name}-{image_size}-{key}.tflite"
 
 
-def convert_to_litert(model, path):
+def convert_to_litert(model, path, quantize="none", calibration=None):
     """Writes a Keras model (one image input) as a LiteRT model, its weights frozen into constants.
 
     Freezing a concrete function and converting it takes about 1.5 s for MobileNetV2;
     Keras' own `export(format="litert")` goes through a SavedModel and takes about 7 s
-    (measured here), so it is only the fallback.
+    (measured here), so it is only the fallback (for unquantized models).
+
+    Args:
+        quantize: 'none'; 'float16' (float16 weights); or 'int8' (int8 weights and
+            activations, their ranges calibrated on `calibration`, an array of images).
+            The input keeps the model's dtype and the output stays float.
     """
     import tensorflow as tf
+
+    from smallcnn.quiet import native_stderr_silenced
 
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, temp = tempfile.mkstemp(suffix=".tflite", dir=path.parent)
@@ -97,12 +91,23 @@ def convert_to_litert(model, path):
                 convert_variables_to_constants_v2,
             )
 
-            spec = tf.TensorSpec([None, *model.input_shape[1:]], tf.float32)
-            function = tf.function(lambda x: model(x, training=False), input_signature=[spec])
+            dtype = tf.as_dtype(model.inputs[0].dtype)
+            spec = tf.TensorSpec([None, *model.input_shape[1:]], dtype)
+            function = tf.function(lambda x: model(x, training=False), input_signature=[spec],
+                                   autograph=False)
             frozen = convert_variables_to_constants_v2(function.get_concrete_function())
             converter = tf.lite.TFLiteConverter.from_concrete_functions([frozen], model)
-            Path(temp).write_bytes(converter.convert())
+            if quantize == "float16":
+                converter.optimizations = [tf.lite.Optimize.DEFAULT]
+                converter.target_spec.supported_types = [tf.float16]
+            elif quantize == "int8":
+                converter.optimizations = [tf.lite.Optimize.DEFAULT]
+                converter.representative_dataset = lambda: ([image[None]] for image in calibration)
+            with native_stderr_silenced():  # the converter's "fully_quantize: 0, ..." line
+                Path(temp).write_bytes(converter.convert())
         except Exception:
+            if quantize != "none":
+                raise
             model.export(temp, format="litert", verbose=False)
         os.replace(temp, path)
     finally:

@@ -176,29 +176,6 @@ def _verification_images(config, data, reporter):
     return val, dataset.val.labels[kept], calibration
 
 
-def _write_tflite(model, path, quantize, calibration):
-    import tensorflow as tf
-    from tensorflow.python.framework.convert_to_constants import (
-        convert_variables_to_constants_v2,
-    )
-
-    spec = tf.TensorSpec([None, *model.input_shape[1:]], tf.uint8)
-    function = tf.function(lambda x: model(x, training=False), input_signature=[spec],
-                           autograph=False)
-    frozen = convert_variables_to_constants_v2(function.get_concrete_function())
-    converter = tf.lite.TFLiteConverter.from_concrete_functions([frozen], model)
-    if quantize == "float16":
-        converter.optimizations = [tf.lite.Optimize.DEFAULT]
-        converter.target_spec.supported_types = [tf.float16]
-    elif quantize == "int8":  # int8 weights and activations; uint8 in, probabilities out
-        converter.optimizations = [tf.lite.Optimize.DEFAULT]
-        converter.representative_dataset = lambda: ([image[None]] for image in calibration)
-    from smallcnn.quiet import native_stderr_silenced
-
-    with native_stderr_silenced():  # the converter's "fully_quantize: 0, ..." line
-        Path(path).write_bytes(converter.convert())
-
-
 def _write_onnx(model, path, quantize, calibration):
     try:
         import onnx  # noqa: F401
@@ -264,7 +241,9 @@ def _write(model, path, format, quantize, calibration):
         with native_stderr_silenced():
             model.export(str(path), format="tf_saved_model", verbose=False)
     elif format == "tflite":
-        _write_tflite(model, path, quantize, calibration)
+        from smallcnn.engine import convert_to_litert
+
+        convert_to_litert(model, Path(path), quantize, calibration)
     else:
         _write_onnx(model, path, quantize, calibration)
 

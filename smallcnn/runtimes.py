@@ -30,16 +30,20 @@ class TFLiteRuntime:
 
     format = "tflite"
 
-    def __init__(self, path):
+    @staticmethod
+    def _interpreter_class():
         try:
             from ai_edge_litert.interpreter import Interpreter
-        except ImportError:  # an older TensorFlow ships the same interpreter
+        except ImportError:  # TensorFlow ships the same interpreter (deprecated there)
             from tensorflow.lite.python.interpreter import Interpreter
+        return Interpreter
 
+    def __init__(self, path):
         from smallcnn.quiet import native_stderr_silenced
 
-        with native_stderr_silenced():
-            self._interpreter = Interpreter(model_path=str(path), num_threads=os.cpu_count())
+        with native_stderr_silenced():  # "INFO: Created TensorFlow Lite XNNPACK delegate"
+            self._interpreter = self._interpreter_class()(model_path=str(path),
+                                                          num_threads=os.cpu_count())
             self._interpreter.allocate_tensors()
         details = self._interpreter.get_input_details()[0]
         self.input_shape = tuple(int(d) for d in details["shape"])
