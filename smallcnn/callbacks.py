@@ -1,13 +1,12 @@
 """Keras callbacks used while training: progress reporting and an atomic checkpoint."""
 
 import math
-import signal
-import threading
 import time
 
 import keras
 
 from smallcnn import runs
+from smallcnn.signals import StopRequest
 
 
 class ReportEpochs(keras.callbacks.Callback):
@@ -98,27 +97,22 @@ class StopOnSignal(keras.callbacks.Callback):
 
     def __init__(self):
         super().__init__()
-        self.received = None
-        self._previous = {}
+        self._request = StopRequest(on_signal=self._stop_model)
 
-    def _handle(self, signum, frame):
-        if self.received is not None and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        self.received = signal.Signals(signum).name
+    @property
+    def received(self):
+        return self._request.received
+
+    def _stop_model(self):
         if self.model is not None:
             self.model.stop_training = True
 
     def on_train_begin(self, logs=None):
-        if threading.current_thread() is not threading.main_thread():
-            return  # signal handlers can only be set from the main thread
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            self._previous[signum] = signal.signal(signum, self._handle)
+        self._request.install()
 
     def on_train_batch_end(self, batch, logs=None):
-        if self.received is not None:
+        if self._request():
             self.model.stop_training = True
 
     def on_train_end(self, logs=None):
-        for signum, handler in self._previous.items():
-            signal.signal(signum, handler)
-        self._previous = {}
+        self._request.uninstall()

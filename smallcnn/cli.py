@@ -15,6 +15,7 @@ from typing_extensions import Annotated
 
 from smallcnn import __version__
 from smallcnn.errors import SmallcnnError
+from smallcnn.quiet import import_tensorflow
 
 app = typer.Typer(
     name="smallcnn",
@@ -25,19 +26,6 @@ app = typer.Typer(
     rich_markup_mode="rich",
 )
 _state = {"debug": False}
-
-
-def _quiet_tensorflow():
-    """Imports TensorFlow without its C++ start-up chatter (see `smallcnn.quiet`)."""
-    if "tensorflow" in sys.modules:
-        return
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    from smallcnn.quiet import native_stderr_silenced
-
-    with native_stderr_silenced():
-        import tensorflow as tf
-
-        tf.config.list_physical_devices()
 
 
 def _library_call(name):
@@ -91,7 +79,7 @@ def _run(command, *args, tensorflow=True, **kwargs):
 
     try:
         if tensorflow:
-            _quiet_tensorflow()
+            import_tensorflow()
         return _library_call(command)(*args, **kwargs)
     except SmallcnnError as error:
         if _state["debug"]:
@@ -233,7 +221,8 @@ def extract(
         val_split=val_split, engine=engine, class_weight=class_weight, tensorboard=tensorboard,
         views=views, augment=augment,
     )
-    result = _run("extract", data, settings, out=out, overwrite=overwrite)
+    # TensorFlow is imported only if features must be computed (not with a warm cache).
+    result = _run("extract", data, settings, out=out, overwrite=overwrite, tensorflow=False)
     _report(result)
 
 

@@ -4,10 +4,9 @@ import keras
 from keras import layers
 
 from smallcnn.errors import ModelError, UsageError
+from smallcnn.head import check_optimizer
 from smallcnn.layers import Preprocess
 
-OPTIMIZERS = ("adam", "sgd", "rmsprop", "adagrad")
-LR_SCHEDULES = ("constant", "plateau", "exponential", "cosine")
 HEAD_NAME = "head"
 
 
@@ -58,14 +57,7 @@ def find_base(model, base_layer):
 def make_optimizer(name, learning_rate, momentum=0.9, nesterov=False, schedule="constant",
                    steps_per_epoch=1, epochs=1):
     """A Keras optimizer; `exponential` and `cosine` schedules decay per step."""
-    if name not in OPTIMIZERS:
-        raise UsageError(f"Unknown --optimizer {name!r}. Choose one of: {', '.join(OPTIMIZERS)}.")
-    if schedule not in LR_SCHEDULES:
-        raise UsageError(
-            f"Unknown --lr-schedule {schedule!r}. Choose one of: {', '.join(LR_SCHEDULES)}."
-        )
-    if learning_rate <= 0:
-        raise UsageError(f"--learning-rate must be positive. Received: {learning_rate}")
+    check_optimizer(name, learning_rate, schedule)
     rate = learning_rate
     if schedule == "exponential":  # a tenth of the rate after 20 epochs
         rate = keras.optimizers.schedules.ExponentialDecay(

@@ -20,7 +20,9 @@ from smallcnn.augment import DEFAULT_PRESET, Augmentation, resolve_augmentation
 from smallcnn.bases import DEFAULT_BASE, build_base, get_base, resolve_weights, weights_label
 from smallcnn.data import find_dataset
 from smallcnn.errors import DataError, UsageError
+from smallcnn.head import check_optimizer
 from smallcnn.reporting import Reporter
+from smallcnn.signals import StopRequest
 
 # Global defaults per command; a command-line value wins, then the base's own default
 # (image size, weights), then these.
@@ -103,6 +105,8 @@ class Settings:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise UsageError(f"--{name.replace('_', '-')} must be at least 1. Received: {value}")
+        if self.learning_rate is not None:  # refused before any image is decoded
+            check_optimizer(self.optimizer, self.learning_rate, self.lr_schedule)
         if self.class_weight not in ("none", "balanced"):
             raise UsageError(
                 f"--class-weight must be 'balanced' or 'none'. Received: {self.class_weight!r}"
@@ -162,8 +166,6 @@ class _Context:
     """
 
     def __init__(self, command, data_dir, settings, reporter, command_line=None):
-        import keras
-
         self.command = command
         self.command_line = command_line or shlex.join(["smallcnn", *sys.argv[1:]])
         self.reporter = reporter
@@ -177,7 +179,8 @@ class _Context:
         self.dataset = find_dataset(data_dir, self.settings.val_split, self.settings.seed)
         reporter.dataset(self.dataset)
         self.check = run_check(self.dataset, reporter)
-        keras.utils.set_random_seed(self.settings.seed)
+        if command != "extract":  # extract needs TensorFlow only to compute features
+            _seed_keras(self.settings.seed)
         # Unreadable files are left out before anything is decoded.
         self.skipped = {bad["path"]: bad["reason"] for bad in self.check.unreadable}
         for name, split in self.dataset.splits.items():
@@ -186,6 +189,7 @@ class _Context:
         self._features = {}
         self._engine = None
         self._stop = None
+        self.base = self.extractor = None
         self.base_seconds = 0.0  # time in the base's forward pass for feature extraction
         self.base_images = 0
 
@@ -201,9 +205,10 @@ class _Context:
         return self._decoded[name]
 
     def build_base(self):
+        s = self.settings
+        _seed_keras(s.seed)  # before Keras is first imported, to import TensorFlow quietly
         from smallcnn.models import feature_extractor
 
-        s = self.settings
         self.base = build_base(self.spec, s.image_size, self.weights)
         self.extractor = feature_extractor(self.spec, self.base, s.image_size)
         return self.base
@@ -213,6 +218,8 @@ class _Context:
         from smallcnn.engine import feature_engine
 
         if self._engine is None:
+            if self.extractor is None:
+                self.build_base()
             self._engine = feature_engine(self.spec, self.weights, self.settings.image_size,
                                           self.extractor, self.settings.engine, self.reporter)
         return self._engine
@@ -287,6 +294,32 @@ class _Context:
             cache.store(key, values, decoded.labels, decoded.paths, [])
             views.append(values)
         return views
+
+    def classifier(self, head_weights):
+        """`(model, base layer name)`: the whole classifier with these head weights.
+
+        With pretrained weights, the model is assembled from a cached template without
+        TensorFlow (see `smallcnn.modelfile`); the first run saves the template.
+        """
+        from smallcnn import modelfile
+
+        s = self.settings
+        feature_width, num_classes = head_weights[0].shape[0], head_weights[-1].shape[0]
+        key = modelfile.template_key(self.spec, self.weights, s.image_size, feature_width,
+                                     num_classes, s.hidden, s.dropout)
+        template = modelfile.load_template(key)
+        if template is not None:
+            return modelfile.AssembledClassifier(template, head_weights), template.base_layer
+        base = self.base or self.build_base()
+        from smallcnn.models import build_classifier
+
+        head = _new_head(self, feature_width)
+        model = build_classifier(self.spec, base, head, s.image_size)
+        if key is None:  # random base weights: this model is the only one
+            head.set_weights(head_weights)
+            return model, base.name
+        template = modelfile.save_template(model, head, base.name, key)
+        return modelfile.AssembledClassifier(template, head_weights), base.name
 
     def config(self, base_layer, extra=None):
         settings = dataclasses.asdict(self.settings)
@@ -363,7 +396,10 @@ class _Context:
         return callbacks
 
     def finish(self, run_dir, model, config, rows, evaluations, extra_metrics=None):
-        """Writes the run folder; returns the metrics."""
+        """Writes the run folder; returns the metrics.
+
+        `model` is the Keras model to save, or anything with Keras' `save(path)`.
+        """
         metrics = {"val_accuracy": evaluations["val"][1], "val_loss": evaluations["val"][0]}
         if "test" in evaluations:
             metrics["test_accuracy"] = evaluations["test"][1]
@@ -406,6 +442,16 @@ class _Context:
         return RunResult(self.command, run_dir, self.dataset.class_names, metrics, rows,
                          [[p, r] for p, r in self.skipped.items()],
                          interrupted=self.interrupted, **extra)
+
+
+def _seed_keras(seed):
+    """Imports TensorFlow (quietly) and seeds Keras, NumPy and Python."""
+    from smallcnn.quiet import import_tensorflow
+
+    import_tensorflow()
+    import keras
+
+    keras.utils.set_random_seed(seed)
 
 
 def _imbalance(dataset):
@@ -465,12 +511,11 @@ def extract(data_dir, settings=None, out=None, overwrite=False, reporter=None,
     Returns:
         A `RunResult`. The saved model takes raw images (base + head).
     """
-    from smallcnn.models import build_classifier, compile_model
+    from smallcnn import head as numpy_head
 
     reporter = reporter or Reporter()
     context = _Context("extract", data_dir, settings or Settings(), reporter, command_line)
     s = context.settings
-    base = context.build_base()
     run_dir = runs.new_run_dir("extract", out, overwrite=overwrite)
     train_x, train_y = context.features("train")
     if s.views:  # the head also trains on features of augmented copies
@@ -480,26 +525,50 @@ def extract(data_dir, settings=None, out=None, overwrite=False, reporter=None,
         views = context.augmented_views(s.views)
         train_x = np.concatenate([train_x, *views])
         train_y = np.tile(train_y, s.views + 1)
-    head = _new_head(context, train_x.shape[1])
+    # The head trains in NumPy (see smallcnn.head): with the features cached, the whole
+    # run needs no TensorFlow.
     steps = int(np.ceil(len(train_x) / s.batch_size))
-    compile_model(head, context.optimizer(s.learning_rate, steps, s.epochs),
-                  steps_per_execution=steps)
-    history = head.fit(
-        train_x, train_y,
-        validation_data=context.features("val"),
-        batch_size=s.batch_size,
-        epochs=s.epochs,
-        shuffle=True,
-        class_weight=context.class_weights(),
-        verbose=0,
-        callbacks=context.callbacks("head", s.epochs, steps, run_dir=run_dir),
-    )
-    rows = _history_rows(history, "head", seconds=context.epoch_report.seconds)
-    evaluations = _evaluate_head(head, context, _eval_splits(context))
-    model = build_classifier(context.spec, base, head, s.image_size)
-    metrics = context.finish(run_dir, model, context.config(base.name), rows, evaluations,
+    num_classes = len(context.dataset.class_names)
+    seconds = []
+
+    def on_epoch(epoch, logs):
+        seconds.append(logs["seconds"])
+        reporter.epoch("head", epoch, s.epochs, logs)
+
+    context._stop = StopRequest()
+    with context._stop:
+        weights, history = numpy_head.train(
+            train_x, train_y, context.features("val"), s, num_classes,
+            class_weights=context.class_weights(), on_epoch=on_epoch, stop=context._stop,
+            progress=lambda epoch: reporter.progress(f"head epoch {epoch}/{s.epochs}", steps))
+    rows = [{"epoch": i + 1, "phase": "head",
+             **{k: (round(v, 3) if k == "seconds" else v) for k, v in logs.items()}}
+            for i, logs in enumerate(history)]
+    evaluations = {name: list(numpy_head.evaluate(weights, *context.features(name)))
+                   for name in _eval_splits(context)}
+    model, base_layer = context.classifier(weights)
+    if s.tensorboard:
+        _write_tensorboard(run_dir / "tensorboard" / "head", rows)
+    metrics = context.finish(run_dir, model, context.config(base_layer), rows, evaluations,
                              {"views": s.views, "head_training_rows": len(train_x)})
     return context.result(run_dir, metrics, rows)
+
+
+def _write_tensorboard(folder, rows):
+    """TensorBoard logs of the epochs in `rows`, as Keras' TensorBoard callback names them."""
+    import tensorflow as tf
+
+    for split, tags in (("train", {"loss": "epoch_loss", "accuracy": "epoch_accuracy",
+                                   "learning_rate": "epoch_learning_rate"}),
+                        ("validation", {"val_loss": "epoch_loss",
+                                        "val_accuracy": "epoch_accuracy"})):
+        writer = tf.summary.create_file_writer(str(folder / split))
+        with writer.as_default():
+            for row in rows:
+                for key, tag in tags.items():
+                    if key in row:
+                        tf.summary.scalar(tag, row[key], step=row["epoch"] - 1)
+        writer.close()
 
 
 def _augmented_features(context):

@@ -100,6 +100,42 @@ def test_extract_features_are_cached(tiny_data, base_weights_file):
     assert "val: 24 feature vectors from the cache" in third.output
 
 
+def test_a_warm_extract_needs_no_tensorflow_and_saves_the_same_model(tiny_data, base_weights_file):
+    import subprocess
+    import sys
+
+    import keras
+    from PIL import Image
+
+    import smallcnn.layers  # noqa: F401
+
+    args = ["extract", str(tiny_data), "--weights", str(base_weights_file), "--image-size", "32",
+            *FAST, "--hidden", "8"]
+    first = invoke(*args, "--out", "runs/cold")
+    assert first.exit_code == 0, first.output
+    script = ("import sys\nfrom smallcnn.cli import main\nsys.argv = ['smallcnn', *sys.argv[1:]]\n"
+              "try:\n    main()\nexcept SystemExit as exit:\n    assert not exit.code, exit.code\n"
+              "print('imported:', sorted(m for m in ('tensorflow', 'keras') if m in sys.modules))")
+    warm = subprocess.run([sys.executable, "-c", script, *args, "--out", "runs/warm"],
+                          capture_output=True, text=True, timeout=120)
+    assert warm.returncode == 0, warm.stdout + warm.stderr
+    assert "train: 24 feature vectors from the cache" in warm.stdout
+    assert "imported: []" in warm.stdout
+    # The same seed trains the same head; the model files predict alike.
+    cold_metrics = json.loads(open("runs/cold/metrics.json").read())
+    warm_metrics = json.loads(open("runs/warm/metrics.json").read())
+    for key in ("val_accuracy", "val_loss", "epochs", "best_epoch"):
+        assert warm_metrics[key] == cold_metrics[key]
+    cold = keras.saving.load_model("runs/cold/model.keras", safe_mode=True)
+    warm_model = keras.saving.load_model("runs/warm/model.keras", safe_mode=True)
+    images = np.stack([np.asarray(Image.open(p).convert("RGB").resize((32, 32)), np.float32)
+                       for p in sorted((tiny_data / "val").rglob("*.png"))[:6]])
+    np.testing.assert_allclose(warm_model.predict(images, verbose=0),
+                               cold.predict(images, verbose=0), rtol=1e-5, atol=1e-6)
+    config = json.loads(open("runs/warm/smallcnn.json").read())
+    assert warm_model.get_layer(config["base_layer"]) is not None
+
+
 def _base_weights(run_dir, base_layer):
     import keras
 

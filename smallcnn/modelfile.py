@@ -1,0 +1,145 @@
+"""`extract`'s model.keras, written from a cached template without TensorFlow.
+
+A classifier made by `extract` is the pretrained base (millions of weights, the same
+in every run with the same base, weights and image size) and a head trained in the
+run (a few thousand weights). The first run saves a whole classifier once, through
+Keras, as a template in the cache. Every run then writes its model.keras by copying
+the template and putting the head's trained weights into the archive's HDF5 weights
+file (h5py): the file Keras itself would write for that model, in a fraction of a
+second, and with no TensorFlow imported.
+"""
+
+import dataclasses
+import datetime
+import hashlib
+import importlib.metadata
+import io
+import json
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+from smallcnn import __version__
+from smallcnn.features import cache_dir, weights_identity
+from smallcnn.runs import atomic_write
+
+TEMPLATE_FORMAT = 1
+WEIGHTS_ENTRY = "model.weights.h5"
+METADATA_ENTRY = "metadata.json"
+
+
+@dataclasses.dataclass
+class Template:
+    path: Path  # a .keras archive of the whole classifier
+    base_layer: str  # the base's layer name in it
+    head_datasets: list  # HDF5 paths of the head's weights, in Keras' order
+    shapes: list
+
+
+def template_key(spec, weights, image_size, feature_width, num_classes, hidden, dropout):
+    """A hex digest naming the classifier template, or None for random base weights."""
+    if weights == "none":
+        return None  # a random base differs each run: nothing to reuse
+    description = {
+        "format": TEMPLATE_FORMAT,
+        "smallcnn": __version__,
+        "keras": importlib.metadata.version("keras"),
+        "base": spec.name,
+        "weights": weights_identity(weights),
+        "image_size": image_size,
+        "preprocessing": spec.preprocessing,
+        "head": [feature_width, num_classes, hidden, dropout],
+    }
+    return hashlib.sha256(json.dumps(description).encode()).hexdigest()
+
+
+def _paths(key):
+    folder = cache_dir().parent / "templates"
+    return folder / f"{key}.keras", folder / f"{key}.json"
+
+
+def load_template(key):
+    """The cached template named `key`, or None."""
+    if key is None:
+        return None
+    archive, meta = _paths(key)
+    try:
+        described = json.loads(meta.read_text())
+        if not archive.is_file():
+            return None
+        return Template(archive, described["base_layer"], described["head_datasets"],
+                        [tuple(s) for s in described["shapes"]])
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def save_template(model, head, base_layer, key):
+    """Saves `model` (whose head layer is `head`) as the template named `key`.
+
+    The head's weights are first set to distinct markers, to find where Keras put
+    them in the weights file without depending on its naming scheme.
+    """
+    import h5py
+
+    archive, meta = _paths(key)
+    archive.parent.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    markers = [rng.uniform(1.0, 2.0, w.shape).astype(np.float32) for w in head.get_weights()]
+    head.set_weights(markers)
+    atomic_write(archive, lambda temp: model.save(temp))
+    with zipfile.ZipFile(archive) as source:
+        weights = h5py.File(io.BytesIO(source.read(WEIGHTS_ENTRY)), "r")
+    found = []
+    for marker in markers:
+        matches = []
+
+        def visit(name, item, marker=marker, matches=matches):
+            if isinstance(item, h5py.Dataset) and item.shape == marker.shape:
+                if np.array_equal(item[()], marker):
+                    matches.append(name)
+
+        weights.visititems(visit)
+        if len(matches) != 1:
+            raise RuntimeError(f"cannot locate the head's weights in {archive.name}: "
+                               f"{len(matches)} matches for one of them")
+        found.append(matches[0])
+    weights.close()
+    template = Template(archive, base_layer, found, [m.shape for m in markers])
+    atomic_write(meta, lambda temp: Path(temp).write_text(json.dumps({
+        "base_layer": base_layer, "head_datasets": found,
+        "shapes": [list(s) for s in template.shapes]})))
+    return template
+
+
+class AssembledClassifier:
+    """A classifier that is a template plus head weights (Keras' order); `save(path)`
+    writes it as the .keras file Keras would write, without TensorFlow."""
+
+    def __init__(self, template, head_weights):
+        shapes = [tuple(np.shape(w)) for w in head_weights]
+        if shapes != [tuple(s) for s in template.shapes]:
+            raise ValueError(f"head weights of shapes {shapes} do not fit the template's "
+                             f"{template.shapes}")
+        self.template = template
+        self.head_weights = [np.asarray(w, np.float32) for w in head_weights]
+
+    def save(self, path):
+        import h5py
+
+        template = self.template
+        with zipfile.ZipFile(template.path) as source, zipfile.ZipFile(path, "w") as target:
+            for info in source.infolist():
+                data = source.read(info)
+                if info.filename == WEIGHTS_ENTRY:
+                    buffer = io.BytesIO(data)
+                    with h5py.File(buffer, "r+") as weights:
+                        for name, value in zip(template.head_datasets, self.head_weights):
+                            weights[name][...] = value
+                    data = buffer.getvalue()
+                    info.date_time = datetime.datetime.now().timetuple()[:6]
+                elif info.filename == METADATA_ENTRY:
+                    metadata = json.loads(data)
+                    metadata["date_saved"] = datetime.datetime.now().strftime("%Y-%m-%d@%H:%M:%S")
+                    data = json.dumps(metadata).encode()
+                target.writestr(info, data)

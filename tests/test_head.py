@@ -1,0 +1,151 @@
+"""The NumPy head trains as Keras would: same updates, same history, same early stopping."""
+
+import dataclasses
+
+import keras
+import numpy as np
+import pytest
+
+from smallcnn import head as numpy_head
+from smallcnn.models import build_head, compile_model, make_optimizer
+from smallcnn.training import Settings
+
+
+def features(seed=0, n=96, width=12, classes=3):
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(0, 1.0, (classes, width))
+    y = rng.integers(0, classes, n)
+    x = (centres[y] + rng.normal(0, 1.2, (n, width))).astype(np.float32)
+    return x, y.astype(np.int32)
+
+
+def keras_fit(settings, weights, train, val, classes, class_weights=None):
+    s = settings
+    model = build_head(train[0].shape[1], classes, s.dropout, s.hidden)
+    model.set_weights(weights)
+    steps = int(np.ceil(len(train[0]) / s.batch_size))
+    compile_model(model, make_optimizer(s.optimizer, s.learning_rate, s.momentum, s.nesterov,
+                                        s.lr_schedule, steps, s.epochs))
+    callbacks = [keras.callbacks.EarlyStopping(monitor="val_loss", patience=s.patience,
+                                               restore_best_weights=True)]
+    if s.lr_schedule == "plateau":
+        callbacks.append(keras.callbacks.ReduceLROnPlateau(
+            monitor="val_loss", factor=0.2, patience=max(1, s.patience // 2), min_lr=1e-7))
+    history = model.fit(*train, validation_data=val, batch_size=s.batch_size, epochs=s.epochs,
+                        shuffle=False, class_weight=class_weights, verbose=0, callbacks=callbacks)
+    return model.get_weights(), history.history
+
+
+CASES = [
+    dict(optimizer="adam", learning_rate=1e-2),
+    dict(optimizer="adam", learning_rate=1e-2, hidden=16, lr_schedule="cosine"),
+    dict(optimizer="sgd", learning_rate=5e-2, lr_schedule="exponential"),
+    dict(optimizer="sgd", learning_rate=5e-2, nesterov=True, hidden=8),
+    dict(optimizer="sgd", learning_rate=5e-2, momentum=0.0),
+    dict(optimizer="rmsprop", learning_rate=1e-3, hidden=8),
+    dict(optimizer="adagrad", learning_rate=5e-2),
+    dict(optimizer="adam", learning_rate=2.0, lr_schedule="plateau", patience=4),  # lowers at 5
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: "-".join(str(v) for v in c.values()))
+@pytest.mark.parametrize("balanced", [False, True], ids=["plain", "class-weights"])
+def test_same_updates_and_history_as_keras(case, balanced):
+    x, y = features()
+    train, val = (x[:72], y[:72]), (x[72:], y[72:])
+    settings = dataclasses.replace(
+        Settings(dropout=0.0, batch_size=16, epochs=6, patience=10, seed=3), **case)
+    initial = numpy_head.init_weights(x.shape[1], 3, settings.hidden, seed=1)
+    class_weights = {0: 2.0, 1: 0.5, 2: 1.0} if balanced else None
+    expected_weights, expected = keras_fit(settings, initial, train, val, 3, class_weights)
+    weights, history = numpy_head.train(*train, val, settings, 3, class_weights=class_weights,
+                                        weights=initial, shuffle=False)
+    assert len(history) == len(expected["loss"])
+    for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
+        np.testing.assert_allclose([h[key] for h in history], expected[key], rtol=2e-4,
+                                   atol=2e-5, err_msg=key)
+    if case.get("lr_schedule") == "plateau":
+        rates = [h["learning_rate"] for h in history]
+        np.testing.assert_allclose(rates, expected["learning_rate"], rtol=1e-6)
+        assert rates[-1] < rates[0]
+    for got, want in zip(weights, expected_weights):
+        np.testing.assert_allclose(got, want, rtol=1e-3, atol=2e-5)
+
+
+def test_early_stopping_keeps_the_best_epoch():
+    x, y = features(seed=2, n=120)
+    settings = Settings(optimizer="adam", learning_rate=0.5, dropout=0.0, batch_size=8,
+                        epochs=60, patience=3, seed=0)
+    weights, history = numpy_head.train(x[:60], y[:60], (x[60:], y[60:]), settings, 3)
+    losses = [h["val_loss"] for h in history]
+    assert len(history) < 60  # a rate this high overfits quickly: training stopped early
+    best = int(np.argmin(losses))
+    assert len(history) == best + 1 + settings.patience
+    assert numpy_head.evaluate(weights, x[60:], y[60:])[0] == pytest.approx(losses[best], rel=1e-5)
+
+
+def test_dropout_trains_and_inference_is_deterministic():
+    x, y = features(seed=4, n=400, width=32)
+    settings = Settings(dropout=0.5, hidden=32, batch_size=32, epochs=30, patience=5,
+                        learning_rate=1e-2)
+    weights, history = numpy_head.train(x[:300], y[:300], (x[300:], y[300:]), settings, 3)
+    assert history[-1]["val_accuracy"] > 0.8
+    first = numpy_head.probabilities(weights, x[300:])
+    np.testing.assert_array_equal(first, numpy_head.probabilities(weights, x[300:]))
+    np.testing.assert_allclose(first.sum(axis=1), 1.0, rtol=1e-5)
+    # The same seed gives the same head; another seed another one.
+    again, _ = numpy_head.train(x[:300], y[:300], (x[300:], y[300:]), settings, 3)
+    for a, b in zip(weights, again):
+        np.testing.assert_array_equal(a, b)
+    other, _ = numpy_head.train(x[:300], y[:300], (x[300:], y[300:]),
+                                dataclasses.replace(settings, seed=7), 3)
+    assert not np.array_equal(other[0], weights[0])
+
+
+def test_a_stop_request_ends_training_after_the_step():
+    x, y = features()
+    calls = []
+
+    def stop():
+        calls.append(1)
+        return len(calls) >= 3
+
+    settings = Settings(epochs=10, batch_size=8, patience=10, learning_rate=1e-2)
+    _, history = numpy_head.train(x[:72], y[:72], (x[72:], y[72:]), settings, 3, stop=stop)
+    assert len(history) == 1 and len(calls) == 3
+
+
+def test_unknown_optimizer_is_refused():
+    x, y = features()
+    with pytest.raises(Exception, match="Unknown --optimizer 'lamb'"):
+        numpy_head.train(x, y, (x, y), Settings(optimizer="lamb", learning_rate=1.0), 3)
+
+
+def test_a_template_with_new_head_weights_is_the_model_keras_would_save(tmp_path):
+    from smallcnn import modelfile
+    from smallcnn.bases import build_base, get_base
+    from smallcnn.models import HEAD_NAME, build_classifier
+
+    import smallcnn.layers  # noqa: F401  (registers Preprocess for loading)
+
+    spec = get_base("small")
+    base = build_base(spec, 32, "none")
+    head = build_head(spec.feature_width, 3, dropout=0.3, hidden=8)
+    model = build_classifier(spec, base, head, 32)
+    template = modelfile.save_template(model, head, base.name, "k" * 64)
+    assert template.path.is_file() and modelfile.load_template("k" * 64) == template
+
+    trained = numpy_head.init_weights(spec.feature_width, 3, hidden=8, seed=5)
+    trained[1] += 0.25  # non-zero biases too
+    modelfile.AssembledClassifier(template, trained).save(tmp_path / "assembled.keras")
+    head.set_weights(trained)
+    loaded = keras.saving.load_model(tmp_path / "assembled.keras", safe_mode=True)
+    for got, want in zip(loaded.get_layer(HEAD_NAME).get_weights(), trained):
+        np.testing.assert_array_equal(got, want)
+    for got, want in zip(loaded.get_layer(base.name).get_weights(), base.get_weights()):
+        np.testing.assert_array_equal(got, want)
+    images = np.random.default_rng(0).uniform(0, 255, (4, 32, 32, 3)).astype(np.float32)
+    np.testing.assert_allclose(loaded.predict(images, verbose=0), model.predict(images, verbose=0),
+                               rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="do not fit the template"):
+        modelfile.AssembledClassifier(template, trained[2:])
