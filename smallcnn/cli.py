@@ -373,9 +373,10 @@ def predict(
     """Classify images with a trained model: top-k classes and probabilities."""
     from smallcnn.console import predictions_table, stderr, stdout
 
-    light = model is not None and model.suffix.lower() in (".tflite", ".onnx") and model.is_file()
+    # TensorFlow is imported only if the model needs it: not for .tflite or .onnx files,
+    # nor for a run whose LiteRT conversion is cached.
     predictions, failures = _run("predict", [str(p) for p in images], model=model,
-                                 top_k=top_k, batch_size=batch_size, tensorflow=not light)
+                                 top_k=top_k, batch_size=batch_size, tensorflow=False)
     if as_json:
         sys.stdout.write(json.dumps([p.to_dict() for p in predictions], indent=2) + "\n")
     elif predictions:

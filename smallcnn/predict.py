@@ -26,21 +26,29 @@ class Classifier:
     """A trained model with its class names and input size, ready to predict."""
 
     # From this many images on, the model runs in LiteRT (converted once, cached):
-    # about 2.5x TensorFlow's throughput on a CPU, for a conversion of ~1.5 s.
+    # about 2.5x TensorFlow's throughput on a CPU, for a conversion of ~1.5 s. Once
+    # converted, LiteRT runs any number of images, and TensorFlow is not even imported.
     litert_min_images = 64
 
     def __init__(self, model, config, run_dir=None):
-        self.model = model
+        self._model = model
         self.config = config
         self.run_dir = run_dir
         self.class_names = list(config["class_names"])
         self.image_size = int(config["image_size"])
         self._litert = None
 
+    @property
+    def model(self):
+        """The Keras model (a run's is loaded on first use: predicting may not need it)."""
+        if self._model is None and self.run_dir is not None:
+            self._model = runs.load_model(self.run_dir)
+        return self._model
+
     def probabilities(self, images, batch_size=32):
         """Class probabilities for a `(n, size, size, 3)` array of RGB pixels in [0, 255]."""
         images = self._checked(images)
-        if len(images) >= self.litert_min_images:
+        if len(images) >= self.litert_min_images or self._litert_path_cached():
             engine = self._litert_engine()
             if engine is not None:
                 return engine(images)
@@ -61,21 +69,32 @@ class Classifier:
             )
         return images
 
+    def _litert_path(self):
+        """Where the model's LiteRT conversion is cached (by the model file's path, size
+        and time), or None where LiteRT is not to be used."""
+        if self.run_dir is None or os.environ.get("SMALLCNN_ENGINE", "auto") == "tf":
+            return None
+        import hashlib
+
+        from smallcnn.features import cache_dir
+
+        model_file = Path(self.run_dir) / runs.MODEL_FILE
+        stat = model_file.stat()
+        key = hashlib.sha256(
+            f"{model_file.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode()
+        ).hexdigest()[:32]
+        return cache_dir().parent / "engines" / f"model-{key}.tflite"
+
+    def _litert_path_cached(self):
+        path = self._litert_path()
+        return path is not None and path.is_file()
+
     def _litert_engine(self):
-        """The whole model in LiteRT, cached by the model file's path, size and time."""
-        if self._litert is None and self.run_dir is not None and \
-                os.environ.get("SMALLCNN_ENGINE", "auto") != "tf":
-            import hashlib
-
+        """The whole model in LiteRT (converted on first use, then cached)."""
+        path = self._litert_path()
+        if self._litert is None and path is not None:
             from smallcnn.engine import LiteRTEngine, convert_to_litert
-            from smallcnn.features import cache_dir
 
-            model_file = Path(self.run_dir) / runs.MODEL_FILE
-            stat = model_file.stat()
-            key = hashlib.sha256(
-                f"{model_file.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode()
-            ).hexdigest()[:32]
-            path = cache_dir().parent / "engines" / f"model-{key}.tflite"
             try:
                 if not path.exists():
                     convert_to_litert(self.model, path)
@@ -131,7 +150,7 @@ class ExportedClassifier(Classifier):
     TensorFlow (SavedModel) or Keras."""
 
     def __init__(self, runtime, class_names, path):
-        self.model = None
+        self._model = None
         self.runtime = runtime
         self.path = str(path)
         self.run_dir = None
@@ -232,8 +251,7 @@ def load(path=None):
         return load_exported(path)
     run_dir = runs.resolve_run(path) if path is not None else runs.latest_run()
     config = runs.read_config(run_dir)
-    model = runs.load_model(run_dir)
-    return Classifier(model, config, run_dir)
+    return Classifier(None, config, run_dir)  # the model is loaded when first needed
 
 
 __all__ = ["Classifier", "ExportedClassifier", "Prediction", "load_run", "UnreadableImage", "load", "expand_paths"]

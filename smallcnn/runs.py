@@ -172,6 +172,9 @@ def read_config(run_dir):
 
 def load_model(run_dir):
     """Loads a run's model in Keras safe mode: a model file cannot run code."""
+    from smallcnn.quiet import import_tensorflow
+
+    import_tensorflow()
     import keras
 
     import smallcnn.layers  # noqa: F401  (registers the custom layers for loading)

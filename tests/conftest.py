@@ -97,3 +97,19 @@ def invoke(*args):
     args = [str(a) for a in args]
     with mock.patch.object(sys, "argv", ["smallcnn", *args]):
         return CliRunner().invoke(app, args)
+
+
+def invoke_in_subprocess(*args, timeout=120):
+    """Runs `smallcnn ARGS...` in a fresh Python; returns (stdout, stderr, heavy modules
+    imported by the end: a subset of tensorflow and keras)."""
+    import subprocess
+    import sys
+
+    script = ("import sys\nfrom smallcnn.cli import main\nsys.argv = ['smallcnn', *sys.argv[1:]]\n"
+              "try:\n    main()\nexcept SystemExit as exit:\n    assert not exit.code, exit.code\n"
+              "print('imported:', sorted(m for m in ('tensorflow', 'keras') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", script, *map(str, args)], capture_output=True,
+                          text=True, timeout=timeout)
+    assert done.returncode == 0, done.stdout + done.stderr
+    output, _, imported = done.stdout.rpartition("imported: ")
+    return output, done.stderr, eval(imported)  # a list literal printed by the script

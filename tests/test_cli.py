@@ -7,7 +7,7 @@ import time
 import numpy as np
 import pytest
 
-from conftest import invoke, make_dataset
+from conftest import invoke, invoke_in_subprocess, make_dataset
 
 FAST = ["--epochs", "3", "--batch-size", "8"]
 
@@ -65,6 +65,21 @@ def test_predict_json_and_table(tiny_data):
     assert "blue_000.png" in table.output and "probability" in table.output
 
 
+def test_predict_with_a_cached_conversion_needs_no_tensorflow(tmp_path):
+    data = make_dataset(tmp_path / "d", per_class=35, size=32)
+    assert invoke("extract", data, "--base", "small", "--image-size", "32", *FAST,
+                  "--out", "runs/x").exit_code == 0
+    many = invoke("predict", data / "val", "--model", "runs/x", "--json")  # 70: converts
+    assert many.exit_code == 0, many.output
+    expected = {p["path"]: p for p in json.loads(many.output)}
+    image = data / "val" / "red" / "red_003.png"
+    output, _, imported = invoke_in_subprocess("predict", image, "--model", "runs/x", "--json")
+    assert imported == []
+    [got] = json.loads(output)
+    assert got["label"] == expected[str(image)]["label"]
+    assert got["probability"] == pytest.approx(expected[str(image)]["probability"], abs=1e-5)
+
+
 def test_extract_views_train_the_head_on_augmented_copies(tiny_data, base_weights_file):
     args = ["extract", tiny_data, "--weights", base_weights_file, "--image-size", "32", *FAST,
             "--views", "2"]
@@ -101,9 +116,6 @@ def test_extract_features_are_cached(tiny_data, base_weights_file):
 
 
 def test_a_warm_extract_needs_no_tensorflow_and_saves_the_same_model(tiny_data, base_weights_file):
-    import subprocess
-    import sys
-
     import keras
     from PIL import Image
 
@@ -113,14 +125,9 @@ def test_a_warm_extract_needs_no_tensorflow_and_saves_the_same_model(tiny_data, 
             *FAST, "--hidden", "8"]
     first = invoke(*args, "--out", "runs/cold")
     assert first.exit_code == 0, first.output
-    script = ("import sys\nfrom smallcnn.cli import main\nsys.argv = ['smallcnn', *sys.argv[1:]]\n"
-              "try:\n    main()\nexcept SystemExit as exit:\n    assert not exit.code, exit.code\n"
-              "print('imported:', sorted(m for m in ('tensorflow', 'keras') if m in sys.modules))")
-    warm = subprocess.run([sys.executable, "-c", script, *args, "--out", "runs/warm"],
-                          capture_output=True, text=True, timeout=120)
-    assert warm.returncode == 0, warm.stdout + warm.stderr
-    assert "train: 24 feature vectors from the cache" in warm.stdout
-    assert "imported: []" in warm.stdout
+    output, _, imported = invoke_in_subprocess(*args, "--out", "runs/warm")
+    assert "train: 24 feature vectors from the cache" in output
+    assert imported == []
     # The same seed trains the same head; the model files predict alike.
     cold_metrics = json.loads(open("runs/cold/metrics.json").read())
     warm_metrics = json.loads(open("runs/warm/metrics.json").read())
