@@ -59,7 +59,8 @@ class LiteRTEngine(TFLiteRuntime):
         return super().__call__(images)
 
 
-def _litert_path(spec, weights, image_size):
+def litert_path(spec, weights, image_size):
+    """Where the base's LiteRT conversion for these weights and size is cached."""
     description = {"base": spec.name, "weights": weights_identity(weights), "size": image_size,
                    "preprocessing": spec.preprocessing, "format": 1}
     key = hashlib.sha256(json.dumps(description).encode()).hexdigest()[:32]
@@ -139,7 +140,7 @@ def feature_engine(spec, weights, image_size, extractor, engine="auto", reporter
             engine = LiteRTEngine(path)
             shutil.rmtree(path.parent, ignore_errors=True)
             return engine
-        path = _litert_path(spec, weights, image_size)
+        path = litert_path(spec, weights, image_size)
         if not path.exists():
             reporter.note(f"Converting the base to LiteRT for faster inference (once): {path.name}")
             convert_to_litert(extractor, path)

@@ -143,3 +143,12 @@ class AssembledClassifier:
                     metadata["date_saved"] = datetime.datetime.now().strftime("%Y-%m-%d@%H:%M:%S")
                     data = json.dumps(metadata).encode()
                 target.writestr(info, data)
+
+
+def read_head_weights(model_file, head_datasets):
+    """The head's weights (Keras' order) read from a model.keras file, without Keras."""
+    import h5py
+
+    with zipfile.ZipFile(model_file) as archive:
+        with h5py.File(io.BytesIO(archive.read(WEIGHTS_ENTRY)), "r") as weights:
+            return [np.asarray(weights[name][()], np.float32) for name in head_datasets]

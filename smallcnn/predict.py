@@ -37,6 +37,7 @@ class Classifier:
         self.class_names = list(config["class_names"])
         self.image_size = int(config["image_size"])
         self._litert = None
+        self._without_tensorflow = None
 
     @property
     def model(self):
@@ -48,7 +49,12 @@ class Classifier:
     def probabilities(self, images, batch_size=32):
         """Class probabilities for a `(n, size, size, 3)` array of RGB pixels in [0, 255]."""
         images = self._checked(images)
-        if len(images) >= self.litert_min_images or self._litert_path_cached():
+        if self._without_tensorflow is None:
+            self._without_tensorflow = (self._base_engine_and_head() or
+                                        (self._litert_path_cached() and self._litert_engine()))
+        if self._without_tensorflow:
+            return self._without_tensorflow(images)
+        if len(images) >= self.litert_min_images:
             engine = self._litert_engine()
             if engine is not None:
                 return engine(images)
@@ -68,6 +74,32 @@ class Classifier:
                 f"Received: shape={images.shape}"
             )
         return images
+
+    def _base_engine_and_head(self):
+        """For an `extract` run: its base's cached LiteRT conversion, then its head in
+        NumPy, or None when that is not certain to be the saved model.
+
+        extract records which conversion its base is and where the head's weights are
+        in model.keras; the model file's SHA-256 must still be the one it wrote.
+        """
+        route = self.config.get("prediction")
+        if not route or self.run_dir is None or os.environ.get("SMALLCNN_ENGINE") == "tf":
+            return None
+        from smallcnn import head, modelfile
+        from smallcnn.engine import LiteRTEngine
+        from smallcnn.features import cache_dir
+
+        engine_file = cache_dir().parent / "engines" / route["feature_engine"]
+        model_file = Path(self.run_dir) / runs.MODEL_FILE
+        try:
+            if not engine_file.is_file() or \
+                    runs.file_sha256(model_file) != self.config.get("model_sha256"):
+                return None
+            weights = modelfile.read_head_weights(model_file, route["head_datasets"])
+            engine = LiteRTEngine(engine_file)
+        except Exception:  # no LiteRT here, or an unexpected file: Keras predicts
+            return None
+        return lambda images: head.probabilities(weights, engine(images))
 
     def _litert_path(self):
         """Where the model's LiteRT conversion is cached (by the model file's path, size

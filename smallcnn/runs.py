@@ -58,6 +58,17 @@ def write_text(path, text):
     atomic_write(path, write)
 
 
+def file_sha256(path):
+    """The hex SHA-256 of a file's bytes."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def write_json(path, data):
     write_text(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
 

@@ -8,6 +8,7 @@ import dataclasses
 import datetime
 import hashlib
 import json
+import os
 import shlex
 import sys
 import time
@@ -295,6 +296,15 @@ class _Context:
             views.append(values)
         return views
 
+    def cached_engine_file(self):
+        """The base's cached LiteRT conversion for this run's weights and size, or None."""
+        from smallcnn.engine import litert_path
+
+        if self.weights == "none" or os.environ.get("SMALLCNN_ENGINE", self.settings.engine) == "tf":
+            return None
+        path = litert_path(self.spec, self.weights, self.settings.image_size)
+        return path if path.is_file() else None
+
     def classifier(self, head_weights):
         """`(model, base layer name)`: the whole classifier with these head weights.
 
@@ -422,6 +432,8 @@ class _Context:
         if self.interrupted:
             metrics["interrupted"] = self.interrupted
         runs.save_model(model, run_dir / runs.MODEL_FILE)
+        # The model file as written: `predict` can tell it is the one described here.
+        config["model_sha256"] = runs.file_sha256(run_dir / runs.MODEL_FILE)
         runs.write_json(run_dir / runs.CONFIG_FILE, config)
         runs.write_json(run_dir / runs.METRICS_FILE, metrics)
         runs.write_history(run_dir / runs.HISTORY_FILE, rows)
@@ -512,6 +524,7 @@ def extract(data_dir, settings=None, out=None, overwrite=False, reporter=None,
         A `RunResult`. The saved model takes raw images (base + head).
     """
     from smallcnn import head as numpy_head
+    from smallcnn import modelfile
 
     reporter = reporter or Reporter()
     context = _Context("extract", data_dir, settings or Settings(), reporter, command_line)
@@ -528,18 +541,12 @@ def extract(data_dir, settings=None, out=None, overwrite=False, reporter=None,
     # The head trains in NumPy (see smallcnn.head): with the features cached, the whole
     # run needs no TensorFlow.
     steps = int(np.ceil(len(train_x) / s.batch_size))
-    num_classes = len(context.dataset.class_names)
-    seconds = []
-
-    def on_epoch(epoch, logs):
-        seconds.append(logs["seconds"])
-        reporter.epoch("head", epoch, s.epochs, logs)
-
-    context._stop = StopRequest()
-    with context._stop:
+    stop = context._stop = StopRequest()  # Ctrl-C ends training; context.interrupted says so
+    with stop:
         weights, history = numpy_head.train(
-            train_x, train_y, context.features("val"), s, num_classes,
-            class_weights=context.class_weights(), on_epoch=on_epoch, stop=context._stop,
+            train_x, train_y, context.features("val"), s, len(context.dataset.class_names),
+            class_weights=context.class_weights(), stop=stop,
+            on_epoch=lambda epoch, logs: reporter.epoch("head", epoch, s.epochs, logs),
             progress=lambda epoch: reporter.progress(f"head epoch {epoch}/{s.epochs}", steps))
     rows = [{"epoch": i + 1, "phase": "head",
              **{k: (round(v, 3) if k == "seconds" else v) for k, v in logs.items()}}
@@ -547,9 +554,16 @@ def extract(data_dir, settings=None, out=None, overwrite=False, reporter=None,
     evaluations = {name: list(numpy_head.evaluate(weights, *context.features(name)))
                    for name in _eval_splits(context)}
     model, base_layer = context.classifier(weights)
+    config = context.config(base_layer)
+    engine_file = context.cached_engine_file()
+    if engine_file is not None and isinstance(model, modelfile.AssembledClassifier):
+        # The saved model is this base (cached in LiteRT) and this head: predict can run
+        # them without TensorFlow (see smallcnn.predict).
+        config["prediction"] = {"feature_engine": engine_file.name,
+                                "head_datasets": model.template.head_datasets}
     if s.tensorboard:
         _write_tensorboard(run_dir / "tensorboard" / "head", rows)
-    metrics = context.finish(run_dir, model, context.config(base_layer), rows, evaluations,
+    metrics = context.finish(run_dir, model, config, rows, evaluations,
                              {"views": s.views, "head_training_rows": len(train_x)})
     return context.result(run_dir, metrics, rows)
 

@@ -143,6 +143,37 @@ def test_a_warm_extract_needs_no_tensorflow_and_saves_the_same_model(tiny_data, 
     assert warm_model.get_layer(config["base_layer"]) is not None
 
 
+def test_an_extract_run_predicts_without_tensorflow_until_its_model_changes(tiny_data,
+                                                                            base_weights_file):
+    from smallcnn.images import load_image
+    from smallcnn.models import HEAD_NAME
+    from smallcnn.predict import load
+
+    result = invoke("extract", tiny_data, "--weights", base_weights_file, "--image-size", "32",
+                    *FAST, "--out", "runs/x")
+    assert result.exit_code == 0, result.output
+    image = tiny_data / "val" / "blue" / "blue_002.png"
+    keras_model = load("runs/x").model
+    expected = keras_model.predict(load_image(image, 32)[None].astype("float32"), verbose=0)[0]
+    output, _, imported = invoke_in_subprocess("predict", image, "--model", "runs/x", "--json")
+    assert imported == []  # the base's cached LiteRT conversion, then the head in NumPy
+    [got] = json.loads(output)
+    blue = json.loads(open("runs/x/smallcnn.json").read())["class_names"].index("blue")
+    assert got["top"][0]["probability"] == pytest.approx(float(expected.max()), abs=1e-5)
+    assert {t["label"]: t["probability"] for t in got["top"]}["blue"] == pytest.approx(
+        float(expected[blue]), abs=1e-5)
+    # A model.keras replaced after training (here: a head that always says "red") is not
+    # the one the run describes: predict notices and runs the file itself.
+    head = keras_model.get_layer(HEAD_NAME)
+    kernel, bias = head.get_weights()
+    head.set_weights([np.zeros_like(kernel), np.where(np.arange(2) == blue, -20.0, 20.0)])
+    keras_model.save("runs/x/model.keras")
+    output, _, imported = invoke_in_subprocess("predict", image, "--model", "runs/x", "--json")
+    [got] = json.loads(output)
+    assert got["label"] == "red" and got["probability"] > 0.99
+    assert "tensorflow" in imported
+
+
 def _base_weights(run_dir, base_layer):
     import keras
 
