@@ -246,10 +246,11 @@ def summary(r):
         f"{(sft['val_accuracy'] - pft['val_accuracy']) * 100:+.2f} points |",
         "",
         f"predict: one image in a fresh process {p['one_image_seconds']:.2f} s from the extract "
-        f"run, {p['one_image_train_run_seconds']:.2f} s from the train --freeze run, against "
-        f"{p['import_tensorflow_seconds']:.2f} s for `import tensorflow` "
-        f"({p['one_image_seconds'] - p['import_tensorflow_seconds']:+.2f} s, "
-        f"{p['one_image_train_run_seconds'] - p['import_tensorflow_seconds']:+.2f} s). "
+        f"run ({p['one_image_seconds'] - p['import_tensorflow_seconds']:+.2f} s against "
+        f"{p['import_tensorflow_seconds']:.2f} s for `import tensorflow`)"
+        + (f", {p['one_image_train_run_seconds']:.2f} s from the train --freeze run "
+           f"({p['one_image_train_run_seconds'] - p['import_tensorflow_seconds']:+.2f} s). "
+           if "one_image_train_run_seconds" in p else ". ") +
         f"A folder of {p['folder_images']} images {p['folder_seconds']:.1f} s wall "
         f"({p['small_folder_images']} images: {p['small_folder_seconds']:.1f} s): "
         f"{marginal:.0f} images/s beyond start-up, decoding included "
@@ -266,16 +267,25 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--datasets", nargs="+", default=["ants-bees", "cats-dogs-small"])
     parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--summarize", action="store_true",
+                        help="rewrite docs/benchmarks.md from bench/results/*.json; run nothing")
     args = parser.parse_args()
     results_dir = ROOT / "bench" / "results"
     results_dir.mkdir(parents=True, exist_ok=True)
     lines = ["# Benchmarks", "",
-             f"`make bench` ({' '.join(sys.argv[1:]) or 'defaults'}), "
+             f"`make bench` ({' '.join(a for a in sys.argv[1:] if a != '--summarize') or 'defaults'}), "
              f"{time.strftime('%Y-%m-%d')}, on this project's 2-core, no-GPU machine. "
              "Every figure comes from one run of bench/run.py; the tools alternate.", ""]
     for name in args.datasets:
+        if args.summarize:
+            result = json.loads((results_dir / f"{name}.json").read_text())
+            lines[2] = lines[2].replace(time.strftime("%Y-%m-%d"), result.get("date", "?"))
+            print("\n".join(summary(result)))
+            lines += summary(result) + [""]
+            continue
         work = Path(tempfile.mkdtemp(prefix=f"smallcnn-bench-{name}-"))
         result = bench(name, args.epochs, work, scaling=name == "cats-dogs-small")
+        result["date"] = time.strftime("%Y-%m-%d")
         (results_dir / f"{name}.json").write_text(json.dumps(result, indent=2, default=str))
         table = summary(result)
         print("\n".join(table), flush=True)
