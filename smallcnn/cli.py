@@ -176,10 +176,12 @@ def _report(result):
     stdout.print(summary_table(result))
     stdout.print(f"Model saved in {result.run_dir}. Predict with: smallcnn predict IMAGE --model {result.run_dir}")
     if result.interrupted:
+        then = (f"Continue with: smallcnn {result.command} --resume {result.run_dir}"
+                if result.command != "extract" else
+                "The features are cached: the same command again takes seconds.")
         stderr.print(
             f"[bold yellow]Interrupted ({result.interrupted}):[/bold yellow] the best model so far "
-            f"is saved in {result.run_dir}. Continue with: smallcnn {result.command} --resume "
-            f"{result.run_dir}", soft_wrap=True,
+            f"is saved in {result.run_dir}. {then}", soft_wrap=True,
         )
         raise typer.Exit(130)
 
