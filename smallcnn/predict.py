@@ -102,20 +102,7 @@ class Classifier:
         return lambda images: head.probabilities(weights, engine(images))
 
     def _litert_path(self):
-        """Where the model's LiteRT conversion is cached (by the model file's path, size
-        and time), or None where LiteRT is not to be used."""
-        if self.run_dir is None or os.environ.get("SMALLCNN_ENGINE", "auto") == "tf":
-            return None
-        import hashlib
-
-        from smallcnn.features import cache_dir
-
-        model_file = Path(self.run_dir) / runs.MODEL_FILE
-        stat = model_file.stat()
-        key = hashlib.sha256(
-            f"{model_file.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode()
-        ).hexdigest()[:32]
-        return cache_dir().parent / "engines" / f"model-{key}.tflite"
+        return converted_model_path(self.run_dir) if self.run_dir is not None else None
 
     def _litert_path_cached(self):
         path = self._litert_path()
@@ -198,6 +185,23 @@ class ExportedClassifier(Classifier):
         if images.dtype != np.uint8:
             images = np.clip(np.round(images), 0, 255).astype(np.uint8)
         return run_batches(self.runtime, images, batch_size)
+
+
+def converted_model_path(run_dir):
+    """Where a run's whole model is cached in LiteRT (keyed by the model file's path, size
+    and time), or None where LiteRT is not to be used (SMALLCNN_ENGINE=tf)."""
+    if os.environ.get("SMALLCNN_ENGINE", "auto") == "tf":
+        return None
+    import hashlib
+
+    from smallcnn.features import cache_dir
+
+    model_file = Path(run_dir) / runs.MODEL_FILE
+    stat = model_file.stat()
+    key = hashlib.sha256(
+        f"{model_file.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode()
+    ).hexdigest()[:32]
+    return cache_dir().parent / "engines" / f"model-{key}.tflite"
 
 
 def load_exported(path):

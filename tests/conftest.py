@@ -62,6 +62,8 @@ def isolated(tmp_path, monkeypatch):
     picture smallcnn wrote there is opened and checked (size, not blank)."""
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("SMALLCNN_CACHE", str(tmp_path / "cache"))
+    # Converting each trained model for predict takes ~2 s; the test of it turns it back on.
+    monkeypatch.setenv("SMALLCNN_CONVERT_RUNS", "0")
     yield tmp_path
     for pattern in PICTURE_NAMES:
         for path in tmp_path.rglob(pattern):

@@ -80,6 +80,23 @@ def test_predict_with_a_cached_conversion_needs_no_tensorflow(tmp_path):
     assert got["probability"] == pytest.approx(expected[str(image)]["probability"], abs=1e-5)
 
 
+def test_a_train_run_predicts_without_tensorflow_from_the_first_image(tiny_data, monkeypatch):
+    from smallcnn.images import load_image
+    from smallcnn.predict import load
+
+    monkeypatch.delenv("SMALLCNN_CONVERT_RUNS")
+    result = invoke("train", tiny_data, "--base", "small", "--image-size", "32", *FAST,
+                    "--out", "runs/t")
+    assert result.exit_code == 0, result.output
+    image = tiny_data / "val" / "red" / "red_001.png"
+    output, _, imported = invoke_in_subprocess("predict", image, "--model", "runs/t", "--json")
+    assert imported == []  # train cached the model's LiteRT conversion
+    [got] = json.loads(output)
+    expected = load("runs/t").model.predict(load_image(image, 32)[None].astype("float32"),
+                                            verbose=0)[0]
+    assert got["probability"] == pytest.approx(float(expected.max()), abs=1e-5)
+
+
 def test_extract_views_train_the_head_on_augmented_copies(tiny_data, base_weights_file):
     args = ["extract", tiny_data, "--weights", base_weights_file, "--image-size", "32", *FAST,
             "--views", "2"]
