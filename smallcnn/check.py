@@ -72,10 +72,10 @@ def _dhash(image):
 
 
 def _scan_cache_path(root):
-    from smallcnn.features import cache_dir
+    from smallcnn.features import cache_root
 
     digest = hashlib.sha256(str(Path(root).resolve()).encode()).hexdigest()[:24]
-    return cache_dir().parent / "scans" / f"{digest}.json"
+    return cache_root("scans") / f"{digest}.json"
 
 
 def scan_files(paths, root, progress=None):

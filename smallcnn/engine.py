@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from smallcnn.features import cache_dir, weights_identity
+from smallcnn.features import cache_root, weights_identity
 from smallcnn.runtimes import TFLiteRuntime
 
 ENGINES = ("auto", "litert", "tf")
@@ -64,7 +64,7 @@ def litert_path(spec, weights, image_size):
     description = {"base": spec.name, "weights": weights_identity(weights), "size": image_size,
                    "preprocessing": spec.preprocessing, "format": 1}
     key = hashlib.sha256(json.dumps(description).encode()).hexdigest()[:32]
-    return cache_dir().parent / "engines" / f"{spec.name}-{image_size}-{key}.tflite"
+    return cache_root("engines") / f"{spec.name}-{image_size}-{key}.tflite"
 
 
 def convert_to_litert(model, path, quantize="none", calibration=None):

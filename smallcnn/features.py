@@ -17,11 +17,17 @@ from smallcnn.runs import atomic_write
 CACHE_FORMAT = 1
 
 
-def cache_dir():
-    root = os.environ.get("SMALLCNN_CACHE") or os.path.join(
+def cache_root(part=None):
+    """smallcnn's cache folder (`$SMALLCNN_CACHE`, default ~/.cache/smallcnn), or one part
+    of it: features, engines (LiteRT conversions), templates (model files), scans."""
+    root = Path(os.environ.get("SMALLCNN_CACHE") or os.path.join(
         os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "smallcnn"
-    )
-    return Path(root) / "features"
+    ))
+    return root / part if part else root
+
+
+def cache_dir():
+    return cache_root("features")
 
 
 def weights_identity(weights):

@@ -13,6 +13,7 @@ Weights are a list of arrays in Keras' order, `[kernel, bias]` per Dense layer, 
 `keras_head.set_weights(weights)` takes them.
 """
 
+import contextlib
 import math
 import time
 
@@ -224,7 +225,8 @@ def train(train_x, train_y, val, settings, num_classes, class_weights=None, weig
         order = rng.permutation(len(train_x)) if shuffle else np.arange(len(train_x))
         loss_sum, correct, seen = 0.0, 0, 0
         stopped = False
-        with (progress(epoch + 1) if progress else _no_progress()) as advance:
+        reporting = progress(epoch + 1) if progress else contextlib.nullcontext(lambda done: None)
+        with reporting as advance:
             for step in range(steps):
                 batch = order[step * s.batch_size : (step + 1) * s.batch_size]
                 x, y = train_x[batch], train_y[batch]
@@ -271,11 +273,3 @@ def train(train_x, train_y, val, settings, num_classes, class_weights=None, weig
         if stopped:
             break
     return (best_weights if best_weights is not None else weights), history
-
-
-class _no_progress:
-    def __enter__(self):
-        return lambda done: None
-
-    def __exit__(self, *exc):
-        return False

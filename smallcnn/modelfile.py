@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from smallcnn import __version__
-from smallcnn.features import cache_dir, weights_identity
+from smallcnn.features import cache_root, weights_identity
 from smallcnn.runs import atomic_write
 
 TEMPLATE_FORMAT = 1
@@ -55,7 +55,7 @@ def template_key(spec, weights, image_size, feature_width, num_classes, hidden, 
 
 
 def _paths(key):
-    folder = cache_dir().parent / "templates"
+    folder = cache_root("templates")
     return folder / f"{key}.keras", folder / f"{key}.json"
 
 

@@ -87,9 +87,9 @@ class Classifier:
             return None
         from smallcnn import head, modelfile
         from smallcnn.engine import LiteRTEngine
-        from smallcnn.features import cache_dir
+        from smallcnn.features import cache_root
 
-        engine_file = cache_dir().parent / "engines" / route["feature_engine"]
+        engine_file = cache_root("engines") / route["feature_engine"]
         model_file = Path(self.run_dir) / runs.MODEL_FILE
         try:
             if not engine_file.is_file() or \
@@ -194,14 +194,14 @@ def converted_model_path(run_dir):
         return None
     import hashlib
 
-    from smallcnn.features import cache_dir
+    from smallcnn.features import cache_root
 
     model_file = Path(run_dir) / runs.MODEL_FILE
     stat = model_file.stat()
     key = hashlib.sha256(
         f"{model_file.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode()
     ).hexdigest()[:32]
-    return cache_dir().parent / "engines" / f"model-{key}.tflite"
+    return cache_root("engines") / f"model-{key}.tflite"
 
 
 def load_exported(path):

@@ -104,6 +104,7 @@ def invoke(*args):
 def invoke_in_subprocess(*args, timeout=120):
     """Runs `smallcnn ARGS...` in a fresh Python; returns (stdout, stderr, heavy modules
     imported by the end: a subset of tensorflow and keras)."""
+    import ast
     import subprocess
     import sys
 
@@ -114,4 +115,4 @@ def invoke_in_subprocess(*args, timeout=120):
                           text=True, timeout=timeout)
     assert done.returncode == 0, done.stdout + done.stderr
     output, _, imported = done.stdout.rpartition("imported: ")
-    return output, done.stderr, eval(imported)  # a list literal printed by the script
+    return output, done.stderr, ast.literal_eval(imported)
