@@ -1,7 +1,9 @@
 """Pictures of a run: training curves, confusion matrix, image grids, heatmap overlays.
 
-matplotlib draws with its Agg backend (no display needed); every picture is written
-atomically as PNG.
+Figures are `matplotlib.figure.Figure` objects drawn by the Agg renderer, without
+pyplot: no display is needed, the caller's pyplot backend and open figures are left
+alone, and the run does not pay for importing pyplot (about 0.6 s here). Every picture
+is written atomically as PNG.
 """
 
 import io
@@ -11,32 +13,22 @@ import numpy as np
 from smallcnn.runs import atomic_write
 
 
-def _pyplot():
-    import matplotlib
+def _figure(**kwargs):
+    """A new figure outside pyplot (so never shown, and freed with its last reference)."""
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
-
-    return plt
+    return Figure(**kwargs)
 
 
 def save_figure(figure, path, dpi=100):
-    plt = _pyplot()
-    try:
-        atomic_write(path, lambda temp: figure.savefig(temp, dpi=dpi, format="png",
-                                                       bbox_inches="tight"))
-    finally:
-        plt.close(figure)
+    atomic_write(path, lambda temp: figure.savefig(temp, dpi=dpi, format="png",
+                                                   bbox_inches="tight"))
 
 
 def png_bytes(figure, dpi=100):
     """The figure as PNG bytes (for embedding in a report)."""
-    plt = _pyplot()
     buffer = io.BytesIO()
-    try:
-        figure.savefig(buffer, dpi=dpi, format="png", bbox_inches="tight")
-    finally:
-        plt.close(figure)
+    figure.savefig(buffer, dpi=dpi, format="png", bbox_inches="tight")
     return buffer.getvalue()
 
 
@@ -47,10 +39,10 @@ def curves_figure(rows, best_epoch=None, title=None):
         rows: history rows (dicts with epoch, phase, loss, accuracy, val_loss, val_accuracy).
         best_epoch: the epoch whose weights the run kept (marked with a dot and a line).
     """
-    plt = _pyplot()
     from matplotlib.ticker import MaxNLocator
 
-    figure, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    figure = _figure(figsize=(10, 3.8))
+    axes = figure.subplots(1, 2)
     epochs = [int(r["epoch"]) for r in rows]
     for ax, metric, label in ((axes[0], "loss", "loss"), (axes[1], "accuracy", "accuracy")):
         for key, name, style in ((metric, "train", "-"), (f"val_{metric}", "validation", "-")):
@@ -82,11 +74,11 @@ def curves_figure(rows, best_epoch=None, title=None):
 
 def confusion_figure(matrix, class_names, title="Confusion matrix"):
     """Counts with true classes as rows, predicted classes as columns."""
-    plt = _pyplot()
     matrix = np.asarray(matrix)
     n = len(class_names)
     side = min(12, 2.5 + 0.6 * n)
-    figure, ax = plt.subplots(figsize=(side, side * 0.85))
+    figure = _figure(figsize=(side, side * 0.85))
+    ax = figure.subplots()
     image = ax.imshow(matrix, cmap="Blues")
     figure.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
     ax.set_xticks(range(n), class_names, rotation=45 if n > 3 else 0, ha="right" if n > 3 else "center")
@@ -106,13 +98,11 @@ def confusion_figure(matrix, class_names, title="Confusion matrix"):
 
 def grid_figure(tiles, titles=None, columns=8, cmap="viridis", title=None, tile_inches=1.4):
     """A grid of 2-D (colour-mapped) or RGB tiles."""
-    plt = _pyplot()
     count = len(tiles)
     columns = max(1, min(columns, count))
     rows = int(np.ceil(count / columns))
-    figure, axes = plt.subplots(rows, columns, figsize=(columns * tile_inches,
-                                                        rows * tile_inches + (0.4 if title else 0)),
-                                squeeze=False)
+    figure = _figure(figsize=(columns * tile_inches, rows * tile_inches + (0.4 if title else 0)))
+    axes = figure.subplots(rows, columns, squeeze=False)
     for index, ax in enumerate(axes.flat):
         ax.axis("off")
         if index < count:
