@@ -50,24 +50,56 @@ def init_weights(feature_width, num_classes, hidden=0, seed=0):
     return weights
 
 
-def _forward(weights, x, dropout=0.0, rng=None):
-    """Logits, and what the backward pass needs. Dropout acts only when `rng` is given."""
+class _Dropout:
+    """Inverted dropout, as Keras' Dropout layer, for a stack of members.
+
+    Member k's masks come from its own generator. A unit is kept when a 16-bit random
+    number reaches `rate` x 65536 (so the rate is rounded to 1/65536, and the kept
+    units are scaled by the exact inverse of the keep probability): raw bits are about
+    three times cheaper than float draws, and the masks are most of a step's work.
+    """
+
+    def __init__(self, rate, rngs):
+        self.rngs = rngs
+        self.threshold = min(65535, round(rate * 65536))
+        self.scale = np.float32(65536 / (65536 - self.threshold))
+        self.keep = None
+
+    def __call__(self, x):
+        """`(x * mask * scale, mask)`, the mask boolean, for `x` of shape (members, rows, width)."""
+        if self.keep is None or self.keep.shape != x.shape:
+            self.keep = np.empty(x.shape, bool)
+        size = x[0].size
+        for keep, rng in zip(self.keep, self.rngs):
+            bits = rng.bit_generator.random_raw((size + 3) // 4).view(np.uint16)[:size]
+            np.greater_equal(bits.reshape(keep.shape), self.threshold, out=keep)
+        dropped = x * self.keep
+        dropped *= self.scale
+        return dropped, self.keep
+
+
+def _forward(weights, x, dropout=None):
+    """Logits, and what the backward pass needs.
+
+    Works on one head (`x` of shape (batch, features)) and on a stack of members
+    (weights and `x` with a leading member axis). `dropout`, a `_Dropout`, acts in
+    training only.
+    """
     hidden = None
     if len(weights) == 4:
-        hidden = np.maximum(x @ weights[0] + weights[1], 0.0)
+        hidden = np.maximum(x @ weights[0] + np.expand_dims(weights[1], -2), 0.0)
         x_last = hidden
     else:
         x_last = x
     mask = None
-    if dropout and rng is not None:  # inverted dropout, as Keras' Dropout layer
-        mask = (rng.random(x_last.shape, dtype=np.float32) >= dropout) * np.float32(1 / (1 - dropout))
-        x_last = x_last * mask
-    return x_last @ weights[-2] + weights[-1], (x, hidden, mask, x_last)
+    if dropout is not None:
+        x_last, mask = dropout(x_last)
+    return x_last @ weights[-2] + np.expand_dims(weights[-1], -2), (x, hidden, mask, x_last)
 
 
 def _log_softmax(logits):
-    shifted = logits - logits.max(axis=1, keepdims=True)
-    return shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+    shifted = logits - logits.max(axis=-1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
 
 
 def probabilities(weights, x):
@@ -87,29 +119,51 @@ def evaluate(weights, x, y, batch_size=1024):
     return losses / len(x), correct / len(x)
 
 
-def _gradients(weights, x, y, sample_weight, dropout, rng):
-    """Loss (Keras' sum over the batch / batch size), correct count and gradients."""
-    logits, (x, hidden, mask, x_last) = _forward(weights, x, dropout, rng)
+def _gradients(weights, x, y, sample_weight, dropout):
+    """Loss (Keras' sum over the batch / batch size), correct count and gradients.
+
+    For a stack of members (see `_forward`) the loss is the members' mean, the count
+    their sum, and each member gets the gradients of its own loss.
+    """
+    logits, (x, hidden, mask, x_last) = _forward(weights, x, dropout)
     log_p = _log_softmax(logits)
-    rows = np.arange(len(y))
-    losses = -log_p[rows, y]
+    labels = np.expand_dims(y, -1)
+    losses = -np.take_along_axis(log_p, labels, -1)[..., 0]
     d_logits = np.exp(log_p)
-    d_logits[rows, y] -= 1.0
+    np.put_along_axis(d_logits, labels, np.take_along_axis(d_logits, labels, -1) - 1.0, -1)
+    batch = y.shape[-1]
     if sample_weight is not None:
-        d_logits *= (sample_weight / np.float32(len(y)))[:, None]
+        d_logits *= np.expand_dims(sample_weight / np.float32(batch), -1)
     else:
-        d_logits /= np.float32(len(y))
-    grads = [x_last.T @ d_logits, d_logits.sum(axis=0)]
+        d_logits /= np.float32(batch)
+    grads = [np.swapaxes(x_last, -1, -2) @ d_logits, d_logits.sum(axis=-2)]
     if hidden is not None:
-        d_hidden = d_logits @ weights[2].T
+        d_hidden = d_logits @ np.swapaxes(weights[2], -1, -2)
         if mask is not None:
             d_hidden *= mask
+            d_hidden *= dropout.scale
         d_hidden *= hidden > 0
-        grads = [x.T @ d_hidden, d_hidden.sum(axis=0), *grads]
+        grads = [np.swapaxes(x, -1, -2) @ d_hidden, d_hidden.sum(axis=-2), *grads]
     if sample_weight is not None:
         losses = losses * sample_weight
     # Keras weights the loss by class weight, not the accuracy.
-    return float(losses.sum() / len(y)), int((logits.argmax(axis=1) == y).sum()), grads
+    return (float(losses.sum() / losses.size), int((logits.argmax(axis=-1) == y).sum()), grads)
+
+
+def merge(members):
+    """One head whose logits are the mean of the stacked members' logits.
+
+    For the linear head that is the mean of their weights; with a hidden layer, the
+    members' hidden units side by side (K x hidden units) and a last layer that
+    averages what they say.
+    """
+    if len(members) == 2:
+        return [members[0].mean(axis=0), members[1].mean(axis=0)]
+    kernel, bias, last_kernel, last_bias = members
+    count = len(kernel)
+    return [np.concatenate(list(kernel), axis=1), np.concatenate(list(bias)),
+            np.concatenate(list(last_kernel), axis=0) / np.float32(count),
+            last_bias.mean(axis=0)]
 
 
 class Optimizer:
@@ -181,8 +235,15 @@ def scheduled_rate(learning_rate, schedule, step, steps_per_epoch, epochs):
 
 
 def train(train_x, train_y, val, settings, num_classes, class_weights=None, weights=None,
-          shuffle=True, on_epoch=None, progress=None, stop=None):
+          members=1, shuffle=True, on_epoch=None, progress=None, stop=None):
     """Trains the head; returns `(weights, history)` with the best epoch's weights.
+
+    With `members` > 1 it trains that many heads side by side, each exactly as a
+    single head with seed `settings.seed + k` would train: its own Glorot draw,
+    shuffling, dropout masks and early stopping on its own val_loss. What it returns is
+    the merge of their kept weights (see `merge`): one head whose logits are the mean
+    of theirs, no slower to predict, and less dependent on one lucky or unlucky seed.
+    (ReduceLROnPlateau, if asked for, follows the merged head's val_loss.)
 
     Args:
         train_x, train_y: float feature rows and integer labels.
@@ -191,7 +252,9 @@ def train(train_x, train_y, val, settings, num_classes, class_weights=None, weig
             momentum, nesterov, lr_schedule, dropout, hidden, patience, batch_size,
             epochs, seed).
         class_weights: {class index: weight}, or None.
-        weights: initial weights (default Glorot, seeded by `settings.seed`).
+        weights: initial weights of a single head (default Glorot, seeded by
+            `settings.seed`); only with `members=1`.
+        members: how many heads to train and merge.
         on_epoch: called with (epoch counted from 1, logs) after each epoch.
         progress: `progress(epoch)` returns a context yielding advance(steps done),
             as `Reporter.progress` does.
@@ -200,67 +263,90 @@ def train(train_x, train_y, val, settings, num_classes, class_weights=None, weig
 
     Returns:
         weights (list of float32 arrays, Keras' order) and one dict of logs per epoch:
-        loss, accuracy, val_loss, val_accuracy, learning_rate, seconds.
+        loss, accuracy (the members' mean, with dropout), val_loss, val_accuracy (of
+        the epoch's merged head), learning_rate, seconds and, with several members,
+        heads_improved (how many members reached a new best val_loss in this epoch).
     """
     s = settings
     check_optimizer(s.optimizer, s.learning_rate, s.lr_schedule)
+    if members < 1 or (weights is not None and members != 1):
+        raise UsageError(f"members must be 1 or more, and 1 with initial weights. Received: {members}")
     train_x = np.asarray(train_x, np.float32)
     train_y = np.asarray(train_y, np.int64)
     val_x, val_y = np.asarray(val[0], np.float32), np.asarray(val[1], np.int64)
-    rng = np.random.default_rng(s.seed)
+    rngs = [np.random.default_rng(s.seed + k) for k in range(members)]
     if weights is None:
-        weights = init_weights(train_x.shape[1], num_classes, s.hidden, s.seed)
-    weights = [np.array(w, np.float32) for w in weights]
-    optimizer = Optimizer(s.optimizer, weights, s.momentum, s.nesterov)
+        starts = [init_weights(train_x.shape[1], num_classes, s.hidden, s.seed + k)
+                  for k in range(members)]
+    else:
+        starts = [weights]
+    # Every array gets a leading member axis; the arithmetic is the same for one or many.
+    stacked = [np.stack([np.asarray(w[i], np.float32) for w in starts]) for i in range(len(starts[0]))]
+    optimizer = Optimizer(s.optimizer, stacked, s.momentum, s.nesterov)
+    dropout = _Dropout(s.dropout, rngs) if s.dropout else None
     lookup = None
     if class_weights:
         lookup = np.array([class_weights.get(i, 0.0) for i in range(num_classes)], np.float32)
     steps = math.ceil(len(train_x) / s.batch_size)
     rate = s.learning_rate  # what ReduceLROnPlateau lowers
-    best, best_weights, wait = math.inf, None, 0
+    best, kept, wait, done = [math.inf] * members, [None] * members, [0] * members, [False] * members
     plateau_best, plateau_wait, plateau_patience = math.inf, 0, max(1, s.patience // 2)
     history = []
     for epoch in range(s.epochs):
         started = time.perf_counter()
-        order = rng.permutation(len(train_x)) if shuffle else np.arange(len(train_x))
+        orders = np.stack([rng.permutation(len(train_x)) if shuffle else np.arange(len(train_x))
+                           for rng in rngs])
         loss_sum, correct, seen = 0.0, 0, 0
         stopped = False
         reporting = progress(epoch + 1) if progress else contextlib.nullcontext(lambda done: None)
         with reporting as advance:
             for step in range(steps):
-                batch = order[step * s.batch_size : (step + 1) * s.batch_size]
+                batch = orders[:, step * s.batch_size : (step + 1) * s.batch_size]
                 x, y = train_x[batch], train_y[batch]
                 sample_weight = lookup[y] if lookup is not None else None
-                loss, right, grads = _gradients(weights, x, y, sample_weight, s.dropout, rng)
+                loss, right, grads = _gradients(stacked, x, y, sample_weight, dropout)
                 lr = scheduled_rate(rate, s.lr_schedule, optimizer.iterations, steps, s.epochs)
-                optimizer.apply(weights, grads, lr)
-                loss_sum += loss * len(y)
+                optimizer.apply(stacked, grads, lr)
+                loss_sum += loss * y.shape[1]
                 correct += right
-                seen += len(y)
+                seen += y.size
                 advance(step + 1)
                 if stop is not None and stop():
                     stopped = True
                     break
+        weights = merge(stacked)
         val_loss, val_accuracy = evaluate(weights, val_x, val_y)
+        # EarlyStopping(monitor="val_loss", patience, restore_best_weights=True), for
+        # each member on its own val_loss: a member that stops keeps its best weights.
+        improved = 0
+        for k in range(members):
+            if done[k]:
+                continue
+            member = [w[k] for w in stacked]
+            loss_k = val_loss if members == 1 else evaluate(member, val_x, val_y)[0]
+            if kept[k] is None:
+                kept[k] = [w.copy() for w in member]
+            wait[k] += 1
+            if loss_k < best[k]:
+                best[k], kept[k], wait[k] = loss_k, [w.copy() for w in member], 0
+                improved += 1
+            elif wait[k] >= s.patience and epoch > 0:
+                done[k] = True
         logs = {
             "accuracy": correct / seen,
-            "loss": loss_sum / seen,
+            "loss": loss_sum * members / seen,
             "val_accuracy": val_accuracy,
             "val_loss": val_loss,
             "learning_rate": float(np.float32(scheduled_rate(
                 rate, s.lr_schedule, optimizer.iterations, steps, s.epochs))),
             "seconds": time.perf_counter() - started,
         }
+        if members > 1:
+            logs["heads_improved"] = improved
         history.append(logs)
         if on_epoch is not None:
             on_epoch(epoch + 1, logs)
-        # EarlyStopping(monitor="val_loss", patience, restore_best_weights=True)
-        if best_weights is None:
-            best_weights = [w.copy() for w in weights]
-        wait += 1
-        if val_loss < best:
-            best, best_weights, wait = val_loss, [w.copy() for w in weights], 0
-        elif wait >= s.patience and epoch > 0:
+        if all(done):
             stopped = True
         # ReduceLROnPlateau(monitor="val_loss", factor=0.2, min_lr=1e-7, min_delta=1e-4)
         if s.lr_schedule == "plateau":
@@ -272,4 +358,6 @@ def train(train_x, train_y, val, settings, num_classes, class_weights=None, weig
                     rate, plateau_wait = max(rate * 0.2, 1e-7), 0
         if stopped:
             break
-    return (best_weights if best_weights is not None else weights), history
+    if any(k is None for k in kept):  # no epoch ran
+        return merge(stacked), history
+    return merge([np.stack(arrays) for arrays in zip(*kept)]), history

@@ -28,7 +28,7 @@ from smallcnn.signals import StopRequest
 # Global defaults per command; a command-line value wins, then the base's own default
 # (image size, weights), then these.
 COMMAND_DEFAULTS = {
-    "extract": dict(epochs=100, learning_rate=1e-3, patience=10, augment="none"),
+    "extract": dict(epochs=100, learning_rate=1e-3, patience=10, augment="none", heads=5),
     "train": dict(epochs=50, patience=8, augment=DEFAULT_PRESET),
     "finetune": dict(
         epochs=15,
@@ -76,6 +76,7 @@ class Settings:
     tensorboard: bool = False  # also log to RUN/tensorboard/<phase>
     class_weight: str = "none"
     views: int = 0  # extract: also the features of this many augmented copies of each train image
+    heads: int = None  # extract: heads trained from different seeds and merged into one
 
     def resolve(self, command, spec=None):
         """A copy with every None replaced by the command's or the base's default."""
@@ -114,6 +115,8 @@ class Settings:
             )
         if self.views is not None and not 0 <= self.views <= 100:
             raise UsageError(f"--views must be between 0 and 100. Received: {self.views}")
+        if self.heads is not None and not 1 <= self.heads <= 32:
+            raise UsageError(f"--heads must be between 1 and 32. Received: {self.heads}")
         if self.patience is not None and self.patience < 0:
             raise UsageError(f"--patience must be 0 or more. Received: {self.patience}")
         if self.tensorboard:
@@ -315,15 +318,17 @@ class _Context:
 
         s = self.settings
         feature_width, num_classes = head_weights[0].shape[0], head_weights[-1].shape[0]
+        # Merged heads (--heads K --hidden N) have K x N hidden units.
+        hidden = head_weights[0].shape[1] if len(head_weights) == 4 else 0
         key = modelfile.template_key(self.spec, self.weights, s.image_size, feature_width,
-                                     num_classes, s.hidden, s.dropout)
+                                     num_classes, hidden, s.dropout)
         template = modelfile.load_template(key)
         if template is not None:
             return modelfile.AssembledClassifier(template, head_weights), template.base_layer
         base = self.base or self.build_base()
         from smallcnn.models import build_classifier
 
-        head = _new_head(self, feature_width)
+        head = _new_head(self, feature_width, hidden)
         model = build_classifier(self.spec, base, head, s.image_size)
         if key is None:  # random base weights: this model is the only one
             head.set_weights(head_weights)
@@ -521,12 +526,13 @@ def _eval_splits(context):
     return [name for name in context.dataset.splits if name != "train"]
 
 
-def _new_head(context, feature_width=None):
+def _new_head(context, feature_width=None, hidden=None):
     from smallcnn.models import build_head
 
     s = context.settings
     return build_head(feature_width or context.spec.feature_width,
-                      len(context.dataset.class_names), s.dropout, s.hidden)
+                      len(context.dataset.class_names), s.dropout,
+                      s.hidden if hidden is None else hidden)
 
 
 def extract(data_dir, settings=None, out=None, overwrite=False, reporter=None,
@@ -566,7 +572,7 @@ def extract(data_dir, settings=None, out=None, overwrite=False, reporter=None,
     with stop:
         weights, history = numpy_head.train(
             train_x, train_y, context.features("val"), s, len(context.dataset.class_names),
-            class_weights=context.class_weights(), stop=stop,
+            class_weights=context.class_weights(), members=s.heads, stop=stop,
             on_epoch=lambda epoch, logs: reporter.epoch("head", epoch, s.epochs, logs),
             progress=lambda epoch: reporter.progress(f"head epoch {epoch}/{s.epochs}", steps))
     rows = [{"epoch": i + 1, "phase": "head",
@@ -584,8 +590,11 @@ def extract(data_dir, settings=None, out=None, overwrite=False, reporter=None,
                                 "head_datasets": model.template.head_datasets}
     if s.tensorboard:
         _write_tensorboard(run_dir / "tensorboard" / "head", rows)
-    metrics = context.finish(run_dir, model, config, rows, evaluations,
-                             {"views": s.views, "head_training_rows": len(train_x)})
+    extra = {"views": s.views, "heads": s.heads, "head_training_rows": len(train_x)}
+    if s.heads > 1:  # each head kept its own best epoch; the ensemble is final as of the last
+        improved = [r["epoch"] for r in rows if r.get("heads_improved")]
+        extra["best_epoch"] = improved[-1] if improved else 1
+    metrics = context.finish(run_dir, model, config, rows, evaluations, extra)
     return context.result(run_dir, metrics, rows)
 
 

@@ -114,6 +114,8 @@ def test_extract_views_train_the_head_on_augmented_copies(tiny_data, base_weight
     assert different.exit_code == 0 and "augmented view 1 from the cache" not in different.output
     refused = invoke(*args, "--augment", "none")
     assert refused.exit_code == 2 and "--views needs an augmentation" in refused.output
+    refused = invoke(*args, "--heads", "0")
+    assert refused.exit_code == 2 and "--heads must be between 1 and 32" in refused.output
 
 
 def test_extract_features_are_cached(tiny_data, base_weights_file):
@@ -158,6 +160,9 @@ def test_a_warm_extract_needs_no_tensorflow_and_saves_the_same_model(tiny_data, 
                                cold.predict(images, verbose=0), rtol=1e-5, atol=1e-6)
     config = json.loads(open("runs/warm/smallcnn.json").read())
     assert warm_model.get_layer(config["base_layer"]) is not None
+    # extract's five heads (seeds 42-46) are saved as one head of 5 x 8 hidden units.
+    assert config["settings"]["heads"] == 5 and warm_metrics["heads"] == 5
+    assert warm_model.get_layer("head").get_layer("head_hidden").units == 40
 
 
 def test_an_extract_run_predicts_without_tensorflow_until_its_model_changes(tiny_data,

@@ -102,6 +102,40 @@ def test_dropout_trains_and_inference_is_deterministic():
     assert not np.array_equal(other[0], weights[0])
 
 
+@pytest.mark.parametrize("hidden", [0, 8], ids=["linear", "hidden"])
+def test_several_heads_train_as_separate_runs_and_merge_into_one(hidden):
+    x, y = features(seed=5, n=300, width=16)
+    train, val = (x[:200], y[:200]), (x[200:], y[200:])
+    settings = Settings(dropout=0.5, hidden=hidden, batch_size=16, epochs=40, patience=3,
+                        learning_rate=3e-2, seed=11)
+    merged, history = numpy_head.train(*train, val, settings, 3, members=3)
+    # Each member is the run a single head with seed 11, 12, 13 makes, early stopping
+    # included (a rate this high makes them stop at different epochs).
+    singles = [numpy_head.train(*train, val, dataclasses.replace(settings, seed=11 + k), 3)
+               for k in range(3)]
+    assert len({len(h) for _, h in singles}) > 1
+    assert len(history) == max(len(h) for _, h in singles)
+    # The merged head says what the members say on average (mean logits).
+    logits = [numpy_head._forward(w, val[0])[0] for w, _ in singles]
+    np.testing.assert_allclose(numpy_head._forward(merged, val[0])[0], np.mean(logits, axis=0),
+                               rtol=1e-4, atol=1e-5)
+    assert merged[0].shape == (16, 3 * hidden if hidden else 3)
+    # Its logs: the epoch's merged head on validation, and how many members improved.
+    assert [h["heads_improved"] for h in history][0] == 3
+    assert sum(h["heads_improved"] for h in history) >= 3
+    assert all(0.0 <= h["val_accuracy"] <= 1.0 for h in history)
+
+
+def test_dropout_drops_at_the_asked_rate_and_keeps_the_mean():
+    rngs = [np.random.default_rng(0), np.random.default_rng(1)]
+    x = np.ones((2, 64, 500), np.float32)
+    for rate in (0.1, 0.5, 0.8):
+        dropped, keep = numpy_head._Dropout(rate, rngs)(x)
+        assert keep.mean() == pytest.approx(1 - rate, abs=0.01)
+        assert dropped.mean() == pytest.approx(1.0, abs=0.03)
+        assert not np.array_equal(keep[0], keep[1])  # each member its own masks
+
+
 def test_a_stop_request_ends_training_after_the_step():
     x, y = features()
     calls = []
