@@ -115,6 +115,10 @@ class Settings:
             )
         if self.views is not None and not 0 <= self.views <= 100:
             raise UsageError(f"--views must be between 0 and 100. Received: {self.views}")
+        if self.dropout is not None and not 0 <= self.dropout < 1:
+            raise UsageError(f"--dropout must be in [0, 1). Received: {self.dropout}")
+        if self.hidden is not None and self.hidden < 0:
+            raise UsageError(f"--hidden must be 0 (no hidden layer) or more. Received: {self.hidden}")
         if self.heads is not None and not 1 <= self.heads <= 32:
             raise UsageError(f"--heads must be between 1 and 32. Received: {self.heads}")
         if self.patience is not None and self.patience < 0:

@@ -116,6 +116,8 @@ def test_extract_views_train_the_head_on_augmented_copies(tiny_data, base_weight
     assert refused.exit_code == 2 and "--views needs an augmentation" in refused.output
     refused = invoke(*args, "--heads", "0")
     assert refused.exit_code == 2 and "--heads must be between 1 and 32" in refused.output
+    refused = invoke(*args, "--dropout", "1.5")
+    assert refused.exit_code == 2 and "--dropout must be in [0, 1)" in refused.output
 
 
 def test_extract_features_are_cached(tiny_data, base_weights_file):
