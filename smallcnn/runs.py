@@ -103,6 +103,25 @@ def read_history(run_dir):
     return rows
 
 
+def check_out(out, overwrite=False):
+    """The path of `--out`, refused unless it is new, empty, or a run to overwrite."""
+    path = Path(out).expanduser()
+    if path.exists() and not path.is_dir():
+        raise UsageError(f"--out {str(out)!r} is a file; give a folder for the run.")
+    if path.is_dir() and any(path.iterdir()):
+        if not (path / CONFIG_FILE).exists() and not (path / MODEL_FILE).exists():
+            raise UsageError(
+                f"--out {str(out)!r} is a folder that is not empty and holds no run; "
+                "give a new or empty folder."
+            )
+        if not overwrite:
+            raise UsageError(
+                f"{str(out)!r} already holds a run; choose another --out, or pass "
+                "--overwrite to replace it."
+            )
+    return path
+
+
 def new_run_dir(command, out=None, runs_dir=DEFAULT_RUNS_DIR, overwrite=False):
     """Creates the folder for a new run and returns its path.
 
@@ -110,20 +129,7 @@ def new_run_dir(command, out=None, runs_dir=DEFAULT_RUNS_DIR, overwrite=False):
     an existing run folder there is refused unless `overwrite` is set.
     """
     if out is not None:
-        path = Path(out).expanduser()
-        if path.exists() and not path.is_dir():
-            raise UsageError(f"--out {str(out)!r} is a file; give a folder for the run.")
-        if path.is_dir() and any(path.iterdir()):
-            if not (path / CONFIG_FILE).exists() and not (path / MODEL_FILE).exists():
-                raise UsageError(
-                    f"--out {str(out)!r} is a folder that is not empty and holds no run; "
-                    "give a new or empty folder."
-                )
-            if not overwrite:
-                raise UsageError(
-                    f"{str(out)!r} already holds a run; choose another --out, or pass "
-                    "--overwrite to replace it."
-                )
+        path = check_out(out, overwrite)
         path.mkdir(parents=True, exist_ok=True)
         return path
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")

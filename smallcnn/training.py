@@ -526,6 +526,11 @@ def _evaluate_head(head, context, names):
     }
 
 
+def _a(word):
+    """'a train', 'an extract'."""
+    return f"{'an' if str(word)[:1] in 'aeiou' else 'a'} {word}"
+
+
 def _eval_splits(context):
     return [name for name in context.dataset.splits if name != "train"]
 
@@ -560,7 +565,8 @@ def extract(data_dir, settings=None, out=None, overwrite=False, reporter=None,
     reporter = reporter or Reporter()
     context = _Context("extract", data_dir, settings or Settings(), reporter, command_line)
     s = context.settings
-    run_dir = runs.new_run_dir("extract", out, overwrite=overwrite)
+    if out is not None:  # refused now, before the work; the folder is made at the end
+        runs.check_out(out, overwrite)
     train_x, train_y = context.features("train")
     if s.views:  # the head also trains on features of augmented copies
         if context.settings.augmentation() == Augmentation():
@@ -585,6 +591,7 @@ def extract(data_dir, settings=None, out=None, overwrite=False, reporter=None,
     evaluations = {name: list(numpy_head.evaluate(weights, *context.features(name)))
                    for name in _eval_splits(context)}
     model, base_layer = context.classifier(weights)
+    run_dir = runs.new_run_dir("extract", out, overwrite=overwrite)
     config = context.config(base_layer)
     engine_file = context.cached_engine_file()
     if engine_file is not None and isinstance(model, modelfile.AssembledClassifier):
@@ -856,7 +863,7 @@ def _resume(command, run, reporter, command_line):
     config = runs.read_config(run_dir)
     if config.get("command") != command:
         raise UsageError(
-            f"{str(run_dir)!r} is a {config.get('command')} run; resume it with "
+            f"{str(run_dir)!r} is {_a(config.get('command'))} run; resume it with "
             f"smallcnn {config.get('command')} --resume {run_dir}."
         )
     known = {f.name for f in dataclasses.fields(Settings)}

@@ -69,7 +69,7 @@ def test_resume_refuses_another_commands_run(tiny_data):
            "--out", "runs/x")
     result = invoke("train", "--resume", "runs/x")
     assert result.exit_code == 2
-    assert "is a extract run; resume it with smallcnn extract" in result.output
+    assert "is an extract run; resume it with smallcnn extract" in result.output
 
 
 def test_a_crash_while_saving_leaves_the_previous_model(tmp_path):
@@ -106,3 +106,23 @@ def test_balanced_class_weights(tmp_path):
     train = json.loads(open("runs/w/smallcnn.json").read())["data_counts"]["train"]
     total = sum(train)
     assert weights == {str(i): pytest.approx(total / (2 * n)) for i, n in enumerate(train)}
+
+
+def test_an_extract_stopped_before_its_model_leaves_no_run_folder(tiny_data, monkeypatch):
+    from smallcnn import engine
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(engine, "compute_features", interrupted)
+    for out in (["--out", "runs/stopped"], []):
+        result = invoke("extract", tiny_data, "--base", "small", "--image-size", "32", *out)
+        assert result.exit_code == 130, result.output
+    assert not Path("runs").exists() or not any(Path("runs").iterdir())
+    # A taken --out is still refused before any work (here, before the interruption).
+    monkeypatch.undo()
+    args = ["extract", tiny_data, "--base", "small", "--image-size", "32", "--epochs", "2"]
+    assert invoke(*args, "--out", "runs/x").exit_code == 0
+    monkeypatch.setattr(engine, "compute_features", interrupted)
+    refused = invoke(*args, "--out", "runs/x")
+    assert refused.exit_code == 2 and "already holds a run" in refused.output
