@@ -174,6 +174,7 @@ class Optimizer:
         self.momentum = momentum
         self.nesterov = nesterov
         self.iterations = 0
+        self.scratch = None
         zeros = [np.zeros_like(w) for w in weights]
         if name == "adam":
             self.m, self.v = zeros, [np.zeros_like(w) for w in weights]
@@ -193,10 +194,21 @@ class Optimizer:
         if self.name == "adam":
             beta_1, beta_2, t = 0.9, 0.999, self.iterations
             alpha = np.float32(lr * math.sqrt(1 - beta_2**t) / (1 - beta_1**t))
-            for w, g, m, v in zip(weights, grads, self.m, self.v):
-                m += (g - m) * np.float32(1 - beta_1)
-                v += (g * g - v) * np.float32(1 - beta_2)
-                w -= m * alpha / (np.sqrt(v) + np.float32(EPSILON))
+            if self.scratch is None:  # in place: the updates are most of a wide head's step
+                self.scratch = [np.empty_like(w) for w in weights]
+            for w, g, m, v, tmp in zip(weights, grads, self.m, self.v, self.scratch):
+                np.subtract(g, m, out=tmp)
+                tmp *= np.float32(1 - beta_1)
+                m += tmp
+                np.multiply(g, g, out=tmp)
+                tmp -= v
+                tmp *= np.float32(1 - beta_2)
+                v += tmp
+                np.sqrt(v, out=tmp)
+                tmp += np.float32(EPSILON)
+                np.divide(m, tmp, out=tmp)
+                tmp *= alpha
+                w -= tmp
         elif self.name == "sgd":
             for w, g, m in zip(weights, grads, self.m):
                 if not self.momentum:
