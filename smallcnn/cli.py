@@ -207,7 +207,7 @@ def extract(
     engine: Engine = "auto",
     class_weight: ClassWeight = "none",
     views: Annotated[int, typer.Option("--views", help="Also train on the features of this many augmented copies of each training image (computed once, cached; --augment sets the augmentation, default light).")] = 0,
-    heads: Annotated[Optional[int], typer.Option("--heads", help="Train this many heads from different seeds (seed, seed+1, ...) as one ensemble, early-stopped on their mean, and save it as one head: less dependent on a lucky seed, no slower to predict.  [default: 5]", show_default=False)] = None,
+    heads: Annotated[Optional[int], typer.Option("--heads", help="Train this many heads from different seeds (seed, seed+1, ...), each early-stopped on its own, and save them merged into one head (their mean logits): less dependent on a lucky seed, no slower to predict.  [default: 5]", show_default=False)] = None,
     augment: Augment = None,
     tensorboard: TensorBoard = False,
     out: Out = None,

@@ -528,7 +528,7 @@ def _evaluate_head(head, context, names):
 
 def _a(word):
     """'a train', 'an extract'."""
-    return f"{'an' if str(word)[:1] in 'aeiou' else 'a'} {word}"
+    return f"{'an' if str(word)[:1].lower() in tuple('aeiou') else 'a'} {word}"
 
 
 def _eval_splits(context):
