@@ -116,6 +116,11 @@ def convert_to_litert(model, path, quantize="none", calibration=None):
             os.unlink(temp)
 
 
+def chosen_engine(requested="auto"):
+    """The engine to use: `$SMALLCNN_ENGINE` when set, else the one requested."""
+    return os.environ.get("SMALLCNN_ENGINE", requested)
+
+
 def feature_engine(spec, weights, image_size, extractor, engine="auto", reporter=None):
     """The engine that computes pooled features for uint8/float image batches.
 
@@ -126,7 +131,7 @@ def feature_engine(spec, weights, image_size, extractor, engine="auto", reporter
     from smallcnn.reporting import Reporter
 
     reporter = reporter or Reporter()
-    engine = os.environ.get("SMALLCNN_ENGINE", engine)
+    engine = chosen_engine(engine)
     if engine not in ENGINES:
         from smallcnn.errors import UsageError
 

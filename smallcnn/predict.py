@@ -1,7 +1,6 @@
 """Using a trained model: `smallcnn.load(RUN).predict(images)`."""
 
 import dataclasses
-import os
 from pathlib import Path
 
 import numpy as np
@@ -82,8 +81,10 @@ class Classifier:
         extract records which conversion its base is and where the head's weights are
         in model.keras; the model file's SHA-256 must still be the one it wrote.
         """
+        from smallcnn.engine import chosen_engine
+
         route = self.config.get("prediction")
-        if not route or self.run_dir is None or os.environ.get("SMALLCNN_ENGINE") == "tf":
+        if not route or self.run_dir is None or chosen_engine() == "tf":
             return None
         from smallcnn import head, modelfile
         from smallcnn.engine import LiteRTEngine
@@ -190,12 +191,13 @@ class ExportedClassifier(Classifier):
 def converted_model_path(run_dir):
     """Where a run's whole model is cached in LiteRT (keyed by the model file's path, size
     and time), or None where LiteRT is not to be used (SMALLCNN_ENGINE=tf)."""
-    if os.environ.get("SMALLCNN_ENGINE", "auto") == "tf":
-        return None
     import hashlib
 
+    from smallcnn.engine import chosen_engine
     from smallcnn.features import cache_root
 
+    if chosen_engine() == "tf":
+        return None
     model_file = Path(run_dir) / runs.MODEL_FILE
     stat = model_file.stat()
     key = hashlib.sha256(

@@ -305,9 +305,9 @@ class _Context:
 
     def cached_engine_file(self):
         """The base's cached LiteRT conversion for this run's weights and size, or None."""
-        from smallcnn.engine import litert_path
+        from smallcnn.engine import chosen_engine, litert_path
 
-        if self.weights == "none" or os.environ.get("SMALLCNN_ENGINE", self.settings.engine) == "tf":
+        if self.weights == "none" or chosen_engine(self.settings.engine) == "tf":
             return None
         path = litert_path(self.spec, self.weights, self.settings.image_size)
         return path if path.is_file() else None
