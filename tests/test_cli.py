@@ -65,6 +65,27 @@ def test_predict_json_and_table(tiny_data):
     assert "blue_000.png" in table.output and "probability" in table.output
 
 
+def test_a_folder_predicts_a_chunk_at_a_time_with_the_same_results(tiny_data, monkeypatch):
+    from smallcnn.predict import Classifier, load, load_readable
+
+    invoke("extract", tiny_data, "--base", "small", "--image-size", "32", *FAST, "--out", "runs/x")
+    (tiny_data / "val" / "red" / "red_0035.png").write_bytes(b"")  # sorted among the reds
+    whole, whole_failures = load("runs/x").predict_paths([tiny_data / "val"])
+    monkeypatch.setattr(Classifier, "chunk_images", 5)
+    decoded = []
+    monkeypatch.setattr("smallcnn.predict.load_readable",
+                        lambda paths, size, _real=load_readable: decoded.append(len(paths))
+                        or _real(paths, size))
+    chunked, failures = load("runs/x").predict_paths([tiny_data / "val"])
+    assert decoded == [5, 5, 5, 5, 5]  # 24 images and the empty file
+    assert [p.path for p in chunked] == [p.path for p in whole] and len(chunked) == 24
+    assert [p.label for p in chunked] == [p.label for p in whole]
+    np.testing.assert_allclose([p.probability for p in chunked],
+                               [p.probability for p in whole], atol=1e-6)
+    assert [f.path for f in failures] == [f.path for f in whole_failures] == \
+        [str(tiny_data / "val" / "red" / "red_0035.png")]
+
+
 def test_predict_with_a_cached_conversion_needs_no_tensorflow(tmp_path):
     data = make_dataset(tmp_path / "d", per_class=35, size=32)
     assert invoke("extract", data, "--base", "small", "--image-size", "32", *FAST,
