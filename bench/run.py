@@ -100,6 +100,68 @@ print(json.dumps(result))
     return json.loads(out["output"].strip().splitlines()[-1])
 
 
+def engine_limit(folder, model, env):
+    """Images/s of the forward pass that `predict` runs, on the folder's images decoded
+    into memory: the LiteRT conversion that the run `model` predicts with, one image and
+    two images at a time (the best of the two)."""
+    code = f"""
+import json, time
+from pathlib import Path
+from smallcnn.engine import LiteRTEngine
+from smallcnn.features import cache_root
+from smallcnn.images import load_images
+route = json.loads(Path({str(model)!r}, "smallcnn.json").read_text())["prediction"]
+paths = sorted(str(p) for p in Path({str(folder)!r}).iterdir())
+x = load_images(paths, 224)[0].astype("float32")
+result = {{}}
+for micro in (1, 2):
+    engine = LiteRTEngine(cache_root("engines") / route["feature_engine"])
+    engine.micro_batch = micro; engine(x[:micro])
+    start = time.perf_counter(); engine(x)
+    result[f"litert_batch{{micro}}"] = len(x) / (time.perf_counter() - start)
+print(json.dumps(result))
+"""
+    out = timed([PYTHON, "-c", code], env=env, cwd=ROOT)
+    return max(json.loads(out["output"].strip().splitlines()[-1]).values())
+
+
+def predict(data, model, work, env):
+    """predict from a fresh process: one image, then folders of 100 and 1,000 images."""
+    images = sorted((data / ("val" if (data / "val").is_dir() else "validation")).rglob("*.jpg"))
+    folders = {}
+    for count in (100, 1000):  # a folder of the first `count` validation images (fewer if fewer)
+        folders[count] = work / f"predict-{count}"
+        folders[count].mkdir()
+        for image in images[:count]:
+            (folders[count] / f"{image.parent.name}-{image.name}").symlink_to(image)
+    imports = [timed([PYTHON, "-c", "import tensorflow"])["wall_seconds"] for _ in range(3)]
+    # A fresh process on one image, from the extract run and from the train --freeze run.
+    single = [smallcnn("predict", images[0], "--model", model, env=env)["wall_seconds"]
+              for _ in range(3)]
+    single_train = [smallcnn("predict", images[0], "--model", work / "train",
+                             env=env)["wall_seconds"] for _ in range(3)]
+    smallcnn("predict", folders[100], "--model", model, "--json", env=env)  # warms the file cache
+    hundred, many, engine = [], [], []
+    # Alternating; throughput = the extra images over the extra time. The machine's speed
+    # drifts from minute to minute, so the engine's own throughput on the same 1,000
+    # images is measured in between, and predict is compared with the median of those.
+    for _ in range(3):
+        engine.append(engine_limit(folders[1000], model, env))
+        hundred.append(smallcnn("predict", folders[100], "--model", model, "--json", env=env))
+        many.append(smallcnn("predict", folders[1000], "--model", model, "--json", env=env))
+    small_n, large_n = len(images[:100]), len(images[:1000])
+    small_s = statistics.median(r["wall_seconds"] for r in hundred)
+    large_s = statistics.median(r["wall_seconds"] for r in many)
+    return {
+        "import_tensorflow_seconds": min(imports), "one_image_seconds": min(single),
+        "one_image_train_run_seconds": min(single_train),
+        "folder_images": large_n, "folder_seconds": large_s,
+        "small_folder_images": small_n, "small_folder_seconds": small_s,
+        "images_per_second": (large_n - small_n) / max(1e-9, large_s - small_s),
+        "folder_peak_mb": max(r["peak_mb"] for r in many),
+        "engine_images_per_second": engine, "engine_limit": statistics.median(engine)}
+
+
 def repeated(source, times, work):
     """A copy of `source` whose train split repeats each image `times` times (symlinks)."""
     target = work / f"x{times}"
@@ -149,36 +211,8 @@ def bench(name, epochs, work, scaling):
     result["smallcnn_finetune"] = {**run, **run_metrics(work / "finetune")}
     print("finetune done", flush=True)
 
-    images = sorted((data / ("val" if (data / "val").is_dir() else "validation")).rglob("*.jpg"))
-    folders = {}
-    for count in (100, 1000):  # a folder of the first `count` validation images (fewer if fewer)
-        folders[count] = work / f"predict-{count}"
-        folders[count].mkdir()
-        for image in images[:count]:
-            (folders[count] / f"{image.parent.name}-{image.name}").symlink_to(image)
-    model = work / "extract-cold"
     result["limit_before_predict"] = limit(data)
-    imports = [timed([PYTHON, "-c", "import tensorflow"])["wall_seconds"] for _ in range(3)]
-    # A fresh process on one image, from the extract run and from the train --freeze run.
-    single = [smallcnn("predict", images[0], "--model", model, env=env)["wall_seconds"]
-              for _ in range(3)]
-    single_train = [smallcnn("predict", images[0], "--model", work / "train",
-                             env=env)["wall_seconds"] for _ in range(3)]
-    smallcnn("predict", folders[100], "--model", model, "--json", env=env)  # warms the file cache
-    hundred, many = [], []
-    for _ in range(3):  # alternating; throughput = the extra images over the extra time
-        hundred.append(smallcnn("predict", folders[100], "--model", model, "--json", env=env))
-        many.append(smallcnn("predict", folders[1000], "--model", model, "--json", env=env))
-    small_n, large_n = len(images[:100]), len(images[:1000])
-    small_s = statistics.median(r["wall_seconds"] for r in hundred)
-    large_s = statistics.median(r["wall_seconds"] for r in many)
-    result["predict"] = {
-        "import_tensorflow_seconds": min(imports), "one_image_seconds": min(single),
-        "one_image_train_run_seconds": min(single_train),
-        "folder_images": large_n, "folder_seconds": large_s,
-        "small_folder_images": small_n, "small_folder_seconds": small_s,
-        "images_per_second": (large_n - small_n) / max(1e-9, large_s - small_s),
-        "folder_peak_mb": max(r["peak_mb"] for r in many)}
+    result["predict"] = predict(data, work / "extract-cold", work, env)
     print("predict done", flush=True)
 
     if scaling:
@@ -263,7 +297,11 @@ def summary(r):
         f"A folder of {p['folder_images']} images {p['folder_seconds']:.1f} s wall "
         f"({p['small_folder_images']} images: {p['small_folder_seconds']:.1f} s): "
         f"{marginal:.0f} images/s beyond start-up, decoding included "
-        f"({marginal / predict_limit:.0%} of the limit measured just before).",
+        f"({marginal / predict_limit:.0%} of the limit measured just before"
+        + (f"; {marginal / p['engine_limit']:.0%} of {p['engine_limit']:.0f}/s, the median of "
+           "the same engine on the same 1,000 images decoded in memory, measured between the "
+           "predict runs: " + ", ".join(f"{v:.0f}" for v in p["engine_images_per_second"])
+           if "engine_limit" in p else "") + ").",
     ]
     if "scaling" in r:
         rows += ["", "| training set | images | extract wall s | peak MB |", "|---|---|---|---|"]
