@@ -114,13 +114,13 @@ def test_an_extract_stopped_before_its_model_leaves_no_run_folder(tiny_data, mon
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(engine, "compute_features", interrupted)
-    for out in (["--out", "runs/stopped"], []):
-        result = invoke("extract", tiny_data, "--base", "small", "--image-size", "32", *out)
-        assert result.exit_code == 130, result.output
+    with monkeypatch.context() as patch:  # undoes only this (the fixture changed the folder)
+        patch.setattr(engine, "compute_features", interrupted)
+        for out in (["--out", "runs/stopped"], []):
+            result = invoke("extract", tiny_data, "--base", "small", "--image-size", "32", *out)
+            assert result.exit_code == 130, result.output
     assert not Path("runs").exists() or not any(Path("runs").iterdir())
     # A taken --out is still refused before any work (here, before the interruption).
-    monkeypatch.undo()
     args = ["extract", tiny_data, "--base", "small", "--image-size", "32", "--epochs", "2"]
     assert invoke(*args, "--out", "runs/x").exit_code == 0
     monkeypatch.setattr(engine, "compute_features", interrupted)
