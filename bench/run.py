@@ -9,7 +9,8 @@ For each data set, in one run, alternating the tools (see bench/peer.py for the 
   finetune   peer: E frozen + E fine-tuning epochs; smallcnn finetune, the same
   predict    one image in a fresh process (from the extract and the train run) against
              `python -c "import tensorflow"`; folders of 100 and 1,000 images
-             (throughput beyond start-up = 900 images over the difference in wall time)
+             (throughput beyond start-up = 900 images over the difference in wall time),
+             alternating with the engine alone on the same 1,000 images decoded in memory
   scaling    (cats-dogs-small) extract at 1x, 2x and 4x the training set, by repetition
 Wall time and peak memory of every command come from /usr/bin/time.
 
@@ -145,7 +146,7 @@ def predict(data, model, work, env):
     # Alternating; throughput = the extra images over the extra time. The machine's speed
     # drifts from minute to minute, so the engine's own throughput on the same 1,000
     # images is measured in between, and predict is compared with the median of those.
-    for _ in range(3):
+    for _ in range(5):
         engine.append(engine_limit(folders[1000], model, env))
         hundred.append(smallcnn("predict", folders[100], "--model", model, "--json", env=env))
         many.append(smallcnn("predict", folders[1000], "--model", model, "--json", env=env))
