@@ -300,7 +300,8 @@ def summary(r):
         f"{marginal:.0f} images/s beyond start-up, decoding included "
         f"({marginal / predict_limit:.0%} of the limit measured just before"
         + (f"; {marginal / p['engine_limit']:.0%} of {p['engine_limit']:.0f}/s, the median of "
-           "the same engine on the same 1,000 images decoded in memory, measured between the "
+           f"the same engine on the same {p['folder_images']} images decoded in memory, measured "
+           "between the "
            "predict runs: " + ", ".join(f"{v:.0f}" for v in p["engine_images_per_second"])
            if "engine_limit" in p else "") + ").",
     ]
