@@ -10,7 +10,7 @@ For each data set, in one run, alternating the tools (see bench/peer.py for the 
   predict    one image in a fresh process (from the extract and the train run) against
              `python -c "import tensorflow"`; folders of 100 and 1,000 images
              (throughput beyond start-up = 900 images over the difference in wall time),
-             alternating with the engine alone on the same 1,000 images decoded in memory
+             alternating with the engine alone on the same images decoded in memory
   scaling    (cats-dogs-small) extract at 1x, 2x and 4x the training set, by repetition
 Wall time and peak memory of every command come from /usr/bin/time.
 
@@ -144,8 +144,8 @@ def predict(data, model, work, env):
     smallcnn("predict", folders[100], "--model", model, "--json", env=env)  # warms the file cache
     hundred, many, engine = [], [], []
     # Alternating; throughput = the extra images over the extra time. The machine's speed
-    # drifts from minute to minute, so the engine's own throughput on the same 1,000
-    # images is measured in between, and predict is compared with the median of those.
+    # drifts from minute to minute, so the engine's own throughput on the same images
+    # is measured in between, and predict is compared with the median of those.
     for _ in range(5):
         engine.append(engine_limit(folders[1000], model, env))
         hundred.append(smallcnn("predict", folders[100], "--model", model, "--json", env=env))
