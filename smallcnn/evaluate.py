@@ -80,7 +80,6 @@ def evaluate(run=None, data=None, split="val", top_wrong=12, out=None, reporter=
     Returns:
         An `Evaluation`.
     """
-    from smallcnn.images import load_readable
     from smallcnn.plots import confusion_figure, save_figure
     from smallcnn.predict import load_run
 
@@ -92,14 +91,13 @@ def evaluate(run=None, data=None, split="val", top_wrong=12, out=None, reporter=
     run_dir = classifier.run_dir
     config = runs.read_config(run_dir)
     dataset, chosen = split_of(config, data, split)
-    with reporter.progress(f"Decoding the {split} images", len(chosen)) as advance:
-        images, kept, failures = load_readable(chosen.paths, classifier.image_size,
-                                               progress=advance)
+    with reporter.progress(f"Predicting the {split} images", len(chosen)) as advance:
+        probabilities, kept, failures = classifier.probabilities_of_files(chosen.paths,
+                                                                          progress=advance)
     if not len(kept):
         raise DataError(f"No readable image in the {split} split of {dataset.root!r}.")
     paths = [chosen.paths[i] for i in kept]
     true = chosen.labels[kept]
-    probabilities = classifier.probabilities(images)
     predicted = probabilities.argmax(1)
     classes = classifier.class_names
     matrix, per_class = scores(true, predicted, len(classes))

@@ -71,6 +71,7 @@ def test_a_folder_predicts_a_chunk_at_a_time_with_the_same_results(tiny_data, mo
     invoke("extract", tiny_data, "--base", "small", "--image-size", "32", *FAST, "--out", "runs/x")
     (tiny_data / "val" / "red" / "red_0035.png").write_bytes(b"")  # sorted among the reds
     whole, whole_failures = load("runs/x").predict_paths([tiny_data / "val"])
+    whole_evaluation = json.loads(invoke("evaluate", "runs/x", "--json").stdout)
     monkeypatch.setattr(Classifier, "chunk_images", 5)
     decoded = []
     monkeypatch.setattr("smallcnn.predict.load_readable",
@@ -84,6 +85,13 @@ def test_a_folder_predicts_a_chunk_at_a_time_with_the_same_results(tiny_data, mo
                                [p.probability for p in whole], atol=1e-6)
     assert [f.path for f in failures] == [f.path for f in whole_failures] == \
         [str(tiny_data / "val" / "red" / "red_0035.png")]
+    # evaluate goes through the same chunks
+    decoded.clear()
+    evaluation = json.loads(invoke("evaluate", "runs/x", "--json").stdout)
+    assert decoded == [5, 5, 5, 5, 5]
+    for key in ("accuracy", "images", "confusion_matrix", "skipped"):
+        assert evaluation[key] == whole_evaluation[key], key
+    assert evaluation["images"] == 24 and len(evaluation["skipped"]) == 1
 
 
 def test_predict_with_a_cached_conversion_needs_no_tensorflow(tmp_path):
