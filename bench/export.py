@@ -22,7 +22,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from smallcnn import training  # noqa: E402
+from smallcnn import train  # noqa: E402
 from smallcnn.export import SUPPORTED, export  # noqa: E402
 
 TABLE_HEADER = ("| format | quantize | file size | one-image latency | top-1 agreement "
@@ -38,7 +38,7 @@ def main():
     work = Path(tempfile.mkdtemp(prefix="smallcnn-export-bench-"))
     run = args.run
     if run is None:
-        run = training.extract(args.data, out=work / "run").run_dir
+        run = train.extract(args.data, out=work / "run").run_dir
     rows = []
     for format, quantizations in SUPPORTED.items():
         for quantize in quantizations:

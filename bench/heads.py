@@ -15,8 +15,8 @@ import time
 import numpy as np
 
 from smallcnn import head
-from smallcnn.reporting import Reporter
-from smallcnn.training import Settings, _Context
+from smallcnn.progress import Reporter
+from smallcnn.train import Session, Settings
 
 
 def main():
@@ -27,7 +27,7 @@ def main():
     parser.add_argument("--first-seed", type=int, default=1000)
     args = parser.parse_args()
 
-    context = _Context("extract", args.data, Settings(), Reporter(), command_line="bench/heads.py")
+    context = Session("extract", args.data, Settings(), Reporter(), command_line="bench/heads.py")
     s = context.settings
     train, val = context.features("train"), context.features("val")
     test = context.features("test") if "test" in context.dataset.splits else None

@@ -109,14 +109,14 @@ def engine_limit(folder, model, env):
 import json, time
 from pathlib import Path
 from smallcnn.engine import LiteRTEngine
-from smallcnn.features import cache_root
+from smallcnn import cache
 from smallcnn.images import load_images
 route = json.loads(Path({str(model)!r}, "smallcnn.json").read_text())["prediction"]
 paths = sorted(str(p) for p in Path({str(folder)!r}).iterdir())
 x = load_images(paths, 224)[0].astype("float32")
 result = {{}}
 for micro in (1, 2):
-    engine = LiteRTEngine(cache_root("engines") / route["feature_engine"])
+    engine = LiteRTEngine(cache.path("engines", route["feature_engine"]))
     engine.micro_batch = micro; engine(x[:micro])
     start = time.perf_counter(); engine(x)
     result[f"litert_batch{{micro}}"] = len(x) / (time.perf_counter() - start)

@@ -9,6 +9,7 @@ import dataclasses
 
 from smallcnn.errors import UsageError
 
+_DRAWS = 10  # random draws per batch (angle, shears, zoom, shifts, flips, brightness, contrast)
 FLIP_MODES = {
     "none": None,
     "horizontal": "horizontal",
@@ -57,8 +58,13 @@ def resolve_augmentation(preset=DEFAULT_PRESET, **overrides):
     return dataclasses.replace(PRESETS[preset], **chosen)
 
 
-def build_augmenter(settings, seed=None):
-    """A function that augments a float batch of pixels in [0, 255], or None for no change.
+def build_augmenter(settings, seed=0):
+    """A function `augment(images, index)` of a float batch of pixels in [0, 255], or None
+    for no change.
+
+    The random draws of a batch come from `seed` and `index`, the batch's number counted
+    over the whole run (stateless random ops): the same seed gives the same augmentation
+    whatever order tf.data's parallel workers run the batches in.
 
     Flips, rotation, shift, shear and zoom are composed into one affine transform per
     image and applied by a single resampling op (`ImageProjectiveTransformV3`, as Keras'
@@ -71,13 +77,16 @@ def build_augmenter(settings, seed=None):
 
     if settings == Augmentation():
         return None
-    generator = tf.random.Generator.from_seed(seed) if seed is not None else (
-        tf.random.Generator.from_non_deterministic_state())
+    draws = iter(())
 
     def uniform(shape, low, high):
-        return generator.uniform(shape, low, high, dtype=tf.float32)
+        return tf.random.stateless_uniform(shape, next(draws), minval=low, maxval=high,
+                                           dtype=tf.float32)
 
-    def augment(images):
+    def augment(images, index):
+        nonlocal draws
+        key = tf.stack([tf.constant(seed, tf.int64), tf.cast(index, tf.int64)])
+        draws = iter(tf.unstack(tf.random.experimental.stateless_split(key, num=_DRAWS)))
         shape = tf.shape(images)
         n = shape[0]
         height, width = tf.cast(shape[1], tf.float32), tf.cast(shape[2], tf.float32)

@@ -20,7 +20,7 @@ PACKAGED_WEIGHTS = Path(__file__).parent / "weights"
 class BaseSpec:
     name: str
     constructor: Callable  # (input_shape, weights) -> keras.Model without its top
-    preprocessing: str  # a mode of smallcnn.layers.Preprocess
+    preprocessing: str  # a mode of smallcnn.layers.preprocessing_layer
     default_size: int
     feature_width: int
     last_conv_layer: str

@@ -5,7 +5,8 @@ and reports unreadable files with their reason, the sizes and modes found, exact
 near duplicates (a perceptual difference hash) within and across splits, and
 warnings about imbalance, tiny images and small classes. It never raises for a bad
 file: it reports it. Results are cached per file (path, size, modification time), so
-the check that starts every training command costs little the second time.
+the check that starts every training command costs little the second time, and the
+files' SHA-1 digests it computes name their cached features (`smallcnn.cache`).
 """
 
 import collections
@@ -19,9 +20,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from smallcnn import cache
 from smallcnn.errors import DataError
 
-SCAN_FORMAT = 2
 # Of the 256 bits of a 16x16 difference hash: at or below this distance two images look
 # the same. Measured on cats-dogs-small: its two true duplicate pairs are at 2 and 8
 # bits, and no other pair of its 4,000 images is within 40 (a 64-bit hash at 4 bits
@@ -39,7 +40,7 @@ def scan_file(path):
         A dict with `ok`, and either `reason` (why the file cannot be used) or `width`,
         `height`, `mode`, `format`, `sha1` and `dhash` (a 256-bit perceptual hash, as hex).
     """
-    from smallcnn.images import UnreadableImage, _open, reason_for
+    from smallcnn.images import DECODER_ERRORS, UnreadableImage, _open, reason_for
 
     facts = {"ok": False}
     try:
@@ -58,7 +59,7 @@ def scan_file(path):
             facts["dhash"] = _dhash(image)
     except UnreadableImage as error:
         return {**facts, "ok": False, "reason": error.reason}
-    except Exception as error:  # whatever a damaged file makes a decoder do
+    except DECODER_ERRORS as error:  # what a damaged file makes a decoder do
         return {**facts, "ok": False, "reason": reason_for(error)}
     facts["ok"] = True
     return facts
@@ -71,33 +72,26 @@ def _dhash(image):
     return np.packbits(pixels[:, 1:] > pixels[:, :-1]).tobytes().hex()
 
 
-def _scan_cache_path(root):
-    from smallcnn.features import cache_root
-
-    digest = hashlib.sha256(str(Path(root).resolve()).encode()).hexdigest()[:24]
-    return cache_root("scans") / f"{digest}.json"
+def _scan_name(root):
+    return f"{cache.key('scans', root=str(Path(root).resolve()))}.json"
 
 
-def scan_files(paths, root, progress=None):
-    """`scan_file` for many files, reusing cached results for unchanged files."""
-    from smallcnn.runs import write_json
+def _read_scan(path):
+    files = json.loads(path.read_text())["files"]
+    if not isinstance(files, dict):
+        raise ValueError("not a scan")
+    return files
 
-    cache_path = _scan_cache_path(root)
-    try:
-        cached = json.loads(cache_path.read_text())
-        if cached.get("format") != SCAN_FORMAT:
-            cached = {}
-    except (OSError, ValueError):
-        cached = {}
-    entries = cached.get("files", {})
+
+def scan_files(paths, root, progress=None, warn=None):
+    """`scan_file` for many files, reusing cached results for files whose stamp (size,
+    modification and change time, inode: see `smallcnn.cache.file_stamp`) is unchanged."""
+    name = _scan_name(root)
+    entries = cache.load("scans", name, _read_scan, warn=warn) or {}
     results = {}
     todo = []
     for path in paths:
-        try:
-            stat = os.stat(path)
-            stamp = [stat.st_size, stat.st_mtime_ns]
-        except OSError:
-            stamp = None
+        stamp = cache.file_stamp(path)
         entry = entries.get(path)
         if stamp is not None and entry is not None and entry.get("stamp") == stamp:
             results[path] = entry["facts"]
@@ -117,11 +111,8 @@ def scan_files(paths, root, progress=None):
             if progress is not None and (done % 64 == 0 or done == len(paths)):
                 progress(done)
     if todo:
-        try:
-            cache_path.parent.mkdir(parents=True, exist_ok=True)
-            write_json(cache_path, {"format": SCAN_FORMAT, "files": entries})
-        except OSError:
-            pass  # a read-only cache costs time next run, nothing else
+        text = json.dumps({"files": entries})
+        cache.store("scans", name, lambda temp: Path(temp).write_text(text), warn=warn)
     return results
 
 
@@ -140,27 +131,31 @@ class CheckReport:
     warnings: list  # human-readable lines
     trainable: bool
     reason: str = None  # why not, when not trainable
+    digests: dict = dataclasses.field(default_factory=dict, repr=False)  # path -> SHA-1
 
     @property
     def leaks(self):
         return [d for d in self.duplicates if d["split_a"] != d["split_b"]]
 
     def to_dict(self):
-        return {**dataclasses.asdict(self), "cross_split_duplicates": len(self.leaks)}
+        described = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+                     if f.name != "digests"}
+        return {**described, "cross_split_duplicates": len(self.leaks)}
 
 
 def check_dataset(dataset, reporter=None):
     """Scans every file of a `data.Dataset`; returns a `CheckReport`.
 
-    `reporter` (a `smallcnn.reporting.Reporter`) shows the scan's progress.
+    `reporter` (a `smallcnn.progress.Reporter`) shows the scan's progress.
     """
-    from smallcnn.reporting import Reporter
+    from smallcnn.progress import Reporter
 
+    reporter = reporter or Reporter()
     entries = []  # (path, split, class index)
     for name, split in dataset.splits.items():
         entries.extend((p, name, int(label)) for p, label in zip(split.paths, split.labels))
-    with (reporter or Reporter()).progress("Checking images", len(entries)) as advance:
-        facts = scan_files([e[0] for e in entries], dataset.root, advance)
+    with reporter.progress("Checking images", len(entries)) as advance:
+        facts = scan_files([e[0] for e in entries], dataset.root, advance, reporter.warning)
 
     unreadable = []
     counts = {name: [0] * len(dataset.class_names) for name in dataset.splits}
@@ -228,6 +223,7 @@ def check_dataset(dataset, reporter=None):
         counts=counts, files=len(entries), sizes=sizes, modes=dict(modes),
         formats=dict(formats), unreadable=unreadable, duplicates=duplicates,
         warnings=warnings, trainable=trainable, reason=reason,
+        digests={path: facts[path].get("sha1") for path, _, _ in entries},
     )
 
 
@@ -250,7 +246,7 @@ def _duplicates(entries, facts):
         hashes = np.stack([np.frombuffer(bytes.fromhex(facts[p]["dhash"]), dtype=np.uint64)
                            for p, _ in readable])
         for i in range(len(readable) - 1):
-            distances = np.bitwise_count(hashes[i + 1 :] ^ hashes[i]).sum(axis=1)
+            distances = _bit_count(hashes[i + 1 :] ^ hashes[i])
             for offset in np.nonzero(distances <= NEAR_DUPLICATE_BITS)[0]:
                 j = i + 1 + int(offset)
                 (a, sa), (b, sb) = readable[i], readable[j]
@@ -261,6 +257,16 @@ def _duplicates(entries, facts):
     # Cross-split leaks first: they matter most.
     pairs.sort(key=lambda d: (d["split_a"] == d["split_b"], d["kind"] != "exact", d["a"]))
     return pairs
+
+
+# Set bits of each byte value: NumPy's own bitwise_count needs NumPy 2, and TensorFlow
+# 2.16 and 2.17 need NumPy 1.
+_BYTE_BITS = np.array([bin(value).count("1") for value in range(256)], dtype=np.uint16)
+
+
+def _bit_count(rows):
+    """Set bits in each row of a 2-D array of unsigned integers."""
+    return _BYTE_BITS[np.ascontiguousarray(rows).view(np.uint8)].sum(axis=1)
 
 
 def require_trainable(report):

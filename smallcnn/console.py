@@ -7,7 +7,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from smallcnn.reporting import Reporter
+from smallcnn.progress import Reporter
 
 
 
@@ -106,6 +106,19 @@ def summary_table(result):
     if imbalance > 3:
         weighted = "balanced" if metrics.get("class_weights") else "none"
         table.add_row("class imbalance", f"{imbalance:.1f}x (--class-weight {weighted})")
+    return table
+
+
+def cache_table(described):
+    """`smallcnn cache info` as a table: entries and size of each part, and the cap."""
+    table = Table(title=f"cache: {described['root']}")
+    table.add_column("part")
+    table.add_column("entries", justify="right")
+    table.add_column("size", justify="right")
+    for part, figures in described["parts"].items():
+        table.add_row(part, str(figures["entries"]), f"{figures['bytes'] / 2**20:.1f} MB")
+    table.add_row("all", str(sum(p["entries"] for p in described["parts"].values())),
+                  f"{described['bytes'] / 2**20:.1f} MB of {described['max_bytes'] / 2**30:.1f} GB")
     return table
 
 

@@ -73,9 +73,14 @@ def _visible_dirs(folder):
 
 
 def _image_files(folder):
+    """Image files under `folder`, following links to folders but never into a folder
+    already visited (a link cycle would otherwise never end)."""
     found = []
+    visited = set()
     for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        visited.add(os.path.realpath(dirpath))
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and
+                             os.path.realpath(os.path.join(dirpath, d)) not in visited)
         found.extend(os.path.join(dirpath, f) for f in sorted(filenames) if is_image_file(f))
     return found
 

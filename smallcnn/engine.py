@@ -7,8 +7,6 @@ on 2 cores at 224 px). The converted model is cached beside the feature cache, s
 conversion (several seconds) is paid once per base, weights and image size.
 """
 
-import hashlib
-import json
 import os
 import shutil
 import tempfile
@@ -16,8 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
-from smallcnn.features import cache_root, weights_identity
-from smallcnn.runtimes import TFLiteRuntime
+from smallcnn import cache
+from smallcnn.errors import UsageError
+from smallcnn.formats import TFLiteRuntime
 
 ENGINES = ("auto", "litert", "tf")
 
@@ -59,12 +58,18 @@ class LiteRTEngine(TFLiteRuntime):
         return super().__call__(images)
 
 
-def litert_path(spec, weights, image_size):
-    """Where the base's LiteRT conversion for these weights and size is cached."""
-    description = {"base": spec.name, "weights": weights_identity(weights), "size": image_size,
-                   "preprocessing": spec.preprocessing, "format": 1}
-    key = hashlib.sha256(json.dumps(description).encode()).hexdigest()[:32]
-    return cache_root("engines") / f"{spec.name}-{image_size}-{key}.tflite"
+def litert_name(spec, weights, image_size):
+    """The cache entry (in `engines`) of the base's LiteRT conversion for these weights
+    and size."""
+    key = cache.key("engines", base=spec.name, weights=cache.weights_identity(weights),
+                    size=image_size, preprocessing=spec.preprocessing)
+    return f"{spec.name}-{image_size}-{key[:32]}.tflite"
+
+
+def open_litert(name, warn=None):
+    """The cached LiteRT model `name` (in `engines`) opened in an interpreter, or None when
+    there is none; a damaged file is deleted (and reported), to be converted again."""
+    return cache.load("engines", name, LiteRTEngine, warn=warn)
 
 
 def convert_to_litert(model, path, quantize="none", calibration=None):
@@ -117,43 +122,58 @@ def convert_to_litert(model, path, quantize="none", calibration=None):
 
 
 def chosen_engine(requested="auto"):
-    """The engine to use: `$SMALLCNN_ENGINE` when set, else the one requested."""
-    return os.environ.get("SMALLCNN_ENGINE", requested)
+    """The engine to use: the one requested; for 'auto', `$SMALLCNN_ENGINE` when set."""
+    engine = requested
+    if requested == "auto":
+        engine = os.environ.get("SMALLCNN_ENGINE") or "auto"
+    if engine not in ENGINES:
+        where = "SMALLCNN_ENGINE" if requested == "auto" else "--engine"
+        raise UsageError(f"Unknown {where} {engine!r}. Choose one of: {', '.join(ENGINES)}.")
+    return engine
 
 
 def feature_engine(spec, weights, image_size, extractor, engine="auto", reporter=None):
     """The engine that computes pooled features for uint8/float image batches.
 
     Args:
-        engine: 'litert', 'tf', or 'auto' (LiteRT, falling back to TensorFlow when
-            LiteRT cannot be used here). Conversions of pretrained weights are cached.
+        engine: 'litert', 'tf', or 'auto' (LiteRT, falling back to TensorFlow, with a
+            warning that says why, when LiteRT cannot be used here; an explicit 'litert'
+            that cannot be used is an error). Conversions of pretrained weights are cached.
     """
-    from smallcnn.reporting import Reporter
+    from smallcnn.progress import Reporter
 
     reporter = reporter or Reporter()
     engine = chosen_engine(engine)
-    if engine not in ENGINES:
-        from smallcnn.errors import UsageError
-
-        raise UsageError(f"Unknown engine {engine!r}. Choose one of: {', '.join(ENGINES)}.")
     if engine == "tf":
         return TensorFlowEngine(extractor)
     try:
         if weights == "none":  # random weights: a conversion of its own, not cached
-            path = Path(tempfile.mkdtemp(prefix="smallcnn-engine-")) / "base.tflite"
-            convert_to_litert(extractor, path)
-            engine = LiteRTEngine(path)
-            shutil.rmtree(path.parent, ignore_errors=True)
-            return engine
-        path = litert_path(spec, weights, image_size)
-        if not path.exists():
-            reporter.note(f"Converting the base to LiteRT for faster inference (once): {path.name}")
-            convert_to_litert(extractor, path)
-        return LiteRTEngine(path)
+            return _uncached_litert(extractor)
+        name = litert_name(spec, weights, image_size)
+        opened = open_litert(name, warn=reporter.warning)
+        if opened is None:
+            reporter.note(f"Converting the base to LiteRT for faster inference (once): {name}")
+            stored = cache.store("engines", name,
+                                 lambda temp: convert_to_litert(extractor, Path(temp)),
+                                 warn=reporter.warning)
+            opened = LiteRTEngine(stored) if stored else _uncached_litert(extractor)
+        return opened
     except Exception as error:  # no LiteRT wheel for this platform, or an op it lacks
-        reporter.warning(f"LiteRT is not usable here ({type(error).__name__}: {error}); "
-                         "using TensorFlow for the base.")
+        reason = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
+        if engine == "litert":
+            raise UsageError(f"--engine litert: LiteRT cannot run this base here ({reason}); "
+                             "use --engine auto or --engine tf.") from error
+        reporter.warning(f"LiteRT is not usable here ({reason}); using TensorFlow for the base.")
         return TensorFlowEngine(extractor)
+
+
+def _uncached_litert(model):
+    path = Path(tempfile.mkdtemp(prefix="smallcnn-engine-")) / "model.tflite"
+    try:
+        convert_to_litert(model, path)
+        return LiteRTEngine(path)
+    finally:
+        shutil.rmtree(path.parent, ignore_errors=True)
 
 
 def compute_features(engine, images, batch_size=32, progress=None):

@@ -8,7 +8,7 @@ import numpy as np
 
 from smallcnn import runs
 from smallcnn.errors import DataError, UsageError
-from smallcnn.reporting import Reporter
+from smallcnn.progress import Reporter
 
 CONFUSION_FILE = "confusion.png"
 

@@ -25,8 +25,8 @@ import numpy as np
 
 from smallcnn import __version__, runs
 from smallcnn.errors import DataError, ModelError, UsageError
-from smallcnn.reporting import Reporter
-from smallcnn.runtimes import FORMATS, open_model, run_batches
+from smallcnn.progress import Reporter
+from smallcnn.formats import FORMATS, LABELS_FILE, contract_path, open_model, run_batches
 
 QUANTIZATIONS = ("none", "float16", "int8")
 # Which quantizations each format offers.
@@ -35,13 +35,9 @@ SUPPORTED = {"keras": ("none",), "savedmodel": ("none",), "tflite": QUANTIZATION
 # The least top-1 agreement with the Keras model on the validation images.
 MIN_AGREEMENT = {"none": 0.99, "float16": 0.99, "int8": 0.97}
 CALIBRATION_IMAGES = 100  # training images that calibrate int8 activation ranges
-LABELS_FILE = "labels.txt"
 RESIZE_CONTRACT = ("the whole image resized to size x size (bilinear, no crop), after applying "
                    "its EXIF orientation; transparency composited on white; RGB order")
 
-_CAFFE_BGR_MEAN = (103.939, 116.779, 123.68)
-_TORCH_MEAN = np.array((0.485, 0.456, 0.406))
-_TORCH_STD = np.array((0.229, 0.224, 0.225))
 
 
 @dataclasses.dataclass
@@ -63,30 +59,16 @@ class ExportResult:
 
 
 def standard_preprocessing(mode):
-    """Standard Keras layers that do what `smallcnn.layers.Preprocess(mode)` does.
-
-    Returns:
-        A function from a uint8 image tensor to the base's input.
-    """
+    """A function from a uint8 image tensor to the base's input, in standard layers."""
     from keras import layers
 
-    if mode == "tf":
-        return layers.Rescaling(1 / 127.5, offset=-1.0, name="preprocess")
-    if mode == "scale":
-        return layers.Rescaling(1 / 255.0, name="preprocess")
-    if mode == "torch":
-        return layers.Rescaling(list(1 / (255.0 * _TORCH_STD)), list(-_TORCH_MEAN / _TORCH_STD),
-                                name="preprocess")
-    if mode == "none":
-        return layers.Rescaling(1.0, name="preprocess")
-    if mode == "caffe":  # RGB -> BGR and minus the mean, as one fixed 1x1 convolution
-        cast = layers.Rescaling(1.0, name="preprocess_cast")
-        convert = layers.Conv2D(3, 1, name="preprocess", trainable=False)
-        convert.build((None, None, None, 3))
-        convert.set_weights([np.eye(3, dtype="float32")[::-1].reshape(1, 1, 3, 3),
-                             -np.asarray(_CAFFE_BGR_MEAN, dtype="float32")])
-        return lambda x: convert(cast(x))
-    raise ModelError(f"Unknown preprocessing {mode!r} in the run's smallcnn.json.")
+    from smallcnn.layers import PREPROCESSING_MODES, preprocessing_layer
+
+    if mode not in PREPROCESSING_MODES:
+        raise ModelError(f"Unknown preprocessing {mode!r} in the run's smallcnn.json.")
+    cast = layers.Rescaling(1.0, name="preprocess_cast")  # uint8 in, float out
+    convert = preprocessing_layer(mode)
+    return lambda x: convert(cast(x))
 
 
 def portable_model(model, config):
@@ -118,12 +100,6 @@ def default_output(run_dir, format, quantize):
     name = {"keras": f"{stem}.keras", "savedmodel": "savedmodel", "tflite": f"{stem}.tflite",
             "onnx": f"{stem}.onnx"}[format]
     return Path(run_dir) / "export" / name
-
-
-def contract_path(path):
-    """The input-contract JSON beside an exported model: model.tflite -> model.tflite.json."""
-    path = Path(path)
-    return path.parent / f"{path.name}.json"
 
 
 def _validate(format, quantize, out):

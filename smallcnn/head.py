@@ -24,6 +24,14 @@ from smallcnn.errors import UsageError
 OPTIMIZERS = ("adam", "sgd", "rmsprop", "adagrad")
 LR_SCHEDULES = ("constant", "plateau", "exponential", "cosine")
 EPSILON = 1e-7  # Keras' default for every optimizer here
+# --lr-schedule plateau: keras.callbacks.ReduceLROnPlateau with these arguments (min_delta
+# is Keras' default), its patience half the early-stopping patience (`plateau_patience`).
+PLATEAU = dict(factor=0.2, min_lr=1e-7, min_delta=1e-4)
+
+
+def plateau_patience(patience):
+    """Epochs without a better val_loss before the plateau schedule lowers the rate."""
+    return max(1, patience // 2)
 
 
 def check_optimizer(name, learning_rate, schedule="constant"):
@@ -252,15 +260,18 @@ def train(train_x, train_y, val, settings, num_classes, class_weights=None, weig
 
     With `members` > 1 it trains that many heads side by side, each exactly as a
     single head with seed `settings.seed + k` would train: its own Glorot draw,
-    shuffling, dropout masks and early stopping on its own val_loss. What it returns is
-    the merge of their kept weights (see `merge`): one head whose logits are the mean
-    of theirs, no slower to predict, and less dependent on one lucky or unlucky seed.
-    (ReduceLROnPlateau, if asked for, follows the merged head's val_loss.)
+    shuffling, dropout masks and early stopping on its own val_loss. A member that
+    stops takes back its best weights and trains no more, so the merge of the members
+    as they are at an epoch's end is the model that would be saved if training ended
+    there: it is what the history's val_loss and val_accuracy describe, and what
+    ReduceLROnPlateau (if asked for) follows. What it returns is the merge of their
+    kept weights (see `merge`): one head whose logits are the mean of theirs, no slower
+    to predict, and less dependent on one lucky or unlucky seed.
 
     Args:
         train_x, train_y: float feature rows and integer labels.
         val: `(features, labels)`, for val_loss (early stopping) and val_accuracy.
-        settings: a resolved `smallcnn.training.Settings` (optimizer, learning_rate,
+        settings: a resolved `smallcnn.train.Settings` (optimizer, learning_rate,
             momentum, nesterov, lr_schedule, dropout, hidden, patience, batch_size,
             epochs, seed).
         class_weights: {class index: weight}, or None.
@@ -302,7 +313,8 @@ def train(train_x, train_y, val, settings, num_classes, class_weights=None, weig
     steps = math.ceil(len(train_x) / s.batch_size)
     rate = s.learning_rate  # what ReduceLROnPlateau lowers
     best, kept, wait, done = [math.inf] * members, [None] * members, [0] * members, [False] * members
-    plateau_best, plateau_wait, plateau_patience = math.inf, 0, max(1, s.patience // 2)
+    stopped_members = []
+    plateau_best, plateau_wait, plateau_after = math.inf, 0, plateau_patience(s.patience)
     history = []
     for epoch in range(s.epochs):
         started = time.perf_counter()
@@ -319,6 +331,9 @@ def train(train_x, train_y, val, settings, num_classes, class_weights=None, weig
                 loss, right, grads = _gradients(stacked, x, y, sample_weight, dropout)
                 lr = scheduled_rate(rate, s.lr_schedule, optimizer.iterations, steps, s.epochs)
                 optimizer.apply(stacked, grads, lr)
+                for k in stopped_members:  # a member that stopped keeps its best weights
+                    for w, best_w in zip(stacked, kept[k]):
+                        w[k] = best_w
                 loss_sum += loss * y.shape[1]
                 correct += right
                 seen += y.size
@@ -344,6 +359,11 @@ def train(train_x, train_y, val, settings, num_classes, class_weights=None, weig
                 improved += 1
             elif wait[k] >= s.patience and epoch > 0:
                 done[k] = True
+                stopped_members.append(k)
+                for w, best_w in zip(stacked, kept[k]):
+                    w[k] = best_w
+                if members > 1:  # the merge to describe is the one with its best weights
+                    val_loss, val_accuracy = evaluate(merge(stacked), val_x, val_y)
         logs = {
             "accuracy": correct / seen,
             "loss": loss_sum * members / seen,
@@ -360,14 +380,14 @@ def train(train_x, train_y, val, settings, num_classes, class_weights=None, weig
             on_epoch(epoch + 1, logs)
         if all(done):
             stopped = True
-        # ReduceLROnPlateau(monitor="val_loss", factor=0.2, min_lr=1e-7, min_delta=1e-4)
+        # ReduceLROnPlateau(monitor="val_loss", **PLATEAU)
         if s.lr_schedule == "plateau":
-            if val_loss < plateau_best - 1e-4:
+            if val_loss < plateau_best - PLATEAU["min_delta"]:
                 plateau_best, plateau_wait = val_loss, 0
             else:
                 plateau_wait += 1
-                if plateau_wait >= plateau_patience and rate > 1e-7:
-                    rate, plateau_wait = max(rate * 0.2, 1e-7), 0
+                if plateau_wait >= plateau_after and rate > PLATEAU["min_lr"]:
+                    rate, plateau_wait = max(rate * PLATEAU["factor"], PLATEAU["min_lr"]), 0
         if stopped:
             break
     if any(k is None for k in kept):  # no epoch ran

@@ -7,6 +7,7 @@ then a resize to a square of the model's size.
 """
 
 import os
+import struct
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -19,6 +20,10 @@ from smallcnn.errors import DataError
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
 # Pillow's own decompression-bomb threshold; a 20,000 x 20,000 scan is above it.
 PIXEL_LIMIT = 178_956_970
+# What Pillow's decoders raise for a damaged or foreign file. Anything else (MemoryError,
+# a programming error) is not a property of the file, and is not called "unreadable".
+DECODER_ERRORS = (OSError, ValueError, SyntaxError, EOFError, struct.error, IndexError, KeyError,
+                  ZeroDivisionError, Image.DecompressionBombError)
 
 
 class UnreadableImage(DataError):
@@ -115,7 +120,7 @@ def _decode(path, size):
             if any("exif" in key.lower() or "xmp" in key.lower() for key in image.info):
                 try:  # an orientation can only come from EXIF or XMP metadata
                     image = ImageOps.exif_transpose(image)
-                except Exception:  # a damaged EXIF block: keep the pixels as stored
+                except DECODER_ERRORS:  # a damaged EXIF block: keep the pixels as stored
                     pass
             image = _to_rgb(image)
             if image.size != (size, size):
@@ -124,7 +129,7 @@ def _decode(path, size):
             return np.frombuffer(image.tobytes(), np.uint8).reshape(size, size, 3)
     except UnreadableImage:
         raise
-    except Exception as error:  # any decoder failure is a property of the file
+    except DECODER_ERRORS as error:  # a decoder failure is a property of the file
         raise UnreadableImage(path, reason_for(error)) from None
 
 

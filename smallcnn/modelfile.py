@@ -11,8 +11,6 @@ second, and with no TensorFlow imported.
 
 import dataclasses
 import datetime
-import hashlib
-import importlib.metadata
 import io
 import json
 import zipfile
@@ -20,11 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from smallcnn import __version__
-from smallcnn.features import cache_root, weights_identity
-from smallcnn.runs import atomic_write
+from smallcnn import cache
 
-TEMPLATE_FORMAT = 1
 WEIGHTS_ENTRY = "model.weights.h5"
 METADATA_ENTRY = "metadata.json"
 
@@ -41,40 +36,30 @@ def template_key(spec, weights, image_size, feature_width, num_classes, hidden, 
     """A hex digest naming the classifier template, or None for random base weights."""
     if weights == "none":
         return None  # a random base differs each run: nothing to reuse
-    description = {
-        "format": TEMPLATE_FORMAT,
-        "smallcnn": __version__,
-        "keras": importlib.metadata.version("keras"),
-        "base": spec.name,
-        "weights": weights_identity(weights),
-        "image_size": image_size,
-        "preprocessing": spec.preprocessing,
-        "head": [feature_width, num_classes, hidden, dropout],
-    }
-    return hashlib.sha256(json.dumps(description).encode()).hexdigest()
+    return cache.key("templates", base=spec.name, weights=cache.weights_identity(weights),
+                     image_size=image_size, preprocessing=spec.preprocessing,
+                     head=[feature_width, num_classes, hidden, dropout])
 
 
-def _paths(key):
-    folder = cache_root("templates")
-    return folder / f"{key}.keras", folder / f"{key}.json"
+def _read_template(meta):
+    described = json.loads(meta.read_text())
+    archive = meta.with_suffix(".keras")
+    with zipfile.ZipFile(archive) as opened:  # a truncated archive fails here
+        damaged = opened.testzip()
+        if damaged is not None or WEIGHTS_ENTRY not in opened.namelist():
+            raise zipfile.BadZipFile(f"{archive.name}: {damaged or WEIGHTS_ENTRY} is damaged")
+    return Template(archive, described["base_layer"], described["head_datasets"],
+                    [tuple(s) for s in described["shapes"]])
 
 
-def load_template(key):
-    """The cached template named `key`, or None."""
+def load_template(key, warn=None):
+    """The cached template named `key`, or None (a damaged one is deleted and reported)."""
     if key is None:
         return None
-    archive, meta = _paths(key)
-    try:
-        described = json.loads(meta.read_text())
-        if not archive.is_file():
-            return None
-        return Template(archive, described["base_layer"], described["head_datasets"],
-                        [tuple(s) for s in described["shapes"]])
-    except (OSError, ValueError, KeyError):
-        return None
+    return cache.load("templates", f"{key}.json", _read_template, warn=warn)
 
 
-def save_template(model, head, base_layer, key):
+def save_template(model, head, base_layer, key, warn=None):
     """Saves `model` (whose head layer is `head`) as the template named `key`.
 
     The head's weights are first set to distinct markers, to find where Keras put
@@ -82,12 +67,12 @@ def save_template(model, head, base_layer, key):
     """
     import h5py
 
-    archive, meta = _paths(key)
-    archive.parent.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(0)
     markers = [rng.uniform(1.0, 2.0, w.shape).astype(np.float32) for w in head.get_weights()]
     head.set_weights(markers)
-    atomic_write(archive, lambda temp: model.save(temp))
+    archive = cache.store("templates", f"{key}.keras", lambda temp: model.save(temp), warn=warn)
+    if archive is None:
+        return None
     with zipfile.ZipFile(archive) as source:
         weights = h5py.File(io.BytesIO(source.read(WEIGHTS_ENTRY)), "r")
     found = []
@@ -106,9 +91,9 @@ def save_template(model, head, base_layer, key):
         found.append(matches[0])
     weights.close()
     template = Template(archive, base_layer, found, [m.shape for m in markers])
-    atomic_write(meta, lambda temp: Path(temp).write_text(json.dumps({
+    cache.store("templates", f"{key}.json", lambda temp: Path(temp).write_text(json.dumps({
         "base_layer": base_layer, "head_datasets": found,
-        "shapes": [list(s) for s in template.shapes]})))
+        "shapes": [list(s) for s in template.shapes]})), warn=warn)
     return template
 
 

@@ -5,7 +5,7 @@ from keras import layers
 
 from smallcnn.errors import ModelError, UsageError
 from smallcnn.head import check_optimizer
-from smallcnn.layers import Preprocess
+from smallcnn.layers import preprocessing_layer
 
 HEAD_NAME = "head"
 
@@ -29,7 +29,7 @@ def build_classifier(spec, base, head, image_size):
     inference mode even when some of its layers are unfrozen for fine-tuning.
     """
     inputs = keras.Input((image_size, image_size, 3), name="image")
-    x = Preprocess(spec.preprocessing, name="preprocess")(inputs)
+    x = preprocessing_layer(spec.preprocessing)(inputs)
     x = base(x, training=False)
     features = layers.GlobalAveragePooling2D(name="pool")(x)
     outputs = head(features)
@@ -39,7 +39,7 @@ def build_classifier(spec, base, head, image_size):
 def feature_extractor(spec, base, image_size):
     """Raw pixels -> pooled base features (what `extract` caches)."""
     inputs = keras.Input((image_size, image_size, 3), name="image")
-    x = Preprocess(spec.preprocessing, name="preprocess")(inputs)
+    x = preprocessing_layer(spec.preprocessing)(inputs)
     x = base(x, training=False)
     features = layers.GlobalAveragePooling2D(name="pool")(x)
     return keras.Model(inputs, features, name=f"{spec.name}_features")
@@ -76,40 +76,40 @@ def make_optimizer(name, learning_rate, momentum=0.9, nesterov=False, schedule="
     return keras.optimizers.Adagrad(rate)
 
 
-def compile_model(model, optimizer, steps_per_execution=1):
-    """Compiles for integer labels. A head trained on feature arrays runs many steps per
-    call (`steps_per_execution`): its steps are so small that Python overhead dominates."""
-    model.compile(
-        optimizer=optimizer,
-        loss="sparse_categorical_crossentropy",
-        metrics=["accuracy"],
-        steps_per_execution=steps_per_execution,
-    )
+def compile_model(model, optimizer):
+    """Compiles for integer labels."""
+    model.compile(optimizer=optimizer, loss="sparse_categorical_crossentropy",
+                  metrics=["accuracy"])
 
 
 def count_params(weights):
     return int(sum(int(w.numpy().size) for w in weights))
 
 
-def unfreeze_top(base, count):
-    """Makes the top `count` layers of the base that have weights trainable.
+def unfreeze_candidates(base):
+    """The base's layers that `--unfreeze` counts: those with weights, BatchNormalization
+    excepted (its statistics and scales stay as pretrained)."""
+    return [layer for layer in base.layers
+            if layer.weights and not isinstance(layer, layers.BatchNormalization)]
 
-    BatchNormalization layers are never unfrozen (nor counted): their statistics and
-    scales stay as pretrained. Returns the names of the unfrozen layers, top first.
-    """
+
+def check_unfreeze(base, count):
+    """Refuses an `--unfreeze` count the base cannot take."""
     if count < 1:
         raise UsageError(f"--unfreeze must be at least 1. Received: {count}")
-    candidates = [
-        layer
-        for layer in base.layers
-        if layer.weights and not isinstance(layer, layers.BatchNormalization)
-    ]
-    if count > len(candidates):
+    available = len(unfreeze_candidates(base))
+    if count > available:
         raise UsageError(
-            f"--unfreeze {count} is more than the {len(candidates)} layers with weights "
-            f"in the {base.name} base."
+            f"--unfreeze {count} is more than the {available} layers with weights "
+            f"in the {base.name} base; give at most {available}."
         )
-    chosen = candidates[-count:]
+
+
+def unfreeze_top(base, count):
+    """Makes the top `count` layers of the base that have weights trainable
+    (see `unfreeze_candidates`). Returns their names, top first."""
+    check_unfreeze(base, count)
+    chosen = unfreeze_candidates(base)[-count:]
     base.trainable = True
     for layer in base.layers:
         layer.trainable = False

@@ -127,10 +127,3 @@ def overlay(image, heatmap, alpha=0.45):
     colours = colormaps["jet"](resized)[..., :3] * 255
     return np.uint8(np.clip((1 - alpha) * image + alpha * colours, 0, 255))
 
-
-def save_png(pixels, path):
-    """Writes an RGB uint8 array as a PNG, atomically."""
-    from PIL import Image
-
-    atomic_write(path, lambda temp: Image.fromarray(np.asarray(pixels, dtype=np.uint8)).save(
-        temp, format="PNG"))

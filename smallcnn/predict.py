@@ -16,11 +16,12 @@ class Prediction:
     label: str
     probability: float
     top: list  # [{"label": ..., "probability": ...}], most probable first
+    engine: str = None  # what ran the model, and why a faster way was not usable
 
     def to_dict(self):
         # Not dataclasses.asdict: its deep copy was a third of printing 1,000 predictions.
         return {"path": self.path, "label": self.label, "probability": self.probability,
-                "top": [dict(entry) for entry in self.top]}
+                "top": [dict(entry) for entry in self.top], "engine": self.engine}
 
 
 class Classifier:
@@ -39,6 +40,8 @@ class Classifier:
         self.image_size = int(config["image_size"])
         self._litert = None
         self._without_tensorflow = None
+        self._not_litert = None  # why the model cannot run in LiteRT, once known
+        self.engine = None  # what ran the last predictions (see `_runner`)
 
     @property
     def model(self):
@@ -60,17 +63,25 @@ class Classifier:
         """The fastest way here to run `count` images: a function of a pixel array.
 
         Chosen once for all of them, so that every chunk of a folder runs in the same
-        engine (LiteRT and Keras differ in the last digits).
+        engine (LiteRT and Keras differ in the last digits). `self.engine` then says
+        which way it is, and why a faster one was not usable.
         """
         if self._without_tensorflow is None:
-            self._without_tensorflow = (self._base_engine_and_head() or
-                                        (self._litert_path_cached() and self._litert_engine()))
+            self._without_tensorflow = self._base_engine_and_head()
+            if not self._without_tensorflow and self._litert_path_cached():
+                self._without_tensorflow = self._litert_engine()
         if self._without_tensorflow:
             return self._without_tensorflow
+        why = self._not_litert
         if count >= self.litert_min_images:
             engine = self._litert_engine()
             if engine is not None:
                 return engine
+            why = self._not_litert
+        else:
+            why = why or (f"{count} image(s), under the {self.litert_min_images} that pay for "
+                          "converting the model to LiteRT")
+        self.engine = f"keras ({why})" if why else "keras"
         return lambda images: self._keras_probabilities(images, batch_size)
 
     def _keras_probabilities(self, images, batch_size):
@@ -101,42 +112,73 @@ class Classifier:
         from smallcnn.engine import chosen_engine
 
         route = self.config.get("prediction")
-        if not route or self.run_dir is None or chosen_engine() == "tf":
+        if not route or self.run_dir is None:
             return None
-        from smallcnn import head, modelfile
-        from smallcnn.engine import LiteRTEngine
-        from smallcnn.features import cache_root
+        if chosen_engine() == "tf":
+            self._not_litert = "SMALLCNN_ENGINE=tf"
+            return None
+        from smallcnn import cache, head, modelfile
+        from smallcnn.engine import open_litert
 
-        engine_file = cache_root("engines") / route["feature_engine"]
         model_file = Path(self.run_dir) / runs.MODEL_FILE
-        try:
-            if not engine_file.is_file() or \
-                    runs.file_sha256(model_file) != self.config.get("model_sha256"):
-                return None
-            weights = modelfile.read_head_weights(model_file, route["head_datasets"])
-            engine = LiteRTEngine(engine_file)
-        except Exception:  # no LiteRT here, or an unexpected file: Keras predicts
+        if runs.file_sha256(model_file) != self.config.get("model_sha256"):
+            self._not_litert = "model.keras is no longer the file extract wrote"
             return None
+        if not cache.path("engines", route["feature_engine"]).is_file():
+            self._not_litert = "the base's LiteRT conversion is no longer in the cache"
+            return None
+        try:
+            weights = modelfile.read_head_weights(model_file, route["head_datasets"])
+            engine = open_litert(route["feature_engine"], warn=self._warn)
+        except (ImportError, *cache.DAMAGE) as error:
+            self._not_litert = f"LiteRT is not usable here ({type(error).__name__}: {error})"
+            return None
+        if engine is None:
+            self._not_litert = "the base's LiteRT conversion was damaged"
+            return None
+        self.engine = "litert base + numpy head (the extract run's cached conversion)"
         return lambda images: head.probabilities(weights, engine(images))
 
-    def _litert_path(self):
-        return converted_model_path(self.run_dir) if self.run_dir is not None else None
+    def _warn(self, message):
+        import warnings
+
+        from smallcnn.cache import CacheWarning
+
+        warnings.warn(message, CacheWarning, stacklevel=2)
+
+    def _litert_name(self):
+        if self.run_dir is None:
+            return None
+        name = converted_model_name(self.run_dir)
+        if name is None:
+            self._not_litert = "SMALLCNN_ENGINE=tf"
+        return name
 
     def _litert_path_cached(self):
-        path = self._litert_path()
-        return path is not None and path.is_file()
+        from smallcnn import cache
+
+        name = self._litert_name()
+        return name is not None and cache.path("engines", name).is_file()
 
     def _litert_engine(self):
         """The whole model in LiteRT (converted on first use, then cached)."""
-        path = self._litert_path()
-        if self._litert is None and path is not None:
-            from smallcnn.engine import LiteRTEngine, convert_to_litert
+        from smallcnn import cache
+
+        name = self._litert_name()
+        if self._litert is None and name is not None:
+            from smallcnn.engine import LiteRTEngine, convert_to_litert, open_litert
 
             try:
-                if not path.exists():
-                    convert_to_litert(self.model, path)
-                self._litert = LiteRTEngine(path)
-            except Exception:  # no LiteRT here: TensorFlow predicts, only slower
+                self._litert = open_litert(name, warn=self._warn)
+                self.engine = "litert (the run's cached conversion)"
+                if self._litert is None:
+                    stored = cache.store("engines", name,
+                                         lambda temp: convert_to_litert(self.model, Path(temp)),
+                                         warn=self._warn)
+                    self._litert = LiteRTEngine(stored) if stored else False
+                    self.engine = "litert (converted now, cached)"
+            except (ImportError, *cache.DAMAGE) as error:  # no LiteRT here: Keras predicts
+                self._not_litert = f"LiteRT is not usable here ({type(error).__name__}: {error})"
                 self._litert = False
         return self._litert or None
 
@@ -151,6 +193,7 @@ class Classifier:
             DataError: a path does not exist, or an image cannot be read (see
                 `predict_paths` to predict the readable ones and list the others).
         """
+        check_counts(top_k, batch_size)
         if isinstance(images, np.ndarray):
             probabilities = self.probabilities(images, batch_size)
             return [self._prediction(None, row, top_k) for row in probabilities]
@@ -166,6 +209,7 @@ class Classifier:
             `(predictions, failures)`: a `Prediction` for each readable image, and an
             `UnreadableImage` error for each image that cannot be read.
         """
+        check_counts(top_k, batch_size)
         if isinstance(paths, (str, Path)):
             paths = [paths]
         paths = expand_paths(paths)
@@ -203,7 +247,7 @@ class Classifier:
     def _prediction(self, path, row, top_k):
         order = np.argsort(row)[::-1][: max(1, top_k)]
         top = [{"label": self.class_names[i], "probability": float(row[i])} for i in order]
-        return Prediction(path, top[0]["label"], top[0]["probability"], top)
+        return Prediction(path, top[0]["label"], top[0]["probability"], top, self.engine)
 
 
 class ExportedClassifier(Classifier):
@@ -219,9 +263,10 @@ class ExportedClassifier(Classifier):
         self.image_size = int(runtime.input_shape[1])
         self.config = {"class_names": self.class_names, "image_size": self.image_size,
                        "format": runtime.format}
+        self.engine = f"{runtime.format} file in its own runtime"
 
     def _runner(self, count, batch_size=32):
-        from smallcnn.runtimes import run_batches
+        from smallcnn.formats import run_batches
 
         def run(images):
             if images.dtype != np.uint8:
@@ -231,22 +276,23 @@ class ExportedClassifier(Classifier):
         return run
 
 
-def converted_model_path(run_dir):
-    """Where a run's whole model is cached in LiteRT (keyed by the model file's path, size
-    and time), or None where LiteRT is not to be used (SMALLCNN_ENGINE=tf)."""
-    import hashlib
-
+def converted_model_name(run_dir):
+    """The cache entry (in `engines`) of a run's whole model in LiteRT, keyed by the model
+    file's stamp, or None where LiteRT is not to be used (SMALLCNN_ENGINE=tf)."""
+    from smallcnn import cache
     from smallcnn.engine import chosen_engine
-    from smallcnn.features import cache_root
 
     if chosen_engine() == "tf":
         return None
-    model_file = Path(run_dir) / runs.MODEL_FILE
-    stat = model_file.stat()
-    key = hashlib.sha256(
-        f"{model_file.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode()
-    ).hexdigest()[:32]
-    return cache_root("engines") / f"model-{key}.tflite"
+    stamp = cache.file_stamp(Path(run_dir) / runs.MODEL_FILE)
+    return f"model-{cache.key('engines', model_file=stamp)[:32]}.tflite"
+
+
+def check_counts(top_k, batch_size):
+    """Refuses a --top-k or --batch-size below 1."""
+    for name, value in (("top-k", top_k), ("batch-size", batch_size)):
+        if value < 1:
+            raise UsageError(f"--{name} must be at least 1. Received: {value}")
 
 
 def load_exported(path):
@@ -254,8 +300,7 @@ def load_exported(path):
     beside it, or labels.txt)."""
     import json
 
-    from smallcnn.export import LABELS_FILE, contract_path
-    from smallcnn.runtimes import open_model
+    from smallcnn.formats import LABELS_FILE, contract_path, open_model
 
     path = Path(path).expanduser()
     runtime = open_model(path)
@@ -293,7 +338,7 @@ def load_run(path=None):
 
 def is_exported(path):
     """Whether `path` names an exported model rather than a run folder (or a run's model)."""
-    from smallcnn.runtimes import format_of
+    from smallcnn.formats import format_of
 
     path = Path(path).expanduser()
     if format_of(path) is None:

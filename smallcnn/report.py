@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from smallcnn import runs
-from smallcnn.reporting import Reporter
+from smallcnn.progress import Reporter
 
 REPORT_FILE = "report.html"
 MAX_WRONG = 60  # misclassified images shown with their heatmaps

@@ -112,9 +112,6 @@ class Picture:
     label: str = None
     probability: float = None
 
-    def to_dict(self):
-        return dataclasses.asdict(self)
-
 
 def _out_dir(classifier, out):
     folder = Path(out) if out is not None else Path(classifier.run_dir) / VISUALIZE_DIR

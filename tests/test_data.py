@@ -57,3 +57,34 @@ def test_refusals(tmp_path, setup, message):
     setup(root)
     with pytest.raises(DataError, match=message):
         find_dataset(root)
+
+
+def test_a_symlink_cycle_is_followed_once(tmp_path):
+    import os
+
+    root = make_dataset(tmp_path / "d", splits=())
+    os.symlink(".", root / "red" / "loop")  # red/loop -> red: a cycle
+    dataset = find_dataset(root)
+    assert len(dataset.train) + len(dataset.val) == 24  # 12 of each class, each once
+
+
+def test_the_data_folder_of_a_run_is_recorded_absolute(tmp_path, monkeypatch):
+    from conftest import invoke
+
+    make_dataset(tmp_path / "d")
+    monkeypatch.chdir(tmp_path)
+    trained = invoke("extract", "d", "--base", "small", "--image-size", "32", "--epochs", "2",
+                     "--out", "run")
+    assert trained.exit_code == 0, trained.output
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    evaluated = invoke("evaluate", tmp_path / "run", "--json")
+    assert evaluated.exit_code == 0, evaluated.output
+    assert evaluated.stdout and '"accuracy"' in evaluated.stdout
+    # A run whose data moved finds it when told where.
+    (tmp_path / "d").rename(tmp_path / "moved")
+    lost = invoke("evaluate", tmp_path / "run")
+    assert lost.exit_code == 3 and "is not there" in lost.output
+    found = invoke("evaluate", tmp_path / "run", tmp_path / "moved")
+    assert found.exit_code == 0, found.output

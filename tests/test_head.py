@@ -8,7 +8,7 @@ import pytest
 
 from smallcnn import head as numpy_head
 from smallcnn.models import build_head, compile_model, make_optimizer
-from smallcnn.training import Settings
+from smallcnn.train import Settings
 
 
 def features(seed=0, n=96, width=12, classes=3):
@@ -28,9 +28,10 @@ def keras_fit(settings, weights, train, val, classes, class_weights=None):
                                         s.lr_schedule, steps, s.epochs))
     callbacks = [keras.callbacks.EarlyStopping(monitor="val_loss", patience=s.patience,
                                                restore_best_weights=True)]
-    if s.lr_schedule == "plateau":
+    if s.lr_schedule == "plateau":  # as smallcnn.train.keras_loop.callbacks makes it
         callbacks.append(keras.callbacks.ReduceLROnPlateau(
-            monitor="val_loss", factor=0.2, patience=max(1, s.patience // 2), min_lr=1e-7))
+            monitor="val_loss", patience=numpy_head.plateau_patience(s.patience),
+            **numpy_head.PLATEAU))
     history = model.fit(*train, validation_data=val, batch_size=s.batch_size, epochs=s.epochs,
                         shuffle=False, class_weight=class_weights, verbose=0, callbacks=callbacks)
     return model.get_weights(), history.history
@@ -45,6 +46,9 @@ CASES = [
     dict(optimizer="rmsprop", learning_rate=1e-3, hidden=8),
     dict(optimizer="adagrad", learning_rate=5e-2),
     dict(optimizer="adam", learning_rate=2.0, lr_schedule="plateau", patience=4),  # lowers at 5
+    # A rate this high overfits within a few epochs: early stopping ends the run and the
+    # best epoch's weights come back.
+    dict(optimizer="adam", learning_rate=1.0, patience=2, epochs=12),
 ]
 
 
@@ -61,6 +65,8 @@ def test_same_updates_and_history_as_keras(case, balanced):
     weights, history = numpy_head.train(*train, val, settings, 3, class_weights=class_weights,
                                         weights=initial, shuffle=False)
     assert len(history) == len(expected["loss"])
+    if "epochs" in case:  # the case made to stop early: early stopping fired in both
+        assert len(history) < settings.epochs
     for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
         np.testing.assert_allclose([h[key] for h in history], expected[key], rtol=2e-4,
                                    atol=2e-5, err_msg=key)
@@ -82,6 +88,37 @@ def test_early_stopping_keeps_the_best_epoch():
     best = int(np.argmin(losses))
     assert len(history) == best + 1 + settings.patience
     assert numpy_head.evaluate(weights, x[60:], y[60:])[0] == pytest.approx(losses[best], rel=1e-5)
+
+
+class _FixedMask:
+    """A dropout whose mask is given: the gradients can be checked by finite differences."""
+
+    def __init__(self, mask, rate):
+        self.mask, self.scale = mask, 1 / (1 - rate)
+
+    def __call__(self, x):
+        return x * self.mask * self.scale, self.mask
+
+
+@pytest.mark.parametrize("hidden", [0, 6], ids=["linear", "hidden"])
+def test_gradients_with_dropout_match_finite_differences(hidden):
+    x, y = features(seed=9, n=10, width=5)
+    x = x.astype(np.float64)
+    weights = [w.astype(np.float64) for w in numpy_head.init_weights(5, 3, hidden, seed=2)]
+    width = hidden or 5
+    mask = np.random.default_rng(1).random((10, width)) >= 0.4
+    dropout = _FixedMask(mask, 0.4)
+    _, _, grads = numpy_head._gradients(weights, x, y, None, dropout)
+    step = 1e-6
+    for w, g in zip(weights, grads):
+        for index in list(np.ndindex(w.shape))[:: max(1, w.size // 12)]:
+            saved = w[index]
+            w[index] = saved + step
+            up = numpy_head._gradients(weights, x, y, None, dropout)[0]
+            w[index] = saved - step
+            down = numpy_head._gradients(weights, x, y, None, dropout)[0]
+            w[index] = saved
+            assert g[index] == pytest.approx((up - down) / (2 * step), rel=1e-4, abs=1e-7)
 
 
 def test_dropout_trains_and_inference_is_deterministic():
@@ -123,7 +160,12 @@ def test_several_heads_train_as_separate_runs_and_merge_into_one(hidden):
     # Its logs: the epoch's merged head on validation, and how many members improved.
     assert [h["heads_improved"] for h in history][0] == 3
     assert sum(h["heads_improved"] for h in history) >= 3
-    assert all(0.0 <= h["val_accuracy"] <= 1.0 for h in history)
+    # A member that stopped trains no more: when the last one stops, the epoch's merged
+    # head is the one returned (saved), and the history's last line describes it.
+    assert len(history) < settings.epochs
+    val_loss, val_accuracy = numpy_head.evaluate(merged, *val)
+    assert history[-1]["val_loss"] == pytest.approx(val_loss, rel=1e-5)
+    assert history[-1]["val_accuracy"] == val_accuracy
 
 
 def test_dropout_drops_at_the_asked_rate_and_keeps_the_mean():

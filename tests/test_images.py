@@ -98,3 +98,15 @@ def test_load_images_reports_failures_and_keeps_order(tmp_path):
     images, failures = load_images([good[0], bad, good[1], good[2]], 8)
     assert [f.path for f in failures] == [str(bad)]
     assert [int(images[i, 0, 0, 0]) for i in (0, 2, 3)] == [0, 40, 80]
+
+
+def test_a_failure_that_is_not_the_files_is_not_called_unreadable(tmp_path, monkeypatch):
+    path = tmp_path / "a.png"
+    Image.new("RGB", (8, 8), (10, 20, 30)).save(path)
+
+    def out_of_memory(*args, **kwargs):
+        raise MemoryError
+
+    monkeypatch.setattr(Image.Image, "load", out_of_memory)
+    with pytest.raises(MemoryError):
+        load_image(path, 8)

@@ -59,9 +59,19 @@ def test_sigint_saves_a_loadable_model_and_the_run_resumes(tmp_path):
     after = json.loads((run / "metrics.json").read_text())
     assert "interrupted" not in after
     assert after["epochs"] > metrics["epochs"]
-    assert after["val_loss"] <= metrics["val_loss"] + 1e-6
+    from smallcnn.train.keras_loop import KEEP_TOLERANCE
+
+    assert after["val_loss"] <= metrics["val_loss"] + KEEP_TOLERANCE
     config = json.loads((run / "smallcnn.json").read_text())
     assert config["resumed"] == ["smallcnn train --resume runs/i"]
+    assert config["data"] == str(data)
+    # Data that moved: the run is told where it is now, and records it.
+    data.rename(tmp_path / "moved")
+    lost = invoke("train", "--resume", "runs/i")
+    assert lost.exit_code == 3 and "smallcnn train DATA --resume runs/i" in lost.output
+    moved = invoke("train", "moved", "--resume", "runs/i")
+    assert moved.exit_code == 0, moved.output
+    assert json.loads((run / "smallcnn.json").read_text())["data"] == str(tmp_path / "moved")
 
 
 def test_resume_refuses_another_commands_run(tiny_data):
@@ -126,3 +136,27 @@ def test_an_extract_stopped_before_its_model_leaves_no_run_folder(tiny_data, mon
     monkeypatch.setattr(engine, "compute_features", interrupted)
     refused = invoke(*args, "--out", "runs/x")
     assert refused.exit_code == 2 and "already holds a run" in refused.output
+
+
+def test_ctrl_c_handlers_are_restored_when_fit_raises():
+    from smallcnn.train.callbacks import StopOnSignal
+    from smallcnn.train.keras_loop import fit
+
+    class Boom(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            raise RuntimeError("boom")
+
+    before = signal.getsignal(signal.SIGTERM)
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    model.compile("sgd", "mse")
+    with pytest.raises(RuntimeError, match="boom"):
+        fit(model, np.zeros((4, 2)), [StopOnSignal(), Boom()], y=np.zeros((4, 1)), epochs=2)
+    assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_one_rule_keeps_the_earlier_model():
+    from smallcnn.train.keras_loop import KEEP_TOLERANCE, worse_than
+
+    assert not worse_than(0.5, None)  # nothing earlier to keep
+    assert not worse_than(0.5 + KEEP_TOLERANCE / 2, 0.5)  # within noise: the new one stays
+    assert worse_than(0.5 + 2 * KEEP_TOLERANCE, 0.5)

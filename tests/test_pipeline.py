@@ -3,7 +3,7 @@ import numpy as np
 from smallcnn.augment import PRESETS, build_augmenter, resolve_augmentation
 from smallcnn.data import find_dataset
 from smallcnn.pipeline import batches, decode_split
-from smallcnn.reporting import Reporter
+from smallcnn.progress import Reporter
 
 
 class Notes(Reporter):
@@ -42,9 +42,24 @@ def test_horizontal_flip_alone_mirrors_images():
     image[:, :, :4] = 255  # white left half
     augmenter = build_augmenter(resolve_augmentation("none", flip="horizontal"), seed=0)
     seen = set()
-    for _ in range(12):
-        out = np.asarray(augmenter(image.astype("float32")))
+    for index in range(12):
+        out = np.asarray(augmenter(image.astype("float32"), index))
         left, right = out[0, :, :4].mean(), out[0, :, 4:].mean()
         seen.add("kept" if left > 200 and right < 50 else "mirrored" if right > 200 and left < 50
                  else "other")
     assert seen == {"kept", "mirrored"}
+
+
+def test_augmented_batches_are_the_same_for_the_same_seed_in_parallel(tiny_data):
+    split = decode_split(find_dataset(tiny_data).train, 32, Reporter())
+
+    def first_batches(seed, count=9):  # three epochs of three batches, prepared in parallel
+        stream = batches(split.images, split.labels, 8, shuffle=True, seed=seed, repeat=True,
+                         augmenter=build_augmenter(PRESETS["strong"], seed=seed))
+        return [x.numpy() for (x, _), _ in zip(stream, range(count))]
+
+    one, again, other = first_batches(5), first_batches(5), first_batches(6)
+    for a, b in zip(one, again):
+        np.testing.assert_array_equal(a, b)
+    assert any(not np.array_equal(a, b) for a, b in zip(one, other))
+    assert not np.array_equal(np.sort(one[0], axis=None), np.sort(one[3], axis=None))  # new draws each epoch

@@ -43,7 +43,7 @@ def objects(tmp_path_factory):
     """A model trained here on clutter images whose class is a coloured square's colour:
     (run folder, data folder, {validation image path: the square's box})."""
     from smallcnn import training
-    from smallcnn.training import Settings
+    from smallcnn.train import Settings
 
     root = tmp_path_factory.mktemp("objects")
     rng = np.random.default_rng(0)

@@ -14,7 +14,14 @@ import numpy as np
 from smallcnn.errors import ModelError, UsageError
 
 FORMATS = ("keras", "savedmodel", "tflite", "onnx")
+LABELS_FILE = "labels.txt"  # beside an exported model: one class per line, in output order
 SUFFIXES = {".keras": "keras", ".tflite": "tflite", ".onnx": "onnx"}
+
+
+def contract_path(path):
+    """The input-contract JSON beside an exported model: model.tflite -> model.tflite.json."""
+    path = Path(path)
+    return path.parent / f"{path.name}.json"
 
 
 def format_of(path):

@@ -115,4 +115,9 @@ class StopOnSignal(keras.callbacks.Callback):
             self.model.stop_training = True
 
     def on_train_end(self, logs=None):
+        self.uninstall()
+
+    def uninstall(self):
+        """Puts the previous handlers back (`keras_loop.fit` also calls this when `fit`
+        raises, since Keras then skips `on_train_end`)."""
         self._request.uninstall()

@@ -1,0 +1,241 @@
+"""smallcnn's on-disk cache: one place that names, writes, reads, heals and prunes entries.
+
+    ~/.cache/smallcnn (or $SMALLCNN_CACHE)
+        features/   pooled base features of a split (.npz)
+        engines/    LiteRT conversions of a base or of a run's model (.tflite)
+        templates/  whole classifiers that extract's model files are written from (.keras, .json)
+        scans/      what `check` found in each file of a data set (.json)
+
+Every key is a digest of what the entry depends on, the source code of the modules
+that produce it and the versions of the libraries they use: a change to decoding,
+preprocessing or model building makes new keys, never a stale hit. Files are
+identified by their content (the SHA-1 that `check` computes), or by path, size,
+modification time, change time and inode where content is not needed: `cp -p` or
+`rsync -t` can keep a size and a modification time, but not a change time.
+
+Entries are written atomically; an entry that cannot be read is deleted, reported in
+one line, and rebuilt by the caller. The cache is capped (`SMALLCNN_CACHE_MAX_GB`,
+default 5): storing an entry evicts the least recently used ones beyond the cap.
+"""
+
+import functools
+import hashlib
+import importlib.metadata
+import importlib.util
+import json
+import os
+import shutil
+import warnings
+import zipfile
+from pathlib import Path
+
+from smallcnn.runs import atomic_write
+
+PARTS = ("features", "engines", "templates", "scans")
+DEFAULT_MAX_GB = 5.0
+KEY_FORMAT = 2
+
+# The modules whose code, and the libraries whose versions, make each part's entries.
+_PRODUCERS = {
+    "features": ("smallcnn.images", "smallcnn.layers", "smallcnn.models", "smallcnn.bases",
+                 "smallcnn.engine"),
+    "engines": ("smallcnn.layers", "smallcnn.models", "smallcnn.bases", "smallcnn.engine"),
+    "templates": ("smallcnn.layers", "smallcnn.models", "smallcnn.bases", "smallcnn.modelfile"),
+    "scans": ("smallcnn.images", "smallcnn.check"),
+}
+_LIBRARIES = {
+    "features": ("numpy", "pillow", "keras", "tensorflow", "ai-edge-litert"),
+    "engines": ("keras", "tensorflow", "ai-edge-litert"),
+    "templates": ("keras", "h5py"),
+    "scans": ("numpy", "pillow"),
+}
+# What reading a damaged entry raises (np.load, zipfile, json, h5py, the LiteRT interpreter).
+DAMAGE = (OSError, EOFError, ValueError, KeyError, RuntimeError, zipfile.BadZipFile)
+
+
+class CacheWarning(UserWarning):
+    """A cache entry was damaged and removed, or could not be written."""
+
+
+def root(part=None):
+    """The cache folder, or one part of it."""
+    top = Path(os.environ.get("SMALLCNN_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "smallcnn"))
+    return top / part if part else top
+
+
+def max_bytes():
+    """The cap on the cache's size: `$SMALLCNN_CACHE_MAX_GB` (default 5) GiB."""
+    value = os.environ.get("SMALLCNN_CACHE_MAX_GB", str(DEFAULT_MAX_GB))
+    try:
+        return int(float(value) * 2**30)
+    except ValueError:
+        from smallcnn.errors import UsageError
+
+        raise UsageError(f"SMALLCNN_CACHE_MAX_GB must be a number of GiB. Received: {value!r}")
+
+
+@functools.lru_cache(maxsize=None)
+def _producer_fingerprint(part):
+    digest = hashlib.sha256()
+    for module in _PRODUCERS[part]:
+        digest.update(Path(importlib.util.find_spec(module).origin).read_bytes())
+    for library in _LIBRARIES[part]:
+        try:
+            version = importlib.metadata.version(library)
+        except importlib.metadata.PackageNotFoundError:
+            version = None
+        digest.update(f"{library}={version};".encode())
+    return digest.hexdigest()
+
+
+def key(part, **description):
+    """A hex digest naming an entry of `part` made from `description` (JSON values)."""
+    if part not in PARTS:
+        raise ValueError(f"Unknown cache part {part!r}. Expected one of {PARTS}.")
+    text = json.dumps({"format": KEY_FORMAT, "part": part, "code": _producer_fingerprint(part),
+                       **description}, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def file_stamp(path):
+    """What identifies a file without reading it: absolute path, size, modification time,
+    change time and inode (None for a file that cannot be looked at)."""
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return None
+    return [os.path.abspath(path), stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_ino]
+
+
+def weights_identity(weights):
+    """'imagenet', 'none', or the stamp of a weights file."""
+    return weights if weights in ("imagenet", "none") else file_stamp(weights)
+
+
+def path(part, name):
+    """Where the entry `name` (a key and a suffix) of `part` lives."""
+    return root(part) / name
+
+
+def _warn(message):
+    warnings.warn(message, CacheWarning, stacklevel=3)
+
+
+def load(part, name, read, warn=None):
+    """`read(path)` of an entry, or None when there is none.
+
+    An entry that `read` cannot read is deleted and reported through `warn` (default: a
+    `CacheWarning`), so the caller rebuilds it. Reading marks the entry as used.
+    """
+    entry = path(part, name)
+    if not entry.exists():
+        return None
+    try:
+        value = read(entry)
+    except DAMAGE as error:
+        remove(entry)
+        (warn or _warn)(f"Removed a damaged cache entry {entry} "
+                        f"({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}); "
+                        "it is rebuilt.")
+        return None
+    touch(entry)
+    return value
+
+
+def store(part, name, write, warn=None):
+    """Writes an entry atomically through `write(temp_path)`, then prunes the cache.
+
+    Returns the entry's path, or None when it could not be written (a read-only or full
+    disk only costs time on the next run; `warn` says so).
+    """
+    entry = path(part, name)
+    try:
+        entry.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(entry, write)
+    except OSError as error:
+        (warn or _warn)(f"Could not write the cache entry {entry} ({error.strerror or error}); "
+                        "the next run computes it again.")
+        return None
+    prune(keep=entry)
+    return entry
+
+
+def touch(entry):
+    """Marks an entry as just used (its modification time orders eviction)."""
+    try:
+        os.utime(entry)
+    except OSError:
+        pass  # a read-only cache still serves its entries; eviction order is all it costs
+
+
+def remove(entry):
+    """Deletes an entry and its companion files (same name, other suffix)."""
+    entry = Path(entry)
+    for companion in entry.parent.glob(f"{entry.stem}.*"):
+        companion.unlink(missing_ok=True)
+
+
+def entries():
+    """[(part, stem, bytes, last used, [files])] of every entry, least recently used first."""
+    found = {}
+    for part in PARTS:
+        folder = root(part)
+        if not folder.is_dir():
+            continue
+        for file in folder.iterdir():
+            if not file.is_file() or file.name.startswith("."):
+                continue  # a temporary file being written
+            try:
+                stat = file.stat()
+            except OSError:
+                continue
+            group = found.setdefault((part, file.stem), [0, 0.0, []])
+            group[0] += stat.st_size
+            group[1] = max(group[1], stat.st_mtime)
+            group[2].append(file)
+    listed = [(part, stem, size, used, files) for (part, stem), (size, used, files) in found.items()]
+    return sorted(listed, key=lambda e: e[3])
+
+
+def prune(limit=None, keep=None):
+    """Deletes the least recently used entries until the cache is within `limit` bytes
+    (default `max_bytes()`); the entry `keep` is never deleted. Returns what was freed."""
+    limit = max_bytes() if limit is None else limit
+    listed = entries()
+    total = sum(e[2] for e in listed)
+    freed = 0
+    keep = Path(keep) if keep is not None else None
+    for part, stem, size, used, files in listed:
+        if total - freed <= limit:
+            break
+        if keep is not None and keep in files:
+            continue
+        for file in files:
+            file.unlink(missing_ok=True)
+        freed += size
+    return freed
+
+
+def info():
+    """{"root", "max_bytes", "bytes", "parts": {part: {"entries", "bytes"}}}."""
+    listed = entries()
+    parts = {part: {"entries": 0, "bytes": 0} for part in PARTS}
+    for part, _, size, _, _ in listed:
+        parts[part]["entries"] += 1
+        parts[part]["bytes"] += size
+    return {"root": str(root()), "max_bytes": max_bytes(),
+            "bytes": sum(p["bytes"] for p in parts.values()), "parts": parts}
+
+
+def clear(part=None):
+    """Deletes the whole cache, or one part of it; returns the bytes freed."""
+    if part is not None and part not in PARTS:
+        from smallcnn.errors import UsageError
+
+        raise UsageError(f"Unknown cache part {part!r}. Choose one of: {', '.join(PARTS)}.")
+    freed = sum(e[2] for e in entries() if part is None or e[0] == part)
+    for name in ([part] if part else PARTS):
+        shutil.rmtree(root(name), ignore_errors=True)
+    return freed
+

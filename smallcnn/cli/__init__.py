@@ -1,0 +1,144 @@
+"""The `smallcnn` command: parse, call one library function, print.
+
+Library errors (`SmallcnnError`) become one line on stderr and the exit code of
+their class; a traceback is shown only with --debug.
+"""
+
+import warnings
+from typing import Optional
+
+import typer
+from typing_extensions import Annotated
+
+from smallcnn import __version__
+from smallcnn.cache import CacheWarning
+from smallcnn.errors import EXIT_CODES, SmallcnnError
+from smallcnn.quiet import import_tensorflow
+
+app = typer.Typer(
+    name="smallcnn",
+    help="Accurate image classifiers from a few hundred labelled images, by transfer learning.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="rich",
+)
+_state = {"debug": False}
+
+
+def _library_call(name):
+    """The library function behind a command, imported only once TensorFlow is quiet."""
+    if name == "check":
+        from smallcnn.check import check_dataset
+        from smallcnn.console import RichReporter
+        from smallcnn.data import find_dataset
+
+        def check(data, val_split, seed):
+            return check_dataset(find_dataset(data, val_split, seed), RichReporter())
+
+        return check
+    if name in ("evaluate", "report", "export"):
+        import importlib
+
+        from smallcnn.console import RichReporter, stderr, stdout
+
+        module, function = {"evaluate": ("evaluate", "evaluate"), "report": ("report", "build_report"),
+                            "export": ("export", "export")}[name]
+        function = getattr(importlib.import_module(f"smallcnn.{module}"), function)
+
+        def with_reporter(*args, as_json=False, **kwargs):  # --json: stdout holds the JSON alone
+            return function(*args, reporter=RichReporter(stderr if as_json else stdout), **kwargs)
+
+        return with_reporter
+    if name.startswith("cache."):
+        from smallcnn import cache
+
+        return getattr(cache, name.split(".", 1)[1])
+    if name.startswith("visualize."):
+        from smallcnn import visualize
+
+        return getattr(visualize, name.split(".", 1)[1])
+    if name == "predict":
+        from smallcnn.predict import load
+
+        def predict(paths, model=None, **kwargs):
+            return load(model).predict_paths(paths, **kwargs)
+
+        return predict
+    from smallcnn import train
+    from smallcnn.console import RichReporter
+
+    function = getattr(train, name)
+    return lambda *args, **kwargs: function(*args, reporter=RichReporter(), **kwargs)
+
+
+def _run(command, *args, tensorflow=True, **kwargs):
+    """Runs one library call, turning errors into a message and an exit code.
+
+    `tensorflow=False` skips importing TensorFlow (2-3 s) for calls that do not need it.
+    """
+    from smallcnn.console import stderr
+
+    try:
+        if tensorflow:
+            import_tensorflow()
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", CacheWarning)
+            try:
+                return _library_call(command)(*args, **kwargs)
+            finally:
+                for warning in caught:  # a library user gets these as Python warnings
+                    if issubclass(warning.category, CacheWarning):
+                        stderr.print(f"[yellow]warning:[/yellow] {warning.message}",
+                                     soft_wrap=True, highlight=False)
+                    else:
+                        warnings.showwarning(warning.message, warning.category,
+                                             warning.filename, warning.lineno)
+    except SmallcnnError as error:
+        if _state["debug"]:
+            raise
+        stderr.print(f"[bold red]error:[/bold red] {error}", soft_wrap=True)
+        raise typer.Exit(error.exit_code)
+    except KeyboardInterrupt:
+        stderr.print("[bold red]interrupted[/bold red]")
+        raise typer.Exit(130)
+    except Exception as error:
+        if _state["debug"]:
+            raise
+        stderr.print(
+            f"[bold red]internal error:[/bold red] {type(error).__name__}: {error} "
+            "(run again with --debug for the traceback)",
+            soft_wrap=True,
+        )
+        raise typer.Exit(1)
+
+
+def _version(value: bool):
+    if value:
+        typer.echo(f"smallcnn {__version__}")
+        raise typer.Exit()
+
+
+@app.callback(epilog="Exit codes: " + "; ".join(
+    f"{code} {meaning.split(':')[0].split(' (')[0]}" for code, meaning in EXIT_CODES.items()) + ".")
+def _main(
+    debug: Annotated[bool, typer.Option("--debug", help="Show full tracebacks on errors.")] = False,
+    version: Annotated[
+        Optional[bool],
+        typer.Option("--version", callback=_version, is_eager=True, help="Show the version."),
+    ] = None,
+):
+    """Turn a folder of images per class into an image classifier."""
+    _state["debug"] = debug
+
+
+# The commands register themselves on `app`.
+from smallcnn.cli import training, using  # noqa: E402,F401
+
+
+def main():
+    app(prog_name="smallcnn")
+
+
+if __name__ == "__main__":
+    main()

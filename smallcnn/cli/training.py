@@ -1,0 +1,125 @@
+"""The training commands, derived from the declarations of `smallcnn.train.settings`."""
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+from typing_extensions import Annotated
+
+from smallcnn.cli import _run, app
+
+Data = Annotated[
+    Path,
+    typer.Argument(
+        help="A folder of class folders, or of train/ and val/ (or validation/) folders "
+        "[and test/], each holding one folder per class.",
+        show_default=False,
+    ),
+]
+Out = Annotated[Optional[Path], typer.Option(help="Run folder to write.  [default: runs/<command>-<time>]", show_default=False)]
+Overwrite = Annotated[bool, typer.Option(help="Replace a run already in --out.")]
+Resume = Annotated[Optional[Path], typer.Option(help="Continue an interrupted run in its folder, with its settings (DATA: where its data is now, if it moved).", show_default=False)]
+DataOrRun = Annotated[Optional[Path], typer.Argument(help="As for extract; with --resume, the run's data if it moved.", show_default=False)]
+
+
+def _setting_parameters(command):
+    """The command-line options of `command`, derived from the declarations in
+    `smallcnn.train.settings` (help, choices, and the default the code uses)."""
+    import inspect
+
+    from rich.markup import escape
+
+    from smallcnn.train.settings import default_text, options
+
+    parameters = []
+    for name, declared in options(command):
+        help_text = declared["help"]
+        if declared["choices"]:
+            help_text += f" One of: {', '.join(declared['choices'])}."
+        help_text += escape(f"  [default: {default_text(command, name)}]")
+        names = [declared["flag"]] if declared["flag"] else [f"--{name.replace('_', '-')}"]
+        annotation = Annotated[Optional[declared["type"]],
+                               typer.Option(*names, help=help_text, show_default=False)]
+        parameters.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY,
+                                            default=declared["default"], annotation=annotation))
+    return parameters
+
+
+def _training_command(command, run):
+    """Registers `command`: the parameters of `run(settings, **others)` that are not
+    settings, then every setting the command takes."""
+    import inspect
+
+    from smallcnn.train.settings import Settings, options
+
+    names = [name for name, _ in options(command)]
+    own = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY)
+           for p in list(inspect.signature(run).parameters.values())[1:]]
+
+    def function(**values):
+        settings = Settings(**{name: values.pop(name) for name in names})
+        run(settings, **values)
+
+    parameters = own + _setting_parameters(command)
+    function.__signature__ = inspect.Signature(parameters)
+    function.__annotations__ = {p.name: p.annotation for p in parameters}
+    function.__doc__ = run.__doc__
+    function.__name__ = command
+    app.command(command)(function)
+
+
+def _report(result):
+    from smallcnn.console import stderr, stdout, summary_table
+
+    stdout.print(f"[bold]{result.command}[/bold]: {result.run_dir}")
+    stdout.print(summary_table(result))
+    stdout.print(f"Model saved in {result.run_dir}. Predict with: smallcnn predict IMAGE --model {result.run_dir}")
+    if result.interrupted:
+        then = (f"Continue with: smallcnn {result.command} --resume {result.run_dir}"
+                if result.command != "extract" else
+                "The features are cached: the same command again takes seconds.")
+        stderr.print(
+            f"[bold yellow]Interrupted ({result.interrupted}):[/bold yellow] the best model so far "
+            f"is saved in {result.run_dir}. {then}", soft_wrap=True,
+        )
+        raise typer.Exit(130)
+
+
+def extract(settings, data: Data, out: Out = None, overwrite: Overwrite = False):
+    """Run the pretrained base once over the images, cache the features, train a dense head.
+
+    Fast, even on a CPU: a second run over the same files reuses the cached features.
+    """
+    # TensorFlow is imported only if features must be computed (not with a warm cache).
+    _report(_run("extract", data, settings, out=out, overwrite=overwrite, tensorflow=False))
+
+
+def train(settings, data: DataOrRun = None, out: Out = None, overwrite: Overwrite = False,
+          resume: Resume = None):
+    """Train on augmented images, the base frozen (--freeze), with early stopping.
+
+    Ctrl-C stops at the end of the current step and saves the best model so far;
+    --resume RUN continues.
+    """
+    _report(_run("train", data, settings, out=out, overwrite=overwrite, resume=resume))
+
+
+def finetune(
+    settings,
+    data: Annotated[Optional[Path], typer.Argument(help="DATA as for train, or a RUN folder to start from (then DATA is the run's); with --resume or --from, the data if it moved.", show_default=False)] = None,
+    from_run: Annotated[Optional[Path], typer.Option("--from", help="Start from this run folder instead of training a head first.", show_default=False)] = None,
+    out: Out = None,
+    overwrite: Overwrite = False,
+    resume: Resume = None,
+):
+    """Unfreeze the top layers of the base and train them with the head at a low learning rate."""
+    from smallcnn.runs import CONFIG_FILE
+
+    if data is not None and from_run is None and resume is None and (data / CONFIG_FILE).is_file():
+        data, from_run = None, data  # `smallcnn finetune RUN`
+    _report(_run("finetune", data, from_run=from_run, settings=settings, out=out,
+                 overwrite=overwrite, resume=resume))
+
+
+for _command, _function in (("extract", extract), ("train", train), ("finetune", finetune)):
+    _training_command(_command, _function)

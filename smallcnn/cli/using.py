@@ -1,0 +1,216 @@
+"""The commands that check data, and use, inspect, export or cache what was trained."""
+
+import json
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from typing_extensions import Annotated
+
+from smallcnn.cli import _run, app
+from smallcnn.cli.training import Data
+from smallcnn.export import QUANTIZATIONS, SUPPORTED
+from smallcnn.formats import FORMATS
+
+Seed = Annotated[int, typer.Option(help="Random seed of the validation split.")]
+ValSplit = Annotated[float, typer.Option(help="Fraction of each class held out for validation when DATA has no validation folder.")]
+BatchSize = Annotated[int, typer.Option(help="Images per batch.")]
+_BY_FORMAT = ", ".join(f"{format} {'/'.join(kinds)}" for format, kinds in SUPPORTED.items())
+
+
+@app.command()
+def check(
+    data: Data,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as one JSON document on stdout.")] = False,
+    val_split: ValSplit = 0.2,
+    seed: Seed = 42,
+):
+    """Check a data set: counts, sizes, unreadable files, duplicates and leakage across splits.
+
+    Exit status 0 when the data can be trained on; 3, with the reason, when it cannot.
+    """
+    from smallcnn.console import check_tables, stderr, stdout
+
+    report = _run("check", data, val_split, seed)
+    if as_json:
+        sys.stdout.write(json.dumps(report.to_dict(), indent=2) + "\n")
+    else:
+        stdout.print(check_tables(report))
+    if not report.trainable:
+        stderr.print(f"[bold red]error:[/bold red] {report.reason}", soft_wrap=True)
+        raise typer.Exit(3)
+
+
+@app.command()
+def predict(
+    images: Annotated[List[Path], typer.Argument(help="Image files or folders.", show_default=False)],
+    model: Annotated[Optional[Path], typer.Option("--model", help="Run folder (or its model.keras), or an exported .tflite, .onnx, .keras file or SavedModel folder.  [default: the most recent run in ./runs]", show_default=False)] = None,
+    top_k: Annotated[int, typer.Option("--top-k", help="Classes to show per image.")] = 3,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout.")] = False,
+    batch_size: BatchSize = 32,
+):
+    """Classify images with a trained model: top-k classes and probabilities."""
+    from smallcnn.console import predictions_table, stderr, stdout
+
+    # TensorFlow is imported only if the model needs it: not for .tflite or .onnx files,
+    # nor for a run whose LiteRT conversion is cached.
+    predictions, failures = _run("predict", [str(p) for p in images], model=model,
+                                 top_k=top_k, batch_size=batch_size, tensorflow=False)
+    if as_json:
+        sys.stdout.write(json.dumps([p.to_dict() for p in predictions], indent=2) + "\n")
+    elif predictions:
+        stdout.print(predictions_table(predictions))
+    if predictions:
+        stderr.print(f"engine: {predictions[0].engine}", soft_wrap=True, highlight=False)
+    for failure in failures:
+        stderr.print(f"[bold red]error:[/bold red] {failure}", soft_wrap=True)
+    if failures:
+        raise typer.Exit(failures[0].exit_code)
+
+
+RunArgument = Annotated[Optional[Path], typer.Argument(help="Run folder.  [default: the most recent run in ./runs]", show_default=False)]
+ModelOption = Annotated[Optional[Path], typer.Option("--model", help="Run folder.  [default: the most recent run in ./runs]", show_default=False)]
+VisualizeOut = Annotated[Optional[Path], typer.Option("--out", help="Folder for the pictures.  [default: RUN/visualize]", show_default=False)]
+
+
+@app.command()
+def evaluate(
+    run: RunArgument = None,
+    data: Annotated[Optional[Path], typer.Argument(help="A data folder with the model's classes.  [default: the run's]", show_default=False)] = None,
+    split: Annotated[str, typer.Option("--split", help="val, test or train.")] = "val",
+    top: Annotated[int, typer.Option("--top", help="How many of the most confidently wrong images to list.")] = 10,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout.")] = False,
+):
+    """Accuracy, per-class precision/recall/F1, the confusion matrix (and confusion.png), the worst mistakes."""
+    from smallcnn.console import evaluation_tables, stdout
+
+    result = _run("evaluate", run, data, split=split, top_wrong=top, as_json=as_json)
+    if as_json:
+        sys.stdout.write(json.dumps(result.to_dict(), indent=2) + "\n")
+        return
+    stdout.print(evaluation_tables(result))
+    stdout.print(f"Confusion matrix picture: {result.confusion_png}")
+
+
+@app.command()
+def report(
+    run: RunArgument = None,
+    data: Annotated[Optional[Path], typer.Option("--data", help="The run's data folder, if it has moved.", show_default=False)] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", help="HTML file to write.  [default: RUN/report.html]", show_default=False)] = None,
+):
+    """One self-contained HTML page: data, curves, per-class metrics, confusion matrix, mistakes with Grad-CAM."""
+    from smallcnn.console import stdout
+
+    path = _run("report", run, data=data, out=out)
+    stdout.print(f"Report written: {path}")
+
+
+visualize_app = typer.Typer(help="Look inside a trained model: Grad-CAM, activations, filters.",
+                            no_args_is_help=True)
+app.add_typer(visualize_app, name="visualize")
+
+
+def _pictures(pictures):
+    from smallcnn.console import stdout
+
+    for picture in pictures:
+        extra = f"  {picture.label} {picture.probability:.1%}" if picture.label else ""
+        stdout.print(f"{picture.path}{extra}", soft_wrap=True)
+
+
+@visualize_app.command("gradcam")
+def visualize_gradcam(
+    images: Annotated[List[Path], typer.Argument(help="Image files or folders.", show_default=False)],
+    model: ModelOption = None,
+    class_name: Annotated[Optional[str], typer.Option("--class", help="Class to explain.  [default: the predicted one]", show_default=False)] = None,
+    out: VisualizeOut = None,
+):
+    """Grad-CAM heatmap over each image: which part made the decision (from the base's last conv layer)."""
+    _pictures(_run("visualize.gradcam", [str(p) for p in images], model=model,
+                   class_name=class_name, out=out))
+
+
+@visualize_app.command("activations")
+def visualize_activations(
+    image: Annotated[Path, typer.Argument(help="An image file.", show_default=False)],
+    model: ModelOption = None,
+    layer: Annotated[Optional[List[str]], typer.Option("--layer", help="Base layer to show (repeatable).  [default: 4 conv layers from first to last]", show_default=False)] = None,
+    channels: Annotated[int, typer.Option("--channels", help="Feature maps to show per layer.")] = 32,
+    out: VisualizeOut = None,
+):
+    """A grid of the feature maps that chosen layers of the base compute for one image."""
+    _pictures(_run("visualize.activations", str(image), model=model, layers=layer,
+                   channels=channels, out=out))
+
+
+@visualize_app.command("filters")
+def visualize_filters(
+    model: ModelOption = None,
+    layer: Annotated[Optional[str], typer.Option("--layer", help="A conv layer of the base.", show_default=False)] = None,
+    count: Annotated[int, typer.Option("--filters", help="How many filters (the first N).")] = 16,
+    steps: Annotated[int, typer.Option("--steps", help="Gradient-ascent steps.")] = 30,
+    out: VisualizeOut = None,
+):
+    """The input patterns that maximise each filter of a conv layer (gradient ascent on the input)."""
+    _pictures(_run("visualize.filters", model=model, layer=layer, count=count, steps=steps,
+                   out=out))
+
+
+@app.command("export")
+def export_command(
+    run: Annotated[Optional[Path], typer.Argument(help="Run folder.  [default: the most recent run in ./runs]", show_default=False)] = None,
+    format: Annotated[str, typer.Option("--format", help=f"One of: {', '.join(FORMATS)}.")] = "tflite",
+    quantize: Annotated[str, typer.Option("--quantize", help=f"One of: {', '.join(QUANTIZATIONS)} (by format: {_BY_FORMAT}); int8 calibrates on training images.")] = "none",
+    out: Annotated[Optional[Path], typer.Option("--out", help="File (or folder) to write.  [default: RUN/export/model[-QUANTIZE].EXT]", show_default=False)] = None,
+    data: Annotated[Optional[Path], typer.Option("--data", help="The run's data folder, if it has moved (the export is checked on its validation images).", show_default=False)] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing export.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result as one JSON document on stdout.")] = False,
+):
+    """Export a trained model (raw RGB pixels in, probabilities out), checked against the run's model.
+
+    The exported file is run on the validation images; the export fails, writing
+    nothing, when fewer than 99% (97% for int8) of its top-1 answers match the run's model.
+    """
+    from smallcnn.console import export_table, stdout
+
+    result = _run("export", run, format=format, quantize=quantize, out=out,
+                  data=data, overwrite=overwrite, as_json=as_json)
+    if as_json:
+        sys.stdout.write(json.dumps(result.to_dict(), indent=2) + "\n")
+        return
+    stdout.print(export_table(result))
+    stdout.print(f"Exported {result.path} (labels: {result.labels_path}, input contract: "
+                 f"{result.contract_path}). Predict with: smallcnn predict IMAGE --model {result.path}",
+                 soft_wrap=True)
+
+
+cache_app = typer.Typer(help="The on-disk cache of features, LiteRT conversions, model templates "
+                        "and image scans ($SMALLCNN_CACHE, default ~/.cache/smallcnn).",
+                        no_args_is_help=True)
+app.add_typer(cache_app, name="cache")
+
+
+@cache_app.command("info")
+def cache_info(
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout.")] = False,
+):
+    """Where the cache is, what each part holds, and its cap (SMALLCNN_CACHE_MAX_GB, default 5)."""
+    from smallcnn.console import cache_table, stdout
+
+    described = _run("cache.info", tensorflow=False)
+    if as_json:
+        sys.stdout.write(json.dumps(described, indent=2) + "\n")
+        return
+    stdout.print(cache_table(described))
+
+
+@cache_app.command("clear")
+def cache_clear(
+    part: Annotated[Optional[str], typer.Argument(help="Clear only this part: features, engines, templates or scans.  [default: all]", show_default=False)] = None,
+):
+    """Delete the cache (or one part of it); everything in it is rebuilt when needed."""
+    from smallcnn.console import stdout
+
+    freed = _run("cache.clear", part, tensorflow=False)
+    stdout.print(f"Cleared {'the cache' if part is None else part}: {freed / 2**20:.1f} MB freed.")

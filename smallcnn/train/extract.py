@@ -1,0 +1,139 @@
+"""`extract`: run the base once, cache the features, train a dense head in NumPy."""
+
+import numpy as np
+
+from smallcnn import runs
+from smallcnn.augment import Augmentation
+from smallcnn.errors import UsageError
+from smallcnn.signals import StopRequest
+from smallcnn.train.session import Session
+from smallcnn.train.settings import Settings
+
+
+def extract(data_dir, settings=None, out=None, overwrite=False, reporter=None,
+            command_line=None):
+    """Feature extraction: run the base once, cache the features, train a dense head.
+
+    Args:
+        data_dir: a data folder (see `smallcnn.data.find_dataset`).
+        settings: a `Settings`; unset values take the `extract` defaults.
+        out: the run folder to write; default `runs/extract-<time>`.
+        overwrite: replace a run already in `out`.
+        reporter: receives progress; default silent.
+        command_line: recorded in the run's smallcnn.json; default `sys.argv`.
+
+    Returns:
+        A `RunResult`. The saved model takes raw images (base + head).
+    """
+    from smallcnn import head as numpy_head
+    from smallcnn import modelfile
+
+    def refuse_early(session):
+        if out is not None:  # refused now, before the work; the folder is made at the end
+            runs.check_out(out, overwrite)
+        if session.settings.views and session.settings.augmentation() == Augmentation():
+            raise UsageError("--views needs an augmentation; drop --augment none, or pass "
+                             "--augment light|standard|strong.")
+
+    session = Session("extract", data_dir, settings or Settings(), reporter, command_line,
+                      before_data=refuse_early)
+    s, reporter = session.settings, session.reporter
+    train_x, train_y = session.features("train")
+    if s.views:  # the head also trains on features of augmented copies
+        from smallcnn.train.feature_store import augmented_views
+
+        views = augmented_views(session, s.views)
+        train_x = np.concatenate([train_x, *views])
+        train_y = np.tile(train_y, s.views + 1)
+    # The head trains in NumPy (see smallcnn.head): with the features cached, the whole
+    # run needs no TensorFlow.
+    steps = int(np.ceil(len(train_x) / s.batch_size))
+    stop = session._stop = StopRequest()  # Ctrl-C ends training; session.interrupted says so
+    with stop:
+        weights, history = numpy_head.train(
+            train_x, train_y, session.features("val"), s, len(session.dataset.class_names),
+            class_weights=session.class_weights(), members=s.heads, stop=stop,
+            on_epoch=lambda epoch, logs: reporter.epoch("head", epoch, s.epochs, logs),
+            progress=lambda epoch: reporter.progress(f"head epoch {epoch}/{s.epochs}", steps))
+    rows = [{"epoch": i + 1, "phase": "head",
+             **{k: (round(v, 3) if k == "seconds" else v) for k, v in logs.items()}}
+            for i, logs in enumerate(history)]
+    evaluations = {name: list(numpy_head.evaluate(weights, *session.features(name)))
+                   for name in session.eval_splits()}
+    model, base_layer = _classifier(session, weights)
+    run_dir = runs.new_run_dir("extract", out, overwrite=overwrite)
+    config = session.config(base_layer)
+    engine_name = _cached_engine_name(session)
+    if engine_name is not None and isinstance(model, modelfile.AssembledClassifier):
+        # The saved model is this base (cached in LiteRT) and this head: predict can run
+        # them without TensorFlow (see smallcnn.predict).
+        config["prediction"] = {"feature_engine": engine_name,
+                                "head_datasets": model.template.head_datasets}
+    if s.tensorboard:
+        _write_tensorboard(run_dir / "tensorboard" / "head", rows)
+    extra = {"views": s.views, "heads": s.heads, "head_training_rows": len(train_x)}
+    if s.heads > 1:  # each head kept its own best epoch; the ensemble is final as of the last
+        improved = [r["epoch"] for r in rows if r.get("heads_improved")]
+        extra["best_epoch"] = improved[-1] if improved else 1
+    metrics = session.finish(run_dir, model, config, rows, evaluations, extra)
+    return session.result(run_dir, metrics, rows)
+
+
+def _cached_engine_name(session):
+    """The cache entry of the base's LiteRT conversion for this run, or None."""
+    from smallcnn import cache
+    from smallcnn.engine import chosen_engine, litert_name
+
+    if session.weights == "none" or chosen_engine(session.settings.engine) == "tf":
+        return None
+    name = litert_name(session.spec, session.weights, session.settings.image_size)
+    return name if cache.path("engines", name).is_file() else None
+
+
+def _classifier(session, head_weights):
+    """`(model, base layer name)`: the whole classifier with these head weights.
+
+    With pretrained weights, the model is assembled from a cached template without
+    TensorFlow (see `smallcnn.modelfile`); the first run saves the template.
+    """
+    from smallcnn import modelfile
+    from smallcnn.train.keras_loop import new_head
+
+    s = session.settings
+    feature_width, num_classes = head_weights[0].shape[0], head_weights[-1].shape[0]
+    # Merged heads (--heads K --hidden N) have K x N hidden units.
+    hidden = head_weights[0].shape[1] if len(head_weights) == 4 else 0
+    key = modelfile.template_key(session.spec, session.weights, s.image_size, feature_width,
+                                 num_classes, hidden, s.dropout)
+    template = modelfile.load_template(key, warn=session.reporter.warning)
+    if template is not None:
+        return modelfile.AssembledClassifier(template, head_weights), template.base_layer
+    base = session.base or session.build_base()
+    from smallcnn.models import build_classifier
+
+    head = new_head(session, feature_width, hidden)
+    model = build_classifier(session.spec, base, head, s.image_size)
+    if key is not None:
+        template = modelfile.save_template(model, head, base.name, key,
+                                           warn=session.reporter.warning)
+        if template is not None:
+            return modelfile.AssembledClassifier(template, head_weights), base.name
+    head.set_weights(head_weights)  # random base weights, or no cache: this model is the one
+    return model, base.name
+
+
+def _write_tensorboard(folder, rows):
+    """TensorBoard logs of the epochs in `rows`, as Keras' TensorBoard callback names them."""
+    import tensorflow as tf
+
+    for split, tags in (("train", {"loss": "epoch_loss", "accuracy": "epoch_accuracy",
+                                   "learning_rate": "epoch_learning_rate"}),
+                        ("validation", {"val_loss": "epoch_loss",
+                                        "val_accuracy": "epoch_accuracy"})):
+        writer = tf.summary.create_file_writer(str(folder / split))
+        with writer.as_default():
+            for row in rows:
+                for key, tag in tags.items():
+                    if key in row:
+                        tf.summary.scalar(tag, row[key], step=row["epoch"] - 1)
+        writer.close()

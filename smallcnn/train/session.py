@@ -1,0 +1,252 @@
+"""What every training command starts from, and how it ends: a `Session`.
+
+A session resolves and checks the settings, finds and checks the data set, and holds
+the decoded images and the base's features, so that no image is decoded twice and no
+feature computed twice in one run. At the end it writes the run folder.
+"""
+
+import dataclasses
+import datetime
+import os
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from smallcnn import __version__, runs
+from smallcnn.bases import DEFAULT_BASE, build_base, get_base, resolve_weights, weights_label
+from smallcnn.data import find_dataset
+from smallcnn.progress import Reporter
+from smallcnn.train import feature_store
+
+
+@dataclasses.dataclass
+class RunResult:
+    command: str
+    run_dir: Path
+    class_names: list
+    metrics: dict
+    history: list
+    skipped: list  # [path, reason] of unreadable images left out
+    unfrozen: list = dataclasses.field(default_factory=list)
+    trainable_params: int = None
+    interrupted: str = None  # the signal that stopped training early (SIGINT, SIGTERM)
+
+
+def run_check(dataset, reporter):
+    """Checks a data set (cached per file), shows what is wrong, refuses what cannot train."""
+    from smallcnn.check import check_dataset, require_trainable
+
+    report = check_dataset(dataset, reporter)
+    reporter.check(report)
+    require_trainable(report)
+    return report
+
+
+def seed_keras(seed):
+    """Imports TensorFlow (quietly) and seeds Keras, NumPy and Python."""
+    from smallcnn.quiet import import_tensorflow
+
+    import_tensorflow()
+    import keras
+
+    keras.utils.set_random_seed(seed)
+
+
+class Session:
+    """Settings, base entry and data set of one training command, and its run's end."""
+
+    def __init__(self, command, data_dir, settings, reporter=None, command_line=None,
+                 before_data=None):
+        """`before_data`, if given, is called with the session once every option is
+        checked and before the data set is looked at: for checks that need the model."""
+        self.command = command
+        self.command_line = command_line or shlex.join(["smallcnn", *sys.argv[1:]])
+        self.reporter = reporter or Reporter()
+        self.started = time.time()
+        self.spec = get_base(settings.base or DEFAULT_BASE)
+        self.settings = settings.resolve(command, self.spec)  # every option checked here
+        self.weights = resolve_weights(self.spec, self.settings.weights)
+        self.settings.weights = self.weights
+        self.weights_source = weights_label(self.weights)
+        self.base = self.extractor = None
+        self._engine = None
+        self._stop = None
+        if before_data is not None:
+            before_data(self)
+        self.dataset = find_dataset(data_dir, self.settings.val_split, self.settings.seed)
+        self.reporter.dataset(self.dataset)
+        self.check = run_check(self.dataset, self.reporter)
+        if command != "extract":  # extract needs TensorFlow only to compute features
+            seed_keras(self.settings.seed)
+        # Unreadable files are left out before anything is decoded.
+        self.skipped = {bad["path"]: bad["reason"] for bad in self.check.unreadable}
+        for name, split in self.dataset.splits.items():
+            self.dataset.splits[name] = split.without(self.skipped)
+        self._decoded = {}
+        self._features = {}
+        self.base_seconds = 0.0  # time in the base's forward pass for feature extraction
+        self.base_images = 0
+
+    def decoded(self, name):
+        """The decoded images of one split (decoded on first use only)."""
+        from smallcnn.pipeline import decode_split
+
+        if name not in self._decoded:
+            split = self.dataset.splits[name]
+            decoded = decode_split(split, self.settings.image_size, self.reporter)
+            self.skipped.update((f.path, f.reason) for f in decoded.skipped)
+            self._decoded[name] = decoded
+        return self._decoded[name]
+
+    def features(self, name):
+        """Pooled base features and labels of one split (see `feature_store`)."""
+        if name not in self._features:
+            self._features[name] = feature_store.split_features(self, name)
+        return self._features[name]
+
+    def eval_splits(self):
+        return [name for name in self.dataset.splits if name != "train"]
+
+    def build_base(self):
+        s = self.settings
+        seed_keras(s.seed)  # before Keras is first imported, to import TensorFlow quietly
+        from smallcnn.models import feature_extractor
+
+        self.base = build_base(self.spec, s.image_size, self.weights)
+        self.extractor = feature_extractor(self.spec, self.base, s.image_size)
+        return self.base
+
+    def engine(self):
+        """The inference engine for the frozen base (see `smallcnn.engine`)."""
+        from smallcnn.engine import feature_engine
+
+        if self._engine is None:
+            if self.extractor is None:
+                self.build_base()
+            self._engine = feature_engine(self.spec, self.weights, self.settings.image_size,
+                                          self.extractor, self.settings.engine, self.reporter)
+        return self._engine
+
+    def class_weights(self):
+        """{class index: weight} for --class-weight balanced, else None."""
+        if self.settings.class_weight != "balanced":
+            return None
+        counts = np.bincount(self.dataset.train.labels, minlength=len(self.dataset.class_names))
+        return {i: float(counts.sum() / (len(counts) * c)) for i, c in enumerate(counts) if c}
+
+    @property
+    def interrupted(self):
+        """The signal that asked training to stop, if one did."""
+        return self._stop.received if self._stop is not None else None
+
+    def config(self, base_layer, extra=None):
+        settings = dataclasses.asdict(self.settings)
+        settings["augmentation"] = dataclasses.asdict(self.settings.augmentation())
+        return {
+            "format": 1,
+            "smallcnn_version": __version__,
+            "command": self.command,
+            "command_line": self.command_line,
+            "created": datetime.datetime.now().isoformat(timespec="seconds"),
+            "class_names": self.dataset.class_names,
+            "base": self.spec.name,
+            "base_layer": base_layer,
+            "weights": self.weights_source,
+            "image_size": self.settings.image_size,
+            "preprocessing": self.spec.preprocessing,
+            # Absolute: evaluate, report, export and --resume work from any folder.
+            "data": os.path.abspath(self.dataset.root),
+            "data_counts": self.dataset.counts(),
+            "settings": settings,
+            **(extra or {}),
+        }
+
+    def finish(self, run_dir, model, config, rows, evaluations, extra_metrics=None):
+        """Writes the run folder; returns the metrics.
+
+        `model` is the Keras model to save, or anything with Keras' `save(path)`.
+        """
+        metrics = {"val_accuracy": evaluations["val"][1], "val_loss": evaluations["val"][0]}
+        if "test" in evaluations:
+            metrics["test_accuracy"] = evaluations["test"][1]
+            metrics["test_loss"] = evaluations["test"][0]
+        metrics.update(
+            {
+                "epochs": len(rows),
+                "best_epoch": best_epoch(rows),
+                "seconds": round(time.time() - self.started, 2),
+                "train_images": len(self.dataset.train),
+                "skipped_images": len(self.skipped),
+                "class_weights": self.class_weights(),
+                "class_imbalance": _imbalance(self.dataset),
+                "engine": self._engine.name if self._engine is not None else None,
+                "base_images_per_second": (round(self.base_images / self.base_seconds, 1)
+                                           if self.base_seconds else None),
+                **(extra_metrics or {}),
+            }
+        )
+        if self.interrupted:
+            metrics["interrupted"] = self.interrupted
+        runs.save_model(model, run_dir / runs.MODEL_FILE)
+        # The model file as written: `predict` can tell it is the one described here.
+        config["model_sha256"] = runs.file_sha256(run_dir / runs.MODEL_FILE)
+        runs.write_json(run_dir / runs.CONFIG_FILE, config)
+        runs.write_json(run_dir / runs.METRICS_FILE, metrics)
+        runs.write_history(run_dir / runs.HISTORY_FILE, rows)
+        self.plot_curves(run_dir, rows, metrics["best_epoch"])
+        if self.command != "extract":  # extract runs predict without a conversion
+            self.convert_for_predict(run_dir, model)
+        return metrics
+
+    def convert_for_predict(self, run_dir, model):
+        """Caches the saved model's LiteRT conversion (about 2 s for MobileNetV2), so that
+        `predict` runs it without TensorFlow from the first image on."""
+        import importlib.util
+
+        from smallcnn import cache
+        from smallcnn.predict import converted_model_name
+
+        name = converted_model_name(run_dir)
+        if name is None or self.settings.engine == "tf" or \
+                os.environ.get("SMALLCNN_CONVERT_RUNS") == "0" or \
+                importlib.util.find_spec("ai_edge_litert") is None:
+            return
+        from smallcnn.engine import convert_to_litert
+
+        try:
+            cache.store("engines", name, lambda temp: convert_to_litert(model, Path(temp)),
+                        warn=self.reporter.warning)
+        except Exception as error:  # predict converts or uses TensorFlow instead
+            self.reporter.warning(f"Could not convert the model to LiteRT for predict "
+                                  f"({type(error).__name__}: {error}); predict will run it "
+                                  "through TensorFlow or convert it then.")
+
+    def plot_curves(self, run_dir, rows, best):
+        """RUN/curves.png; a picture that cannot be drawn costs a warning, not the run."""
+        from smallcnn.plots import curves_figure, save_figure
+
+        try:
+            save_figure(curves_figure(rows, best, f"{self.command}: {run_dir.name}"),
+                        run_dir / runs.CURVES_FILE)
+        except Exception as error:
+            self.reporter.warning(f"Could not draw {runs.CURVES_FILE} "
+                                  f"({type(error).__name__}: {error}); the run is saved without it.")
+
+    def result(self, run_dir, metrics, rows, **extra):
+        return RunResult(self.command, run_dir, self.dataset.class_names, metrics, rows,
+                         [[p, r] for p, r in self.skipped.items()],
+                         interrupted=self.interrupted, **extra)
+
+
+def _imbalance(dataset):
+    """Largest over smallest class in the training split."""
+    counts = [c for c in dataset.counts()["train"] if c]
+    return round(max(counts) / min(counts), 2) if counts else None
+
+
+def best_epoch(rows):
+    scored = [r for r in rows if "val_loss" in r]
+    return min(scored, key=lambda r: r["val_loss"])["epoch"] if scored else None

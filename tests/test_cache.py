@@ -1,0 +1,106 @@
+"""The cache: keys that follow what an entry depends on, damaged entries rebuilt, a size cap."""
+
+import json
+import os
+import time
+
+import numpy as np
+import pytest
+
+from conftest import invoke
+from smallcnn import cache
+
+FAST = ["--epochs", "3", "--batch-size", "8"]
+
+
+def test_keys_follow_the_description_the_part_and_the_code(monkeypatch):
+    one = cache.key("features", base="mobilenet_v2", files=[["a", 0]])
+    assert one == cache.key("features", base="mobilenet_v2", files=[["a", 0]])
+    assert one != cache.key("features", base="mobilenet_v2", files=[["a", 1]])
+    assert one != cache.key("engines", base="mobilenet_v2", files=[["a", 0]])
+    # A change to the code that produces an entry gives it a new key.
+    monkeypatch.setitem(cache._PRODUCERS, "features", ("smallcnn.images",))
+    cache._producer_fingerprint.cache_clear()
+    try:
+        assert one != cache.key("features", base="mobilenet_v2", files=[["a", 0]])
+    finally:
+        monkeypatch.undo()
+        cache._producer_fingerprint.cache_clear()
+
+
+def test_a_file_rewritten_with_its_size_and_time_kept_gets_a_new_stamp(tmp_path):
+    path = tmp_path / "a.bin"
+    path.write_bytes(b"1234")
+    stamp = cache.file_stamp(path)
+    stat = path.stat()
+    time.sleep(0.01)
+    path.write_bytes(b"5678")
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # what cp -p and rsync -t do
+    assert path.stat().st_size == stat.st_size and path.stat().st_mtime_ns == stat.st_mtime_ns
+    assert cache.file_stamp(path) != stamp
+
+
+def test_a_damaged_entry_is_deleted_reported_once_and_rebuilt(tmp_path):
+    stored = cache.store("features", "x.json", lambda temp: open(temp, "w").write('{"a": 1}'))
+    read = lambda path: json.loads(path.read_text())  # noqa: E731
+    assert cache.load("features", "x.json", read) == {"a": 1}
+    stored.write_text('{"a": ')  # truncated
+    warnings = []
+    assert cache.load("features", "x.json", read, warn=warnings.append) is None
+    assert len(warnings) == 1 and "Removed a damaged cache entry" in warnings[0]
+    assert not stored.exists()
+    assert cache.load("features", "x.json", read, warn=warnings.append) is None
+    assert len(warnings) == 1  # gone: nothing more to say
+
+
+def test_the_least_recently_used_entries_go_beyond_the_cap(monkeypatch):
+    monkeypatch.setenv("SMALLCNN_CACHE_MAX_GB", str(2.5 * 1024 / 2**30))  # 2.5 KiB
+    now = time.time()
+    for age, name in enumerate(["new", "middle", "old"]):
+        entry = cache.store("features", f"{name}.npz", lambda t: open(t, "wb").write(b"x" * 1024))
+        os.utime(entry, (now - 100 * age, now - 100 * age))
+    assert cache.load("features", "old.npz", lambda p: p.read_bytes()) is not None  # used now
+    cache.store("engines", "newest.tflite", lambda t: open(t, "wb").write(b"y" * 1024))
+    left = {stem for _, stem, _, _, _ in cache.entries()}
+    assert left == {"old", "newest"}  # "middle" and then "new" were the least recently used
+    assert cache.info()["bytes"] <= cache.max_bytes()
+
+
+def test_cache_info_and_clear_from_the_command_line():
+    cache.store("features", "a.npz", lambda t: open(t, "wb").write(b"x" * 2048))
+    cache.store("scans", "b.json", lambda t: open(t, "w").write("{}"))
+    shown = invoke("cache", "info", "--json")
+    assert shown.exit_code == 0, shown.output
+    described = json.loads(shown.stdout)
+    assert described["parts"]["features"] == {"entries": 1, "bytes": 2048}
+    assert described["parts"]["scans"]["entries"] == 1
+    cleared = invoke("cache", "clear", "features")
+    assert cleared.exit_code == 0 and "features" in cleared.output
+    assert cache.info()["parts"]["features"]["entries"] == 0
+    assert cache.info()["parts"]["scans"]["entries"] == 1
+    refused = invoke("cache", "clear", "everything")
+    assert refused.exit_code == 2 and "Unknown cache part 'everything'" in refused.output
+
+
+def test_extract_heals_damaged_features_templates_and_engines(tiny_data, base_weights_file):
+    args = ["extract", tiny_data, "--weights", base_weights_file, "--image-size", "32", *FAST]
+    first = invoke(*args)
+    assert first.exit_code == 0, first.output
+    damaged = 0
+    for part in ("features", "templates", "engines"):
+        for victim in sorted(cache.root(part).iterdir()):
+            # Truncated, as a full disk or a killed copy leaves a file.
+            victim.write_bytes(victim.read_bytes()[: max(1, victim.stat().st_size // 2)])
+            damaged += 1
+    assert damaged >= 5  # train and val features, the template's two files, the engine
+    second = invoke(*args)
+    assert second.exit_code == 0, second.output
+    # One line for each damaged entry found (the template's two files are one entry).
+    assert second.output.count("Removed a damaged cache entry") == damaged - 1
+    third = invoke(*args)
+    assert third.exit_code == 0, third.output
+    assert "Removed a damaged cache entry" not in third.output
+    assert "train: 24 feature vectors from the cache" in third.output
+    for entry in cache.root("features").glob("*.npz"):
+        with np.load(entry) as healed:
+            assert healed["features"].shape[0] == 24

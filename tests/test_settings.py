@@ -1,0 +1,129 @@
+"""Options declared once: what --help says is what the code does; bad values refused up front."""
+
+import re
+
+import pytest
+
+from conftest import invoke
+from smallcnn.bases import BASES, DEFAULT_BASE, get_base
+from smallcnn.train.settings import COMMANDS, FROZEN_LEARNING_RATE, FULL_LEARNING_RATE, Settings, options
+
+
+def _help_defaults(command):
+    """{option name: the text of its [default: ...]} from `smallcnn COMMAND --help`."""
+    import os
+    from unittest import mock
+
+    with mock.patch.dict(os.environ, {"COLUMNS": "1000", "TERMINAL_WIDTH": "1000"}):
+        shown = invoke(command, "--help")
+    assert shown.exit_code == 0, shown.output
+    found = {}
+    for line in shown.output.splitlines():
+        flag = re.search(r"│ (--[a-z-]+)", line)
+        default = re.search(r"\[default: (.*?)\]\s*│", line)
+        if flag and default:
+            found[flag.group(1)[2:].replace("-", "_")] = default.group(1)
+    return found
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_default_in_help_is_the_one_the_code_uses(command):
+    shown = _help_defaults(command)
+    resolved = Settings().resolve(command)
+    declared = [name for name, _ in options(command)]
+    assert set(declared) <= set(shown), set(declared) - set(shown)
+    spec = get_base(DEFAULT_BASE)
+    for name in declared:
+        value, text = getattr(resolved, name), shown[name]
+        if name == "weights":
+            assert text.startswith(spec.default_weights)
+        elif name == "freeze":
+            assert resolved.freeze is True and text.startswith("--freeze with pretrained")
+        elif name in ("rotation", "shift", "shear", "zoom", "flip", "brightness", "contrast"):
+            assert text == f"the preset's: {getattr(resolved.augmentation(), name)}"
+        elif isinstance(value, bool):
+            assert (text in (f"--{name}", "on")) == value, (name, text)
+        elif isinstance(value, float):
+            assert float(text.split()[0].rstrip(";")) == value, (name, text)
+        else:
+            assert text.split()[2 if name == "image_size" else 0].rstrip(";") == str(value), (name, text)
+    if command == "train":
+        assert shown["learning_rate"].startswith("1e-2") and FROZEN_LEARNING_RATE == 1e-2
+        assert Settings(freeze=False).resolve("train").learning_rate == FULL_LEARNING_RATE
+
+
+def test_choices_come_from_the_registries():
+    declared = dict(options("train"))
+    assert declared["base"]["choices"] == tuple(BASES)
+    with pytest.raises(Exception, match="Choose one of: " + ", ".join(BASES)):
+        Settings(base="vgg17").resolve("train")
+
+
+@pytest.mark.parametrize("base", ["mobilenet_v2", "small"])
+def test_a_random_base_is_never_frozen_by_default(base):
+    assert Settings(base=base, weights="none").resolve("train").freeze is False
+    assert Settings(base=base, weights="none").resolve("train").learning_rate == FULL_LEARNING_RATE
+    if base != "small":
+        assert Settings(base=base).resolve("train").freeze is True
+
+
+@pytest.mark.parametrize("args, message", [
+    (["extract", "{data}", "--engine", "cuda"], "Unknown --engine 'cuda'"),
+    (["train", "{data}", "--engine", "cuda"], "Unknown --engine 'cuda'"),
+    (["finetune", "{data}", "--unfreeze", "0"], "--unfreeze must be at least 1"),
+    (["train", "{data}", "--lr-schedule", "sometimes"], "Unknown --lr-schedule 'sometimes'"),
+    (["extract", "{data}", "--views", "2", "--augment", "none"], "--views needs an augmentation"),
+    (["train", "{data}", "--val-split", "1.5"], "--val-split must be between 0 and 1"),
+])
+def test_bad_options_are_refused_before_any_image_is_decoded(tiny_data, monkeypatch, args, message):
+    import smallcnn.check
+
+    def no_scan(*args, **kwargs):
+        raise AssertionError("the data set was looked at before the options were checked")
+
+    monkeypatch.setattr(smallcnn.check, "check_dataset", no_scan)
+    result = invoke(*[a.replace("{data}", str(tiny_data)) for a in args])
+    assert result.exit_code == 2, result.output
+    assert message in result.output
+
+
+def test_finetune_refuses_too_many_layers_before_training_a_head(tiny_data, base_weights_file,
+                                                                monkeypatch):
+    import smallcnn.check
+
+    monkeypatch.setattr(smallcnn.check, "check_dataset", lambda *a, **k: 1 / 0)
+    result = invoke("finetune", tiny_data, "--weights", base_weights_file, "--image-size", "32",
+                    "--unfreeze", "9999")
+    assert result.exit_code == 2, result.output
+    assert "--unfreeze 9999 is more than the" in result.output
+    assert not (tiny_data.parent / "runs").exists()  # no half run for predict to pick up
+
+
+def test_an_explicit_engine_wins_over_the_environment(monkeypatch):
+    from smallcnn.engine import chosen_engine
+    from smallcnn.errors import UsageError
+
+    monkeypatch.setenv("SMALLCNN_ENGINE", "tf")
+    assert chosen_engine("litert") == "litert"
+    assert chosen_engine("auto") == "tf"
+    monkeypatch.setenv("SMALLCNN_ENGINE", "gpu")
+    with pytest.raises(UsageError, match="Unknown SMALLCNN_ENGINE 'gpu'"):
+        chosen_engine("auto")
+
+
+def test_engine_litert_fails_clearly_where_litert_cannot_run(tiny_data, base_weights_file,
+                                                             monkeypatch):
+    import smallcnn.engine
+
+    def broken(*args, **kwargs):
+        raise ImportError("no LiteRT wheel for this platform")
+
+    monkeypatch.setattr(smallcnn.engine, "convert_to_litert", broken)
+    args = ["extract", tiny_data, "--weights", base_weights_file, "--image-size", "32",
+            "--epochs", "2"]
+    refused = invoke(*args, "--engine", "litert")
+    assert refused.exit_code == 2, refused.output
+    assert "--engine litert: LiteRT cannot run this base here" in refused.output
+    fallen_back = invoke(*args)  # auto: TensorFlow, and a line that says why
+    assert fallen_back.exit_code == 0, fallen_back.output
+    assert "LiteRT is not usable here (ImportError: no LiteRT wheel" in fallen_back.output
