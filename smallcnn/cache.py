@@ -29,7 +29,7 @@ import warnings
 import zipfile
 from pathlib import Path
 
-from smallcnn.runs import atomic_write
+from smallcnn.runs import atomic_write, file_sha256
 
 PARTS = ("features", "engines", "templates", "scans")
 DEFAULT_MAX_GB = 5.0
@@ -122,29 +122,35 @@ def _warn(message):
     warnings.warn(message, CacheWarning, stacklevel=3)
 
 
-def load(part, name, read, warn=None):
+def load(part, name, read, warn=None, checksum=False):
     """`read(path)` of an entry, or None when there is none.
 
     An entry that `read` cannot read is deleted and reported through `warn` (default: a
-    `CacheWarning`), so the caller rebuilds it. Reading marks the entry as used.
+    `CacheWarning`), so the caller rebuilds it. With `checksum`, the entry's SHA-256 must
+    be the one `store` recorded before `read` sees it: for readers that a damaged file
+    can crash rather than make raise (the LiteRT interpreter). Reading marks the entry
+    as used.
     """
     entry = path(part, name)
     if not entry.exists():
         return None
     try:
+        if checksum and file_sha256(entry) != _checksum_file(entry).read_text().strip():
+            raise ValueError("its SHA-256 is not the one recorded when it was written")
         value = read(entry)
     except DAMAGE as error:
         remove(entry)
-        (warn or _warn)(f"Removed a damaged cache entry {entry} "
-                        f"({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}); "
-                        "it is rebuilt.")
+        reason = str(error).splitlines()[0] if str(error) else ""
+        (warn or _warn)(f"Removed a damaged cache entry {entry} ({type(error).__name__}: "
+                        f"{reason}); it is rebuilt.")
         return None
     touch(entry)
     return value
 
 
-def store(part, name, write, warn=None):
-    """Writes an entry atomically through `write(temp_path)`, then prunes the cache.
+def store(part, name, write, warn=None, checksum=False):
+    """Writes an entry atomically through `write(temp_path)` (with `checksum`, also its
+    SHA-256, for `load` to check), then prunes the cache.
 
     Returns the entry's path, or None when it could not be written (a read-only or full
     disk only costs time on the next run; `warn` says so).
@@ -153,12 +159,19 @@ def store(part, name, write, warn=None):
     try:
         entry.parent.mkdir(parents=True, exist_ok=True)
         atomic_write(entry, write)
+        if checksum:
+            digest = file_sha256(entry)
+            atomic_write(_checksum_file(entry), lambda temp: Path(temp).write_text(digest))
     except OSError as error:
         (warn or _warn)(f"Could not write the cache entry {entry} ({error.strerror or error}); "
                         "the next run computes it again.")
         return None
     prune(keep=entry)
     return entry
+
+
+def _checksum_file(entry):
+    return entry.with_name(entry.name + ".sha256")
 
 
 def touch(entry):
@@ -169,10 +182,15 @@ def touch(entry):
         pass  # a read-only cache still serves its entries; eviction order is all it costs
 
 
+def _entry_name(file):
+    """The name an entry's files share: up to the first dot (keys have none)."""
+    return file.name.split(".", 1)[0]
+
+
 def remove(entry):
-    """Deletes an entry and its companion files (same name, other suffix)."""
+    """Deletes an entry and its companion files (same name, other suffixes)."""
     entry = Path(entry)
-    for companion in entry.parent.glob(f"{entry.stem}.*"):
+    for companion in entry.parent.glob(f"{_entry_name(entry)}.*"):
         companion.unlink(missing_ok=True)
 
 
@@ -190,7 +208,7 @@ def entries():
                 stat = file.stat()
             except OSError:
                 continue
-            group = found.setdefault((part, file.stem), [0, 0.0, []])
+            group = found.setdefault((part, _entry_name(file)), [0, 0.0, []])
             group[0] += stat.st_size
             group[1] = max(group[1], stat.st_mtime)
             group[2].append(file)

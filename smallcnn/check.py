@@ -4,9 +4,10 @@
 and reports unreadable files with their reason, the sizes and modes found, exact and
 near duplicates (a perceptual difference hash) within and across splits, and
 warnings about imbalance, tiny images and small classes. It never raises for a bad
-file: it reports it. Results are cached per file (path, size, modification time), so
-the check that starts every training command costs little the second time, and the
-files' SHA-1 digests it computes name their cached features (`smallcnn.cache`).
+file: it reports it. Results are cached per file (by path, size, modification and
+change time and inode: `smallcnn.cache.file_stamp`), so the check that starts every
+training command costs little the second time, and the files' SHA-1 digests it
+computes name their cached features (`smallcnn.train.feature_store`).
 """
 
 import collections

@@ -69,7 +69,7 @@ def litert_name(spec, weights, image_size):
 def open_litert(name, warn=None):
     """The cached LiteRT model `name` (in `engines`) opened in an interpreter, or None when
     there is none; a damaged file is deleted (and reported), to be converted again."""
-    return cache.load("engines", name, LiteRTEngine, warn=warn)
+    return cache.load("engines", name, LiteRTEngine, warn=warn, checksum=True)
 
 
 def convert_to_litert(model, path, quantize="none", calibration=None):
@@ -155,7 +155,7 @@ def feature_engine(spec, weights, image_size, extractor, engine="auto", reporter
             reporter.note(f"Converting the base to LiteRT for faster inference (once): {name}")
             stored = cache.store("engines", name,
                                  lambda temp: convert_to_litert(extractor, Path(temp)),
-                                 warn=reporter.warning)
+                                 warn=reporter.warning, checksum=True)
             opened = LiteRTEngine(stored) if stored else _uncached_litert(extractor)
         return opened
     except Exception as error:  # no LiteRT wheel for this platform, or an op it lacks

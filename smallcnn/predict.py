@@ -174,7 +174,7 @@ class Classifier:
                 if self._litert is None:
                     stored = cache.store("engines", name,
                                          lambda temp: convert_to_litert(self.model, Path(temp)),
-                                         warn=self._warn)
+                                         warn=self._warn, checksum=True)
                     self._litert = LiteRTEngine(stored) if stored else False
                     self.engine = "litert (converted now, cached)"
             except (ImportError, *cache.DAMAGE) as error:  # no LiteRT here: Keras predicts

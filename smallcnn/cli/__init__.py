@@ -82,18 +82,19 @@ def _run(command, *args, tensorflow=True, **kwargs):
     try:
         if tensorflow:
             import_tensorflow()
-        with warnings.catch_warnings(record=True) as caught:
+        with warnings.catch_warnings():  # cache warnings as one line each, when they happen
+            show = warnings.showwarning
+
+            def one_line(message, category, *args, **kwargs):
+                if issubclass(category, CacheWarning):
+                    stderr.print(f"[yellow]warning:[/yellow] {message}", soft_wrap=True,
+                                 highlight=False)
+                else:
+                    show(message, category, *args, **kwargs)
+
+            warnings.showwarning = one_line
             warnings.simplefilter("always", CacheWarning)
-            try:
-                return _library_call(command)(*args, **kwargs)
-            finally:
-                for warning in caught:  # a library user gets these as Python warnings
-                    if issubclass(warning.category, CacheWarning):
-                        stderr.print(f"[yellow]warning:[/yellow] {warning.message}",
-                                     soft_wrap=True, highlight=False)
-                    else:
-                        warnings.showwarning(warning.message, warning.category,
-                                             warning.filename, warning.lineno)
+            return _library_call(command)(*args, **kwargs)
     except SmallcnnError as error:
         if _state["debug"]:
             raise

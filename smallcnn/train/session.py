@@ -218,7 +218,7 @@ class Session:
 
         try:
             cache.store("engines", name, lambda temp: convert_to_litert(model, Path(temp)),
-                        warn=self.reporter.warning)
+                        warn=self.reporter.warning, checksum=True)
         except Exception as error:  # predict converts or uses TensorFlow instead
             self.reporter.warning(f"Could not convert the model to LiteRT for predict "
                                   f"({type(error).__name__}: {error}); predict will run it "
