@@ -20,7 +20,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from smallcnn import training, visualize  # noqa: E402
+from smallcnn import train, visualize  # noqa: E402
 from smallcnn.evaluate import evaluate  # noqa: E402
 from smallcnn.report import build_report  # noqa: E402
 
@@ -33,7 +33,7 @@ def main():
     parser.add_argument("--run", help="a run trained on the sample (default: train one)")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="smallcnn-pictures-"))
-    run = Path(args.run) if args.run else training.extract(SAMPLE, out=work / "run").run_dir
+    run = Path(args.run) if args.run else train.extract(SAMPLE, out=work / "run").run_dir
     IMAGES.mkdir(parents=True, exist_ok=True)
     shutil.copy(run / "curves.png", IMAGES / "curves.png")
     result = evaluate(run)
