@@ -181,7 +181,7 @@ def _resume(command, run, data_dir, reporter, command_line):
     """Continues an interrupted `train` or `finetune` run in its own folder.
 
     The run's recorded settings are used; training starts from its saved (best) model
-    and epoch count, and the earlier model is kept unless the new one is better
+    and epoch count; the earlier model comes back when the new one is clearly worse
     (`keras_loop.worse_than`).
     """
     from smallcnn.models import HEAD_NAME, count_params, feature_extractor, find_base, unfreeze_top
