@@ -72,7 +72,7 @@ def open_litert(name, warn=None):
     return cache.load("engines", name, LiteRTEngine, warn=warn, checksum=True)
 
 
-def convert_to_litert(model, path, quantize="none", calibration=None):
+def convert_to_litert(model, path, quantize="none", calibration=None, warn=None):
     """Writes a Keras model (one image input) as a LiteRT model, its weights frozen into constants.
 
     Freezing a concrete function and converting it takes about 1.5 s for MobileNetV2;
@@ -83,6 +83,8 @@ def convert_to_litert(model, path, quantize="none", calibration=None):
         quantize: 'none'; 'float16' (float16 weights); or 'int8' (int8 weights and
             activations, their ranges calibrated on `calibration`, an array of images).
             The input keeps the model's dtype and the output stays float.
+        warn: called with one line when the fast conversion fails and Keras' export
+            does the work instead (default: a Python warning).
     """
     import tensorflow as tf
 
@@ -111,9 +113,18 @@ def convert_to_litert(model, path, quantize="none", calibration=None):
                 converter.representative_dataset = lambda: ([image[None]] for image in calibration)
             with native_stderr_silenced():  # the converter's "fully_quantize: 0, ..." line
                 Path(temp).write_bytes(converter.convert())
-        except Exception:
+        except Exception as error:
             if quantize != "none":
                 raise
+            reason = str(error).splitlines()[0] if str(error) else ""
+            message = (f"The fast LiteRT conversion failed ({type(error).__name__}: {reason}); "
+                       "converting through Keras' export instead (slower).")
+            if warn is None:
+                import warnings
+
+                warnings.warn(message, RuntimeWarning, stacklevel=2)
+            else:
+                warn(message)
             model.export(temp, format="litert", verbose=False)
         os.replace(temp, path)
     finally:
@@ -148,15 +159,17 @@ def feature_engine(spec, weights, image_size, extractor, engine="auto", reporter
         return TensorFlowEngine(extractor)
     try:
         if weights == "none":  # random weights: a conversion of its own, not cached
-            return _uncached_litert(extractor)
+            return _uncached_litert(extractor, reporter.warning)
         name = litert_name(spec, weights, image_size)
         opened = open_litert(name, warn=reporter.warning)
         if opened is None:
             reporter.note(f"Converting the base to LiteRT for faster inference (once): {name}")
             stored = cache.store("engines", name,
-                                 lambda temp: convert_to_litert(extractor, Path(temp)),
+                                 lambda temp: convert_to_litert(extractor, Path(temp),
+                                                                warn=reporter.warning),
                                  warn=reporter.warning, checksum=True)
-            opened = LiteRTEngine(stored) if stored else _uncached_litert(extractor)
+            opened = LiteRTEngine(stored) if stored else _uncached_litert(extractor,
+                                                                          reporter.warning)
         return opened
     except Exception as error:  # no LiteRT wheel for this platform, or an op it lacks
         reason = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
@@ -167,10 +180,10 @@ def feature_engine(spec, weights, image_size, extractor, engine="auto", reporter
         return TensorFlowEngine(extractor)
 
 
-def _uncached_litert(model):
+def _uncached_litert(model, warn=None):
     path = Path(tempfile.mkdtemp(prefix="smallcnn-engine-")) / "model.tflite"
     try:
-        convert_to_litert(model, path)
+        convert_to_litert(model, path, warn=warn)
         return LiteRTEngine(path)
     finally:
         shutil.rmtree(path.parent, ignore_errors=True)

@@ -173,7 +173,8 @@ class Classifier:
                 self.engine = "litert (the run's cached conversion)"
                 if self._litert is None:
                     stored = cache.store("engines", name,
-                                         lambda temp: convert_to_litert(self.model, Path(temp)),
+                                         lambda temp: convert_to_litert(self.model, Path(temp),
+                                                                        warn=self._warn),
                                          warn=self._warn, checksum=True)
                     self._litert = LiteRTEngine(stored) if stored else False
                     self.engine = "litert (converted now, cached)"

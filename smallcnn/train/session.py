@@ -217,7 +217,9 @@ class Session:
         from smallcnn.engine import convert_to_litert
 
         try:
-            cache.store("engines", name, lambda temp: convert_to_litert(model, Path(temp)),
+            cache.store("engines", name,
+                        lambda temp: convert_to_litert(model, Path(temp),
+                                                       warn=self.reporter.warning),
                         warn=self.reporter.warning, checksum=True)
         except Exception as error:  # predict converts or uses TensorFlow instead
             self.reporter.warning(f"Could not convert the model to LiteRT for predict "
