@@ -11,7 +11,7 @@ import warnings
 from pathlib import Path
 from typing import Callable, Optional
 
-from smallcnn.errors import UsageError, WeightsError
+from smallcnn.errors import UsageError, WeightsError, first_line
 
 PACKAGED_WEIGHTS = Path(__file__).parent / "weights"
 
@@ -157,7 +157,7 @@ def build_base(spec, image_size, weights):
         try:
             return spec.constructor(input_shape, "imagenet")
         except Exception as error:  # the download failed: no network, proxy, full disk...
-            reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+            reason = first_line(error)
             raise WeightsError(
                 f"Could not download the ImageNet weights for {spec.name!r} ({reason}). "
                 "Pass a weights file with --weights PATH, or train without them: --weights none."
@@ -176,7 +176,7 @@ def _load_file(spec, input_shape, path):
         if skipped:
             raise ValueError(str(skipped[0].message).split(".")[0])
     except Exception as error:
-        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        reason = first_line(error)
         raise WeightsError(
             f"The weights file {str(path)!r} does not fit the {spec.name!r} base ({reason}). "
             f"It must be a Keras .weights.h5 file of {spec.name} without its top."

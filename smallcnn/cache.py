@@ -29,6 +29,7 @@ import warnings
 import zipfile
 from pathlib import Path
 
+from smallcnn.errors import described
 from smallcnn.runs import atomic_write, file_sha256
 
 PARTS = ("features", "engines", "templates", "scans")
@@ -140,9 +141,8 @@ def load(part, name, read, warn=None, checksum=False):
         value = read(entry)
     except DAMAGE as error:
         remove(entry)
-        reason = str(error).splitlines()[0] if str(error) else ""
-        (warn or _warn)(f"Removed a damaged cache entry {entry} ({type(error).__name__}: "
-                        f"{reason}); it is rebuilt.")
+        (warn or _warn)(f"Removed a damaged cache entry {entry} ({described(error)}); "
+                        "it is rebuilt.")
         return None
     touch(entry)
     return value

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from smallcnn import cache
-from smallcnn.errors import UsageError
+from smallcnn.errors import UsageError, described
 from smallcnn.formats import TFLiteRuntime
 
 ENGINES = ("auto", "litert", "tf")
@@ -116,8 +116,7 @@ def convert_to_litert(model, path, quantize="none", calibration=None, warn=None)
         except Exception as error:
             if quantize != "none":
                 raise
-            reason = str(error).splitlines()[0] if str(error) else ""
-            message = (f"The fast LiteRT conversion failed ({type(error).__name__}: {reason}); "
+            message = (f"The fast LiteRT conversion failed ({described(error)}); "
                        "converting through Keras' export instead (slower).")
             if warn is None:
                 import warnings
@@ -172,7 +171,7 @@ def feature_engine(spec, weights, image_size, extractor, engine="auto", reporter
                                                                           reporter.warning)
         return opened
     except Exception as error:  # no LiteRT wheel for this platform, or an op it lacks
-        reason = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
+        reason = described(error)
         if engine == "litert":
             raise UsageError(f"--engine litert: LiteRT cannot run this base here ({reason}); "
                              "use --engine auto or --engine tf.") from error

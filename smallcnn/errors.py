@@ -35,6 +35,18 @@ class WeightsError(SmallcnnError):
     exit_code = 5
 
 
+def first_line(error):
+    """The first line of an exception's message, or its class name when it has none."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def described(error):
+    """An exception in one line: 'ValueError: the first line of its message'."""
+    text = str(error).strip()
+    return f"{type(error).__name__}: {text.splitlines()[0]}" if text else type(error).__name__
+
+
 EXIT_CODES = {
     0: "success",
     1: "internal error (a bug: please report it with the output of --debug)",

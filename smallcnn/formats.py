@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from smallcnn.errors import ModelError, UsageError
+from smallcnn.errors import ModelError, UsageError, first_line
 
 FORMATS = ("keras", "savedmodel", "tflite", "onnx")
 LABELS_FILE = "labels.txt"  # beside an exported model: one class per line, in output order
@@ -144,7 +144,7 @@ def open_model(path, format=None):
     except UsageError:
         raise
     except Exception as error:
-        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        reason = first_line(error)
         raise ModelError(f"Cannot load the {format} model {str(path)!r}: {reason}") from None
 
 

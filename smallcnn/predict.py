@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 
 from smallcnn import runs
-from smallcnn.errors import DataError, ModelError, UsageError
+from smallcnn.errors import DataError, ModelError, UsageError, described
 from smallcnn.images import UnreadableImage, is_image_file, load_readable
 
 
@@ -131,7 +131,7 @@ class Classifier:
             weights = modelfile.read_head_weights(model_file, route["head_datasets"])
             engine = open_litert(route["feature_engine"], warn=self._warn)
         except (ImportError, *cache.DAMAGE) as error:
-            self._not_litert = f"LiteRT is not usable here ({type(error).__name__}: {error})"
+            self._not_litert = f"LiteRT is not usable here ({described(error)})"
             return None
         if engine is None:
             self._not_litert = "the base's LiteRT conversion was damaged"
@@ -179,7 +179,7 @@ class Classifier:
                     self._litert = LiteRTEngine(stored) if stored else False
                     self.engine = "litert (converted now, cached)"
             except (ImportError, *cache.DAMAGE) as error:  # no LiteRT here: Keras predicts
-                self._not_litert = f"LiteRT is not usable here ({type(error).__name__}: {error})"
+                self._not_litert = f"LiteRT is not usable here ({described(error)})"
                 self._litert = False
         return self._litert or None
 

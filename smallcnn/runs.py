@@ -19,7 +19,7 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-from smallcnn.errors import ModelError, UsageError
+from smallcnn.errors import ModelError, UsageError, first_line
 
 DEFAULT_RUNS_DIR = "runs"
 MODEL_FILE = "model.keras"
@@ -205,5 +205,5 @@ def load_model(run_dir):
     try:
         return keras.saving.load_model(path, compile=False, safe_mode=True)
     except Exception as error:
-        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        reason = first_line(error)
         raise ModelError(f"Cannot load the model {str(path)!r}: {reason}") from None

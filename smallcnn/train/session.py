@@ -18,6 +18,7 @@ import numpy as np
 from smallcnn import __version__, runs
 from smallcnn.bases import DEFAULT_BASE, build_base, get_base, resolve_weights, weights_label
 from smallcnn.data import find_dataset
+from smallcnn.errors import described
 from smallcnn.progress import Reporter
 from smallcnn.train import feature_store
 
@@ -223,7 +224,7 @@ class Session:
                         warn=self.reporter.warning, checksum=True)
         except Exception as error:  # predict converts or uses TensorFlow instead
             self.reporter.warning(f"Could not convert the model to LiteRT for predict "
-                                  f"({type(error).__name__}: {error}); predict will run it "
+                                  f"({described(error)}); predict will run it "
                                   "through TensorFlow or convert it then.")
 
     def plot_curves(self, run_dir, rows, best):
@@ -235,7 +236,7 @@ class Session:
                         run_dir / runs.CURVES_FILE)
         except Exception as error:
             self.reporter.warning(f"Could not draw {runs.CURVES_FILE} "
-                                  f"({type(error).__name__}: {error}); the run is saved without it.")
+                                  f"({described(error)}); the run is saved without it.")
 
     def result(self, run_dir, metrics, rows, **extra):
         return RunResult(self.command, run_dir, self.dataset.class_names, metrics, rows,
