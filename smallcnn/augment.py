@@ -77,23 +77,21 @@ def build_augmenter(settings, seed=0):
 
     if settings == Augmentation():
         return None
-    draws = iter(())
-
-    def uniform(shape, low, high):
-        return tf.random.stateless_uniform(shape, next(draws), minval=low, maxval=high,
-                                           dtype=tf.float32)
-
     def augment(images, index):
-        nonlocal draws
         key = tf.stack([tf.constant(seed, tf.int64), tf.cast(index, tf.int64)])
-        draws = iter(tf.unstack(tf.random.experimental.stateless_split(key, num=_DRAWS)))
+        seeds = iter(tf.unstack(tf.random.experimental.stateless_split(key, num=_DRAWS)))
+
+        def uniform(shape, low, high):  # each call takes the batch's next seed
+            return tf.random.stateless_uniform(shape, next(seeds), minval=low, maxval=high,
+                                               dtype=tf.float32)
+
         shape = tf.shape(images)
         n = shape[0]
         height, width = tf.cast(shape[1], tf.float32), tf.cast(shape[2], tf.float32)
         if settings.flip != "none" or settings.rotation or settings.shift or settings.shear or (
             settings.zoom
         ):
-            images = _affine(images, n, height, width)
+            images = _affine(images, n, height, width, uniform)
         if settings.brightness:
             delta = uniform([n, 1, 1, 1], -settings.brightness, settings.brightness) * 255.0
             images = images + delta
@@ -105,20 +103,20 @@ def build_augmenter(settings, seed=0):
             images = tf.clip_by_value(images, 0.0, 255.0)
         return images
 
-    def _flip_sign(n, enabled):
+    def _flip_sign(n, enabled, uniform):
         if not enabled:
             return tf.ones([n])
         return tf.where(uniform([n], 0, 1) < 0.5, -1.0, 1.0)
 
-    def _affine(images, n, height, width):
+    def _affine(images, n, height, width, uniform):
         angle = uniform([n], -1, 1) * settings.rotation * (3.141592653589793 / 180.0)
         shear_x = uniform([n], -settings.shear, settings.shear)
         shear_y = uniform([n], -settings.shear, settings.shear)
         scale = uniform([n], 1 - settings.zoom, 1 + settings.zoom)  # >1: zoom out
         shift_x = uniform([n], -settings.shift, settings.shift) * width
         shift_y = uniform([n], -settings.shift, settings.shift) * height
-        flip_x = _flip_sign(n, settings.flip in ("horizontal", "both"))
-        flip_y = _flip_sign(n, settings.flip in ("vertical", "both"))
+        flip_x = _flip_sign(n, settings.flip in ("horizontal", "both"), uniform)
+        flip_y = _flip_sign(n, settings.flip in ("vertical", "both"), uniform)
         cos, sin = tf.cos(angle), tf.sin(angle)
         # Output -> input coordinates about the centre: rotation @ shear @ scale @ flip.
         a00 = (cos - sin * shear_y) * scale * flip_x

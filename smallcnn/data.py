@@ -212,6 +212,16 @@ def _check_classes(raw, root):
     return class_names
 
 
+def run_data_folder(config, how="DATA, or --data DATA"):
+    """The data folder a run recorded, refused with `how` to say where it is now when it is
+    not there any more."""
+    recorded = config.get("data")
+    if not recorded or not Path(recorded).is_dir():
+        raise DataError(f"The run's data folder {str(recorded)!r} is not there; if it moved, "
+                        f"say where it is now: {how}.")
+    return recorded
+
+
 def dataset_of_run(config, data=None):
     """The data set a run was trained on (from its smallcnn.json), or `data` in its place,
     split as the run split it; its classes must be the model's.
@@ -219,10 +229,9 @@ def dataset_of_run(config, data=None):
     Raises:
         DataError: the folder is gone (pass DATA), or its classes are not the model's.
     """
-    root = data or config.get("data")
-    if not root or not Path(root).is_dir():
-        raise DataError(f"The run's data folder {str(root)!r} is not there; pass the data "
-                        "folder the run was trained on (DATA, or --data DATA).")
+    root = data or run_data_folder(config)
+    if not Path(root).is_dir():
+        raise DataError(f"The data folder {str(root)!r} is not there.")
     settings = config.get("settings", {})
     dataset = find_dataset(root, settings.get("val_split", 0.2), settings.get("seed", 42))
     classes = list(config["class_names"])

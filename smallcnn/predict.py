@@ -72,15 +72,14 @@ class Classifier:
                 self._without_tensorflow = self._litert_engine()
         if self._without_tensorflow:
             return self._without_tensorflow
-        why = self._not_litert
         if count >= self.litert_min_images:
             engine = self._litert_engine()
             if engine is not None:
                 return engine
-            why = self._not_litert
-        else:
-            why = why or (f"{count} image(s), under the {self.litert_min_images} that pay for "
-                          "converting the model to LiteRT")
+        why = self._not_litert
+        if why is None and count < self.litert_min_images:
+            why = (f"{count} image(s), under the {self.litert_min_images} that pay for "
+                   "converting the model to LiteRT")
         self.engine = f"keras ({why})" if why else "keras"
         return lambda images: self._keras_probabilities(images, batch_size)
 

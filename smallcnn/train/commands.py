@@ -5,6 +5,7 @@ import json
 import os
 
 from smallcnn import runs
+from smallcnn.data import run_data_folder
 from smallcnn.errors import DataError, UsageError
 from smallcnn.train import keras_loop as loop
 from smallcnn.train.session import Session
@@ -88,7 +89,7 @@ def finetune(data_dir=None, from_run=None, settings=None, out=None, overwrite=Fa
             settings, base=source_config["base"], image_size=source_config["image_size"],
             weights="none", freeze=True,
         )
-        data_dir = data_dir or _recorded_data(source_config, f"smallcnn finetune {from_run} DATA")
+        data_dir = data_dir or run_data_folder(source_config, f"smallcnn finetune DATA --from {from_run}")
     if data_dir is None:
         raise UsageError("finetune needs DATA, or a run to start from: --from RUN.")
     loaded = {}
@@ -160,15 +161,6 @@ def finetune(data_dir=None, from_run=None, settings=None, out=None, overwrite=Fa
     return session.result(run_dir, metrics, rows, unfrozen=unfrozen, trainable_params=trainable)
 
 
-def _recorded_data(config, how):
-    """The data folder a run recorded, refused with what to do when it is not there."""
-    recorded = config.get("data")
-    if recorded and not os.path.isdir(recorded):
-        raise DataError(f"The run's data folder {recorded!r} is not there; if it moved, say "
-                        f"where it is now: {how}.")
-    return recorded
-
-
 def _recorded_val_loss(run_dir):
     """The val_loss a run folder's metrics.json records, or None."""
     try:
@@ -198,7 +190,7 @@ def _resume(command, run, data_dir, reporter, command_line):
     # The base comes with the saved model; "none" keeps the engine from reusing a
     # conversion of the original weights (fine-tuning changed them).
     settings = dataclasses.replace(Settings(**recorded), weights="none")
-    data_dir = data_dir or _recorded_data(config, f"smallcnn {command} DATA --resume {run_dir}")
+    data_dir = data_dir or run_data_folder(config, f"smallcnn {command} DATA --resume {run_dir}")
     session = Session(command, data_dir, settings, reporter, command_line)
     session.weights_source = config["weights"]
     if config["class_names"] != session.dataset.class_names:
