@@ -25,6 +25,8 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m pip install --quiet -e ".[test,bench]"
+	$(BIN)/python bench/bases.py
+	$(BIN)/python bench/ideas.py
 	$(BIN)/python bench/run.py
 
 clean:

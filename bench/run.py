@@ -34,6 +34,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "datasets"
 PYTHON = sys.executable
+# The peer's base (bench/peer.py): smallcnn runs the same one here. Every bundled base on
+# every data set is bench/bases.py's job.
+BASE = ["--base", "mobilenet_v2"]
 
 
 def timed(args, env=None, cwd=None):
@@ -193,21 +196,21 @@ def bench(name, epochs, work, scaling):
     # throughput is also compared with the limit measured just before it.
     result["limit_before_extract"] = limit(data)
     shutil.rmtree(cache, ignore_errors=True)
-    cold = smallcnn("extract", data, "--out", work / "extract-cold", env=env)
+    cold = smallcnn("extract", data, *BASE, "--out", work / "extract-cold", env=env)
     result["smallcnn_extract"] = {**cold, **run_metrics(work / "extract-cold")}
-    warm = smallcnn("extract", data, "--out", work / "extract-warm", env=env)
+    warm = smallcnn("extract", data, *BASE, "--out", work / "extract-warm", env=env)
     result["smallcnn_extract_warm"] = {**warm, **run_metrics(work / "extract-warm")}
     print("extract done", flush=True)
 
     result["peer_frozen"] = peer("frozen", data, epochs, work)
     same = ["--batch-size", "20"]  # the peer's batch size
-    run = smallcnn("train", "--freeze", data, "--epochs", epochs, "--patience", epochs, *same,
+    run = smallcnn("train", "--freeze", data, *BASE, "--epochs", epochs, "--patience", epochs, *same,
                    "--out", work / "train", env=env)
     result["smallcnn_train"] = {**run, **run_metrics(work / "train")}
     print("train done", flush=True)
 
     result["peer_finetune"] = peer("finetune", data, epochs, work)
-    run = smallcnn("finetune", data, "--head-epochs", epochs, "--epochs", epochs,
+    run = smallcnn("finetune", data, *BASE, "--head-epochs", epochs, "--epochs", epochs,
                    "--patience", epochs, *same, "--out", work / "finetune", env=env)
     result["smallcnn_finetune"] = {**run, **run_metrics(work / "finetune")}
     print("finetune done", flush=True)
@@ -221,7 +224,7 @@ def bench(name, epochs, work, scaling):
         for times in (1, 2, 4):
             source = repeated(data, times, work) if times > 1 else data
             scale_cache = work / f"cache-x{times}"
-            run = smallcnn("extract", source, "--out", work / f"scale-x{times}",
+            run = smallcnn("extract", source, *BASE, "--out", work / f"scale-x{times}",
                            env={"SMALLCNN_CACHE": str(scale_cache)})
             metrics = run_metrics(work / f"scale-x{times}")
             result["scaling"].append({"times": times, "train_images": metrics["train_images"],
@@ -340,6 +343,10 @@ def main():
         print("\n".join(table), flush=True)
         lines += table + [""]
         shutil.rmtree(work, ignore_errors=True)
+    sys.path.insert(0, str(ROOT))
+    from bench import bases, ideas  # their recorded results, as they last ran
+
+    lines += bases.summary(bases.load()) + ideas.summary(ideas.load())
     (ROOT / "docs").mkdir(exist_ok=True)
     (ROOT / "docs" / "benchmarks.md").write_text("\n".join(lines) + "\n")
 

@@ -3,13 +3,16 @@
 Each entry carries its own defaults, the way timm's model registry does: the
 constructor, the preprocessing its weights expect, its default image size, the width
 of its pooled features, the name of its last convolutional layer (for Grad-CAM) and
-where its ImageNet weights come from.
+where its ImageNet weights come from. Three bases ship their ImageNet weights in the
+package (smallcnn/weights, provenance in the README) and work offline.
 """
 
 import dataclasses
 import warnings
 from pathlib import Path
 from typing import Callable, Optional
+
+import numpy as np
 
 from smallcnn.errors import UsageError, WeightsError, first_line
 
@@ -25,6 +28,9 @@ class BaseSpec:
     feature_width: int
     last_conv_layer: str
     min_size: int = 32
+    # Names the block of a layer (see smallcnn.models.base_blocks): --unfreeze-blocks
+    # unfreezes whole blocks. None: every layer with weights is a block of its own.
+    block_pattern: Optional[str] = None
     # A weights file shipped inside the package; None means Keras downloads it.
     packaged_imagenet: Optional[str] = None
     has_imagenet: bool = True
@@ -41,6 +47,18 @@ def _applications(name):
         return getattr(keras.applications, name)(
             include_top=False, weights=weights, input_shape=input_shape
         )
+
+    return build
+
+
+def _efficientnet_lite(variant):
+    def build(input_shape, weights):
+        from smallcnn import efficientnet_lite
+
+        if weights not in (None, "none"):
+            raise WeightsError(f"EfficientNet-{variant.title()} has no downloadable weights; "
+                               "use its packaged ImageNet weights or a weights file.")
+        return efficientnet_lite.build(variant, input_shape, name=f"efficientnet_{variant}")
 
     return build
 
@@ -65,6 +83,8 @@ def _small_convnet(input_shape, weights):
     return keras.Model(inputs, x, name="small")
 
 
+EFFICIENTNET_BLOCKS = r"block\d+[a-z]|stem|top"
+
 BASES = {
     spec.name: spec
     for spec in [
@@ -76,13 +96,35 @@ BASES = {
             1280,
             "out_relu",
             packaged_imagenet="mobilenet_v2_1.0_224_imagenet_notop.weights.h5",
+            block_pattern=r"block_\d+|expanded_conv|Conv_?1",
         ),
-        BaseSpec("mobilenet", _applications("MobileNet"), "tf", 224, 1024, "conv_pw_13_relu"),
-        BaseSpec("vgg16", _applications("VGG16"), "caffe", 224, 512, "block5_conv3"),
-        BaseSpec("vgg19", _applications("VGG19"), "caffe", 224, 512, "block5_conv4"),
-        BaseSpec("resnet50", _applications("ResNet50"), "caffe", 224, 2048, "conv5_block3_out"),
+        BaseSpec("mobilenet", _applications("MobileNet"), "tf", 224, 1024, "conv_pw_13_relu",
+                 block_pattern=r"conv_(?:dw|pw)_(\d+)"),
+        BaseSpec("vgg16", _applications("VGG16"), "caffe", 224, 512, "block5_conv3",
+                 block_pattern=r"block\d+"),
+        BaseSpec("vgg19", _applications("VGG19"), "caffe", 224, 512, "block5_conv4",
+                 block_pattern=r"block\d+"),
+        BaseSpec("resnet50", _applications("ResNet50"), "caffe", 224, 2048, "conv5_block3_out",
+                 block_pattern=r"conv\d_block\d+|conv1"),
         BaseSpec(
-            "efficientnet_b0", _applications("EfficientNetB0"), "none", 224, 1280, "top_activation"
+            "efficientnet_b0",
+            _applications("EfficientNetB0"),
+            "none",
+            224,
+            1280,
+            "top_activation",
+            packaged_imagenet="efficientnet_b0_imagenet_notop.f16.npz",
+            block_pattern=EFFICIENTNET_BLOCKS,
+        ),
+        BaseSpec(
+            "efficientnet_lite2",
+            _efficientnet_lite("lite2"),
+            "lite",
+            260,
+            1280,
+            "top_activation",
+            packaged_imagenet="efficientnet_lite2_imagenet_notop.f16.npz",
+            block_pattern=EFFICIENTNET_BLOCKS,
         ),
         BaseSpec(
             "inception_v3", _applications("InceptionV3"), "tf", 299, 2048, "mixed10", min_size=75
@@ -95,8 +137,10 @@ BASES = {
             2048,
             "block14_sepconv2_act",
             min_size=71,
+            block_pattern=r"block\d+",
         ),
-        BaseSpec("small", _small_convnet, "scale", 150, 128, "block4_conv", has_imagenet=False),
+        BaseSpec("small", _small_convnet, "scale", 150, 128, "block4_conv", has_imagenet=False,
+                 block_pattern=r"block\d+"),
     ]
 }
 DEFAULT_BASE = "mobilenet_v2"
@@ -168,6 +212,9 @@ def build_base(spec, image_size, weights):
 def _load_file(spec, input_shape, path):
     base = spec.constructor(input_shape, None)
     try:
+        if path.suffix == ".npz":
+            _load_packed(base, path)
+            return base
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             base.load_weights(str(path))
@@ -182,6 +229,23 @@ def _load_file(spec, input_shape, path):
             f"It must be a Keras .weights.h5 file of {spec.name} without its top."
         ) from error
     return base
+
+
+def _load_packed(base, path):
+    """Loads weights packed as tools/pack_weights.py writes them: the `save_own_variables`
+    arrays of each layer with weights under "<position>/<index>", floats as float16."""
+    with np.load(path) as packed:
+        arrays = dict(packed)
+    for position, layer in enumerate(layer for layer in base.layers if layer.weights):
+        store = {}
+        for index in range(len(layer.weights)):
+            value = arrays.pop(f"{position}/{index}", None)
+            if value is None:
+                raise ValueError(f"no weights for layer {layer.name!r}")
+            store[str(index)] = value.astype("float32") if value.dtype == np.float16 else value
+        layer.load_own_variables(store)  # checks the shapes; Normalization finalizes itself
+    if arrays:
+        raise ValueError(f"{len(arrays)} arrays match no layer, such as {next(iter(arrays))!r}")
 
 
 def weights_label(weights):

@@ -39,9 +39,11 @@ KEY_FORMAT = 2
 # The modules whose code, and the libraries whose versions, make each part's entries.
 _PRODUCERS = {
     "features": ("smallcnn.images", "smallcnn.layers", "smallcnn.models", "smallcnn.bases",
-                 "smallcnn.engine"),
-    "engines": ("smallcnn.layers", "smallcnn.models", "smallcnn.bases", "smallcnn.engine"),
-    "templates": ("smallcnn.layers", "smallcnn.models", "smallcnn.bases", "smallcnn.modelfile"),
+                 "smallcnn.efficientnet_lite", "smallcnn.engine"),
+    "engines": ("smallcnn.layers", "smallcnn.models", "smallcnn.bases",
+                "smallcnn.efficientnet_lite", "smallcnn.engine"),
+    "templates": ("smallcnn.layers", "smallcnn.models", "smallcnn.bases",
+                  "smallcnn.efficientnet_lite", "smallcnn.modelfile"),
     "scans": ("smallcnn.images", "smallcnn.check"),
 }
 _LIBRARIES = {

@@ -3,7 +3,8 @@
 Models carry their own preprocessing, as one standard Keras layer named `preprocess`,
 so every run's model.keras loads with plain `keras.saving.load_model(path,
 safe_mode=True)`, where smallcnn is not installed. Modes follow
-`keras.applications.imagenet_utils.preprocess_input`: `tf` scales to [-1, 1]; `caffe`
+`keras.applications.imagenet_utils.preprocess_input`: `tf` scales to [-1, 1]; `lite`
+computes (x - 127) / 128, the scaling EfficientNet-Lite was trained with; `caffe`
 converts to BGR and subtracts the ImageNet mean; `scale` scales to [0, 1]; `none`
 passes pixels through (for bases that rescale inside, like EfficientNet).
 """
@@ -15,13 +16,15 @@ from keras import ops
 # Per-channel ImageNet mean as keras.applications' preprocess_input (caffe mode) uses it.
 CAFFE_BGR_MEAN = (103.939, 116.779, 123.68)
 
-PREPROCESSING_MODES = ("tf", "caffe", "scale", "none")
+PREPROCESSING_MODES = ("tf", "lite", "caffe", "scale", "none")
 
 
 def preprocessing_layer(mode, name="preprocess"):
     """The standard Keras layer that preprocesses float pixels for a base (see above)."""
     if mode == "tf":
         return keras.layers.Rescaling(1 / 127.5, offset=-1.0, name=name)
+    if mode == "lite":
+        return keras.layers.Rescaling(1 / 128, offset=-127 / 128, name=name)
     if mode == "scale":
         return keras.layers.Rescaling(1 / 255.0, name=name)
     if mode == "none":

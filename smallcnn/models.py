@@ -1,5 +1,7 @@
 """Building, compiling and (un)freezing the classifier: base + pooling + dense head."""
 
+import re
+
 import keras
 from keras import layers
 
@@ -93,23 +95,49 @@ def unfreeze_candidates(base):
             if layer.weights and not isinstance(layer, layers.BatchNormalization)]
 
 
-def check_unfreeze(base, count):
-    """Refuses an `--unfreeze` count the base cannot take."""
+def base_blocks(base, block_pattern):
+    """The unfreeze candidates grouped into the base's blocks, bottom first.
+
+    A layer's block is named by the first match of `block_pattern` (a registry entry's
+    `BaseSpec.block_pattern`) in its name: the match's first group if it has one, else
+    the whole match. Consecutive layers with the same block name form one block; a layer
+    that does not match is a block of its own, as is every layer without a pattern.
+    """
+    blocks, previous = [], None
+    for layer in unfreeze_candidates(base):
+        found = re.search(block_pattern, layer.name) if block_pattern else None
+        name = (found.group(1) if found.re.groups else found.group(0)) if found else None
+        if name is None or name != previous:
+            blocks.append([])
+        blocks[-1].append(layer)
+        previous = name
+    return blocks
+
+
+def layers_to_unfreeze(base, count, blocks=None, block_pattern=None):
+    """The top `count` unfreeze candidates, or, with `blocks`, every candidate of the top
+    `blocks` blocks (see `base_blocks`); a count the base cannot take is refused."""
+    if blocks is not None:
+        grouped = base_blocks(base, block_pattern)
+        if not 1 <= blocks <= len(grouped):
+            raise UsageError(f"--unfreeze-blocks must be between 1 and {len(grouped)}, the "
+                             f"blocks of the {base.name} base. Received: {blocks}")
+        return [layer for block in grouped[-blocks:] for layer in block]
     if count < 1:
         raise UsageError(f"--unfreeze must be at least 1. Received: {count}")
-    available = len(unfreeze_candidates(base))
-    if count > available:
+    candidates = unfreeze_candidates(base)
+    if count > len(candidates):
         raise UsageError(
-            f"--unfreeze {count} is more than the {available} layers with weights "
-            f"in the {base.name} base; give at most {available}."
+            f"--unfreeze {count} is more than the {len(candidates)} layers with weights "
+            f"in the {base.name} base; give at most {len(candidates)}."
         )
+    return candidates[-count:]
 
 
-def unfreeze_top(base, count):
-    """Makes the top `count` layers of the base that have weights trainable
-    (see `unfreeze_candidates`). Returns their names, top first."""
-    check_unfreeze(base, count)
-    chosen = unfreeze_candidates(base)[-count:]
+def unfreeze_top(base, count, blocks=None, block_pattern=None):
+    """Makes the layers `layers_to_unfreeze` chooses trainable, and only those.
+    Returns their names, top first."""
+    chosen = layers_to_unfreeze(base, count, blocks, block_pattern)
     base.trainable = True
     for layer in base.layers:
         layer.trainable = False

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from conftest import SHARED
-from smallcnn.bases import BASES, build_base, get_base, resolve_weights
+from smallcnn.bases import BASES, PACKAGED_WEIGHTS, build_base, get_base, resolve_weights
 from smallcnn.errors import UsageError, WeightsError
 
 
@@ -70,3 +70,116 @@ def test_real_mobilenet_weights_from_a_path():
         stored = []
         f.visititems(lambda name, obj: stored.append(obj[()]) if hasattr(obj, "shape") and obj.shape == loaded.shape else None)
     assert any(np.array_equal(loaded, s) for s in stored)
+
+
+REFERENCE = SHARED / "weights" / "reference"
+PACKAGED = sorted(name for name, spec in BASES.items() if spec.packaged_imagenet)
+
+
+@pytest.mark.skipif(not REFERENCE.exists(), reason=f"reference features not found at {REFERENCE}")
+@pytest.mark.parametrize("name", PACKAGED)
+def test_packaged_weights_give_the_reference_features(name):
+    """The packaged weights (float16 for the EfficientNets) through smallcnn's own
+    preprocessing give the features the original float32 weights give, to cosine 0.9999."""
+    import json
+
+    from PIL import Image
+
+    from smallcnn.models import feature_extractor
+
+    described = json.loads((REFERENCE / "reference_features.json").read_text())
+    reference = described["models"][name]
+    size = reference["input_size"][0]
+    folder = SHARED / "datasets" / "ants-bees" / "val" / "ants"  # the project's copy differs
+    images = np.stack([
+        np.asarray(Image.open(folder / image).convert("RGB").resize((size, size), Image.BILINEAR),
+                   dtype="float32")
+        for image in described["images"]])
+    spec = get_base(name)
+    features = feature_extractor(spec, build_base(spec, size, "imagenet"), size)(images).numpy()
+    expected = np.load(REFERENCE / reference["file"])
+    cosine = (features * expected).sum(1) / (
+        np.linalg.norm(features, axis=1) * np.linalg.norm(expected, axis=1))
+    assert cosine.min() >= 0.9999
+
+
+def test_efficientnet_lite_is_exact_at_any_size():
+    """One model built for any size gives what a model built for that size gives, odd
+    feature maps included (where keras.applications' fixed padding goes wrong)."""
+    import keras
+
+    from smallcnn import efficientnet_lite
+
+    keras.utils.set_random_seed(0)
+    fixed = efficientnet_lite.build("lite2", (67, 67, 3))
+    any_size = efficientnet_lite.build("lite2", (None, None, 3))
+    any_size.set_weights(fixed.get_weights())
+    images = np.random.default_rng(0).uniform(-1, 1, (2, 67, 67, 3)).astype("float32")
+    assert any_size(images).shape == fixed(images).shape == (2, 3, 3, 1280)
+    np.testing.assert_allclose(any_size(images), fixed(images), atol=1e-5)
+
+
+LITE2_TENSORS = SHARED / "weights" / "efficientnet_lite2_imagenet_torch_names.npz"
+
+
+@pytest.mark.skipif(not LITE2_TENSORS.exists(), reason=f"original tensors not at {LITE2_TENSORS}")
+def test_efficientnet_lite_mapping_uses_every_original_tensor():
+    """Every layer with weights gets its tensors, in Keras shapes, and every original
+    tensor but the ImageNet classifier's finds a layer."""
+    from smallcnn import efficientnet_lite
+
+    class Recording(dict):
+        used = set()
+
+        def __getitem__(self, key):
+            self.used.add(key)
+            return super().__getitem__(key)
+
+    with np.load(LITE2_TENSORS) as original:
+        tensors = Recording(original)
+    mapped = efficientnet_lite.keras_weights(tensors, "lite2")
+    model = efficientnet_lite.build("lite2", (64, 64, 3))
+    for layer in model.layers:
+        if layer.weights:
+            layer.set_weights(mapped.pop(layer.name))  # raises on a wrong shape
+    assert not mapped
+    assert set(tensors) - tensors.used == {"_fc.weight", "_fc.bias"}
+
+
+def test_packaged_weights_of_another_base_are_refused():
+    lite2 = PACKAGED_WEIGHTS / get_base("efficientnet_lite2").packaged_imagenet
+    with pytest.raises(WeightsError, match="does not fit the 'efficientnet_b0' base"):
+        build_base(get_base("efficientnet_b0"), 64, str(lite2))
+
+
+# The architectures' own blocks: EfficientNet-B0 16 + stem + top (+ its input
+# Normalization); Lite2 21 + stem + top; MobileNetV2 16 + expanded_conv + Conv1 + Conv_1;
+# ResNet50 16 residual blocks + conv1; MobileNet 13 depthwise-separable pairs + conv1.
+@pytest.mark.parametrize("name, count", [("efficientnet_b0", 19), ("efficientnet_lite2", 23),
+                                         ("mobilenet_v2", 19), ("resnet50", 17),
+                                         ("mobilenet", 14)])
+def test_blocks_are_the_architectures_blocks(name, count):
+    from smallcnn.models import base_blocks, unfreeze_candidates
+
+    spec = get_base(name)
+    base = build_base(spec, 64, "none")
+    blocks = base_blocks(base, spec.block_pattern)
+    assert [layer for block in blocks for layer in block] == unfreeze_candidates(base)
+    assert len(blocks) == count
+
+
+def test_top_blocks_of_efficientnet_and_mobilenet_v2():
+    from smallcnn.models import layers_to_unfreeze
+
+    b0 = build_base(get_base("efficientnet_b0"), 64, "none")
+    names = [layer.name for layer in layers_to_unfreeze(
+        b0, None, 2, get_base("efficientnet_b0").block_pattern)]
+    assert names[-1] == "top_conv" and {n.split("_")[0] for n in names} == {"block7a", "top"}
+    assert {"block7a_expand_conv", "block7a_dwconv", "block7a_se_reduce",
+            "block7a_project_conv"} <= set(names)
+    v2 = build_base(get_base("mobilenet_v2"), 64, "none")
+    names = [layer.name for layer in layers_to_unfreeze(
+        v2, None, 2, get_base("mobilenet_v2").block_pattern)]
+    assert names == ["block_16_expand", "block_16_depthwise", "block_16_project", "Conv_1"]
+    with pytest.raises(UsageError, match="--unfreeze-blocks must be between 1 and"):
+        layers_to_unfreeze(v2, None, 1000, get_base("mobilenet_v2").block_pattern)

@@ -83,7 +83,7 @@ def test_cache_info_and_clear_from_the_command_line():
 
 
 def test_extract_heals_damaged_features_templates_and_engines(tiny_data, base_weights_file):
-    args = ["extract", tiny_data, "--weights", base_weights_file, "--image-size", "32", *FAST]
+    args = ["extract", tiny_data, "--base", "mobilenet_v2", "--weights", base_weights_file, "--image-size", "32", *FAST]
     first = invoke(*args)
     assert first.exit_code == 0, first.output
     damaged = set()

@@ -134,7 +134,7 @@ def test_a_train_run_predicts_without_tensorflow_from_the_first_image(tiny_data,
 
 
 def test_extract_views_train_the_head_on_augmented_copies(tiny_data, base_weights_file):
-    args = ["extract", tiny_data, "--weights", base_weights_file, "--image-size", "32", *FAST,
+    args = ["extract", tiny_data, "--base", "mobilenet_v2", "--weights", base_weights_file, "--image-size", "32", *FAST,
             "--views", "2"]
     first = invoke(*args, "--out", "runs/v1")
     assert first.exit_code == 0, first.output
@@ -158,7 +158,7 @@ def test_extract_views_train_the_head_on_augmented_copies(tiny_data, base_weight
 
 def test_extract_features_follow_the_files_content(tmp_path, base_weights_file):
     data = make_dataset(tmp_path / "d", ext=".bmp")  # BMP: same size whatever the pixels
-    args = ["extract", data, "--weights", base_weights_file, "--image-size", "32", *FAST]
+    args = ["extract", data, "--base", "mobilenet_v2", "--weights", base_weights_file, "--image-size", "32", *FAST]
     first = invoke(*args)
     assert first.exit_code == 0, first.output
     assert "from the cache" not in first.output
@@ -186,7 +186,7 @@ def test_a_warm_extract_needs_no_tensorflow_and_saves_the_same_model(tiny_data, 
     import keras
     from PIL import Image
 
-    args = ["extract", str(tiny_data), "--weights", str(base_weights_file), "--image-size", "32",
+    args = ["extract", str(tiny_data), "--base", "mobilenet_v2", "--weights", str(base_weights_file), "--image-size", "32",
             *FAST, "--hidden", "8"]
     first = invoke(*args, "--out", "runs/cold")
     assert first.exit_code == 0, first.output
@@ -229,7 +229,7 @@ def test_an_extract_run_predicts_without_tensorflow_until_its_model_changes(tiny
     from smallcnn.models import HEAD_NAME
     from smallcnn.predict import load
 
-    result = invoke("extract", tiny_data, "--weights", base_weights_file, "--image-size", "32",
+    result = invoke("extract", tiny_data, "--base", "mobilenet_v2", "--weights", base_weights_file, "--image-size", "32",
                     *FAST, "--out", "runs/x")
     assert result.exit_code == 0, result.output
     image = tiny_data / "val" / "blue" / "blue_002.png"
@@ -277,7 +277,7 @@ def test_train_freeze_keeps_base_and_finetune_changes_only_unfrozen_layers(
 ):
     base_name, original = _file_weights(base_weights_file)
     # A barely trained head, so that fine-tuning improves on it and its weights are kept.
-    frozen = invoke("train", tiny_data, "--freeze", "--weights", base_weights_file,
+    frozen = invoke("train", tiny_data, "--freeze", "--base", "mobilenet_v2", "--weights", base_weights_file,
                     "--image-size", "32", "--epochs", "1", "--batch-size", "8",
                     "--learning-rate", "0.0001", "--out", "runs/f")
     assert frozen.exit_code == 0, frozen.output
@@ -309,7 +309,7 @@ def test_train_freeze_keeps_base_and_finetune_changes_only_unfrozen_layers(
 
 
 def test_finetune_without_a_run_trains_the_head_first(tiny_data, base_weights_file):
-    result = invoke("finetune", tiny_data, "--weights", base_weights_file, "--image-size", "32",
+    result = invoke("finetune", tiny_data, "--base", "mobilenet_v2", "--weights", base_weights_file, "--image-size", "32",
                     "--head-epochs", "2", "--epochs", "2", "--unfreeze", "1",
                     "--batch-size", "8", "--out", "runs/ft")
     assert result.exit_code == 0, result.output
@@ -320,6 +320,23 @@ def test_finetune_without_a_run_trains_the_head_first(tiny_data, base_weights_fi
     assert 1 <= head_epochs <= 2
     assert metrics["finetune_start_epoch"] == head_epochs + 1
     assert f"\n{head_epochs + 1},finetune," in history
+
+
+def test_finetune_unfreezes_whole_blocks(tiny_data, base_weights_file):
+    """--unfreeze-blocks 1 on MobileNetV2: its top block, Conv_1, and nothing else;
+    --unfreeze-blocks 2 adds every layer of block_16 (BatchNorm excepted)."""
+    from smallcnn.bases import get_base
+
+    args = ["finetune", tiny_data, "--base", "mobilenet_v2", "--weights", base_weights_file,
+            "--image-size", "32", "--head-epochs", "1", "--epochs", "1", "--batch-size", "8"]
+    result = invoke(*args, "--unfreeze-blocks", "2", "--out", "runs/b")
+    assert result.exit_code == 0, result.output
+    unfrozen = json.loads(open("runs/b/metrics.json").read())["unfrozen_layers"]
+    assert unfrozen == ["Conv_1", "block_16_project", "block_16_depthwise", "block_16_expand"]
+    assert get_base("mobilenet_v2").block_pattern  # the registry names the blocks
+    refused = invoke(*args, "--unfreeze-blocks", "99", "--out", "runs/c")
+    assert refused.exit_code == 2 and "--unfreeze-blocks must be between 1 and 19" in refused.output
+    assert not os.path.exists("runs/c")  # refused before a run folder was made
 
 
 def test_finetune_accepts_a_run_folder_as_argument(tiny_data):

@@ -92,7 +92,7 @@ def test_finetune_refuses_too_many_layers_before_training_a_head(tiny_data, base
     import smallcnn.check
 
     monkeypatch.setattr(smallcnn.check, "check_dataset", lambda *a, **k: 1 / 0)
-    result = invoke("finetune", tiny_data, "--weights", base_weights_file, "--image-size", "32",
+    result = invoke("finetune", tiny_data, "--base", "mobilenet_v2", "--weights", base_weights_file, "--image-size", "32",
                     "--unfreeze", "9999")
     assert result.exit_code == 2, result.output
     assert "--unfreeze 9999 is more than the" in result.output
@@ -119,7 +119,7 @@ def test_engine_litert_fails_clearly_where_litert_cannot_run(tiny_data, base_wei
         raise ImportError("no LiteRT wheel for this platform")
 
     monkeypatch.setattr(smallcnn.engine, "convert_to_litert", broken)
-    args = ["extract", tiny_data, "--weights", base_weights_file, "--image-size", "32",
+    args = ["extract", tiny_data, "--base", "mobilenet_v2", "--weights", base_weights_file, "--image-size", "32",
             "--epochs", "2"]
     refused = invoke(*args, "--engine", "litert")
     assert refused.exit_code == 2, refused.output

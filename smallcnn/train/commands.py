@@ -65,7 +65,8 @@ def finetune(data_dir=None, from_run=None, settings=None, out=None, overwrite=Fa
 
     Starts from a run folder (`from_run`) or, without one, first trains the head with
     the base frozen, as `train` does. Then the top `settings.unfreeze` layers of the base
-    that have weights (BatchNormalization layers excepted) are made trainable.
+    that have weights (BatchNormalization layers excepted), or the top
+    `settings.unfreeze_blocks` blocks of it, are made trainable.
 
     Returns:
         A `RunResult` whose `unfrozen` lists the unfrozen layers.
@@ -97,7 +98,7 @@ def finetune(data_dir=None, from_run=None, settings=None, out=None, overwrite=Fa
     def prepare_model(session):
         """The model and its base, built or loaded, and --unfreeze checked on it: before
         any image is decoded, and before a run folder exists."""
-        from smallcnn.models import check_unfreeze, find_base
+        from smallcnn.models import find_base, layers_to_unfreeze
 
         if out is not None:
             runs.check_out(out, overwrite)
@@ -106,7 +107,7 @@ def finetune(data_dir=None, from_run=None, settings=None, out=None, overwrite=Fa
             loaded["base"] = find_base(loaded["model"], source_config["base_layer"])
         else:
             loaded["base"] = session.build_base()
-        check_unfreeze(loaded["base"], session.settings.unfreeze)
+        layers_to_unfreeze(loaded["base"], *_unfreeze_args(session))
 
     session = Session("finetune", data_dir, settings, reporter, command_line,
                       before_data=prepare_model)
@@ -137,7 +138,7 @@ def finetune(data_dir=None, from_run=None, settings=None, out=None, overwrite=Fa
         metrics = session.finish(run_dir, model, config, rows, evaluations)
         return session.result(run_dir, metrics, rows)
 
-    unfrozen = unfreeze_top(base, s.unfreeze)
+    unfrozen = unfreeze_top(base, *_unfreeze_args(session))
     trainable = count_params(model.trainable_weights)
     session.reporter.note(
         f"Unfroze {len(unfrozen)} base layer(s): {', '.join(unfrozen)}; "
@@ -159,6 +160,12 @@ def finetune(data_dir=None, from_run=None, settings=None, out=None, overwrite=Fa
                              {"finetune_start_epoch": len(rows) - len(tuned) + 1,
                               "unfrozen_layers": unfrozen, "trainable_params": trainable})
     return session.result(run_dir, metrics, rows, unfrozen=unfrozen, trainable_params=trainable)
+
+
+def _unfreeze_args(session):
+    """What to unfreeze: --unfreeze layers, or --unfreeze-blocks blocks of the base."""
+    s = session.settings
+    return s.unfreeze, s.unfreeze_blocks, session.spec.block_pattern
 
 
 def _recorded_val_loss(run_dir):
@@ -228,7 +235,7 @@ def _resume(command, run, data_dir, reporter, command_line):
                                            s.head_epochs - head_done, s.head_learning_rate,
                                            initial_epoch=done)
         if not session.interrupted:
-            unfrozen = unfreeze_top(base, s.unfreeze)
+            unfrozen = unfreeze_top(base, *_unfreeze_args(session))
             extra = {"unfrozen_layers": unfrozen,
                      "trainable_params": count_params(model.trainable_weights)}
             left = s.epochs - (len(rows) - [r["phase"] for r in rows].count("frozen"))

@@ -51,6 +51,9 @@ class Settings:
                                     ("train",), flag="--freeze/--no-freeze")
     unfreeze: int = option(4, "Top base layers with weights to unfreeze (BatchNorm excluded).",
                            int, ("finetune",))
+    unfreeze_blocks: Optional[int] = option(
+        None, "Unfreeze the top N blocks of the base instead, each whole (the blocks of its "
+        "registry entry; BatchNorm excluded).", int, ("finetune",))
     head_epochs: Optional[int] = option(None, "Epochs for the head with the base frozen "
                                         "(without --from).", int, ("finetune",))
     head_learning_rate: Optional[float] = option(None, "Learning rate for that head phase.",
