@@ -7,7 +7,9 @@ For each base with packaged ImageNet weights and each data set (../shared/datase
 Accuracy is the test split's where the data set has one, else the validation split's.
 Each cell is recorded in bench/results/bases.json as soon as it is measured, so a run
 can be split into parts (--bases, --datasets, --phases); --variant LABEL with extra
-options after `--` records a tried idea (e.g. `--variant 300px -- --image-size 300`).
+options after `--` (for the measured phase's command; finetune starts from a plain
+extract) records a tried idea (e.g. `--variant blocks2 --phases finetune --
+--unfreeze-blocks 2`).
 
     .venv/bin/python bench/bases.py [--bases ...] [--datasets ...] [--phases ...] [--epochs 2]
     .venv/bin/python bench/bases.py --summarize      # print the tables only
@@ -61,9 +63,9 @@ def measure(base, dataset, phase, epochs, extra, work):
                        "--patience", epochs, "--out", out, "--overwrite", env=env)
     else:
         if not (extract_run / "metrics.json").exists():
-            measure(base, dataset, "extract", epochs, extra, work)
+            measure(base, dataset, "extract", epochs, [], work)
         out = work / "finetune"
-        run = smallcnn("finetune", data, "--from", extract_run, "--epochs", epochs,
+        run = smallcnn("finetune", data, "--from", extract_run, *extra, "--epochs", epochs,
                        "--patience", epochs, "--out", out, "--overwrite", env=env)
     metrics = run_metrics(out)
     return {"wall_seconds": run["wall_seconds"], "peak_mb": run["peak_mb"],
@@ -71,7 +73,7 @@ def measure(base, dataset, phase, epochs, extra, work):
             "test_accuracy": metrics.get("test_accuracy"), "val_loss": metrics.get("val_loss"),
             "base_images_per_second": metrics.get("base_images_per_second"),
             "train_images": metrics.get("train_images"), "epochs": epochs if phase != "extract" else None,
-            "kept_earlier": "kept the model from before" in run["output"],
+            "kept_earlier": metrics.get("kept_earlier_model", False),
             "date": time.strftime("%Y-%m-%d %H:%M")}
 
 

@@ -143,7 +143,7 @@ BASES = {
                  block_pattern=r"block\d+"),
     ]
 }
-DEFAULT_BASE = "mobilenet_v2"
+DEFAULT_BASE = "efficientnet_b0"  # chosen by measurement: bench/bases.py, README
 
 
 def get_base(name):

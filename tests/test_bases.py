@@ -183,3 +183,18 @@ def test_top_blocks_of_efficientnet_and_mobilenet_v2():
     assert names == ["block_16_expand", "block_16_depthwise", "block_16_project", "Conv_1"]
     with pytest.raises(UsageError, match="--unfreeze-blocks must be between 1 and"):
         layers_to_unfreeze(v2, None, 1000, get_base("mobilenet_v2").block_pattern)
+
+
+def test_the_default_base_is_the_one_the_bench_chooses():
+    """The README's rule, applied to the recorded bench/bases.py results, names the default."""
+    import sys
+    from pathlib import Path
+
+    from smallcnn.bases import DEFAULT_BASE
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from bench import bases as bench
+
+    chosen, candidates = bench.rule(bench.load())
+    assert set(candidates) == set(bench.BUNDLED), "bench/results/bases.json lacks an extract cell"
+    assert chosen == DEFAULT_BASE

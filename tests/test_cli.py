@@ -304,8 +304,10 @@ def test_train_freeze_keeps_base_and_finetune_changes_only_unfrozen_layers(
                     "--batch-size", "8", "--learning-rate", "1000", "--out", "runs/r")
     assert ruined.exit_code == 0, ruined.output
     assert "kept the model from before it" in ruined.output
-    before = json.loads(open("runs/f/metrics.json").read())["val_loss"]
-    assert json.loads(open("runs/r/metrics.json").read())["val_loss"] <= before + 1e-3
+    before = json.loads(open("runs/f/metrics.json").read())
+    after = json.loads(open("runs/r/metrics.json").read())
+    assert after["val_loss"] <= before["val_loss"] + 1e-3
+    assert after["val_accuracy"] >= before["val_accuracy"] and after["kept_earlier_model"]
 
 
 def test_finetune_without_a_run_trains_the_head_first(tiny_data, base_weights_file):

@@ -62,6 +62,7 @@ def test_sigint_saves_a_loadable_model_and_the_run_resumes(tmp_path):
     from smallcnn.train.keras_loop import KEEP_TOLERANCE
 
     assert after["val_loss"] <= metrics["val_loss"] + KEEP_TOLERANCE
+    assert after["val_accuracy"] >= metrics["val_accuracy"]
     config = json.loads((run / "smallcnn.json").read_text())
     assert config["resumed"] == ["smallcnn train --resume runs/i"]
     assert config["data"] == str(data)
@@ -157,6 +158,11 @@ def test_ctrl_c_handlers_are_restored_when_fit_raises():
 def test_one_rule_keeps_the_earlier_model():
     from smallcnn.train.keras_loop import KEEP_TOLERANCE, worse_than
 
-    assert not worse_than(0.5, None)  # nothing earlier to keep
-    assert not worse_than(0.5 + KEEP_TOLERANCE / 2, 0.5)  # within noise: the new one stays
-    assert worse_than(0.5 + 2 * KEEP_TOLERANCE, 0.5)
+    assert not worse_than((0.5, 0.8), None)  # nothing earlier to keep
+    # val_loss within noise, same accuracy: the new one stays
+    assert not worse_than((0.5 + KEEP_TOLERANCE / 2, 0.8), (0.5, 0.8))
+    assert worse_than((0.5 + 2 * KEEP_TOLERANCE, 0.8), (0.5, 0.8))
+    # A lower val accuracy is worse, even with a lower val_loss.
+    assert worse_than((0.4, 0.79), (0.5, 0.8))
+    assert not worse_than((0.4, 0.81), (0.5, 0.8))
+    assert not worse_than((0.4, 0.79), (0.5, None))  # an earlier accuracy not recorded

@@ -144,21 +144,26 @@ def finetune(data_dir=None, from_run=None, settings=None, out=None, overwrite=Fa
         f"Unfroze {len(unfrozen)} base layer(s): {', '.join(unfrozen)}; "
         f"{trainable:,} parameters now train (head included)."
     )
-    before = model.get_weights()
-    before_loss = min((r["val_loss"] for r in rows if "val_loss" in r), default=None)
+    before_weights = model.get_weights()
+    # The head phase restored its epoch of lowest val_loss; a run records its own.
+    best = min((r for r in rows if "val_loss" in r), key=lambda r: r["val_loss"], default=None)
+    before = (best["val_loss"], best.get("val_accuracy")) if best else None
     if source_config is not None:
-        before_loss = _recorded_val_loss(from_run)
+        before = _recorded_val(from_run)
     tuned, evaluations = loop.train_end_to_end(session, model, run_dir, "finetune", s.epochs,
                                                s.learning_rate, initial_epoch=len(rows))
     rows += tuned
-    if loop.worse_than(evaluations["val"][0], before_loss):
-        model.set_weights(before)
-        evaluations = loop.evaluate_model(model, session)
-        session.reporter.note(f"Fine-tuning did not lower val_loss below {before_loss:.4f}; "
+    kept_earlier = loop.worse_than(evaluations["val"], before)
+    if kept_earlier:
+        session.reporter.note(f"Fine-tuning ended worse on val ({_val_text(evaluations['val'])}) "
+                              f"than the model it started from ({_val_text(before)}); "
                               "kept the model from before it.")
+        model.set_weights(before_weights)
+        evaluations = loop.evaluate_model(model, session)
     metrics = session.finish(run_dir, model, config, rows, evaluations,
                              {"finetune_start_epoch": len(rows) - len(tuned) + 1,
-                              "unfrozen_layers": unfrozen, "trainable_params": trainable})
+                              "unfrozen_layers": unfrozen, "trainable_params": trainable,
+                              "kept_earlier_model": kept_earlier})
     return session.result(run_dir, metrics, rows, unfrozen=unfrozen, trainable_params=trainable)
 
 
@@ -168,12 +173,19 @@ def _unfreeze_args(session):
     return s.unfreeze, s.unfreeze_blocks, session.spec.block_pattern
 
 
-def _recorded_val_loss(run_dir):
-    """The val_loss a run folder's metrics.json records, or None."""
+def _recorded_val(run_dir):
+    """The (val_loss, val_accuracy) a run folder's metrics.json records, or None."""
     try:
-        return json.loads((run_dir / runs.METRICS_FILE).read_text())["val_loss"]
+        metrics = json.loads((run_dir / runs.METRICS_FILE).read_text())
+        return metrics["val_loss"], metrics.get("val_accuracy")
     except (OSError, ValueError, KeyError):
         return None
+
+
+def _val_text(val):
+    loss, accuracy = val
+    return f"val_loss {loss:.4f}" + (f", val_accuracy {accuracy:.2%}" if accuracy is not None
+                                     else "")
 
 
 def _resume(command, run, data_dir, reporter, command_line):
@@ -213,7 +225,7 @@ def _resume(command, run, data_dir, reporter, command_line):
     session.extractor = feature_extractor(session.spec, base, s.image_size)
 
     rows = runs.read_history(run_dir)
-    previous_loss = _recorded_val_loss(run_dir)
+    previous = _recorded_val(run_dir)
     previous_weights = model.get_weights()
     done = len(rows)
     phases = [r["phase"] for r in rows]
@@ -247,11 +259,12 @@ def _resume(command, run, data_dir, reporter, command_line):
                 (r["epoch"] for r in rows if r["phase"] == "finetune"), start + 1)
 
     evaluations = loop.evaluate_model(model, session)
-    if loop.worse_than(evaluations["val"][0], previous_loss):
+    if loop.worse_than(evaluations["val"], previous):
+        session.reporter.note(f"The resumed training ended worse on val "
+                              f"({_val_text(evaluations['val'])}) than the run before it "
+                              f"({_val_text(previous)}); kept the model from before it.")
         model.set_weights(previous_weights)  # the run before the interruption was better
         evaluations = loop.evaluate_model(model, session)
-        session.reporter.note(f"The resumed training did not lower val_loss below "
-                              f"{previous_loss:.4f}; kept the model from before it.")
     config["resumed"] = config.get("resumed", []) + [session.command_line]
     if data_dir is not None:  # the data moved: record where it is now
         config["data"] = os.path.abspath(session.dataset.root)

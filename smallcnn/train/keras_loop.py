@@ -11,10 +11,20 @@ from smallcnn import runs
 KEEP_TOLERANCE = 1e-3
 
 
-def worse_than(val_loss, earlier_val_loss):
-    """Whether a new model is clearly worse than the earlier one (the one rule for
-    keeping the earlier model, in `finetune` and `--resume` alike)."""
-    return earlier_val_loss is not None and val_loss > earlier_val_loss + KEEP_TOLERANCE
+def worse_than(val, earlier):
+    """Whether a new model is worse on val than the earlier one: a lower val accuracy, or
+    a val_loss higher by more than `KEEP_TOLERANCE` (the one rule for keeping the earlier
+    model, in `finetune` and `--resume` alike).
+
+    Args:
+        val: the new model's (val_loss, val_accuracy).
+        earlier: the earlier model's, or None; a part may be None (not recorded).
+    """
+    if earlier is None:
+        return False
+    (loss, accuracy), (earlier_loss, earlier_accuracy) = val, earlier
+    return ((earlier_accuracy is not None and accuracy < earlier_accuracy - 1e-9)
+            or (earlier_loss is not None and loss > earlier_loss + KEEP_TOLERANCE))
 
 
 def fit(model, data, callbacks, **kwargs):
