@@ -1,6 +1,6 @@
 """smallcnn: accurate image classifiers from a few hundred labelled images, by transfer learning."""
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 
 
 def load(path=None):

@@ -31,6 +31,9 @@ class BaseSpec:
     # Names the block of a layer (see smallcnn.models.base_blocks): --unfreeze-blocks
     # unfreezes whole blocks. None: every layer with weights is a block of its own.
     block_pattern: Optional[str] = None
+    # Measured to keep its predictions through an int8 export (docs/export.md; EfficientNet-B0's
+    # swish and squeeze-excite do not: 92% top-1 agreement on ants-bees).
+    int8_friendly: bool = False
     # A weights file shipped inside the package; None means Keras downloads it.
     packaged_imagenet: Optional[str] = None
     has_imagenet: bool = True
@@ -97,6 +100,7 @@ BASES = {
             "out_relu",
             packaged_imagenet="mobilenet_v2_1.0_224_imagenet_notop.weights.h5",
             block_pattern=r"block_\d+|expanded_conv|Conv_?1",
+            int8_friendly=True,
         ),
         BaseSpec("mobilenet", _applications("MobileNet"), "tf", 224, 1024, "conv_pw_13_relu",
                  block_pattern=r"conv_(?:dw|pw)_(\d+)"),
@@ -125,6 +129,7 @@ BASES = {
             "top_activation",
             packaged_imagenet="efficientnet_lite2_imagenet_notop.f16.npz",
             block_pattern=EFFICIENTNET_BLOCKS,
+            int8_friendly=True,
         ),
         BaseSpec(
             "inception_v3", _applications("InceptionV3"), "tf", 299, 2048, "mixed10", min_size=75

@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from smallcnn import __version__, runs
+from smallcnn.bases import BASES
 from smallcnn.errors import DataError, ModelError, UsageError
 from smallcnn.progress import Reporter
 from smallcnn.formats import FORMATS, LABELS_FILE, contract_path, open_model, run_batches
@@ -315,7 +316,9 @@ def export(run=None, format="tflite", quantize="none", out=None, data=None, over
                 f"The {format} export ({quantize}) agrees with the Keras model on "
                 f"{agreement:.2%} of {len(val)} validation images, below the {needed:.0%} "
                 f"required (largest probability difference {difference:.4f}); nothing was "
-                + ("written. Try --quantize float16." if quantize == "int8" else "written.")
+                + ("written. Try --quantize float16, or a base made for int8: "
+                   + ", ".join(name for name, spec in BASES.items() if spec.int8_friendly) + "."
+                   if quantize == "int8" else "written.")
             )
         if overwrite:
             _remove(path)

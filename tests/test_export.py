@@ -175,6 +175,11 @@ def test_an_export_that_disagrees_fails_and_leaves_nothing(trained, tmp_path, mo
     assert result.exit_code == 4
     assert "agrees with the Keras model on 0.00% of 48 validation images" in result.output
     assert not out.exists() and not list(out.parent.iterdir())
+    # An int8 export that disagrees points to the bases that keep their answers in int8.
+    result = invoke("export", run, "--quantize", "int8", "--out", out)
+    assert result.exit_code == 4
+    assert "Try --quantize float16, or a base made for int8: mobilenet_v2, " \
+           "efficientnet_lite2." in result.output.replace("\n", " ").replace("  ", " ")
 
 
 def test_export_refusals(trained, tmp_path):
