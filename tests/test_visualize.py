@@ -228,7 +228,8 @@ def test_filter_patterns_raise_their_filter():
 
 
 @pytest.mark.parametrize("name", ["mobilenet_v2", "mobilenet", "vgg16", "resnet50",
-                                  "efficientnet_b0", "inception_v3", "xception", "small"])
+                                  "efficientnet_b0", "efficientnet_lite2", "inception_v3",
+                                  "xception", "small"])
 def test_gradcam_works_for_every_base(name):
     import keras
 
