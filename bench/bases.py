@@ -74,6 +74,7 @@ def measure(base, dataset, phase, epochs, extra, work):
             "base_images_per_second": metrics.get("base_images_per_second"),
             "train_images": metrics.get("train_images"), "epochs": epochs if phase != "extract" else None,
             "kept_earlier": metrics.get("kept_earlier_model", False),
+            "timings": metrics.get("timings"),
             "date": time.strftime("%Y-%m-%d %H:%M")}
 
 

@@ -102,6 +102,10 @@ def summary_table(result):
     if metrics.get("skipped_images"):
         table.add_row("unreadable images skipped", str(metrics["skipped_images"]))
     table.add_row("seconds", f"{metrics['seconds']:.1f}")
+    if metrics.get("timings"):
+        from smallcnn.timings import summary
+
+        table.add_row("where the time went", summary(metrics["timings"]))
     imbalance = metrics.get("class_imbalance") or 1
     if imbalance > 3:
         weighted = "balanced" if metrics.get("class_weights") else "none"

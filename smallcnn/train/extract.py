@@ -49,7 +49,7 @@ def extract(data_dir, settings=None, out=None, overwrite=False, reporter=None,
     # run needs no TensorFlow.
     steps = int(np.ceil(len(train_x) / s.batch_size))
     stop = session._stop = StopRequest()  # Ctrl-C ends training; session.interrupted says so
-    with stop:
+    with stop, session.timings("head"):
         weights, history = numpy_head.train(
             train_x, train_y, session.features("val"), s, len(session.dataset.class_names),
             class_weights=session.class_weights(), members=s.heads, stop=stop,
@@ -58,9 +58,11 @@ def extract(data_dir, settings=None, out=None, overwrite=False, reporter=None,
     rows = [{"epoch": i + 1, "phase": "head",
              **{k: (round(v, 3) if k == "seconds" else v) for k, v in logs.items()}}
             for i, logs in enumerate(history)]
-    evaluations = {name: list(numpy_head.evaluate(weights, *session.features(name)))
-                   for name in session.eval_splits()}
-    model, base_layer = _classifier(session, weights)
+    with session.timings("evaluate"):
+        evaluations = {name: list(numpy_head.evaluate(weights, *session.features(name)))
+                       for name in session.eval_splits()}
+    with session.timings("model"):
+        model, base_layer = _classifier(session, weights)
     run_dir = runs.new_run_dir("extract", out, overwrite=overwrite)
     config = session.config(base_layer)
     engine_name = _cached_engine_name(session)

@@ -71,7 +71,7 @@ def split_features(session, name):
     engine = session.engine()
     started = time.perf_counter()
     with session.reporter.progress(f"Extracting {name} features ({engine.name})",
-                                   len(decoded)) as advance:
+                                   len(decoded)) as advance, session.timings("base"):
         values = compute_features(engine, decoded.images, progress=advance)
     session.base_seconds += time.perf_counter() - started
     session.base_images += len(decoded)
@@ -104,7 +104,8 @@ def augmented_views(session, count):
         augmenter = build_augmenter(s.augmentation(), seed=s.seed * 1000 + view)
         started = time.perf_counter()
         with session.reporter.progress(f"Extracting augmented view {view + 1}/{count} "
-                                       f"({engine.name})", len(decoded)) as advance:
+                                       f"({engine.name})", len(decoded)) as advance, \
+                session.timings("base"):
             values = []
             for batch, start in enumerate(range(0, len(decoded), 32)):
                 pixels = tf.cast(decoded.images[start : start + 32], tf.float32)

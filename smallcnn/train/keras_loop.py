@@ -114,15 +114,18 @@ def train_head_frozen(session, model, head, run_dir, phase, epochs, learning_rat
     s = session.settings
     steps = int(np.ceil(len(session.decoded("train")) / s.batch_size))
     compile_model(head, optimizer(session, learning_rate, steps, epochs))
-    history = fit(
-        head, _augmented_features(session),
-        callbacks(session, phase, epochs, steps, checkpoint=(run_dir / runs.MODEL_FILE, model)),
-        steps_per_epoch=steps,
-        shuffle=False,  # the stream is shuffled
-        validation_data=session.features("val"),
-        epochs=initial_epoch + epochs,
-        initial_epoch=initial_epoch,
-    )
+    val = session.features("val")
+    with session.timings("head"):  # the base's forward pass on augmented batches included
+        history = fit(
+            head, _augmented_features(session),
+            callbacks(session, phase, epochs, steps,
+                      checkpoint=(run_dir / runs.MODEL_FILE, model)),
+            steps_per_epoch=steps,
+            shuffle=False,  # the stream is shuffled
+            validation_data=val,
+            epochs=initial_epoch + epochs,
+            initial_epoch=initial_epoch,
+        )
     return history_rows(history, phase, first_epoch=initial_epoch + 1,
                         seconds=session.epoch_report.seconds)
 
@@ -141,16 +144,18 @@ def train_end_to_end(session, model, run_dir, phase, epochs, learning_rate, init
     val = session.decoded("val")
     steps = int(np.ceil(len(train) / s.batch_size))
     compile_model(model, optimizer(session, learning_rate, steps, epochs))
-    history = fit(
-        model, train_ds,
-        callbacks(session, phase, epochs, steps, checkpoint=(run_dir / runs.MODEL_FILE, model)),
-        steps_per_epoch=steps,
-        validation_data=batches(val.images, val.labels, s.batch_size),
-        epochs=initial_epoch + epochs,
-        initial_epoch=initial_epoch,
-        shuffle=False,  # the tf.data pipeline shuffles
-        class_weight=session.class_weights(),
-    )
+    with session.timings("train"):
+        history = fit(
+            model, train_ds,
+            callbacks(session, phase, epochs, steps,
+                      checkpoint=(run_dir / runs.MODEL_FILE, model)),
+            steps_per_epoch=steps,
+            validation_data=batches(val.images, val.labels, s.batch_size),
+            epochs=initial_epoch + epochs,
+            initial_epoch=initial_epoch,
+            shuffle=False,  # the tf.data pipeline shuffles
+            class_weight=session.class_weights(),
+        )
     rows = history_rows(history, phase, first_epoch=initial_epoch + 1,
                         seconds=session.epoch_report.seconds)
     return rows, evaluate_model(model, session)
@@ -167,15 +172,17 @@ def evaluate_model(model, session):
     for name in session.eval_splits():
         split = session.decoded(name)
         dataset = batches(split.images, split.labels, session.settings.batch_size)
-        evaluations[name] = [float(v) for v in model.evaluate(dataset, verbose=0)]
+        with session.timings("evaluate"):
+            evaluations[name] = [float(v) for v in model.evaluate(dataset, verbose=0)]
     return evaluations
 
 
 def evaluate_head(head, session):
     """Loss and accuracy of the head on each evaluation split's cached features."""
-    return {name: [float(v) for v in head.evaluate(*session.features(name), batch_size=256,
-                                                   verbose=0)]
-            for name in session.eval_splits()}
+    features = {name: session.features(name) for name in session.eval_splits()}
+    with session.timings("evaluate"):
+        return {name: [float(v) for v in head.evaluate(*split, batch_size=256, verbose=0)]
+                for name, split in features.items()}
 
 
 def history_rows(history, phase, first_epoch=1, seconds=()):

@@ -20,6 +20,7 @@ from smallcnn.bases import DEFAULT_BASE, build_base, get_base, resolve_weights, 
 from smallcnn.data import find_dataset
 from smallcnn.errors import described
 from smallcnn.progress import Reporter
+from smallcnn.timings import Timings
 from smallcnn.train import feature_store
 
 
@@ -67,6 +68,7 @@ class Session:
         self.command_line = command_line or shlex.join(["smallcnn", *sys.argv[1:]])
         self.reporter = reporter or Reporter()
         self.started = time.time()
+        self.timings = Timings()  # where the run's time goes (metrics.json "timings")
         self.spec = get_base(settings.base or DEFAULT_BASE)
         self.settings = settings.resolve(command, self.spec)  # every option checked here
         self.weights = resolve_weights(self.spec, self.settings.weights)
@@ -79,9 +81,11 @@ class Session:
             before_data(self)
         self.dataset = find_dataset(data_dir, self.settings.val_split, self.settings.seed)
         self.reporter.dataset(self.dataset)
-        self.check = run_check(self.dataset, self.reporter)
+        with self.timings("scan"):
+            self.check = run_check(self.dataset, self.reporter)
         if command != "extract":  # extract needs TensorFlow only to compute features
-            seed_keras(self.settings.seed)
+            with self.timings("import"):
+                seed_keras(self.settings.seed)
         # Unreadable files are left out before anything is decoded.
         self.skipped = {bad["path"]: bad["reason"] for bad in self.check.unreadable}
         for name, split in self.dataset.splits.items():
@@ -97,7 +101,8 @@ class Session:
 
         if name not in self._decoded:
             split = self.dataset.splits[name]
-            decoded = decode_split(split, self.settings.image_size, self.reporter)
+            with self.timings("decode"):
+                decoded = decode_split(split, self.settings.image_size, self.reporter)
             self.skipped.update((f.path, f.reason) for f in decoded.skipped)
             self._decoded[name] = decoded
         return self._decoded[name]
@@ -113,11 +118,12 @@ class Session:
 
     def build_base(self):
         s = self.settings
-        seed_keras(s.seed)  # before Keras is first imported, to import TensorFlow quietly
-        from smallcnn.models import feature_extractor
-
-        self.base = build_base(self.spec, s.image_size, self.weights)
-        self.extractor = feature_extractor(self.spec, self.base, s.image_size)
+        with self.timings("import"):
+            seed_keras(s.seed)  # before Keras is first imported, to import TensorFlow quietly
+            from smallcnn.models import feature_extractor
+        with self.timings("build"):
+            self.base = build_base(self.spec, s.image_size, self.weights)
+            self.extractor = feature_extractor(self.spec, self.base, s.image_size)
         return self.base
 
     def engine(self):
@@ -127,8 +133,10 @@ class Session:
         if self._engine is None:
             if self.extractor is None:
                 self.build_base()
-            self._engine = feature_engine(self.spec, self.weights, self.settings.image_size,
-                                          self.extractor, self.settings.engine, self.reporter)
+            with self.timings("convert"):
+                self._engine = feature_engine(self.spec, self.weights,
+                                              self.settings.image_size, self.extractor,
+                                              self.settings.engine, self.reporter)
         return self._engine
 
     def class_weights(self):
@@ -191,15 +199,20 @@ class Session:
         )
         if self.interrupted:
             metrics["interrupted"] = self.interrupted
-        runs.save_model(model, run_dir / runs.MODEL_FILE)
-        # The model file as written: `predict` can tell it is the one described here.
-        config["model_sha256"] = runs.file_sha256(run_dir / runs.MODEL_FILE)
-        runs.write_json(run_dir / runs.CONFIG_FILE, config)
-        runs.write_json(run_dir / runs.METRICS_FILE, metrics)
-        runs.write_history(run_dir / runs.HISTORY_FILE, rows)
-        self.plot_curves(run_dir, rows, metrics["best_epoch"])
+        with self.timings("save"):
+            runs.save_model(model, run_dir / runs.MODEL_FILE)
+            # The model file as written: `predict` can tell it is the one described here.
+            config["model_sha256"] = runs.file_sha256(run_dir / runs.MODEL_FILE)
+            runs.write_json(run_dir / runs.CONFIG_FILE, config)
+            runs.write_history(run_dir / runs.HISTORY_FILE, rows)
+        with self.timings("pictures"):
+            self.plot_curves(run_dir, rows, metrics["best_epoch"])
         if self.command != "extract":  # extract runs predict without a conversion
-            self.convert_for_predict(run_dir, model)
+            with self.timings("convert_model"):
+                self.convert_for_predict(run_dir, model)
+        metrics["timings"] = self.timings.report()  # written last, so it covers the rest
+        metrics["seconds"] = metrics["timings"]["total"]
+        runs.write_json(run_dir / runs.METRICS_FILE, metrics)
         return metrics
 
     def convert_for_predict(self, run_dir, model):
