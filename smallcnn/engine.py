@@ -146,6 +146,9 @@ def feature_engine(spec, weights, image_size, extractor, engine="auto", reporter
     """The engine that computes pooled features for uint8/float image batches.
 
     Args:
+        extractor: a callable that returns the Keras feature extractor (raw pixels to
+            pooled features); called only when it is needed, so a cached conversion is
+            opened without building the base or importing TensorFlow.
         engine: 'litert', 'tf', or 'auto' (LiteRT, falling back to TensorFlow, with a
             warning that says why, when LiteRT cannot be used here; an explicit 'litert'
             that cannot be used is an error). Conversions of pretrained weights are cached.
@@ -155,19 +158,20 @@ def feature_engine(spec, weights, image_size, extractor, engine="auto", reporter
     reporter = reporter or Reporter()
     engine = chosen_engine(engine)
     if engine == "tf":
-        return TensorFlowEngine(extractor)
+        return TensorFlowEngine(extractor())
     try:
         if weights == "none":  # random weights: a conversion of its own, not cached
-            return _uncached_litert(extractor, reporter.warning)
+            return _uncached_litert(extractor(), reporter.warning)
         name = litert_name(spec, weights, image_size)
         opened = open_litert(name, warn=reporter.warning)
         if opened is None:
             reporter.note(f"Converting the base to LiteRT for faster inference (once): {name}")
+            model = extractor()
             stored = cache.store("engines", name,
-                                 lambda temp: convert_to_litert(extractor, Path(temp),
+                                 lambda temp: convert_to_litert(model, Path(temp),
                                                                 warn=reporter.warning),
                                  warn=reporter.warning, checksum=True)
-            opened = LiteRTEngine(stored) if stored else _uncached_litert(extractor,
+            opened = LiteRTEngine(stored) if stored else _uncached_litert(model,
                                                                           reporter.warning)
         return opened
     except Exception as error:  # no LiteRT wheel for this platform, or an op it lacks
@@ -176,7 +180,7 @@ def feature_engine(spec, weights, image_size, extractor, engine="auto", reporter
             raise UsageError(f"--engine litert: LiteRT cannot run this base here ({reason}); "
                              "use --engine auto or --engine tf.") from error
         reporter.warning(f"LiteRT is not usable here ({reason}); using TensorFlow for the base.")
-        return TensorFlowEngine(extractor)
+        return TensorFlowEngine(extractor())
 
 
 def _uncached_litert(model, warn=None):

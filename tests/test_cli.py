@@ -182,6 +182,21 @@ def test_extract_features_follow_the_files_content(tmp_path, base_weights_file):
     assert "val: 24 feature vectors from the cache" in fourth.output
 
 
+def test_a_new_data_set_with_the_base_cached_needs_no_tensorflow(tiny_data, base_weights_file,
+                                                                  tmp_path):
+    """The base's conversion and the model template are cached by the first data set: a
+    second one (other images) decodes and runs the cached engine, and imports no TensorFlow."""
+    args = ["--base", "mobilenet_v2", "--weights", str(base_weights_file), "--image-size", "32",
+            *FAST]
+    assert invoke("extract", tiny_data, *args, "--out", "runs/first").exit_code == 0
+    other = make_dataset(tmp_path / "other", per_class=6, seed=7)
+    output, _, imported = invoke_in_subprocess("extract", other, *args, "--out", "runs/second")
+    assert "feature vectors from the cache" not in output  # new images: computed
+    assert imported == []
+    metrics = json.loads(open("runs/second/metrics.json").read())
+    assert metrics["engine"] == "litert" and "import" not in metrics["timings"]
+
+
 def test_a_warm_extract_needs_no_tensorflow_and_saves_the_same_model(tiny_data, base_weights_file):
     import keras
     from PIL import Image

@@ -130,12 +130,15 @@ class Session:
         """The inference engine for the frozen base (see `smallcnn.engine`)."""
         from smallcnn.engine import feature_engine
 
-        if self._engine is None:
+        def extractor():  # built only when needed: a cached conversion needs no TensorFlow
             if self.extractor is None:
                 self.build_base()
+            return self.extractor
+
+        if self._engine is None:
             with self.timings("convert"):
                 self._engine = feature_engine(self.spec, self.weights,
-                                              self.settings.image_size, self.extractor,
+                                              self.settings.image_size, extractor,
                                               self.settings.engine, self.reporter)
         return self._engine
 
