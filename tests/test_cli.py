@@ -325,11 +325,14 @@ def test_train_freeze_keeps_base_and_finetune_changes_only_unfrozen_layers(
     assert after["val_accuracy"] >= before["val_accuracy"] and after["kept_earlier_model"]
 
 
-def test_finetune_without_a_run_trains_the_head_first(tiny_data, base_weights_file):
+def test_finetune_without_a_run_trains_the_head_first_then_whole_blocks(tiny_data, base_weights_file):
     result = invoke("finetune", tiny_data, "--base", "mobilenet_v2", "--weights", base_weights_file, "--image-size", "32",
-                    "--head-epochs", "2", "--epochs", "2", "--unfreeze", "1",
+                    "--head-epochs", "2", "--epochs", "2", "--unfreeze-blocks", "2",
                     "--batch-size", "8", "--out", "runs/ft")
     assert result.exit_code == 0, result.output
+    # MobileNetV2's top two blocks, whole: Conv_1, and block_16 (BatchNorm excepted).
+    assert json.loads(open("runs/ft/metrics.json").read())["unfrozen_layers"] == [
+        "Conv_1", "block_16_project", "block_16_depthwise", "block_16_expand"]
     history = open("runs/ft/history.csv").read()
     assert ",frozen," in history and ",finetune," in history
     metrics = json.loads(open("runs/ft/metrics.json").read())
@@ -339,19 +342,10 @@ def test_finetune_without_a_run_trains_the_head_first(tiny_data, base_weights_fi
     assert f"\n{head_epochs + 1},finetune," in history
 
 
-def test_finetune_unfreezes_whole_blocks(tiny_data, base_weights_file):
-    """--unfreeze-blocks 1 on MobileNetV2: its top block, Conv_1, and nothing else;
-    --unfreeze-blocks 2 adds every layer of block_16 (BatchNorm excepted)."""
-    from smallcnn.bases import get_base
-
-    args = ["finetune", tiny_data, "--base", "mobilenet_v2", "--weights", base_weights_file,
-            "--image-size", "32", "--head-epochs", "1", "--epochs", "1", "--batch-size", "8"]
-    result = invoke(*args, "--unfreeze-blocks", "2", "--out", "runs/b")
-    assert result.exit_code == 0, result.output
-    unfrozen = json.loads(open("runs/b/metrics.json").read())["unfrozen_layers"]
-    assert unfrozen == ["Conv_1", "block_16_project", "block_16_depthwise", "block_16_expand"]
-    assert get_base("mobilenet_v2").block_pattern  # the registry names the blocks
-    refused = invoke(*args, "--unfreeze-blocks", "99", "--out", "runs/c")
+def test_finetune_refuses_more_blocks_than_the_base_has(tiny_data, base_weights_file):
+    refused = invoke("finetune", tiny_data, "--base", "mobilenet_v2", "--weights",
+                     base_weights_file, "--image-size", "32", "--unfreeze-blocks", "99",
+                     "--out", "runs/c")
     assert refused.exit_code == 2 and "--unfreeze-blocks must be between 1 and 19" in refused.output
     assert not os.path.exists("runs/c")  # refused before a run folder was made
 
