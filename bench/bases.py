@@ -130,9 +130,14 @@ def summary(results):
                     if c.get("base_images_per_second") else ""
                 epochs = f" ({c['epochs']} ep)" if c.get("epochs") else ""
                 kept = "; kept the extract's model" if c.get("kept_earlier") else ""
-                shown.append(f"{c['accuracy']:.2%}{epochs}, {c['wall_seconds']:.1f} s"
-                             f"{speed}{kept}")
+                accuracy = f"val {c['val_accuracy']:.2%}" + (
+                    f", test {c['test_accuracy']:.2%}" if c.get("test_accuracy") else "")
+                shown.append(f"{accuracy}{epochs}, {c['wall_seconds']:.1f} s{speed}{kept}")
             lines.append(f"| {variant} | " + " | ".join(shown) + " |")
+        tried = {v: next(c["options"] for c in cells if c) for v, cells in rows if "@" in v}
+        if tried:
+            lines += ["", "Variants: " + "; ".join(f"{v}: `{' '.join(o)}`"
+                                                   for v, o in tried.items()) + "."]
         lines.append("")
     chosen, candidates = rule(results)
     if candidates:
