@@ -17,6 +17,8 @@ from keras import ops
 CAFFE_BGR_MEAN = (103.939, 116.779, 123.68)
 
 PREPROCESSING_MODES = ("tf", "lite", "caffe", "scale", "none")
+# The modes that run folders made before smallcnn 0.2 can hold (see `Preprocess`).
+LEGACY_MODES = ("tf", "caffe", "scale", "none")
 
 
 def preprocessing_layer(mode, name="preprocess"):

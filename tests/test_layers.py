@@ -2,7 +2,7 @@ import keras
 import numpy as np
 import pytest
 
-from smallcnn.layers import PREPROCESSING_MODES, Preprocess, preprocessing_layer
+from smallcnn.layers import LEGACY_MODES, PREPROCESSING_MODES, Preprocess, preprocessing_layer
 
 
 @pytest.mark.parametrize("mode", ["tf", "caffe"])
@@ -27,7 +27,7 @@ def test_a_model_with_its_preprocessing_loads_in_plain_keras_safe_mode(tmp_path,
     np.testing.assert_allclose(loaded.predict(x, verbose=0), model.predict(x, verbose=0), rtol=1e-6)
 
 
-@pytest.mark.parametrize("mode", PREPROCESSING_MODES)
+@pytest.mark.parametrize("mode", LEGACY_MODES)
 def test_old_runs_custom_layer_computes_the_same(mode):
     pixels = np.random.default_rng(2).uniform(0, 255, (2, 6, 6, 3)).astype("float32")
     np.testing.assert_allclose(keras.ops.convert_to_numpy(Preprocess(mode)(pixels)),
