@@ -92,3 +92,15 @@ def keras_weights(tensors, variant):
         mapped[f"{block}_project_conv"] = conv(f"{source}._project_conv.weight")
         mapped[f"{block}_project_bn"] = bn(f"{source}._bn2")
     return mapped
+
+
+def set_original_weights(model, tensors, variant):
+    """Gives each layer of `model` (from `build`) its weights from the original tensors
+    (see `keras_weights`); a layer without weights in them, a wrong shape, or a weight
+    left over raises."""
+    weights = keras_weights(tensors, variant)
+    for layer in model.layers:
+        if layer.weights:
+            layer.set_weights(weights.pop(layer.name))
+    if weights:
+        raise ValueError(f"weights left over for layers {sorted(weights)[:5]}")

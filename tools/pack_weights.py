@@ -48,11 +48,7 @@ def efficientnet_lite2():
     spec = get_base("efficientnet_lite2")
     model = spec.constructor((spec.default_size, spec.default_size, 3), None)
     tensors = dict(np.load(SHARED / "efficientnet_lite2_imagenet_torch_names.npz"))
-    weights = efficientnet_lite.keras_weights(tensors, "lite2")
-    for layer in model.layers:
-        if layer.weights:
-            layer.set_weights(weights.pop(layer.name))
-    assert not weights, f"tensors left over: {sorted(weights)[:5]}"
+    efficientnet_lite.set_original_weights(model, tensors, "lite2")
     return model
 
 
