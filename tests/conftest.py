@@ -101,18 +101,20 @@ def invoke(*args):
         return CliRunner().invoke(app, args)
 
 
-def invoke_in_subprocess(*args, timeout=120):
+def invoke_in_subprocess(*args, timeout=120, exit_code=0):
     """Runs `smallcnn ARGS...` in a fresh Python; returns (stdout, stderr, heavy modules
-    imported by the end: a subset of tensorflow and keras)."""
+    imported by the end: a subset of tensorflow and keras). The command must end with
+    `exit_code`."""
     import ast
     import subprocess
     import sys
 
     script = ("import sys\nfrom smallcnn.cli import main\nsys.argv = ['smallcnn', *sys.argv[1:]]\n"
-              "try:\n    main()\nexcept SystemExit as exit:\n    assert not exit.code, exit.code\n"
-              "print('imported:', sorted(m for m in ('tensorflow', 'keras') if m in sys.modules))")
+              "code = 0\ntry:\n    main()\nexcept SystemExit as exit:\n    code = exit.code or 0\n"
+              "print('imported:', sorted(m for m in ('tensorflow', 'keras') if m in sys.modules))\n"
+              "sys.exit(code)")
     done = subprocess.run([sys.executable, "-c", script, *map(str, args)], capture_output=True,
                           text=True, timeout=timeout)
-    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.returncode == exit_code, done.stdout + done.stderr
     output, _, imported = done.stdout.rpartition("imported: ")
     return output, done.stderr, ast.literal_eval(imported)

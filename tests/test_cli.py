@@ -182,6 +182,16 @@ def test_extract_features_follow_the_files_content(tmp_path, base_weights_file):
     assert "val: 24 feature vectors from the cache" in fourth.output
 
 
+@pytest.mark.parametrize("command", ["train", "finetune"])
+def test_a_missing_data_folder_is_refused_before_tensorflow_is_imported(command, tmp_path):
+    from smallcnn.errors import DataError
+
+    missing = tmp_path / "missing"
+    _, stderr, imported = invoke_in_subprocess(command, missing, exit_code=DataError.exit_code)
+    assert f"Data folder not found: {str(missing)!r}" in stderr
+    assert imported == []  # told in a second, not after TensorFlow's start-up
+
+
 def test_a_new_data_set_with_the_base_cached_needs_no_tensorflow(tiny_data, base_weights_file,
                                                                   tmp_path):
     """The base's conversion and the model template are cached by the first data set: a

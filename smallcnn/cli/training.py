@@ -101,7 +101,8 @@ def train(settings, data: DataOrRun = None, out: Out = None, overwrite: Overwrit
     Ctrl-C stops at the end of the current step and saves the best model so far;
     --resume RUN continues.
     """
-    _report(_run("train", data, settings, out=out, overwrite=overwrite, resume=resume))
+    _report(_run("train", data, settings, out=out, overwrite=overwrite, resume=resume,
+                 tensorflow=False))  # imported by the session, once the data is found
 
 
 def finetune(
@@ -118,7 +119,7 @@ def finetune(
     if data is not None and from_run is None and resume is None and (data / CONFIG_FILE).is_file():
         data, from_run = None, data  # `smallcnn finetune RUN`
     _report(_run("finetune", data, from_run=from_run, settings=settings, out=out,
-                 overwrite=overwrite, resume=resume))
+                 overwrite=overwrite, resume=resume, tensorflow=False))
 
 
 for _command, _function in (("extract", extract), ("train", train), ("finetune", finetune)):

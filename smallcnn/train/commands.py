@@ -27,19 +27,15 @@ def train(data_dir=None, settings=None, out=None, overwrite=False, reporter=None
     Returns:
         A `RunResult`.
     """
-    from smallcnn.models import build_classifier
-
     if resume is not None:
         return _resume("train", resume, data_dir, reporter, command_line)
     if data_dir is None:
         raise UsageError("train needs DATA, or a run to continue: --resume RUN.")
 
-    def refuse_early(session):
-        if out is not None:
-            runs.check_out(out, overwrite)
-
     session = Session("train", data_dir, settings or Settings(), reporter, command_line,
-                      before_data=refuse_early)
+                      before_data=_refuse_existing(out, overwrite))
+    from smallcnn.models import build_classifier
+
     s = session.settings
     base = session.build_base()
     base.trainable = not s.freeze
@@ -71,8 +67,6 @@ def finetune(data_dir=None, from_run=None, settings=None, out=None, overwrite=Fa
     Returns:
         A `RunResult` whose `unfrozen` lists the unfrozen layers.
     """
-    from smallcnn.models import HEAD_NAME, build_classifier, count_params, unfreeze_top
-
     if resume is not None:
         return _resume("finetune", resume, data_dir, reporter, command_line)
     settings = settings or Settings()
@@ -97,12 +91,15 @@ def finetune(data_dir=None, from_run=None, settings=None, out=None, overwrite=Fa
 
     def prepare_model(session):
         """The model and its base, built or loaded, and --unfreeze checked on it: before
-        any image is decoded, and before a run folder exists."""
+        any image is read, and before a run folder exists."""
         from smallcnn.models import find_base, layers_to_unfreeze
 
-        if out is not None:
-            runs.check_out(out, overwrite)
+        _refuse_existing(out, overwrite)(session)
         if source_config is not None:
+            if source_config["class_names"] != session.dataset.class_names:
+                raise DataError(f"The run {str(from_run)!r} was trained on classes "
+                                f"{source_config['class_names']}, but the data has "
+                                f"{session.dataset.class_names}.")
             loaded["model"] = runs.load_model(from_run)
             loaded["base"] = find_base(loaded["model"], source_config["base_layer"])
         else:
@@ -111,15 +108,11 @@ def finetune(data_dir=None, from_run=None, settings=None, out=None, overwrite=Fa
 
     session = Session("finetune", data_dir, settings, reporter, command_line,
                       before_data=prepare_model)
-    s, base = session.settings, loaded["base"]
+    from smallcnn.models import HEAD_NAME, build_classifier, count_params, unfreeze_top
+
+    s, base, model = session.settings, loaded["base"], loaded.get("model")
     rows = []
     if source_config is not None:
-        if source_config["class_names"] != session.dataset.class_names:
-            raise DataError(
-                f"The run {str(from_run)!r} was trained on classes "
-                f"{source_config['class_names']}, but the data has {session.dataset.class_names}."
-            )
-        model = loaded["model"]
         session.weights_source = source_config["weights"]
         run_dir = runs.new_run_dir("finetune", out, overwrite=overwrite)
         config = session.config(base.name, {"from_run": str(from_run)})
@@ -167,6 +160,16 @@ def finetune(data_dir=None, from_run=None, settings=None, out=None, overwrite=Fa
     return session.result(run_dir, metrics, rows, unfrozen=unfrozen, trainable_params=trainable)
 
 
+def _refuse_existing(out, overwrite):
+    """A `Session` `before_data` hook: an existing --out without --overwrite is refused
+    before any image is read."""
+    def refuse(session):
+        if out is not None:
+            runs.check_out(out, overwrite)
+
+    return refuse
+
+
 def _unfreeze_args(session):
     """What to unfreeze: --unfreeze layers, or --unfreeze-blocks blocks of the base."""
     s = session.settings
@@ -195,8 +198,6 @@ def _resume(command, run, data_dir, reporter, command_line):
     and epoch count; the earlier model comes back when the new one is clearly worse
     (`keras_loop.worse_than`).
     """
-    from smallcnn.models import HEAD_NAME, count_params, feature_extractor, find_base, unfreeze_top
-
     run_dir = runs.resolve_run(run)
     config = runs.read_config(run_dir)
     if config.get("command") != command:
@@ -217,6 +218,8 @@ def _resume(command, run, data_dir, reporter, command_line):
             f"The data now has classes {session.dataset.class_names}, but the run "
             f"{str(run_dir)!r} was trained on {config['class_names']}."
         )
+    from smallcnn.models import HEAD_NAME, count_params, feature_extractor, find_base, unfreeze_top
+
     s = session.settings
     model = runs.load_model(run_dir)
     base = find_base(model, config["base_layer"])

@@ -63,7 +63,8 @@ class Session:
     def __init__(self, command, data_dir, settings, reporter=None, command_line=None,
                  before_data=None):
         """`before_data`, if given, is called with the session once every option is
-        checked and before the data set is looked at: for checks that need the model."""
+        checked and the data folder is found, before any image is read: for refusals
+        that need no image (an existing --out)."""
         self.command = command
         self.command_line = command_line or shlex.join(["smallcnn", *sys.argv[1:]])
         self.reporter = reporter or Reporter()
@@ -77,9 +78,9 @@ class Session:
         self.base = self.extractor = None
         self._engine = None
         self._stop = None
+        self.dataset = find_dataset(data_dir, self.settings.val_split, self.settings.seed)
         if before_data is not None:
             before_data(self)
-        self.dataset = find_dataset(data_dir, self.settings.val_split, self.settings.seed)
         self.reporter.dataset(self.dataset)
         with self.timings("scan"):
             self.check = run_check(self.dataset, self.reporter)
