@@ -65,31 +65,15 @@ def save_template(model, head, base_layer, key, warn=None):
     The head's weights are first set to distinct markers, to find where Keras put
     them in the weights file without depending on its naming scheme.
     """
-    import h5py
-
     rng = np.random.default_rng(0)
     markers = [rng.uniform(1.0, 2.0, w.shape).astype(np.float32) for w in head.get_weights()]
     head.set_weights(markers)
     archive = cache.store("templates", f"{key}.keras", lambda temp: model.save(temp), warn=warn)
     if archive is None:
         return None
-    with zipfile.ZipFile(archive) as source:
-        weights = h5py.File(io.BytesIO(source.read(WEIGHTS_ENTRY)), "r")
-    found = []
-    for marker in markers:
-        matches = []
-
-        def visit(name, item, marker=marker, matches=matches):
-            if isinstance(item, h5py.Dataset) and item.shape == marker.shape:
-                if np.array_equal(item[()], marker):
-                    matches.append(name)
-
-        weights.visititems(visit)
-        if len(matches) != 1:
-            raise RuntimeError(f"cannot locate the head's weights in {archive.name}: "
-                               f"{len(matches)} matches for one of them")
-        found.append(matches[0])
-    weights.close()
+    found = find_datasets(archive, markers)
+    if found is None:
+        raise RuntimeError(f"cannot locate the head's weights in {archive.name}")
     template = Template(archive, base_layer, found, [m.shape for m in markers])
     cache.store("templates", f"{key}.json", lambda temp: Path(temp).write_text(json.dumps({
         "base_layer": base_layer, "head_datasets": found,
@@ -128,6 +112,30 @@ class AssembledClassifier:
                     metadata["date_saved"] = datetime.datetime.now().strftime("%Y-%m-%d@%H:%M:%S")
                     data = json.dumps(metadata).encode()
                 target.writestr(info, data)
+
+
+def find_datasets(model_file, arrays):
+    """The names of the HDF5 datasets of a .keras file that hold `arrays`, in order, or
+    None unless each array is found exactly once (by shape, then value)."""
+    import h5py
+
+    with zipfile.ZipFile(model_file) as archive:
+        with h5py.File(io.BytesIO(archive.read(WEIGHTS_ENTRY)), "r") as weights:
+            by_shape = {}
+
+            def visit(name, item):
+                if isinstance(item, h5py.Dataset):
+                    by_shape.setdefault(item.shape, []).append(name)
+
+            weights.visititems(visit)
+            found = []
+            for array in arrays:
+                matches = [name for name in by_shape.get(np.shape(array), [])
+                           if np.array_equal(weights[name][()], array)]
+                if len(matches) != 1:
+                    return None
+                found.append(matches[0])
+    return found
 
 
 def read_head_weights(model_file, head_datasets):

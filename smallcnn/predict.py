@@ -102,11 +102,13 @@ class Classifier:
         return images
 
     def _base_engine_and_head(self):
-        """For an `extract` run: its base's cached LiteRT conversion, then its head in
-        NumPy, or None when that is not certain to be the saved model.
+        """For a run whose base kept its pretrained weights (extract, train --freeze): the
+        base's cached LiteRT conversion, then the head in NumPy, or None when that is not
+        certain to be the saved model.
 
-        extract records which conversion its base is and where the head's weights are
-        in model.keras; the model file's SHA-256 must still be the one it wrote.
+        The run records which conversion its base is and where the head's weights are in
+        model.keras (`Session.prediction_route`); the model file's SHA-256 must still be
+        the one it wrote.
         """
         from smallcnn.engine import chosen_engine
 
@@ -121,7 +123,7 @@ class Classifier:
 
         model_file = Path(self.run_dir) / runs.MODEL_FILE
         if runs.file_sha256(model_file) != self.config.get("model_sha256"):
-            self._not_litert = "model.keras is no longer the file extract wrote"
+            self._not_litert = "model.keras is no longer the file the run wrote"
             return None
         if not cache.path("engines", route["feature_engine"]).is_file():
             self._not_litert = "the base's LiteRT conversion is no longer in the cache"
@@ -135,7 +137,7 @@ class Classifier:
         if engine is None:
             self._not_litert = "the base's LiteRT conversion was damaged"
             return None
-        self.engine = "litert base + numpy head (the extract run's cached conversion)"
+        self.engine = "litert base + numpy head (the run's cached base conversion)"
         return lambda images: head.probabilities(weights, engine(images))
 
     def _warn(self, message):

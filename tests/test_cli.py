@@ -248,15 +248,18 @@ def test_a_warm_extract_needs_no_tensorflow_and_saves_the_same_model(tiny_data, 
     assert done.stdout.split("\n")[-2] == "(1, 2) False"
 
 
-def test_an_extract_run_predicts_without_tensorflow_until_its_model_changes(tiny_data,
-                                                                            base_weights_file):
+@pytest.mark.parametrize("command", [["extract"], ["train", "--freeze"]])
+def test_a_frozen_base_run_predicts_without_tensorflow_until_its_model_changes(
+        command, tiny_data, base_weights_file, monkeypatch):
     from smallcnn.images import load_image
     from smallcnn.models import HEAD_NAME
     from smallcnn.predict import load
 
-    result = invoke("extract", tiny_data, "--base", "mobilenet_v2", "--weights", base_weights_file, "--image-size", "32",
+    monkeypatch.delenv("SMALLCNN_CONVERT_RUNS")  # the run may convert: it need not
+    result = invoke(*command, tiny_data, "--base", "mobilenet_v2", "--weights", base_weights_file, "--image-size", "32",
                     *FAST, "--out", "runs/x")
     assert result.exit_code == 0, result.output
+    assert "convert_model" not in json.loads(open("runs/x/metrics.json").read())["timings"]
     image = tiny_data / "val" / "blue" / "blue_002.png"
     keras_model = load("runs/x").model
     expected = keras_model.predict(load_image(image, 32)[None].astype("float32"), verbose=0)[0]

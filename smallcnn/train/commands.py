@@ -44,14 +44,17 @@ def train(data_dir=None, settings=None, out=None, overwrite=False, reporter=None
     model = build_classifier(session.spec, base, head, s.image_size)
     config = session.config(base.name)
     runs.write_json(run_dir / runs.CONFIG_FILE, config)  # the checkpoint is usable at once
+    head_weights = None
     if s.freeze:
         rows = loop.train_head_frozen(session, model, head, run_dir, "frozen", s.epochs,
                                       s.learning_rate)
         evaluations = loop.evaluate_head(head, session)
+        head_weights = head.get_weights()  # the base is as pretrained: predict needs no TF
     else:
         rows, evaluations = loop.train_end_to_end(session, model, run_dir, "full", s.epochs,
                                                   s.learning_rate)
-    metrics = session.finish(run_dir, model, config, rows, evaluations)
+    metrics = session.finish(run_dir, model, config, rows, evaluations,
+                             head_weights=head_weights)
     return session.result(run_dir, metrics, rows)
 
 

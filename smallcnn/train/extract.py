@@ -26,7 +26,6 @@ def extract(data_dir, settings=None, out=None, overwrite=False, reporter=None,
         A `RunResult`. The saved model takes raw images (base + head).
     """
     from smallcnn import head as numpy_head
-    from smallcnn import modelfile
 
     def refuse_early(session):
         if out is not None:  # refused now, before the work; the folder is made at the end
@@ -65,31 +64,15 @@ def extract(data_dir, settings=None, out=None, overwrite=False, reporter=None,
         model, base_layer = _classifier(session, weights)
     run_dir = runs.new_run_dir("extract", out, overwrite=overwrite)
     config = session.config(base_layer)
-    engine_name = _cached_engine_name(session)
-    if engine_name is not None and isinstance(model, modelfile.AssembledClassifier):
-        # The saved model is this base (cached in LiteRT) and this head: predict can run
-        # them without TensorFlow (see smallcnn.predict).
-        config["prediction"] = {"feature_engine": engine_name,
-                                "head_datasets": model.template.head_datasets}
     if s.tensorboard:
         _write_tensorboard(run_dir / "tensorboard" / "head", rows)
     extra = {"views": s.views, "heads": s.heads, "head_training_rows": len(train_x)}
     if s.heads > 1:  # each head kept its own best epoch; the ensemble is final as of the last
         improved = [r["epoch"] for r in rows if r.get("heads_improved")]
         extra["best_epoch"] = improved[-1] if improved else 1
-    metrics = session.finish(run_dir, model, config, rows, evaluations, extra)
+    metrics = session.finish(run_dir, model, config, rows, evaluations, extra,
+                             head_weights=weights)
     return session.result(run_dir, metrics, rows)
-
-
-def _cached_engine_name(session):
-    """The cache entry of the base's LiteRT conversion for this run, or None."""
-    from smallcnn import cache
-    from smallcnn.engine import chosen_engine, litert_name
-
-    if session.weights == "none" or chosen_engine(session.settings.engine) == "tf":
-        return None
-    name = litert_name(session.spec, session.weights, session.settings.image_size)
-    return name if cache.path("engines", name).is_file() else None
 
 
 def _classifier(session, head_weights):

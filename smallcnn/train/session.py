@@ -177,10 +177,14 @@ class Session:
             **(extra or {}),
         }
 
-    def finish(self, run_dir, model, config, rows, evaluations, extra_metrics=None):
+    def finish(self, run_dir, model, config, rows, evaluations, extra_metrics=None,
+               head_weights=None):
         """Writes the run folder; returns the metrics.
 
         `model` is the Keras model to save, or anything with Keras' `save(path)`.
+        `head_weights` (Keras' order), given when the base kept its pretrained weights
+        frozen, let `predict` run the model as the base's cached LiteRT conversion and the
+        head in NumPy, without TensorFlow (see `prediction_route`).
         """
         metrics = {"val_accuracy": evaluations["val"][1], "val_loss": evaluations["val"][0]}
         if "test" in evaluations:
@@ -203,21 +207,45 @@ class Session:
         )
         if self.interrupted:
             metrics["interrupted"] = self.interrupted
+        model_file = run_dir / runs.MODEL_FILE
         with self.timings("save"):
-            runs.save_model(model, run_dir / runs.MODEL_FILE)
+            runs.save_model(model, model_file)
             # The model file as written: `predict` can tell it is the one described here.
-            config["model_sha256"] = runs.file_sha256(run_dir / runs.MODEL_FILE)
+            config["model_sha256"] = runs.file_sha256(model_file)
+            route = self.prediction_route(model_file, head_weights)
+            if route is not None:
+                config["prediction"] = route
             runs.write_json(run_dir / runs.CONFIG_FILE, config)
             runs.write_history(run_dir / runs.HISTORY_FILE, rows)
         with self.timings("pictures"):
             self.plot_curves(run_dir, rows, metrics["best_epoch"])
-        if self.command != "extract":  # extract runs predict without a conversion
+        if route is None and self.command != "extract":  # predict would convert the model
             with self.timings("convert_model"):
                 self.convert_for_predict(run_dir, model)
         metrics["timings"] = self.timings.report()  # written last, so it covers the rest
         metrics["seconds"] = metrics["timings"]["total"]
         runs.write_json(run_dir / runs.METRICS_FILE, metrics)
         return metrics
+
+    def prediction_route(self, model_file, head_weights):
+        """How `predict` can run the saved model without TensorFlow: the base's cached
+        LiteRT conversion, then the head in NumPy, its weights read from `model_file`.
+
+        None where the model is not certainly that: no `head_weights` (the base trained),
+        random base weights, no cached conversion, or the head's weights not found (each
+        exactly once) in the file.
+        """
+        from smallcnn import cache, modelfile
+        from smallcnn.engine import chosen_engine, litert_name
+
+        if head_weights is None or self.weights == "none" or \
+                chosen_engine(self.settings.engine) == "tf":
+            return None
+        name = litert_name(self.spec, self.weights, self.settings.image_size)
+        if not cache.path("engines", name).is_file():
+            return None
+        datasets = modelfile.find_datasets(model_file, head_weights)
+        return None if datasets is None else {"feature_engine": name, "head_datasets": datasets}
 
     def convert_for_predict(self, run_dir, model):
         """Caches the saved model's LiteRT conversion (about 2 s for MobileNetV2), so that
