@@ -166,3 +166,21 @@ def test_one_rule_keeps_the_earlier_model():
     assert worse_than((0.4, 0.79), (0.5, 0.8))
     assert not worse_than((0.4, 0.81), (0.5, 0.8))
     assert not worse_than((0.4, 0.79), (0.5, None))  # an earlier accuracy not recorded
+
+
+def test_the_checkpoint_saves_an_improvement_at_most_once_per_interval_from_the_start(
+        tmp_path, monkeypatch):
+    from smallcnn.train import callbacks
+
+    now = [100.0]
+    saved = []
+    monkeypatch.setattr(callbacks.runs, "save_model", lambda model, path: saved.append(now[0]))
+    checkpoint = callbacks.AtomicCheckpoint(tmp_path / "model.keras", model=object(),
+                                            min_interval=30, clock=lambda: now[0])
+    checkpoint.on_train_begin()
+    for seconds, val_loss in ((10, 0.9), (25, 0.8), (35, 0.7), (50, 0.6), (70, 0.65), (80, 0.5)):
+        now[0] = 100 + seconds
+        checkpoint.on_epoch_end(0, {"val_loss": val_loss})
+    # 10 and 25 s: under 30 s into training (the run's own end saves a short run);
+    # 50 s: 15 s after a save; 70 s: no improvement.
+    assert saved == [135.0, 180.0]

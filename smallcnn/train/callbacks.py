@@ -63,13 +63,15 @@ class AtomicCheckpoint(keras.callbacks.Callback):
     """Saves a model when `monitor` improves, through a temporary file and a rename.
 
     Saving a whole classifier takes about a second, so an improvement is written at
-    most every `min_interval` seconds; the run's final save writes the best model
-    anyway. `model` is the model to save when it is not the one being fitted (a head
+    most every `min_interval` seconds, counted from the start of training: a run
+    shorter than that is saved once, by the run's final save of the best model. `model` is the model to save when it is not the one being fitted (a head
     trained on features is saved as the whole classifier it belongs to).
     """
 
-    def __init__(self, path, model=None, monitor="val_loss", min_interval=30.0):
+    def __init__(self, path, model=None, monitor="val_loss", min_interval=30.0,
+                 clock=time.monotonic):
         super().__init__()
+        self._clock = clock
         self.path = path
         self.monitor = monitor
         self.min_interval = min_interval
@@ -77,12 +79,15 @@ class AtomicCheckpoint(keras.callbacks.Callback):
         self._to_save = model
         self._last_save = -math.inf
 
+    def on_train_begin(self, logs=None):
+        self._last_save = self._clock()
+
     def on_epoch_end(self, epoch, logs=None):
         value = (logs or {}).get(self.monitor)
         if value is None or value >= self.best:
             return
         self.best = value
-        now = time.monotonic()
+        now = self._clock()
         if now - self._last_save >= self.min_interval:
             runs.save_model(self._to_save or self.model, self.path)
             self._last_save = now
