@@ -20,6 +20,7 @@ STAGES = {
     "build": "building the base and loading its weights",
     "convert": "the base's LiteRT conversion, or opening a cached one",
     "decode": "decoding and resizing images",
+    "prepare": "waiting for the helper process that prepares the base (what decoding did not hide)",
     "base": "the frozen base's forward pass for features",
     "head": "training the head (extract: on features; train: on augmented images)",
     "train": "training with base layers unfrozen",

@@ -182,6 +182,62 @@ def test_extract_features_follow_the_files_content(tmp_path, base_weights_file):
     assert "val: 24 feature vectors from the cache" in fourth.output
 
 
+def test_a_cold_extract_prepares_the_base_in_a_helper_and_imports_no_tensorflow(
+        tiny_data, base_weights_file, monkeypatch, tmp_path):
+    """With an empty cache, a helper process imports TensorFlow and converts the base while
+    the run checks and decodes the images; the run's own process never imports it, and
+    trains the same model as a run that did everything itself."""
+    args = ["extract", tiny_data, "--base", "mobilenet_v2", "--weights", base_weights_file,
+            "--image-size", "32", *FAST]
+    output, _, imported = invoke_in_subprocess(*args, "--out", "runs/helper")
+    assert imported == []
+    helped = json.loads(open("runs/helper/metrics.json").read())
+    assert "prepare" in helped["timings"] and helped["engine"] == "litert"
+
+    monkeypatch.setenv("SMALLCNN_CACHE", str(tmp_path / "other-cache"))
+    alone = invoke(*args, "--out", "runs/alone")  # TensorFlow is imported here: no helper
+    assert alone.exit_code == 0, alone.output
+    itself = json.loads(open("runs/alone/metrics.json").read())
+    assert "prepare" not in itself["timings"] and "convert" in itself["timings"]
+    assert helped["val_loss"] == pytest.approx(itself["val_loss"], abs=1e-6)
+    assert helped["val_accuracy"] == itself["val_accuracy"]
+
+
+def test_a_failed_helper_is_reported_and_the_run_prepares_the_base_itself(tiny_data,
+                                                                         base_weights_file,
+                                                                         monkeypatch):
+    from smallcnn.train import warmup
+
+    def failing(spec, weights, image_size, seed, template=None):
+        return warmup.Warmup({"base": "no_such_base", "image_size": image_size, "seed": seed,
+                              "weights": weights, "engine": "x.tflite"})
+
+    monkeypatch.setattr(warmup, "start", failing)
+    result = invoke("extract", tiny_data, "--base", "mobilenet_v2", "--weights",
+                    base_weights_file, "--image-size", "32", *FAST, "--out", "runs/x")
+    assert result.exit_code == 0, result.output
+    said = " ".join(result.output.split())
+    assert "Preparing the base in a helper process failed (UsageError: Unknown base: " \
+        "'no_such_base'" in said and "preparing it here instead." in said
+    assert json.loads(open("runs/x/metrics.json").read())["engine"] == "litert"
+
+
+def test_a_cancelled_helper_stops_and_leaves_nothing_in_the_cache(base_weights_file):
+    from smallcnn import cache
+    from smallcnn.bases import get_base
+    from smallcnn.engine import litert_name
+    from smallcnn.train import warmup
+
+    spec = get_base("mobilenet_v2")
+    helper = warmup.Warmup({"base": "mobilenet_v2", "image_size": 32, "seed": 1,
+                            "weights": str(base_weights_file),
+                            "engine": litert_name(spec, str(base_weights_file), 32)})
+    assert helper.running()
+    helper.cancel()
+    assert not helper.running() and helper.wait() == "cancelled"
+    assert not cache.root("engines").exists() or not any(cache.root("engines").iterdir())
+
+
 @pytest.mark.parametrize("command", ["train", "finetune"])
 def test_a_missing_data_folder_is_refused_before_tensorflow_is_imported(command, tmp_path):
     from smallcnn.errors import DataError

@@ -33,6 +33,7 @@ def extract(data_dir, settings=None, out=None, overwrite=False, reporter=None,
         if session.settings.views and session.settings.augmentation() == Augmentation():
             raise UsageError("--views needs an augmentation; drop --augment none, or pass "
                              "--augment light|standard|strong.")
+        session.start_warmup(template=template_shape(session))  # while the images are read
 
     session = Session("extract", data_dir, settings or Settings(), reporter, command_line,
                       before_data=refuse_early)
@@ -79,32 +80,51 @@ def _classifier(session, head_weights):
     """`(model, base layer name)`: the whole classifier with these head weights.
 
     With pretrained weights, the model is assembled from a cached template without
-    TensorFlow (see `smallcnn.modelfile`); the first run saves the template.
+    TensorFlow (see `smallcnn.modelfile`); the first run saves the template (or its
+    helper process did: see `smallcnn.train.warmup`).
     """
     from smallcnn import modelfile
-    from smallcnn.train.keras_loop import new_head
 
     s = session.settings
-    feature_width, num_classes = head_weights[0].shape[0], head_weights[-1].shape[0]
     # Merged heads (--heads K --hidden N) have K x N hidden units.
-    hidden = head_weights[0].shape[1] if len(head_weights) == 4 else 0
-    key = modelfile.template_key(session.spec, session.weights, s.image_size, feature_width,
-                                 num_classes, hidden, s.dropout)
+    shape = {"feature_width": head_weights[0].shape[0], "num_classes": head_weights[-1].shape[0],
+             "hidden": head_weights[0].shape[1] if len(head_weights) == 4 else 0,
+             "dropout": s.dropout}
+    key = modelfile.template_key(session.spec, session.weights, s.image_size, **shape)
+    session.wait_for_warmup()
     template = modelfile.load_template(key, warn=session.reporter.warning)
     if template is not None:
         return modelfile.AssembledClassifier(template, head_weights), template.base_layer
     base = session.base or session.build_base()
-    from smallcnn.models import build_classifier
-
-    head = new_head(session, feature_width, hidden)
-    model = build_classifier(session.spec, base, head, s.image_size)
-    if key is not None:
-        template = modelfile.save_template(model, head, base.name, key,
-                                           warn=session.reporter.warning)
-        if template is not None:
-            return modelfile.AssembledClassifier(template, head_weights), base.name
+    model, head, template = save_template(session.spec, base, s.image_size, key, **shape,
+                                          warn=session.reporter.warning)
+    if template is not None:
+        return modelfile.AssembledClassifier(template, head_weights), base.name
     head.set_weights(head_weights)  # random base weights, or no cache: this model is the one
     return model, base.name
+
+
+def template_shape(session):
+    """The head extract will train, as `modelfile.template_key` takes it after the base,
+    weights and size (what `_classifier` reads from the trained weights)."""
+    s = session.settings
+    return {"feature_width": session.spec.feature_width,
+            "num_classes": len(session.dataset.class_names),
+            "hidden": s.hidden * s.heads, "dropout": s.dropout}
+
+
+def save_template(spec, base, image_size, key, feature_width, num_classes, hidden, dropout,
+                  warn=None):
+    """Builds the classifier extract saves (this base, a new head of this shape) and, with
+    a `key`, caches it as a template. Returns `(model, head, template or None)`."""
+    from smallcnn import modelfile
+    from smallcnn.models import build_classifier, build_head
+
+    head = build_head(feature_width, num_classes, dropout, hidden)
+    model = build_classifier(spec, base, head, image_size)
+    template = None if key is None else modelfile.save_template(model, head, base.name, key,
+                                                                warn=warn)
+    return model, head, template
 
 
 def _write_tensorboard(folder, rows):

@@ -33,6 +33,12 @@ def features_key(session, split, view=None):
                      files=files, augmentation=augmentation)
 
 
+def is_cached(session, name):
+    """Whether the features of split `name` are in the cache."""
+    key = features_key(session, session.dataset.splits[name])
+    return key is not None and cache.path("features", f"{key}.npz").is_file()
+
+
 def _read(path):
     with np.load(path, allow_pickle=False) as data:
         return (data["features"], data["labels"], json.loads(str(data["skipped"])))

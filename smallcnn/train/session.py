@@ -77,13 +77,19 @@ class Session:
         self.weights_source = weights_label(self.weights)
         self.base = self.extractor = None
         self._engine = None
+        self._warmup = None  # a helper process preparing the base (see `start_warmup`)
         self._stop = None
         self.dataset = find_dataset(data_dir, self.settings.val_split, self.settings.seed)
         if before_data is not None:
             before_data(self)
         self.reporter.dataset(self.dataset)
         with self.timings("scan"):
-            self.check = run_check(self.dataset, self.reporter)
+            try:
+                self.check = run_check(self.dataset, self.reporter)
+            except BaseException:  # a data set that cannot train: the helper is not needed
+                if self._warmup is not None:
+                    self._warmup.cancel()
+                raise
         if command != "extract":  # extract needs TensorFlow only to compute features
             with self.timings("import"):
                 seed_keras(self.settings.seed)
@@ -127,6 +133,31 @@ class Session:
             self.extractor = feature_extractor(self.spec, self.base, s.image_size)
         return self.base
 
+    def start_warmup(self, template=None):
+        """Starts preparing the base's LiteRT conversion (and, with `template`, extract's
+        model template) in a helper process, if the cache lacks them: see
+        `smallcnn.train.warmup`. Called before the images are read, to overlap them."""
+        from smallcnn.engine import chosen_engine
+        from smallcnn.train import warmup
+
+        if chosen_engine(self.settings.engine) != "tf":
+            self._warmup = warmup.start(self.spec, self.weights, self.settings.image_size,
+                                        self.settings.seed, template)
+
+    def wait_for_warmup(self):
+        """Waits for the helper process, if one runs; says in one line if it failed (the
+        run then prepares the base itself)."""
+        warmup, self._warmup = self._warmup, None
+        if warmup is not None:
+            for name in self.dataset.splits:  # decode what the base will run on meanwhile
+                if warmup.running() and not feature_store.is_cached(self, name):
+                    self.decoded(name)
+            with self.timings("prepare"):
+                failed = warmup.wait()
+            if failed:
+                self.reporter.warning(f"Preparing the base in a helper process failed "
+                                      f"({failed}); preparing it here instead.")
+
     def engine(self):
         """The inference engine for the frozen base (see `smallcnn.engine`)."""
         from smallcnn.engine import feature_engine
@@ -137,6 +168,7 @@ class Session:
             return self.extractor
 
         if self._engine is None:
+            self.wait_for_warmup()
             with self.timings("convert"):
                 self._engine = feature_engine(self.spec, self.weights,
                                               self.settings.image_size, extractor,
@@ -186,6 +218,9 @@ class Session:
         frozen, let `predict` run the model as the base's cached LiteRT conversion and the
         head in NumPy, without TensorFlow (see `prediction_route`).
         """
+        if self._warmup is not None:  # not needed after all (every feature was cached)
+            self._warmup.cancel()
+            self._warmup = None
         metrics = {"val_accuracy": evaluations["val"][1], "val_loss": evaluations["val"][0]}
         if "test" in evaluations:
             metrics["test_accuracy"] = evaluations["test"][1]

@@ -1,0 +1,146 @@
+"""The base prepared in a helper process while the run reads and decodes its images.
+
+A cold run spends about 10 s importing TensorFlow, building the base and converting it
+to LiteRT before the first feature is computed, and about as long checking and
+decoding images, which needs no TensorFlow. Threads cannot overlap the two (the import
+holds Python's GIL: measured here slower than one after the other); a second process
+can. The helper writes the cache entries the run would write itself (the base's LiteRT
+conversion and, for extract, the model template); the run then opens them, so its own
+process never imports TensorFlow. If the helper fails, the run says why in one line
+and does the work itself.
+
+    python -m smallcnn.train.warmup JOB    # JOB: the JSON that `start` writes
+"""
+
+import atexit
+import importlib.util
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from smallcnn import cache
+
+
+class Warmup:
+    """A running helper process; `wait()` for its end, `cancel()` to stop it."""
+
+    def __init__(self, job):
+        import smallcnn
+
+        self.job = job
+        self._log = tempfile.TemporaryFile()
+        # The same smallcnn as this process, wherever it was imported from.
+        package_root = str(Path(smallcnn.__file__).resolve().parents[1])
+        path = os.pathsep.join(p for p in (package_root, os.environ.get("PYTHONPATH")) if p)
+        self._process = subprocess.Popen(
+            [sys.executable, "-m", "smallcnn.train.warmup", json.dumps(job)],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=self._log,
+            env={**os.environ, "PYTHONPATH": path})
+        self._outcome = None
+        atexit.register(self.cancel)  # a run that ends early leaves no helper behind
+
+    def running(self):
+        return self._outcome is None and self._process.poll() is None
+
+    def wait(self):
+        """Waits for the helper; returns None when it did its work, else why not (one line)."""
+        if self._outcome is None:
+            code = self._process.wait()
+            self._outcome = "" if code == 0 else _last_line(self._log) or f"exit code {code}"
+            self._log.close()
+            atexit.unregister(self.cancel)
+        return self._outcome or None
+
+    def cancel(self):
+        """Stops the helper if it still runs (what it wrote so far is discarded)."""
+        if self._outcome is None and self._process.poll() is None:
+            self._process.terminate()  # SIGTERM: the helper removes its temporary files
+            try:
+                self._process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self._process.kill()
+            self._outcome = "cancelled"
+
+
+def start(spec, weights, image_size, seed, template=None):
+    """Starts a helper for what the cache lacks, or returns None when it lacks nothing,
+    when TensorFlow is already imported here (nothing to overlap), or when LiteRT is
+    not installed (the base then runs in TensorFlow, in this process).
+
+    Args:
+        weights: 'imagenet' or a weights file (random weights are never cached).
+        template: for extract, the `modelfile.template_key` arguments after the base,
+            weights and size, as a dict (feature_width, num_classes, hidden, dropout).
+    """
+    from smallcnn import modelfile
+    from smallcnn.engine import litert_name
+
+    if weights == "none" or "tensorflow" in sys.modules or \
+            importlib.util.find_spec("ai_edge_litert") is None:
+        return None
+    job = {"base": spec.name, "image_size": image_size, "seed": seed,
+           "weights": weights if weights == "imagenet" else os.path.abspath(weights)}
+    engine = litert_name(spec, weights, image_size)
+    if not cache.path("engines", engine).is_file():
+        job["engine"] = engine
+    if template is not None:
+        key = modelfile.template_key(spec, weights, image_size, **template)
+        if modelfile.load_template(key) is None:
+            job["template"] = {"key": key, **template}
+    if "engine" not in job and "template" not in job:
+        return None
+    return Warmup(job)
+
+
+def _last_line(file):
+    file.seek(0)
+    lines = [line.strip() for line in file.read().decode(errors="replace").splitlines()]
+    return next((line for line in reversed(lines) if line), "")
+
+
+def run(job):
+    """The helper's work: the base built once, converted and/or saved as a template."""
+    from smallcnn.quiet import import_tensorflow
+
+    import_tensorflow()
+    import keras
+
+    from smallcnn.bases import build_base, get_base
+    from smallcnn.engine import convert_to_litert
+    from smallcnn.models import feature_extractor
+    from smallcnn.train.extract import save_template
+
+    keras.utils.set_random_seed(job["seed"])
+    spec, size = get_base(job["base"]), job["image_size"]
+    base = build_base(spec, size, job["weights"])
+    if "engine" in job:
+        model = feature_extractor(spec, base, size)
+        stored = cache.store("engines", job["engine"],
+                             lambda temp: convert_to_litert(model, Path(temp)), checksum=True)
+        if stored is None:
+            raise RuntimeError("could not write the base's LiteRT conversion to the cache")
+    if "template" in job:
+        template = dict(job["template"])
+        if save_template(spec, base, size, template.pop("key"), **template) is None:
+            raise RuntimeError("could not write the model template to the cache")
+
+
+def main(argv):
+    # SIGTERM (`Warmup.cancel`) unwinds like an exception: temporary files are removed.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    try:
+        run(json.loads(argv[1]))
+    except Exception as error:
+        from smallcnn.errors import described
+
+        print(described(error), file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
