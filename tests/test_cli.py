@@ -394,7 +394,18 @@ def test_train_freeze_keeps_base_and_finetune_changes_only_unfrozen_layers(
     assert after["val_accuracy"] >= before["val_accuracy"] and after["kept_earlier_model"]
 
 
-def test_finetune_without_a_run_trains_the_head_first_then_whole_blocks(tiny_data, base_weights_file):
+def test_finetune_without_a_run_trains_the_head_first_then_whole_blocks(tiny_data, base_weights_file,
+                                                                      monkeypatch):
+    import smallcnn.pipeline
+
+    decoded = []
+    decode_split = smallcnn.pipeline.decode_split
+
+    def counting(split, *args, **kwargs):
+        decoded.append(split.name)
+        return decode_split(split, *args, **kwargs)
+
+    monkeypatch.setattr(smallcnn.pipeline, "decode_split", counting)
     result = invoke("finetune", tiny_data, "--base", "mobilenet_v2", "--weights", base_weights_file, "--image-size", "32",
                     "--head-epochs", "2", "--epochs", "2", "--unfreeze-blocks", "2",
                     "--batch-size", "8", "--out", "runs/ft")
@@ -409,6 +420,8 @@ def test_finetune_without_a_run_trains_the_head_first_then_whole_blocks(tiny_dat
     assert 1 <= head_epochs <= 2
     assert metrics["finetune_start_epoch"] == head_epochs + 1
     assert f"\n{head_epochs + 1},finetune," in history
+    # The head phase and the fine-tuning share the decoded images: each split decoded once.
+    assert sorted(decoded) == sorted(set(decoded)) and {"train", "val"} <= set(decoded)
 
 
 def test_finetune_refuses_more_blocks_than_the_base_has(tiny_data, base_weights_file):

@@ -32,8 +32,13 @@ def train(data_dir=None, settings=None, out=None, overwrite=False, reporter=None
     if data_dir is None:
         raise UsageError("train needs DATA, or a run to continue: --resume RUN.")
 
+    def before_data(session):
+        _refuse_existing(out, overwrite)(session)
+        if session.settings.freeze:  # the frozen base runs in LiteRT: convert it meanwhile
+            session.start_warmup()
+
     session = Session("train", data_dir, settings or Settings(), reporter, command_line,
-                      before_data=_refuse_existing(out, overwrite))
+                      before_data=before_data)
     from smallcnn.models import build_classifier
 
     s = session.settings
@@ -106,6 +111,7 @@ def finetune(data_dir=None, from_run=None, settings=None, out=None, overwrite=Fa
             loaded["model"] = runs.load_model(from_run)
             loaded["base"] = find_base(loaded["model"], source_config["base_layer"])
         else:
+            session.start_warmup()  # its head phase runs the frozen base in LiteRT
             loaded["base"] = session.build_base()
         layers_to_unfreeze(loaded["base"], *_unfreeze_args(session))
 
