@@ -27,6 +27,7 @@ bench: $(STAMP)
 	$(BIN)/python -m pip install --quiet -e ".[test,bench]"
 	$(BIN)/python bench/bases.py
 	$(BIN)/python bench/ideas.py
+	$(BIN)/python bench/overheads.py
 	$(BIN)/python bench/run.py
 
 clean:

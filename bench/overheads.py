@@ -80,6 +80,14 @@ def measure_recipe(work):
             "val_accuracy": run.get("val_accuracy"), "test_accuracy": run.get("test_accuracy")}
 
 
+def record(results, cell):
+    """Adds a measured cell and writes the results at once (a failure later keeps it)."""
+    results["runs"].append(cell)
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(results, indent=2))
+    print(json.dumps(cell), flush=True)
+
+
 def load():
     return json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
 
@@ -171,18 +179,13 @@ def main():
             for label, tree in trees.items():
                 work = Path(tempfile.mkdtemp(prefix=f"smallcnn-overheads-{label}-"))
                 for command in COMMANDS:
-                    cell = {"command": command, "tree": label, "round": round_number,
-                            **measure(command, tree, work)}
-                    results["runs"].append(cell)
-                    print(json.dumps(cell), flush=True)
+                    record(results, {"command": command, "tree": label, "round": round_number,
+                                     **measure(command, tree, work)})
                 shutil.rmtree(work, ignore_errors=True)
             work = Path(tempfile.mkdtemp(prefix="smallcnn-overheads-recipe-"))
-            cell = {"command": "recipe", "tree": "recipe", "round": round_number,
-                    **measure_recipe(work)}
-            results["runs"].append(cell)
-            print(json.dumps(cell), flush=True)
+            record(results, {"command": "recipe", "tree": "recipe", "round": round_number,
+                             **measure_recipe(work)})
             shutil.rmtree(work, ignore_errors=True)
-            RESULTS.write_text(json.dumps(results, indent=2))
     print("\n".join(summary(load())))
 
 
