@@ -92,9 +92,9 @@ def load():
     return json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
 
 
-def _mean(cells, key):
+def _median(cells, key):
     values = [c[key] for c in cells if c.get(key) is not None]
-    return statistics.mean(values) if values else None
+    return statistics.median(values) if values else None
 
 
 def summary(results):
@@ -105,7 +105,8 @@ def summary(results):
              f"bench/overheads.py ({results['date']}, {results['rounds']} round(s), the trees "
              f"alternating): {DATASET}, `--base {BASE}`, each command in a fresh process. "
              "Overhead = wall minus the forward pass for features (extract) or minus the epochs "
-             "(train, recipe). Means over the rounds; every figure per round is in "
+             "(train, recipe). Medians over the rounds (this machine's speed varies by a third "
+             "from one minute to the next); every figure per round is in "
              "bench/results/overheads.json.", "",
              "| command | tree | wall s | overhead s | peak MB | where the time went (last round) "
              "| val, test accuracy |", "|---|---|---|---|---|---|---|"]
@@ -122,20 +123,20 @@ def summary(results):
             went = timings_summary(last["timings"], limit=5) if last.get("timings") else "-"
             accuracy = ", ".join(f"{last[k]:.2%}" for k in ("val_accuracy", "test_accuracy")
                                  if last.get(k) is not None)
-            overhead = _mean(cells, "overhead_seconds")
+            overhead = _median(cells, "overhead_seconds")
             lines.append(f"| {command} | {shown} | "
-                         f"{_mean(cells, 'wall_seconds'):.1f} | "
+                         f"{_median(cells, 'wall_seconds'):.1f} | "
                          f"{'-' if overhead is None else f'{overhead:.1f}'} | "
-                         f"{_mean(cells, 'peak_mb'):.0f} | {went} | {accuracy} |")
+                         f"{_median(cells, 'peak_mb'):.0f} | {went} | {accuracy} |")
     if "baseline" in trees:
         ratios = []
         for command in COMMANDS:
-            walls = {label: _mean([r for r in results["runs"] if r["command"] == command
+            walls = {label: _median([r for r in results["runs"] if r["command"] == command
                                    and r["tree"] == label], "wall_seconds") for label in trees}
             if walls.get("baseline") and walls.get("current"):
                 ratios.append(f"{command} {walls['current'] / walls['baseline']:.2f}x")
-        recipe = _mean([r for r in results["runs"] if r["command"] == "recipe"], "wall_seconds")
-        train = _mean([r for r in results["runs"] if r["command"] == "train"
+        recipe = _median([r for r in results["runs"] if r["command"] == "recipe"], "wall_seconds")
+        train = _median([r for r in results["runs"] if r["command"] == "train"
                        and r["tree"] == "current"], "wall_seconds")
         lines += ["", "Wall time, current over baseline: " + ", ".join(ratios) + "."
                   + (f" The recipe's frozen run over train --freeze (current): "

@@ -208,7 +208,7 @@ def test_a_failed_helper_is_reported_and_the_run_prepares_the_base_itself(tiny_d
                                                                          monkeypatch):
     from smallcnn.train import warmup
 
-    def failing(spec, weights, image_size, seed, template=None):
+    def failing(spec, weights, image_size, seed, template=None, warn=None):
         return warmup.Warmup({"base": "no_such_base", "image_size": image_size, "seed": seed,
                               "weights": weights, "engine": "x.tflite"})
 
@@ -220,6 +220,22 @@ def test_a_failed_helper_is_reported_and_the_run_prepares_the_base_itself(tiny_d
     assert "Preparing the base in a helper process failed (UsageError: Unknown base: " \
         "'no_such_base'" in said and "preparing it here instead." in said
     assert json.loads(open("runs/x/metrics.json").read())["engine"] == "litert"
+
+
+def test_a_helper_that_cannot_start_is_said_in_one_line(base_weights_file, monkeypatch):
+    from smallcnn.bases import get_base
+    from smallcnn.train import warmup
+
+    def no_processes(*args, **kwargs):
+        raise OSError(12, "Cannot allocate memory")
+
+    monkeypatch.setattr(warmup, "_tensorflow_imported", lambda: False)
+    monkeypatch.setattr(warmup.subprocess, "Popen", no_processes)
+    said = []
+    assert warmup.start(get_base("mobilenet_v2"), str(base_weights_file), 32, 1,
+                        warn=said.append) is None
+    assert said == ["Could not start a helper process to prepare the base (OSError: [Errno 12] "
+                    "Cannot allocate memory); preparing it in this process."]
 
 
 def test_a_cancelled_helper_stops_and_leaves_nothing_in_the_cache(base_weights_file):

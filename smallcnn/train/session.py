@@ -64,7 +64,7 @@ class Session:
                  before_data=None):
         """`before_data`, if given, is called with the session once every option is
         checked and the data folder is found, before any image is read: for refusals
-        that need no image (an existing --out)."""
+        and preparations that need no image (an existing --out, the model)."""
         self.command = command
         self.command_line = command_line or shlex.join(["smallcnn", *sys.argv[1:]])
         self.reporter = reporter or Reporter()
@@ -142,7 +142,7 @@ class Session:
 
         if chosen_engine(self.settings.engine) != "tf":
             self._warmup = warmup.start(self.spec, self.weights, self.settings.image_size,
-                                        self.settings.seed, template)
+                                        self.settings.seed, template, self.reporter.warning)
 
     def wait_for_warmup(self):
         """Waits for the helper process, if one runs; says in one line if it failed (the

@@ -66,7 +66,7 @@ class Warmup:
             self._outcome = "cancelled"
 
 
-def start(spec, weights, image_size, seed, template=None):
+def start(spec, weights, image_size, seed, template=None, warn=None):
     """Starts a helper for what the cache lacks, or returns None when it lacks nothing,
     when TensorFlow is already imported here (nothing to overlap), or when LiteRT is
     not installed (the base then runs in TensorFlow, in this process).
@@ -75,11 +75,13 @@ def start(spec, weights, image_size, seed, template=None):
         weights: 'imagenet' or a weights file (random weights are never cached).
         template: for extract, the `modelfile.template_key` arguments after the base,
             weights and size, as a dict (feature_width, num_classes, hidden, dropout).
+        warn: called with one line when no process can be started (the run then
+            prepares the base itself).
     """
     from smallcnn import modelfile
     from smallcnn.engine import litert_name
 
-    if weights == "none" or "tensorflow" in sys.modules or \
+    if weights == "none" or _tensorflow_imported() or \
             importlib.util.find_spec("ai_edge_litert") is None:
         return None
     job = {"base": spec.name, "image_size": image_size, "seed": seed,
@@ -93,7 +95,18 @@ def start(spec, weights, image_size, seed, template=None):
             job["template"] = {"key": key, **template}
     if "engine" not in job and "template" not in job:
         return None
-    return Warmup(job)
+    try:
+        return Warmup(job)
+    except OSError as error:  # no process can be started here (a sandbox, a process limit)
+        from smallcnn.errors import described
+
+        (warn or print)(f"Could not start a helper process to prepare the base "
+                        f"({described(error)}); preparing it in this process.")
+        return None
+
+
+def _tensorflow_imported():
+    return "tensorflow" in sys.modules
 
 
 def _last_line(file):
