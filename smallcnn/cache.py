@@ -172,6 +172,13 @@ def store(part, name, write, warn=None, checksum=False):
     return entry
 
 
+def is_stored(part, name, checksum=False):
+    """Whether the entry is complete: written, and with `checksum` its SHA-256 too (`store`
+    writes that last), so another process's entry can be read once this is true."""
+    entry = path(part, name)
+    return entry.is_file() and (not checksum or _checksum_file(entry).is_file())
+
+
 def _checksum_file(entry):
     return entry.with_name(entry.name + ".sha256")
 

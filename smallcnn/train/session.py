@@ -144,16 +144,19 @@ class Session:
             self._warmup = warmup.start(self.spec, self.weights, self.settings.image_size,
                                         self.settings.seed, template, self.reporter.warning)
 
-    def wait_for_warmup(self):
-        """Waits for the helper process, if one runs; says in one line if it failed (the
-        run then prepares the base itself)."""
-        warmup, self._warmup = self._warmup, None
+    def wait_for_warmup(self, engine_only=False):
+        """Waits for the helper process, if one runs (with `engine_only`, only until the
+        base's conversion is cached); says in one line if it failed (the run then prepares
+        the base itself)."""
+        warmup = self._warmup
         if warmup is not None:
             for name in self.dataset.splits:  # decode what the base will run on meanwhile
                 if warmup.running() and not feature_store.is_cached(self, name):
                     self.decoded(name)
             with self.timings("prepare"):
-                failed = warmup.wait()
+                failed = warmup.wait(engine_only)
+            if failed or not warmup.running():
+                self._warmup = None
             if failed:
                 self.reporter.warning(f"Preparing the base in a helper process failed "
                                       f"({failed}); preparing it here instead.")
@@ -168,7 +171,7 @@ class Session:
             return self.extractor
 
         if self._engine is None:
-            self.wait_for_warmup()
+            self.wait_for_warmup(engine_only=True)
             with self.timings("convert"):
                 self._engine = feature_engine(self.spec, self.weights,
                                               self.settings.image_size, extractor,

@@ -20,6 +20,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 from smallcnn import cache
@@ -46,8 +47,15 @@ class Warmup:
     def running(self):
         return self._outcome is None and self._process.poll() is None
 
-    def wait(self):
-        """Waits for the helper; returns None when it did its work, else why not (one line)."""
+    def wait(self, engine_only=False):
+        """Waits for the helper's end or, with `engine_only`, only until the base's LiteRT
+        conversion is in the cache (it goes on with the template meanwhile); returns None
+        when it did its work so far, else why not (one line)."""
+        while engine_only and self.running():
+            if "engine" not in self.job or cache.is_stored("engines", self.job["engine"],
+                                                           checksum=True):
+                return None
+            time.sleep(0.05)
         if self._outcome is None:
             code = self._process.wait()
             self._outcome = "" if code == 0 else _last_line(self._log) or f"exit code {code}"
