@@ -17,7 +17,7 @@ import time
 STAGES = {
     "scan": "the data check (cached per file)",
     "import": "importing TensorFlow and Keras",
-    "build": "building the base and loading its weights",
+    "build": "building the base and loading its weights (finetune --from: loading the run's model)",
     "convert": "the base's LiteRT conversion, or opening a cached one",
     "decode": "decoding and resizing images",
     "prepare": "waiting for the helper process that prepares the base (what decoding did not hide)",

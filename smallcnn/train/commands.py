@@ -8,7 +8,7 @@ from smallcnn import runs
 from smallcnn.data import run_data_folder
 from smallcnn.errors import DataError, UsageError
 from smallcnn.train import keras_loop as loop
-from smallcnn.train.session import Session
+from smallcnn.train.session import Session, seed_keras
 from smallcnn.train.settings import Settings
 
 
@@ -108,7 +108,10 @@ def finetune(data_dir=None, from_run=None, settings=None, out=None, overwrite=Fa
                 raise DataError(f"The run {str(from_run)!r} was trained on classes "
                                 f"{source_config['class_names']}, but the data has "
                                 f"{session.dataset.class_names}.")
-            loaded["model"] = runs.load_model(from_run)
+            with session.timings("import"):
+                seed_keras(session.settings.seed)
+            with session.timings("build"):  # the run's model, its base with it
+                loaded["model"] = runs.load_model(from_run)
             loaded["base"] = find_base(loaded["model"], source_config["base_layer"])
         else:
             session.start_warmup()  # its head phase runs the frozen base in LiteRT

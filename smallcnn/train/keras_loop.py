@@ -193,12 +193,12 @@ def train_end_to_end(session, model, run_dir, phase, epochs, learning_rate, init
 
     s = session.settings
     train = session.decoded("train")
-    train_ds = batches(train.images, train.labels, s.batch_size, shuffle=True, seed=s.seed,
-                       augmenter=build_augmenter(s.augmentation(), seed=s.seed), repeat=True)
     val = session.decoded("val")
     steps = int(np.ceil(len(train) / s.batch_size))
-    compile_model(model, optimizer(session, learning_rate, steps, epochs))
-    with session.timings("train"):
+    with session.timings("train"):  # building the pipeline traces the augmentation: timed
+        train_ds = batches(train.images, train.labels, s.batch_size, shuffle=True, seed=s.seed,
+                           augmenter=build_augmenter(s.augmentation(), seed=s.seed), repeat=True)
+        compile_model(model, optimizer(session, learning_rate, steps, epochs))
         history = fit(
             model, train_ds,
             callbacks(session, phase, epochs, steps,
