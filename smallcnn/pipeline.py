@@ -61,8 +61,10 @@ def decode_split(split, image_size, reporter, memory_budget=DEFAULT_MEMORY_BUDGE
 
 
 def batches(images, labels, batch_size, shuffle=False, seed=None, augmenter=None,
-            background=True, repeat=False):
-    """A tf.data pipeline of `(float32 pixels in [0, 255], int32 labels)` batches.
+            repeat=False):
+    """A tf.data pipeline of `(float32 pixels in [0, 255], int32 labels)` batches,
+    prepared in parallel threads ahead of use (for Keras' `fit` and `evaluate`; the frozen
+    base's stream is `keras_loop._augmented_features`, which takes turns with the engine).
 
     Args:
         images: `(n, size, size, 3)` uint8 array, decoded once.
@@ -72,10 +74,6 @@ def batches(images, labels, batch_size, shuffle=False, seed=None, augmenter=None
         seed: seeds the shuffle.
         augmenter: an optional function applied to each training batch and its number
             (see `smallcnn.augment.build_augmenter`).
-        background: prepare batches in parallel threads ahead of use. Off when the
-            consumer is an inference engine with its own thread pool: on a 2-core
-            machine the two pools then slow each other down (measured here with the
-            standard augmentation and LiteRT: 99 images/s overlapped, 162 taking turns).
         repeat: go on forever, reshuffled each epoch (one iterator for a whole run:
             destroying a tf.data iterator at each epoch's end stalled for 8-10 s in
             about one epoch in two, measured on cats-dogs-small).
@@ -98,12 +96,11 @@ def batches(images, labels, batch_size, shuffle=False, seed=None, augmenter=None
     ds = tf.data.Dataset.range(n)
     if shuffle:
         ds = ds.shuffle(n, seed=seed, reshuffle_each_iteration=True)
-    parallel = tf.data.AUTOTUNE if background else None
     ds = ds.batch(batch_size)
     if repeat:
         ds = ds.repeat()
-    ds = ds.map(load, num_parallel_calls=parallel)
+    ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE)
     if augmenter is not None:  # numbered after repeat: each epoch draws anew
         ds = ds.enumerate().map(lambda i, batch: (augmenter(batch[0], i), batch[1]),
-                                num_parallel_calls=parallel)
-    return ds.prefetch(tf.data.AUTOTUNE) if background else ds
+                                num_parallel_calls=tf.data.AUTOTUNE)
+    return ds.prefetch(tf.data.AUTOTUNE)
