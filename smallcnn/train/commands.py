@@ -33,7 +33,7 @@ def train(data_dir=None, settings=None, out=None, overwrite=False, reporter=None
         raise UsageError("train needs DATA, or a run to continue: --resume RUN.")
 
     def before_data(session):
-        _refuse_existing(out, overwrite)(session)
+        _refuse_existing(out, overwrite)
         if session.settings.freeze:  # the frozen base runs in LiteRT: convert it meanwhile
             session.start_warmup()
 
@@ -102,7 +102,7 @@ def finetune(data_dir=None, from_run=None, settings=None, out=None, overwrite=Fa
         any image is read, and before a run folder exists."""
         from smallcnn.models import find_base, layers_to_unfreeze
 
-        _refuse_existing(out, overwrite)(session)
+        _refuse_existing(out, overwrite)
         if source_config is not None:
             if source_config["class_names"] != session.dataset.class_names:
                 raise DataError(f"The run {str(from_run)!r} was trained on classes "
@@ -173,13 +173,10 @@ def finetune(data_dir=None, from_run=None, settings=None, out=None, overwrite=Fa
 
 
 def _refuse_existing(out, overwrite):
-    """A `Session` `before_data` hook: an existing --out without --overwrite is refused
-    before any image is read."""
-    def refuse(session):
-        if out is not None:
-            runs.check_out(out, overwrite)
-
-    return refuse
+    """An existing --out without --overwrite, refused (in a `before_data` hook: before any
+    image is read)."""
+    if out is not None:
+        runs.check_out(out, overwrite)
 
 
 def _unfreeze_args(session):

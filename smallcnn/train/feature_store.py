@@ -36,7 +36,7 @@ def features_key(session, split, view=None):
 def is_cached(session, name):
     """Whether the features of split `name` are in the cache."""
     key = features_key(session, session.dataset.splits[name])
-    return key is not None and cache.path("features", f"{key}.npz").is_file()
+    return key is not None and cache.is_stored("features", f"{key}.npz")
 
 
 def _read(path):

@@ -280,7 +280,7 @@ class Session:
                 chosen_engine(self.settings.engine) == "tf":
             return None
         name = litert_name(self.spec, self.weights, self.settings.image_size)
-        if not cache.path("engines", name).is_file():
+        if not cache.is_stored("engines", name):
             return None
         datasets = modelfile.find_datasets(model_file, head_weights)
         return None if datasets is None else {"feature_engine": name, "head_datasets": datasets}

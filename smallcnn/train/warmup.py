@@ -95,7 +95,7 @@ def start(spec, weights, image_size, seed, template=None, warn=None):
     job = {"base": spec.name, "image_size": image_size, "seed": seed,
            "weights": weights if weights == "imagenet" else os.path.abspath(weights)}
     engine = litert_name(spec, weights, image_size)
-    if not cache.path("engines", engine).is_file():
+    if not cache.is_stored("engines", engine):
         job["engine"] = engine
     if template is not None:
         key = modelfile.template_key(spec, weights, image_size, **template)
