@@ -37,6 +37,11 @@ class BaseSpec:
     # A weights file shipped inside the package; None means Keras downloads it.
     packaged_imagenet: Optional[str] = None
     has_imagenet: bool = True
+    # smallcnn.visualize: the layers whose activations DeepDream maximises, the layers whose
+    # Gram matrices make a style, and the layer that holds an image's content.
+    dream_layers: tuple = ()
+    style_layers: tuple = ()
+    content_layer: Optional[str] = None
 
     @property
     def default_weights(self):
@@ -87,6 +92,11 @@ def _small_convnet(input_shape, weights):
 
 
 EFFICIENTNET_BLOCKS = r"block\d+[a-z]|stem|top"
+# Gatys et al.'s choice: the first convolution of each block; content from block 5.
+VGG_STYLE_LAYERS = ("block1_conv1", "block2_conv1", "block3_conv1", "block4_conv1", "block5_conv1")
+EFFICIENTNET_STYLE_LAYERS = ("stem_activation", "block2a_expand_activation",
+                             "block3a_expand_activation", "block4a_expand_activation",
+                             "block6a_expand_activation")
 
 BASES = {
     spec.name: spec
@@ -101,15 +111,29 @@ BASES = {
             packaged_imagenet="mobilenet_v2_1.0_224_imagenet_notop.weights.h5",
             block_pattern=r"block_\d+|expanded_conv|Conv_?1",
             int8_friendly=True,
+            dream_layers=("block_6_expand_relu", "block_9_expand_relu"),
+            style_layers=("Conv1_relu", "block_1_expand_relu", "block_3_expand_relu",
+                          "block_6_expand_relu", "block_13_expand_relu"),
+            content_layer="block_13_expand_relu",
         ),
         BaseSpec("mobilenet", _applications("MobileNet"), "tf", 224, 1024, "conv_pw_13_relu",
-                 block_pattern=r"conv_(?:dw|pw)_(\d+)"),
+                 block_pattern=r"conv_(?:dw|pw)_(\d+)",
+                 dream_layers=("conv_pw_6_relu", "conv_pw_9_relu"),
+                 style_layers=("conv1_relu", "conv_pw_1_relu", "conv_pw_3_relu", "conv_pw_5_relu",
+                               "conv_pw_11_relu"),
+                 content_layer="conv_pw_11_relu"),
         BaseSpec("vgg16", _applications("VGG16"), "caffe", 224, 512, "block5_conv3",
-                 block_pattern=r"block\d+"),
+                 block_pattern=r"block\d+", dream_layers=("block4_conv3", "block5_conv1"),
+                 style_layers=VGG_STYLE_LAYERS, content_layer="block5_conv2"),
         BaseSpec("vgg19", _applications("VGG19"), "caffe", 224, 512, "block5_conv4",
-                 block_pattern=r"block\d+"),
+                 block_pattern=r"block\d+", dream_layers=("block4_conv4", "block5_conv2"),
+                 style_layers=VGG_STYLE_LAYERS, content_layer="block5_conv2"),
         BaseSpec("resnet50", _applications("ResNet50"), "caffe", 224, 2048, "conv5_block3_out",
-                 block_pattern=r"conv\d_block\d+|conv1"),
+                 block_pattern=r"conv\d_block\d+|conv1",
+                 dream_layers=("conv3_block4_out", "conv4_block3_out"),
+                 style_layers=("conv1_relu", "conv2_block3_out", "conv3_block4_out",
+                               "conv4_block6_out", "conv5_block3_out"),
+                 content_layer="conv4_block6_out"),
         BaseSpec(
             "efficientnet_b0",
             _applications("EfficientNetB0"),
@@ -119,6 +143,9 @@ BASES = {
             "top_activation",
             packaged_imagenet="efficientnet_b0_imagenet_notop.f16.npz",
             block_pattern=EFFICIENTNET_BLOCKS,
+            dream_layers=("block4a_expand_activation", "block5a_expand_activation"),
+            style_layers=EFFICIENTNET_STYLE_LAYERS,
+            content_layer="block6a_expand_activation",
         ),
         BaseSpec(
             "efficientnet_lite2",
@@ -130,9 +157,14 @@ BASES = {
             packaged_imagenet="efficientnet_lite2_imagenet_notop.f16.npz",
             block_pattern=EFFICIENTNET_BLOCKS,
             int8_friendly=True,
+            dream_layers=("block4a_expand_activation", "block5a_expand_activation"),
+            style_layers=EFFICIENTNET_STYLE_LAYERS,
+            content_layer="block6a_expand_activation",
         ),
         BaseSpec(
-            "inception_v3", _applications("InceptionV3"), "tf", 299, 2048, "mixed10", min_size=75
+            "inception_v3", _applications("InceptionV3"), "tf", 299, 2048, "mixed10", min_size=75,
+            dream_layers=("mixed4", "mixed5", "mixed6", "mixed7"),  # the Keras example's
+            style_layers=("mixed0", "mixed1", "mixed2", "mixed4", "mixed7"), content_layer="mixed7",
         ),
         BaseSpec(
             "xception",
@@ -143,9 +175,15 @@ BASES = {
             "block14_sepconv2_act",
             min_size=71,
             block_pattern=r"block\d+",
+            dream_layers=("block4_sepconv2_act", "block8_sepconv2_act"),
+            style_layers=("block1_conv1_act", "block2_sepconv2_act", "block3_sepconv2_act",
+                          "block4_sepconv2_act", "block8_sepconv2_act"),
+            content_layer="block8_sepconv2_act",
         ),
         BaseSpec("small", _small_convnet, "scale", 150, 128, "block4_conv", has_imagenet=False,
-                 block_pattern=r"block\d+"),
+                 block_pattern=r"block\d+", dream_layers=("block3_conv", "block4_conv"),
+                 style_layers=("block1_conv", "block2_conv", "block3_conv"),
+                 content_layer="block4_conv"),
     ]
 }
 DEFAULT_BASE = "efficientnet_b0"  # chosen by measurement: bench/bases.py, README
@@ -186,13 +224,14 @@ def build_base(spec, image_size, weights):
 
     Args:
         spec: a `BaseSpec` from `BASES`.
-        image_size: the side of the input images in pixels.
+        image_size: the side of the input images in pixels; None for images of any size
+            (DeepDream and style transfer work on whole photos).
         weights: 'imagenet', 'none' or a path to a `.weights.h5` file (see `resolve_weights`).
 
     Returns:
         A `keras.Model` mapping images to the last convolutional feature map.
     """
-    if image_size < spec.min_size:
+    if image_size is not None and image_size < spec.min_size:
         raise UsageError(
             f"--image-size {image_size} is too small for {spec.name!r}; "
             f"it needs at least {spec.min_size} pixels."

@@ -3,7 +3,8 @@
 Every command decodes images here, with Pillow, so training and prediction see the
 same pixels: EXIF orientation applied, any mode converted to RGB (16-bit scaled,
 transparency composited on white, CMYK converted), the first frame of an animation,
-then a resize to a square of the model's size.
+then a resize to a square of the model's size (or, for DeepDream and style transfer,
+to a longer side, the aspect ratio kept).
 """
 
 import os
@@ -110,23 +111,52 @@ def load_image(path, size):
 
 def _decode(path, size):
     """`load_image` as a read-only view of the decoded bytes (no copy)."""
+
+    def square(image):
+        if image.size != (size, size):
+            image = image.resize((size, size), Image.BILINEAR, reducing_gap=3.0)
+        # tobytes() then a view: one copy fewer than np.asarray (measured ~20% of a decode)
+        return np.frombuffer(image.tobytes(), np.uint8).reshape(size, size, 3)
+
+    return _read(path, (size, size), square)
+
+
+def load_picture(path, max_side):
+    """Reads one image file as an `(h, w, 3)` uint8 RGB array, its aspect ratio kept and
+    its longer side resized to `max_side` (for DeepDream and style transfer).
+
+    Raises:
+        UnreadableImage: as `load_image`.
+    """
+
+    def fit(image):
+        width, height = image.size
+        scale = max_side / max(width, height)
+        size = (max(1, round(width * scale)), max(1, round(height * scale)))
+        if size != image.size:
+            image = image.resize(size, Image.BICUBIC, reducing_gap=3.0)
+        return np.asarray(image, dtype=np.uint8).copy()
+
+    return _read(path, (max_side, max_side), fit)
+
+
+def _read(path, draft, finish):
+    """`finish(image)` of the decoded RGB Pillow image of a file (EXIF orientation
+    applied), before the file is closed; a JPEG is decoded at a reduced scale no smaller
+    than `draft`."""
     image = _open(path)
     try:
         with image:
             if image.format == "JPEG":
                 # Let libjpeg decode at a reduced scale, never below the target size.
-                image.draft("RGB", (size, size))
+                image.draft("RGB", draft)
             image.load()
             if any("exif" in key.lower() or "xmp" in key.lower() for key in image.info):
                 try:  # an orientation can only come from EXIF or XMP metadata
                     image = ImageOps.exif_transpose(image)
                 except DECODER_ERRORS:  # a damaged EXIF block: keep the pixels as stored
                     pass
-            image = _to_rgb(image)
-            if image.size != (size, size):
-                image = image.resize((size, size), Image.BILINEAR, reducing_gap=3.0)
-            # tobytes() then a view: one copy fewer than np.asarray (measured ~20% of a decode)
-            return np.frombuffer(image.tobytes(), np.uint8).reshape(size, size, 3)
+            return finish(_to_rgb(image))
     except UnreadableImage:
         raise
     except DECODER_ERRORS as error:  # a decoder failure is a property of the file

@@ -537,3 +537,11 @@ def test_predict_names_each_unreadable_image_and_predicts_the_rest(tiny_data):
     assert [p["path"] for p in json.loads(result.stdout)] == [str(good)]
     assert f"Cannot read image '{empty}': the file is empty." in result.output
     assert f"Cannot read image '{html}': not an image" in result.output
+
+
+def test_help_shows_the_defaults_it_describes():
+    """Help texts say '[default: ...]' where no value can show it; rich must not take it
+    for markup and drop it."""
+    result = invoke("predict", "--help")
+    text = " ".join(result.output.replace("│", " ").split())
+    assert "[default: the most recent run in ./runs]" in text

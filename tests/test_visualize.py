@@ -299,3 +299,19 @@ def test_tensorboard_logs_on_request(tmp_path):
     plain = invoke("extract", data, "--base", "small", "--image-size", "32", "--epochs", "2",
                    "--out", tmp_path / "plain")
     assert plain.exit_code == 0 and not (tmp_path / "plain" / "tensorboard").exists()
+
+
+def test_dream_and_style_with_a_runs_own_base(objects, tmp_path):
+    """--model RUN dreams with the run's trained base (here the from-scratch `small` one),
+    at any image size, though the run was trained at 64 px."""
+    run, data, _ = objects
+    image = sorted((data / "val" / "blue").iterdir())[0]
+    result = invoke("visualize", "dream", image, "--model", run, "--size", "96", "--octaves", "2",
+                    "--steps", "5", "--out", tmp_path / "dream.png")
+    assert result.exit_code == 0, result.output
+    assert Image.open(tmp_path / "dream.png").size == (96, 96)
+    assert "objective (block3_conv, block4_conv)" in result.output
+    result = invoke("visualize", "style", image, sorted((data / "val" / "red").iterdir())[0],
+                    "--model", run, "--size", "48", "--steps", "3", "--out", tmp_path / "s.png")
+    assert result.exit_code == 0, result.output
+    assert Image.open(tmp_path / "s.png").size == (48, 48)

@@ -55,9 +55,15 @@ def _library_call(name):
 
         return getattr(cache, name.split(".", 1)[1])
     if name.startswith("visualize."):
-        from smallcnn import visualize
+        import inspect
 
-        return getattr(visualize, name.split(".", 1)[1])
+        from smallcnn import visualize
+        from smallcnn.console import RichReporter
+
+        function = getattr(visualize, name.split(".", 1)[1])
+        if "reporter" not in inspect.signature(function).parameters:
+            return function
+        return lambda *args, **kwargs: function(*args, reporter=RichReporter(), **kwargs)
     if name == "predict":
         from smallcnn.predict import load
 
@@ -134,7 +140,7 @@ def _main(
 
 
 # The commands register themselves on `app`.
-from smallcnn.cli import training, using  # noqa: E402,F401
+from smallcnn.cli import training, using, visualize  # noqa: E402,F401
 
 
 def main():

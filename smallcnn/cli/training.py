@@ -16,7 +16,7 @@ Data = Annotated[
         show_default=False,
     ),
 ]
-Out = Annotated[Optional[Path], typer.Option(help="Run folder to write.  [default: runs/<command>-<time>]", show_default=False)]
+Out = Annotated[Optional[Path], typer.Option(help="Run folder to write.  \\[default: runs/<command>-<time>]", show_default=False)]
 Overwrite = Annotated[bool, typer.Option(help="Replace a run already in --out.")]
 Resume = Annotated[Optional[Path], typer.Option(help="Continue an interrupted run in its folder, with its settings (DATA: where its data is now, if it moved).", show_default=False)]
 DataOrRun = Annotated[Optional[Path], typer.Argument(help="As for extract; with --resume, the run's data if it moved.", show_default=False)]
@@ -36,7 +36,7 @@ def _setting_parameters(command):
         help_text = declared["help"]
         if declared["choices"]:
             help_text += f" One of: {', '.join(declared['choices'])}."
-        help_text += escape(f"  [default: {default_text(command, name)}]")
+        help_text += escape(f"  \\[default: {default_text(command, name)}]")
         names = [declared["flag"]] if declared["flag"] else [f"--{name.replace('_', '-')}"]
         annotation = Annotated[Optional[declared["type"]],
                                typer.Option(*names, help=help_text, show_default=False)]

@@ -45,7 +45,7 @@ def check(
 @app.command()
 def predict(
     images: Annotated[List[Path], typer.Argument(help="Image files or folders.", show_default=False)],
-    model: Annotated[Optional[Path], typer.Option("--model", help="Run folder (or its model.keras), or an exported .tflite, .onnx, .keras file or SavedModel folder.  [default: the most recent run in ./runs]", show_default=False)] = None,
+    model: Annotated[Optional[Path], typer.Option("--model", help="Run folder (or its model.keras), or an exported .tflite, .onnx, .keras file or SavedModel folder.  \\[default: the most recent run in ./runs]", show_default=False)] = None,
     top_k: Annotated[int, typer.Option("--top-k", help="Classes to show per image.")] = 3,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout.")] = False,
     batch_size: BatchSize = 32,
@@ -69,15 +69,13 @@ def predict(
         raise typer.Exit(failures[0].exit_code)
 
 
-RunArgument = Annotated[Optional[Path], typer.Argument(help="Run folder.  [default: the most recent run in ./runs]", show_default=False)]
-ModelOption = Annotated[Optional[Path], typer.Option("--model", help="Run folder.  [default: the most recent run in ./runs]", show_default=False)]
-VisualizeOut = Annotated[Optional[Path], typer.Option("--out", help="Folder for the pictures.  [default: RUN/visualize]", show_default=False)]
+RunArgument = Annotated[Optional[Path], typer.Argument(help="Run folder.  \\[default: the most recent run in ./runs]", show_default=False)]
 
 
 @app.command()
 def evaluate(
     run: RunArgument = None,
-    data: Annotated[Optional[Path], typer.Argument(help="A data folder with the model's classes.  [default: the run's]", show_default=False)] = None,
+    data: Annotated[Optional[Path], typer.Argument(help="A data folder with the model's classes.  \\[default: the run's]", show_default=False)] = None,
     split: Annotated[str, typer.Option("--split", help="val, test or train.")] = "val",
     top: Annotated[int, typer.Option("--top", help="How many of the most confidently wrong images to list.")] = 10,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout.")] = False,
@@ -97,7 +95,7 @@ def evaluate(
 def report(
     run: RunArgument = None,
     data: Annotated[Optional[Path], typer.Option("--data", help="The run's data folder, if it has moved.", show_default=False)] = None,
-    out: Annotated[Optional[Path], typer.Option("--out", help="HTML file to write.  [default: RUN/report.html]", show_default=False)] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", help="HTML file to write.  \\[default: RUN/report.html]", show_default=False)] = None,
 ):
     """One self-contained HTML page: data, curves, per-class metrics, confusion matrix, mistakes with Grad-CAM."""
     from smallcnn.console import stdout
@@ -106,63 +104,12 @@ def report(
     stdout.print(f"Report written: {path}")
 
 
-visualize_app = typer.Typer(help="Look inside a trained model: Grad-CAM, activations, filters.",
-                            no_args_is_help=True)
-app.add_typer(visualize_app, name="visualize")
-
-
-def _pictures(pictures):
-    from smallcnn.console import stdout
-
-    for picture in pictures:
-        extra = f"  {picture.label} {picture.probability:.1%}" if picture.label else ""
-        stdout.print(f"{picture.path}{extra}", soft_wrap=True)
-
-
-@visualize_app.command("gradcam")
-def visualize_gradcam(
-    images: Annotated[List[Path], typer.Argument(help="Image files or folders.", show_default=False)],
-    model: ModelOption = None,
-    class_name: Annotated[Optional[str], typer.Option("--class", help="Class to explain.  [default: the predicted one]", show_default=False)] = None,
-    out: VisualizeOut = None,
-):
-    """Grad-CAM heatmap over each image: which part made the decision (from the base's last conv layer)."""
-    _pictures(_run("visualize.gradcam", [str(p) for p in images], model=model,
-                   class_name=class_name, out=out))
-
-
-@visualize_app.command("activations")
-def visualize_activations(
-    image: Annotated[Path, typer.Argument(help="An image file.", show_default=False)],
-    model: ModelOption = None,
-    layer: Annotated[Optional[List[str]], typer.Option("--layer", help="Base layer to show (repeatable).  [default: 4 conv layers from first to last]", show_default=False)] = None,
-    channels: Annotated[int, typer.Option("--channels", help="Feature maps to show per layer.")] = 32,
-    out: VisualizeOut = None,
-):
-    """A grid of the feature maps that chosen layers of the base compute for one image."""
-    _pictures(_run("visualize.activations", str(image), model=model, layers=layer,
-                   channels=channels, out=out))
-
-
-@visualize_app.command("filters")
-def visualize_filters(
-    model: ModelOption = None,
-    layer: Annotated[Optional[str], typer.Option("--layer", help="A conv layer of the base.", show_default=False)] = None,
-    count: Annotated[int, typer.Option("--filters", help="How many filters (the first N).")] = 16,
-    steps: Annotated[int, typer.Option("--steps", help="Gradient-ascent steps.")] = 30,
-    out: VisualizeOut = None,
-):
-    """The input patterns that maximise each filter of a conv layer (gradient ascent on the input)."""
-    _pictures(_run("visualize.filters", model=model, layer=layer, count=count, steps=steps,
-                   out=out))
-
-
 @app.command("export")
 def export_command(
-    run: Annotated[Optional[Path], typer.Argument(help="Run folder.  [default: the most recent run in ./runs]", show_default=False)] = None,
+    run: Annotated[Optional[Path], typer.Argument(help="Run folder.  \\[default: the most recent run in ./runs]", show_default=False)] = None,
     format: Annotated[str, typer.Option("--format", help=f"One of: {', '.join(FORMATS)}.")] = "tflite",
     quantize: Annotated[str, typer.Option("--quantize", help=f"One of: {', '.join(QUANTIZATIONS)} (by format: {_BY_FORMAT}); int8 calibrates on training images.")] = "none",
-    out: Annotated[Optional[Path], typer.Option("--out", help="File (or folder) to write.  [default: RUN/export/model[-QUANTIZE].EXT]", show_default=False)] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", help="File (or folder) to write.  \\[default: RUN/export/model[-QUANTIZE].EXT]", show_default=False)] = None,
     data: Annotated[Optional[Path], typer.Option("--data", help="The run's data folder, if it has moved (the export is checked on its validation images).", show_default=False)] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing export.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as one JSON document on stdout.")] = False,
@@ -207,7 +154,7 @@ def cache_info(
 
 @cache_app.command("clear")
 def cache_clear(
-    part: Annotated[Optional[str], typer.Argument(help="Clear only this part: features, engines, templates or scans.  [default: all]", show_default=False)] = None,
+    part: Annotated[Optional[str], typer.Argument(help="Clear only this part: features, engines, templates or scans.  \\[default: all]", show_default=False)] = None,
 ):
     """Delete the cache (or one part of it); everything in it is rebuilt when needed."""
     from smallcnn.console import stdout
