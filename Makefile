@@ -28,6 +28,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/bases.py
 	$(BIN)/python bench/ideas.py
 	$(BIN)/python bench/overheads.py
+	$(BIN)/python bench/pictures.py
 	$(BIN)/python bench/run.py
 
 clean:

@@ -93,7 +93,7 @@ def test_style_transfer_moves_the_gram_matrices_to_the_style(backbone):
     assert styled.losses["content"][0] == 0 and styled.final["content"] < 1.0
 
     def grams(pixels):
-        return transfer._features(tf.constant(pixels[None], tf.float32))[1]
+        return transfer.features(tf.constant(pixels[None], tf.float32))[1]
 
     ratios = [np.linalg.norm(after - target) / np.linalg.norm(before - target)
               for before, after, target in zip(grams(content), grams(styled.image), grams(style))]
@@ -163,6 +163,9 @@ def test_dream_and_style_refuse_bad_input_before_any_work(tmp_path):
         (["dream", tmp_path / "photo.png", "--model", tmp_path, "--base", "mobilenet_v2"],
          "not both"),
         (["dream", tmp_path / "photo.png", "--base", "vgg99"], "Unknown base: 'vgg99'"),
+        (["dream", tmp_path / "photo.png", "--size", "40"], "first octave would be 20x20 pixels"),
+        (["style", tmp_path / "photo.png", tmp_path / "photo.png", "--size", "20"],
+         "content image is 20x20 pixels"),
     ]
     for args, expected_text in cases:
         result = invoke("visualize", *args)
@@ -171,3 +174,13 @@ def test_dream_and_style_refuse_bad_input_before_any_work(tmp_path):
     assert (tmp_path / "photo.png").read_bytes() == before
     assert not list(tmp_path.glob("*dream*")) and not list(tmp_path.glob("*-in-*"))
 
+
+
+def test_the_python_api_returns_arrays_for_files_and_arrays(tmp_path):
+    from smallcnn import visualize
+
+    Image.fromarray(photo(60)).resize((90, 60)).save(tmp_path / "wide.png")
+    dreamed = visualize.dream(tmp_path / "wide.png", octaves=1, steps=2, size=72)
+    assert dreamed.shape == (48, 72, 3) and dreamed.dtype == np.uint8
+    styled = visualize.style_transfer(photo(64), painting(40), steps=2, size=48)
+    assert styled.shape == (48, 48, 3) and styled.dtype == np.uint8

@@ -8,8 +8,9 @@ objective is the mean squared activation of the chosen layers (borders left out)
 ascent runs octave by octave, from the photo shrunk by `octave_scale ** (octaves - 1)`
 up to its full size, and the detail that shrinking lost is put back after each upscale.
 Each step moves the pixels along the gradient normalised to a mean magnitude of one;
-the photo is shifted by a random offset first (and back after), so that the stride of the
-base does not print a grid on it (the TensorFlow tutorial's random roll).
+the photo is shifted by a random offset first (up to JITTER pixels and 1/8 of its sides;
+shifted back after), so that the stride of the base does not print a grid on it (the
+TensorFlow tutorial's random roll).
 """
 
 import dataclasses
@@ -70,7 +71,7 @@ class DeepDream:
     Example:
 
         dreamer = DeepDream(open_backbone(base="mobilenet_v2"))
-        dream = dreamer(photo_pixels, octaves=3)
+        dream = dreamer(photo_pixels, DreamSettings(octaves=3))
         plt.imshow(dream.image)
     """
 
@@ -110,6 +111,7 @@ class DeepDream:
 
         self.step = step
         self.objective = tf.function(objective, input_signature=[pixels])
+        self.spec = backbone.spec
 
     def __call__(self, pixels, settings=DreamSettings(), progress=None):
         """Dreams on `(h, w, 3)` RGB pixels in [0, 255] (float or uint8), at their size.
@@ -129,6 +131,11 @@ class DeepDream:
         full = np.array(original.shape[1:3])
         shapes = [tuple(np.maximum(1, np.round(full / settings.octave_scale ** i)).astype(int))
                   for i in reversed(range(settings.octaves))]
+        if min(shapes[0]) < self.spec.min_size:
+            raise UsageError(
+                f"The first octave would be {shapes[0][1]}x{shapes[0][0]} pixels, smaller than "
+                f"{self.spec.name!r} takes ({self.spec.min_size}); use a larger --size or fewer "
+                "--octaves.")
         image = shrunk = tf.image.resize(original, shapes[0])
         frames, traces, done = [], [], 0
         for index, shape in enumerate(shapes):

@@ -134,8 +134,11 @@ class StyleTransfer:
     Example:
 
         transfer = StyleTransfer(open_backbone(base="mobilenet_v2"))
-        styled = transfer(photo_pixels, painting_pixels, steps=300)
+        styled = transfer(photo_pixels, painting_pixels, StyleSettings(steps=300))
         plt.imshow(styled.image); print(styled.final)
+
+    `features(pixels)` gives the content layer's maps and the style layers' Gram matrices
+    of a `(1, h, w, 3)` batch.
     """
 
     def __init__(self, backbone, content_layer=None, style_layers=None):
@@ -153,12 +156,11 @@ class StyleTransfer:
             outputs = probe(preprocess(image), training=False)
             return outputs[0], [gram(maps) for maps in outputs[1:]]
 
-        self._features = tf.function(features)
+        self.features = tf.function(features)
         pixels = tf.TensorSpec([1, None, None, 3], tf.float32)
         content_maps = tf.TensorSpec(probe.outputs[0].shape, tf.float32)
         grams = [tf.TensorSpec([maps.shape[-1]] * 2, tf.float32) for maps in probe.outputs[1:]]
         scalar = tf.TensorSpec([], tf.float32)
-
         spectra = tf.TensorSpec([2, 3, None, None], tf.float32)
 
         @tf.function(input_signature=[pixels, spectra, spectra, spectra, scalar, content_maps,
@@ -187,6 +189,7 @@ class StyleTransfer:
 
         self.step = step
         self.render = tf.function(render, input_signature=[pixels, spectra])
+        self.spec = backbone.spec
 
     def __call__(self, content, style, settings=StyleSettings(), progress=None):
         """Renders `content` in the style of `style`, both `(h, w, 3)` RGB pixels in
@@ -201,9 +204,15 @@ class StyleTransfer:
         """
         import tensorflow as tf
 
+        for name, pixels in (("content", content), ("style", style)):
+            if min(np.shape(pixels)[:2]) < self.spec.min_size:
+                raise UsageError(
+                    f"The {name} image is {np.shape(pixels)[1]}x{np.shape(pixels)[0]} pixels, "
+                    f"smaller than {self.spec.name!r} takes ({self.spec.min_size}); use a "
+                    "larger --size.")
         image = tf.convert_to_tensor(np.asarray(content, dtype=np.float32)[None])
-        content_target, _ = self._features(image)
-        _, style_targets = self._features(tf.convert_to_tensor(
+        content_target, _ = self.features(image)
+        _, style_targets = self.features(tf.convert_to_tensor(
             np.asarray(style, dtype=np.float32)[None]))
         content_variation = variation(image)
         weights = tf.constant([settings.content_weight, settings.style_weight,
