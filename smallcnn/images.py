@@ -7,6 +7,7 @@ then a resize to a square of the model's size (or, for DeepDream and style trans
 to a longer side, the aspect ratio kept).
 """
 
+import io
 import os
 import struct
 import warnings
@@ -53,18 +54,22 @@ def is_image_file(path):
     return path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".")
 
 
-def _open(path):
+def _open(path, data=None):
+    """Opens an image file, or `data`, the bytes of one named `path` (an upload)."""
     path = Path(path)
-    try:
-        size = path.stat().st_size
-    except OSError as error:
-        raise UnreadableImage(path, f"cannot open the file ({error.strerror})") from None
+    if data is None:
+        try:
+            size = path.stat().st_size
+        except OSError as error:
+            raise UnreadableImage(path, f"cannot open the file ({error.strerror})") from None
+    else:
+        size = len(data)
     if size == 0:
         raise UnreadableImage(path, "the file is empty")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(path)
+            image = Image.open(path if data is None else io.BytesIO(data))
     except UnidentifiedImageError:
         raise UnreadableImage(path, "not an image (or a format Pillow cannot read)") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
@@ -109,7 +114,13 @@ def load_image(path, size):
     return _decode(path, size).copy()
 
 
-def _decode(path, size):
+def decode_image(data, name, size):
+    """`load_image` for the bytes of an image file (an upload named `name`); the same
+    `UnreadableImage` errors, in the same words."""
+    return _decode(name, size, data).copy()
+
+
+def _decode(path, size, data=None):
     """`load_image` as a read-only view of the decoded bytes (no copy)."""
 
     def square(image):
@@ -118,7 +129,7 @@ def _decode(path, size):
         # tobytes() then a view: one copy fewer than np.asarray (measured ~20% of a decode)
         return np.frombuffer(image.tobytes(), np.uint8).reshape(size, size, 3)
 
-    return _read(path, (size, size), square)
+    return _read(path, (size, size), square, data)
 
 
 def load_picture(path, max_side):
@@ -140,11 +151,11 @@ def load_picture(path, max_side):
     return _read(path, (max_side, max_side), fit)
 
 
-def _read(path, draft, finish):
-    """`finish(image)` of the decoded RGB Pillow image of a file (EXIF orientation
-    applied), before the file is closed; a JPEG is decoded at a reduced scale no smaller
-    than `draft`."""
-    image = _open(path)
+def _read(path, draft, finish, data=None):
+    """`finish(image)` of the decoded RGB Pillow image of a file, or of its bytes `data`
+    (EXIF orientation applied), before the file is closed; a JPEG is decoded at a reduced
+    scale no smaller than `draft`."""
+    image = _open(path, data)
     try:
         with image:
             if image.format == "JPEG":

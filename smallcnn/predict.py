@@ -83,6 +83,12 @@ class Classifier:
         self.engine = f"keras ({why})" if why else "keras"
         return lambda images: self._keras_probabilities(images, batch_size)
 
+    def batch_runner(self, batch_size=32):
+        """The engine for a stream of images (a server): a function of `(n, size, size, 3)`
+        pixel arrays, chosen once as for a folder of many images (LiteRT where usable);
+        `self.engine` says which."""
+        return self._runner(self.litert_min_images, batch_size)
+
     def _keras_probabilities(self, images, batch_size):
         # A few images: eager calls, no predict() graph to trace (most of a cold start).
         images = images.astype("float32")
@@ -198,7 +204,7 @@ class Classifier:
         check_counts(top_k, batch_size)
         if isinstance(images, np.ndarray):
             probabilities = self.probabilities(images, batch_size)
-            return [self._prediction(None, row, top_k) for row in probabilities]
+            return [self.prediction(None, row, top_k) for row in probabilities]
         predictions, failures = self.predict_paths(images, top_k, batch_size)
         if failures:
             raise failures[0]
@@ -216,7 +222,7 @@ class Classifier:
             paths = [paths]
         paths = expand_paths(paths)
         probabilities, kept, failures = self.probabilities_of_files(paths, batch_size)
-        return [self._prediction(paths[i], row, top_k)
+        return [self.prediction(paths[i], row, top_k)
                 for i, row in zip(kept, probabilities)], failures
 
     def probabilities_of_files(self, paths, batch_size=32, progress=None):
@@ -246,7 +252,8 @@ class Classifier:
             return np.zeros((0, len(self.class_names)), np.float32), np.zeros(0, int), failures
         return np.concatenate(rows), np.concatenate(kept), failures
 
-    def _prediction(self, path, row, top_k):
+    def prediction(self, path, row, top_k):
+        """The `Prediction` of one row of probabilities."""
         order = np.argsort(row)[::-1][: max(1, top_k)]
         top = [{"label": self.class_names[i], "probability": float(row[i])} for i in order]
         return Prediction(path, top[0]["label"], top[0]["probability"], top, self.engine)

@@ -64,6 +64,11 @@ def _library_call(name):
         if "reporter" not in inspect.signature(function).parameters:
             return function
         return lambda *args, **kwargs: function(*args, reporter=RichReporter(), **kwargs)
+    if name == "serve":
+        from smallcnn.console import RichReporter, stderr
+        from smallcnn.serve import serve
+
+        return lambda *args, **kwargs: serve(*args, reporter=RichReporter(stderr), **kwargs)
     if name == "predict":
         from smallcnn.predict import load
 

@@ -12,6 +12,9 @@ from smallcnn.cli import _run, app
 from smallcnn.cli.training import Data
 from smallcnn.export import QUANTIZATIONS, SUPPORTED
 from smallcnn.formats import FORMATS
+from smallcnn.serve.app import ServeSettings
+
+SERVE = ServeSettings()
 
 Seed = Annotated[int, typer.Option(help="Random seed of the validation split.")]
 ValSplit = Annotated[float, typer.Option(help="Fraction of each class held out for validation when DATA has no validation folder.")]
@@ -102,6 +105,31 @@ def report(
 
     path = _run("report", run, data=data, out=out)
     stdout.print(f"Report written: {path}")
+
+
+@app.command()
+def serve(
+    model: Annotated[Optional[Path], typer.Argument(help="Run folder (or its model.keras), or an exported .tflite, .onnx, .keras file or SavedModel folder.  \\[default: the most recent run in ./runs]", show_default=False)] = None,
+    host: Annotated[str, typer.Option(help="Address to listen on; another than this machine's own is served without authentication unless --token is given.")] = SERVE.host,
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = SERVE.port,
+    token: Annotated[Optional[str], typer.Option(help="Require 'Authorization: Bearer TOKEN' on the API (not on the page or /health).", show_default=False)] = None,
+    cors: Annotated[Optional[str], typer.Option("--cors", help="An origin (https://example.org) whose pages may call the API; none by default.", show_default=False)] = None,
+    max_batch: Annotated[int, typer.Option(help="Images the engine runs at once, gathered from concurrent requests.")] = SERVE.max_batch,
+    max_wait_ms: Annotated[float, typer.Option(help="How long the first image of a batch waits for others.")] = SERVE.max_wait_ms,
+    max_queue: Annotated[int, typer.Option(help="Images waiting at once; beyond, 503 with Retry-After.")] = SERVE.max_queue,
+    max_upload_mb: Annotated[float, typer.Option(help="Largest request body; beyond, 413.")] = SERVE.max_upload_mb,
+    top_k: Annotated[int, typer.Option("--top-k", help="Classes per image unless the request asks (?top_k=).")] = SERVE.top_k,
+):
+    """Serve a model: an HTTP API (POST /predict, /gradcam; GET /health, /model, /metrics, /docs) and a web page at /.
+
+    Stops on Ctrl-C or SIGTERM after answering the requests in flight.
+    """
+    from smallcnn.serve import ServeSettings
+
+    settings = ServeSettings(host=host, port=port, token=token, cors=cors, max_batch=max_batch,
+                             max_wait_ms=max_wait_ms, max_queue=max_queue,
+                             max_upload_mb=max_upload_mb, top_k=top_k)
+    _run("serve", model, settings, tensorflow=False)
 
 
 @app.command("export")

@@ -1,0 +1,75 @@
+"""`smallcnn serve`: a trained model behind an HTTP API and a web page.
+
+    smallcnn serve [RUN|MODEL] [--host 127.0.0.1] [--port 8000] [--token T] [--cors ORIGIN]
+
+`app.py` holds the routes (POST /predict, POST /gradcam, GET /health, /model, /metrics, the
+page at /), `batcher.py` gathers concurrent requests into batches for the engine,
+`stats.py` counts what the server did, `page.html` is the web page (plain JavaScript, no
+external requests).
+"""
+
+import ipaddress
+import socket
+
+from smallcnn.errors import UsageError
+from smallcnn.progress import Reporter
+from smallcnn.serve.app import ServeSettings, create_app
+
+__all__ = ["ServeSettings", "build_app", "serve"]
+
+
+def build_app(model=None, settings=ServeSettings()):
+    """Loads a model (a run folder, its model.keras, or an exported file; default the
+    latest run) and returns `(app, classifier)`: the FastAPI app serving it."""
+    from smallcnn.predict import load
+
+    if settings.max_batch < 1 or settings.max_queue < settings.max_batch:
+        raise UsageError(f"--max-batch must be at least 1 and --max-queue at least "
+                         f"--max-batch. Received: max_batch={settings.max_batch}, "
+                         f"max_queue={settings.max_queue}")
+    if settings.max_wait_ms < 0 or settings.max_upload_mb <= 0 or settings.top_k < 1:
+        raise UsageError("--max-wait-ms must be 0 or more, --max-upload-mb positive and "
+                         "--top-k at least 1.")
+    classifier = load(model)
+    run = classifier.batch_runner(settings.max_batch)
+    return create_app(classifier, run, settings), classifier
+
+
+def is_loopback(host):
+    """Whether `host` (a name or an address) only listens on this machine."""
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        pass
+    try:
+        addresses = {info[4][0] for info in socket.getaddrinfo(host, None)}
+    except OSError:
+        return False
+    return bool(addresses) and all(ipaddress.ip_address(a.split("%")[0]).is_loopback
+                                   for a in addresses)
+
+
+def serve(model=None, settings=ServeSettings(), reporter=Reporter()):
+    """Serves a model until SIGINT or SIGTERM; in-flight requests are answered first."""
+    import uvicorn
+
+    app, classifier = build_app(model, settings)
+    if not is_loopback(settings.host) and not settings.token:
+        reporter.warning(f"serving on {settings.host}, beyond this machine, without "
+                         "authentication: anyone who can reach it can use the model "
+                         "(--token TOKEN requires a bearer token).")
+    where = f"http://{settings.host}:{settings.port}"
+    reporter.note(f"serving {classifier.run_dir or getattr(classifier, 'path', model)} "
+                  f"({len(classifier.class_names)} classes, engine: {classifier.engine}) at "
+                  f"{where}: the page at {where}/, the API's docs at {where}/docs")
+    class Server(uvicorn.Server):
+        """uvicorn's server, ending with exit status 0 after a SIGINT or SIGTERM and its
+        graceful shutdown (the requests in flight answered); uvicorn itself raises the
+        signal again once shut down, which kills the process."""
+
+        def handle_exit(self, sig, frame):
+            super().handle_exit(sig, frame)
+            self._captured_signals.clear()
+
+    Server(uvicorn.Config(app, host=settings.host, port=settings.port, log_level="warning",
+                          timeout_graceful_shutdown=30)).run()

@@ -1,0 +1,291 @@
+"""smallcnn serve: the HTTP API, its refusals, micro-batching, shutdown, and the page."""
+
+import asyncio
+import json
+import os
+import shutil
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import time
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import invoke, make_dataset
+
+from smallcnn.serve.app import ServeSettings
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A small 3-class model that has learned its (easy) data: (run folder, data folder)."""
+    from smallcnn import training
+    from smallcnn.train import Settings
+
+    root = tmp_path_factory.mktemp("serve")
+    data = make_dataset(root / "data", per_class=16, classes=("red", "green", "blue"))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("SMALLCNN_CACHE", str(root / "cache"))
+        result = training.extract(data, Settings(base="small", image_size=32, epochs=60,
+                                                 learning_rate=0.01, batch_size=8),
+                                  out=root / "run")
+    assert result.metrics["val_accuracy"] == 1.0
+    return result.run_dir, data
+
+
+def client(run, **settings):
+    from fastapi.testclient import TestClient
+
+    from smallcnn.serve import build_app
+
+    app, _ = build_app(run, ServeSettings(**settings))
+    return TestClient(app)
+
+
+def files(*paths):
+    return [("files", (Path(p).name, Path(p).read_bytes(), "image/png")) for p in paths]
+
+
+def bomb_png(width=20_000, height=20_000):
+    """A PNG header claiming more pixels than Pillow's limit, with almost no data."""
+    def chunk(kind, data):
+        return (struct.pack(">I", len(data)) + kind + data +
+                struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) +
+            chunk(b"IDAT", zlib.compress(b"\x00" * 16)) + chunk(b"IEND", b""))
+
+
+def test_every_endpoint_and_predict_json_equal_to_the_cli(trained):
+    run, data = trained
+    images = [sorted((data / "val" / name).iterdir())[0] for name in ("red", "blue")]
+    with client(run) as api:
+        assert api.get("/health").json() == {"status": "ready"}
+        info = api.get("/model").json()
+        assert info["classes"] == ["blue", "green", "red"] and info["image_size"] == 32
+        assert info["metrics"]["val_accuracy"] == 1.0 and info["base"] == "small"
+        from smallcnn import __version__
+        assert info["smallcnn_version"] == __version__
+
+        answer = api.post("/predict?top_k=2", files=files(*images))
+        assert answer.status_code == 200, answer.text
+        served = answer.json()
+        raw = api.post("/predict?name=photo.png", content=images[0].read_bytes(),
+                       headers={"content-type": "image/png"}).json()
+
+        metrics = api.get("/metrics")
+        assert metrics.headers["content-type"].startswith("text/plain")
+        assert 'smallcnn_requests_total{endpoint="/predict",status="200"} 2' in metrics.text
+        assert "smallcnn_images_total 3" in metrics.text
+        assert 'smallcnn_request_seconds{endpoint="/predict",quantile="0.99"}' in metrics.text
+        assert api.get("/metrics?format=json").json()["images"] == 3
+        assert "/predict" in api.get("/openapi.json").json()["paths"]
+        assert api.get("/docs").status_code == 200
+
+    cli = invoke("predict", *images, "--model", run, "--json", "--top-k", "2")
+    expected = json.loads(cli.stdout)
+    assert [p["path"] for p in served] == [p.name for p in images]
+    assert raw[0]["path"] == "photo.png" and raw[0]["label"] == served[0]["label"]
+    for got, want in zip(served, expected):
+        assert got.keys() == want.keys()
+        assert got["label"] == want["label"] == Path(want["path"]).parent.name
+        assert [t["label"] for t in got["top"]] == [t["label"] for t in want["top"]]
+        assert np.allclose([t["probability"] for t in got["top"]],
+                           [t["probability"] for t in want["top"]], atol=1e-3)
+
+
+def test_bad_uploads_get_one_clear_sentence_each(trained, tmp_path):
+    from smallcnn.errors import DataError
+    from smallcnn.images import load_image
+
+    run, data = trained
+    image = sorted((data / "val" / "red").iterdir())[0]
+    (tmp_path / "notes.txt").write_text("not an image")
+    (tmp_path / "cut.png").write_bytes(image.read_bytes()[:60])
+    with client(run, max_upload_mb=0.01) as api:
+        for name, status in (("notes.txt", 415), ("cut.png", 422)):
+            answer = api.post("/predict", files=files(tmp_path / name))
+            with pytest.raises(DataError) as expected:  # predict's words for the same file
+                load_image(tmp_path / name, 32)
+            assert answer.status_code == status
+            assert answer.json()["detail"] == str(expected.value).replace(
+                str(tmp_path / name), name)
+        bomb = api.post("/predict", files=[("files", ("bomb.png", bomb_png(), "image/png"))])
+        assert bomb.status_code == 422 and "larger than the limit" in bomb.json()["detail"]
+        big = api.post("/predict", content=b"\xff" * 20_000, headers={"content-type": "image/jpeg"})
+        assert big.status_code == 413 and "0.01 MB" in big.json()["detail"]
+        for empty in (api.post("/predict", files={"note": (None, "hello")}),
+                      api.post("/predict", content=b"", headers={"content-type": "image/png"})):
+            assert empty.status_code == 422 and "no image" in empty.json()["detail"]
+        text = api.post("/predict", content=b"hello", headers={"content-type": "text/plain"})
+        assert text.status_code == 415 and "multipart/form-data" in text.json()["detail"]
+        assert api.post("/predict?top_k=0", files=files(image)).status_code == 422
+        assert api.get("/files/etc/passwd").status_code == 404  # no path parameters
+
+
+def test_a_full_queue_answers_503_with_retry_after(trained):
+    run, data = trained
+    images = sorted((data / "val" / "red").iterdir())[:3]
+    with client(run, max_batch=2, max_queue=2) as api:
+        answer = api.post("/predict", files=files(*images))
+        assert answer.status_code == 503 and answer.headers["retry-after"] == "1"
+        assert api.post("/predict", files=files(*images[:2])).status_code == 200
+
+
+def test_token_and_cors(trained):
+    run, data = trained
+    image = sorted((data / "val" / "red").iterdir())[0]
+    origin = {"Origin": "https://example.org"}
+    with client(run) as api:
+        answer = api.post("/predict", files=files(image), headers=origin)
+        assert answer.status_code == 200 and "access-control-allow-origin" not in answer.headers
+    with client(run, token="s3cret", cors="https://example.org") as api:
+        assert api.post("/predict", files=files(image)).status_code == 401
+        assert api.get("/model").status_code == 401
+        assert api.get("/health").status_code == 200 and api.get("/").status_code == 200
+        answer = api.post("/predict", files=files(image),
+                          headers={"Authorization": "Bearer s3cret", **origin})
+        assert answer.status_code == 200
+        assert answer.headers["access-control-allow-origin"] == "https://example.org"
+
+
+def test_the_page_is_one_offline_file(trained):
+    run, _ = trained
+    with client(run) as api:
+        page = api.get("/")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert 'type="file"' in page.text and "multiple" in page.text
+    assert "http://" not in page.text and "https://" not in page.text  # no CDN, no tracker
+
+
+def test_micro_batching_gathers_concurrent_requests():
+    from smallcnn.serve.batcher import MicroBatcher
+
+    sizes = []
+
+    def run(pixels):
+        sizes.append(len(pixels))
+        return pixels.reshape(len(pixels), -1)[:, :2].astype(float)
+
+    async def scenario():
+        batcher = MicroBatcher(run, max_batch=4, max_wait_ms=50, max_queue=64)
+        await batcher.start()
+        images = [np.full((2, 2, 3), i, np.uint8) for i in range(10)]
+        answers = await asyncio.gather(*(batcher.submit([image]) for image in images))
+        started = time.perf_counter()
+        alone = await batcher.submit([images[3]])
+        waited = time.perf_counter() - started
+        await batcher.stop()
+        return answers, alone, waited
+
+    answers, alone, waited = asyncio.run(scenario())
+    assert [a[0][0] for a in answers] == list(range(10))  # each request gets its own row
+    assert sizes[:3] == [4, 4, 2]  # ten concurrent requests in three batches
+    assert sizes[3] == 1 and alone[0][0] == 3 and 0.04 < waited < 1.0  # a lone one waits once
+
+
+def test_an_engine_error_reaches_every_waiting_request():
+    from smallcnn.serve.batcher import MicroBatcher
+
+    def run(pixels):
+        raise RuntimeError("engine broke")
+
+    async def scenario():
+        batcher = MicroBatcher(run, max_batch=8, max_wait_ms=1)
+        await batcher.start()
+        results = await asyncio.gather(*(batcher.submit([np.zeros((2, 2, 3))]) for _ in range(3)),
+                                       return_exceptions=True)
+        await batcher.stop()
+        return results
+
+    assert [str(r) for r in asyncio.run(scenario())] == ["engine broke"] * 3
+
+
+def test_loopback_addresses():
+    from smallcnn.serve import is_loopback
+
+    assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("localhost")
+    assert not is_loopback("0.0.0.0") and not is_loopback("192.168.1.20")
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_sigterm_answers_and_exits_0(trained):
+    import httpx
+
+    run, data = trained
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "-m", "smallcnn", "serve", str(run), "--port",
+                               str(port)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              text=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    try:
+        deadline = time.time() + 90
+        while time.time() < deadline:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/health").status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.3)
+        image = sorted((data / "val" / "green").iterdir())[0]
+        answer = httpx.post(f"http://127.0.0.1:{port}/predict", files=files(image))
+        assert answer.json()[0]["label"] == "green"
+        server.send_signal(signal.SIGTERM)
+        assert server.wait(timeout=30) == 0
+    finally:
+        server.kill()
+    output = server.stdout.read()
+    assert f"at http://127.0.0.1:{port}" in output
+
+
+@pytest.mark.skipif(not shutil.which("chromium") or not shutil.which("chromedriver"),
+                    reason="needs Debian's chromium and chromium-driver packages")
+def test_the_page_classifies_two_uploads_in_headless_chromium(trained, tmp_path):
+    pytest.importorskip("selenium", reason="needs the selenium package")
+    import threading
+
+    import uvicorn
+    from selenium import webdriver
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from smallcnn.serve import build_app
+
+    run, data = trained
+    port = free_port()
+    app, _ = build_app(run, ServeSettings(port=port))
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    options = webdriver.ChromeOptions()
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--window-size=1000,900"):
+        options.add_argument(flag)
+    options.binary_location = shutil.which("chromium")
+    service = webdriver.ChromeService(executable_path=shutil.which("chromedriver"))
+    browser = webdriver.Chrome(options=options, service=service)
+    try:
+        while not server.started:
+            time.sleep(0.1)
+        browser.get(f"http://127.0.0.1:{port}/")
+        chosen = [sorted((data / "val" / name).iterdir())[0] for name in ("red", "blue")]
+        browser.find_element(By.ID, "files").send_keys("\n".join(str(p) for p in chosen))
+        WebDriverWait(browser, 30).until(
+            lambda b: len([c for c in b.find_elements(By.CSS_SELECTOR, ".card")
+                           if c.get_attribute("data-label")]) == 2)
+        labels = {c.find_element(By.CSS_SELECTOR, ".name").text: c.get_attribute("data-label")
+                  for c in browser.find_elements(By.CSS_SELECTOR, ".card")}
+        assert labels == {p.name: p.parent.name for p in chosen}
+        assert "3 classes" in browser.find_element(By.ID, "model").text
+        browser.save_screenshot(str(tmp_path / "page.png"))
+    finally:
+        browser.quit()
+        server.should_exit = True
+        thread.join(timeout=10)
