@@ -29,6 +29,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/ideas.py
 	$(BIN)/python bench/overheads.py
 	$(BIN)/python bench/pictures.py
+	$(BIN)/python bench/serve.py
 	$(BIN)/python bench/run.py
 
 clean:

@@ -344,10 +344,11 @@ def main():
         lines += table + [""]
         shutil.rmtree(work, ignore_errors=True)
     sys.path.insert(0, str(ROOT))
-    from bench import bases, ideas, overheads, pictures  # their recorded results, as they last ran
+    from bench import bases, ideas, overheads, pictures, serve  # their results, as they last ran
 
     lines += (bases.summary(bases.load()) + ideas.summary(ideas.load())
-              + overheads.summary(overheads.load()) + pictures.summary(pictures.load()))
+              + overheads.summary(overheads.load()) + pictures.summary(pictures.load())
+              + serve.summary(serve.load()))
     (ROOT / "docs").mkdir(exist_ok=True)
     (ROOT / "docs" / "benchmarks.md").write_text("\n".join(lines) + "\n")
 

@@ -7,7 +7,9 @@ docs/images/: curves.png, confusion.png, a Grad-CAM overlay, an activation grid,
 filter grid, and report.png, a screenshot of `smallcnn report` taken by headless
 Chromium (Debian's chromium package); then dream.png and style.png, a sample photo next
 to its DeepDream and its style transfer in the manner of the Van Gogh in docs/images
-(the commands' defaults). --dream-style-only makes only these two.
+(the commands' defaults); and serve.png, the page of `smallcnn serve` in headless
+Chromium (Debian's chromium and chromium-driver, through selenium) after two uploads with
+Grad-CAM on. --only makes some of them: run (the pictures of a run), dream-style, serve.
 """
 
 import argparse
@@ -38,13 +40,20 @@ SAMPLE = ROOT / "datasets" / "ants-bees"
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run", help="a run trained on the sample (default: train one)")
-    parser.add_argument("--dream-style-only", action="store_true")
+    parser.add_argument("--only", nargs="+", choices=["run", "dream-style", "serve"],
+                        default=["run", "dream-style", "serve"])
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="smallcnn-pictures-"))
     IMAGES.mkdir(parents=True, exist_ok=True)
-    dream_and_style(work)
-    if not args.dream_style_only:
-        run_pictures(args.run, work)
+    if "dream-style" in args.only:
+        dream_and_style(work)
+    run = Path(args.run) if args.run else None
+    if {"run", "serve"} & set(args.only) and run is None:
+        run = train.extract(SAMPLE, out=work / "run").run_dir
+    if "run" in args.only:
+        run_pictures(run, work)
+    if "serve" in args.only:
+        serve_page(run)
     for path in sorted(IMAGES.iterdir()):
         print(path.relative_to(ROOT))
 
@@ -66,8 +75,47 @@ def dream_and_style(work):
                 IMAGES / "style.png")
 
 
+def serve_page(run):
+    import threading
+    import time
+
+    import uvicorn
+    from selenium import webdriver
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from smallcnn.serve import build_app
+
+    app, _ = build_app(run)
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=8765, log_level="error"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    options = webdriver.ChromeOptions()
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--window-size=1100,720",
+                 "--hide-scrollbars"):
+        options.add_argument(flag)
+    options.binary_location = shutil.which("chromium")
+    browser = webdriver.Chrome(options=options, service=webdriver.ChromeService(
+        executable_path=shutil.which("chromedriver")))
+    try:
+        while not server.started:
+            time.sleep(0.1)
+        browser.get("http://127.0.0.1:8765/")
+        browser.find_element(By.ID, "gradcam").click()
+        photos = [SAMPLE / "val" / "bees" / "10870992_eebeeb3a12.jpg",
+                  SAMPLE / "val" / "ants" / "10308379_1b6c72e180.jpg"]
+        browser.find_element(By.ID, "files").send_keys("\n".join(str(p) for p in photos))
+        WebDriverWait(browser, 120).until(
+            lambda b: len(b.find_elements(By.CSS_SELECTOR, ".cam")) == len(photos))
+        time.sleep(0.5)  # the overlays' images decoded and drawn
+        browser.save_screenshot(str(IMAGES / "serve.png"))
+    finally:
+        browser.quit()
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
 def run_pictures(run, work):
-    run = Path(run) if run else train.extract(SAMPLE, out=work / "run").run_dir
     shutil.copy(run / "curves.png", IMAGES / "curves.png")
     result = evaluate(run)
     shutil.copy(result.confusion_png, IMAGES / "confusion.png")

@@ -152,6 +152,12 @@ def test_token_and_cors(trained):
                           headers={"Authorization": "Bearer s3cret", **origin})
         assert answer.status_code == 200
         assert answer.headers["access-control-allow-origin"] == "https://example.org"
+        preflight = api.options("/predict", headers={
+            **origin, "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "authorization"})
+        assert preflight.status_code == 200  # a browser's preflight carries no token
+        assert api.post("/predict", files=files(image),
+                        headers={"Authorization": "Bearer wrong"}).status_code == 401
 
 
 def test_the_page_is_one_offline_file(trained):

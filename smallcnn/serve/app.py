@@ -5,6 +5,7 @@ import dataclasses
 import importlib.util
 import io
 import json
+import secrets
 import time
 from pathlib import Path
 
@@ -169,11 +170,9 @@ def create_app(classifier, run, settings=ServeSettings()):
     app = FastAPI(title="smallcnn", version=__version__, lifespan=lifespan,
                   description=f"Image classification with a smallcnn model "
                               f"({len(classifier.class_names)} classes).")
-    if settings.cors:
-        app.add_middleware(CORSMiddleware, allow_origins=[settings.cors], allow_methods=["*"],
-                           allow_headers=["*"])
     open_paths = {"/", "/health", "/docs", "/openapi.json"}
     known_paths = open_paths | {"/model", "/metrics", "/predict", "/gradcam"}
+    expected_authorization = f"Bearer {settings.token}".encode()
 
     @app.exception_handler(RequestError)
     async def refused(request, error):
@@ -183,8 +182,8 @@ def create_app(classifier, run, settings=ServeSettings()):
     async def measure_and_guard(request: Request, call_next):
         started = time.perf_counter()
         path = request.url.path
-        if settings.token and path not in open_paths and \
-                request.headers.get("authorization") != f"Bearer {settings.token}":
+        if settings.token and path not in open_paths and not secrets.compare_digest(
+                request.headers.get("authorization", "").encode(), expected_authorization):
             response = JSONResponse({"detail": "Missing or wrong bearer token (--token)."},
                                     401, headers={"WWW-Authenticate": "Bearer"})
         else:
@@ -192,6 +191,10 @@ def create_app(classifier, run, settings=ServeSettings()):
         stats.request(path if path in known_paths else "other", response.status_code,
                       time.perf_counter() - started)
         return response
+
+    if settings.cors:  # outermost: it answers browsers' preflight requests, which carry no token
+        app.add_middleware(CORSMiddleware, allow_origins=[settings.cors], allow_methods=["*"],
+                           allow_headers=["*"])
 
     async def images_of(request, name):
         body = await read_body(request, settings)
