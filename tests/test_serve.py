@@ -212,11 +212,41 @@ def test_an_engine_error_reaches_every_waiting_request():
     assert [str(r) for r in asyncio.run(scenario())] == ["engine broke"] * 3
 
 
-def test_loopback_addresses():
-    from smallcnn.serve import is_loopback
+def test_listening_beyond_this_machine_without_a_token_is_warned_about():
+    from smallcnn.serve import exposure_warning, is_loopback
 
     assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("localhost")
     assert not is_loopback("0.0.0.0") and not is_loopback("192.168.1.20")
+    assert exposure_warning(ServeSettings()) is None
+    assert "without authentication" in exposure_warning(ServeSettings(host="0.0.0.0"))
+    assert exposure_warning(ServeSettings(host="0.0.0.0", token="t")) is None
+
+
+def test_an_exported_tflite_serves_and_a_converted_run_needs_no_tensorflow(trained, tmp_path):
+    from smallcnn.export import export
+
+    run, data = trained
+    image = sorted((data / "val" / "blue").iterdir())[0]
+    exported = export(run, format="tflite", out=tmp_path / "model.tflite").path
+    with client(exported) as api:
+        assert api.post("/predict", files=files(image)).json()[0]["label"] == "blue"
+        assert api.get("/model").json()["gradcam"] is False
+        refused = api.post("/gradcam", files=files(image))
+        assert refused.status_code == 501 and "exported model" in refused.json()["detail"]
+    with client(run):  # converts the run's model to LiteRT, into this test's cache
+        pass
+    code = f"""
+import sys
+from fastapi.testclient import TestClient
+from smallcnn.serve import build_app
+app, _ = build_app({str(run)!r})
+with TestClient(app) as api:
+    answer = api.post("/predict", files=[("files", ("i.png", open({str(image)!r}, "rb").read()))])
+print(answer.json()[0]["label"], "tensorflow" in sys.modules)
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120)
+    assert done.stdout.split()[-2:] == ["blue", "False"], done.stderr[-2000:]
 
 
 def free_port():

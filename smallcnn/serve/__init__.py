@@ -15,7 +15,7 @@ from smallcnn.errors import UsageError
 from smallcnn.progress import Reporter
 from smallcnn.serve.app import ServeSettings, create_app
 
-__all__ = ["ServeSettings", "build_app", "serve"]
+__all__ = ["ServeSettings", "build_app", "exposure_warning", "is_loopback", "serve"]
 
 
 def build_app(model=None, settings=ServeSettings()):
@@ -49,15 +49,22 @@ def is_loopback(host):
                                    for a in addresses)
 
 
+def exposure_warning(settings):
+    """What to say when the server listens beyond this machine without a token."""
+    if is_loopback(settings.host) or settings.token:
+        return None
+    return (f"serving on {settings.host}, beyond this machine, without authentication: anyone "
+            "who can reach it can use the model (--token TOKEN requires a bearer token).")
+
+
 def serve(model=None, settings=ServeSettings(), reporter=Reporter()):
     """Serves a model until SIGINT or SIGTERM; in-flight requests are answered first."""
     import uvicorn
 
     app, classifier = build_app(model, settings)
-    if not is_loopback(settings.host) and not settings.token:
-        reporter.warning(f"serving on {settings.host}, beyond this machine, without "
-                         "authentication: anyone who can reach it can use the model "
-                         "(--token TOKEN requires a bearer token).")
+    warning = exposure_warning(settings)
+    if warning:
+        reporter.warning(warning)
     where = f"http://{settings.host}:{settings.port}"
     reporter.note(f"serving {classifier.run_dir or getattr(classifier, 'path', model)} "
                   f"({len(classifier.class_names)} classes, engine: {classifier.engine}) at "
