@@ -87,6 +87,24 @@ def base_weights_file(tmp_path_factory):
     return path
 
 
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A small 3-class model that has learned its (easy) data: (run folder, data folder);
+    trained once per test module that uses it."""
+    from smallcnn import training
+    from smallcnn.train import Settings
+
+    root = tmp_path_factory.mktemp("trained")
+    data = make_dataset(root / "data", per_class=16, classes=("red", "green", "blue"))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("SMALLCNN_CACHE", str(root / "cache"))
+        result = training.extract(data, Settings(base="small", image_size=32, epochs=60,
+                                                 learning_rate=0.01, batch_size=8),
+                                  out=root / "run")
+    assert result.metrics["val_accuracy"] == 1.0
+    return result.run_dir, data
+
+
 def invoke(*args):
     """Runs the smallcnn CLI in-process, as `smallcnn ARGS...`; returns the click Result."""
     import sys

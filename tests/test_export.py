@@ -9,28 +9,11 @@ import textwrap
 
 import numpy as np
 import pytest
-from conftest import invoke, make_dataset
+from conftest import invoke
 
 from smallcnn.export import MIN_AGREEMENT, SUPPORTED
 
 CASES = [(f, q) for f, quantizations in SUPPORTED.items() for q in quantizations]
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    """A small 3-class model that has learned its (easy) data: (run folder, data folder)."""
-    from smallcnn import training
-    from smallcnn.train import Settings
-
-    root = tmp_path_factory.mktemp("export")
-    data = make_dataset(root / "data", per_class=16, classes=("red", "green", "blue"))
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("SMALLCNN_CACHE", str(root / "cache"))
-        result = training.extract(data, Settings(base="small", image_size=32, epochs=60,
-                                                 learning_rate=0.01, batch_size=8),
-                                  out=root / "run")
-    assert result.metrics["val_accuracy"] == 1.0
-    return result.run_dir, data
 
 
 def _val_images(data):

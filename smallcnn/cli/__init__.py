@@ -57,10 +57,10 @@ def _library_call(name):
     if name.startswith("visualize."):
         import inspect
 
-        from smallcnn import visualize
+        from smallcnn import visualize as pictures
         from smallcnn.console import RichReporter
 
-        function = getattr(visualize, name.split(".", 1)[1])
+        function = getattr(pictures, name.split(".", 1)[1])
         if "reporter" not in inspect.signature(function).parameters:
             return function
         return lambda *args, **kwargs: function(*args, reporter=RichReporter(), **kwargs)
