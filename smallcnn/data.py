@@ -4,6 +4,10 @@ Two layouts are accepted:
 
     DATA/train/<class>/*.jpg  DATA/val/<class>/... (or validation/)  [DATA/test/<class>/...]
     DATA/<class>/*.jpg        (split into train and validation by a stratified --val-split)
+
+and a table of labels (`smallcnn.table`): DATA is a CSV file, or a folder of images with
+--labels FILE; without a split column (or without val rows), validation is drawn as for
+class folders.
 """
 
 import dataclasses
@@ -15,6 +19,7 @@ import numpy as np
 
 from smallcnn.errors import DataError, UsageError
 from smallcnn.images import IMAGE_EXTENSIONS, is_image_file
+from smallcnn.table import TABLE_SUFFIXES, TableOptions, read_table, split_rows
 
 VAL_FOLDER_NAMES = ("val", "validation")
 SPLITS = ("train", "val", "test")
@@ -41,8 +46,14 @@ class Dataset:
     root: str
     class_names: list
     splits: dict  # split name -> Split, in SPLITS order
-    layout: str  # "split folders" or "class folders"
+    layout: str  # "split folders", "class folders" or "csv table"
     val_split: float = None  # the fraction held out when the validation set was drawn
+    source: str = None  # what DATA named, when not `root` (a table; `root` is its images)
+
+    @property
+    def data(self):
+        """What DATA named: the folder, or the table."""
+        return self.source or self.root
 
     def counts(self):
         """Images per class per split: {split: [count for each class]}."""
@@ -115,32 +126,42 @@ def _stratified_split(by_class, val_split, seed):
     return train, val
 
 
-def find_dataset(data_dir, val_split=0.2, seed=42):
-    """Finds the splits, classes and image files of a data folder.
+def find_dataset(data_dir, val_split=0.2, seed=42, table=TableOptions()):
+    """Finds the splits, classes and image files of a data folder or table.
 
     Args:
-        data_dir: a folder of split folders, or a folder of class folders.
+        data_dir: a folder of split folders, a folder of class folders, a CSV table of
+            labels, or (with `table.labels`) the folder of the table's images.
         val_split: the fraction of each class held out for validation when the data
-            has no validation folder.
+            has no validation folder (or rows).
         seed: seeds the stratified validation split.
+        table: where the table is and how its columns are named (`smallcnn.table`).
 
     Returns:
         A `Dataset`.
 
     Raises:
         DataError: the folder is missing, has fewer than 2 classes, a class without
-            images in a split, or splits with different classes.
+            images in a split, or splits with different classes; or the table is wrong.
     """
     root = Path(data_dir).expanduser()
     if not root.exists():
         raise DataError(f"Data folder not found: {str(data_dir)!r}.")
-    if not root.is_dir():
-        raise DataError(
-            f"DATA must be a folder of class folders (or of train/ and val/ folders); "
-            f"{str(data_dir)!r} is a file."
-        )
     if not 0 < val_split < 1:
         raise UsageError(f"--val-split must be between 0 and 1 (exclusive). Received: {val_split}")
+    if table.labels:
+        if not root.is_dir():
+            raise DataError(f"With --labels, DATA is the folder of the table's images; "
+                            f"{str(data_dir)!r} is a file.")
+        return _table_dataset(read_table(table.labels, table.images or root, table), val_split,
+                              seed, source=str(root))
+    if not root.is_dir():
+        if root.suffix.lower() in TABLE_SUFFIXES:
+            return _table_dataset(read_table(root, table.images, table), val_split, seed)
+        raise DataError(
+            f"DATA must be a folder of class folders (or of train/ and val/ folders), or a "
+            f"table of labels ({', '.join(TABLE_SUFFIXES)}); {str(data_dir)!r} is another file."
+        )
 
     subdirs = _visible_dirs(root)
     raw = {}
@@ -166,8 +187,26 @@ def find_dataset(data_dir, val_split=0.2, seed=42):
         _check_classes({"train": by_class}, root)
         raw["train"], raw["val"] = _stratified_split(by_class, val_split, seed)
         drawn_val_split = val_split
+    return _dataset(raw, str(root), layout, drawn_val_split)
 
-    class_names = _check_classes(raw, root)
+
+def _table_dataset(table, val_split, seed, source=None):
+    raw = split_rows(table)
+    if "train" not in raw:
+        raise DataError(f"{table.path!r} has no train rows; its split column must name some "
+                        "images train.")
+    drawn_val_split = None
+    if "val" not in raw:
+        _check_classes({"train": raw["train"]}, table.path, "label(s)")
+        raw["train"], raw["val"] = _stratified_split(raw["train"], val_split, seed)
+        drawn_val_split = val_split
+    return _dataset(raw, table.images, "csv table", drawn_val_split, source or table.path,
+                    "label(s)")
+
+
+def _dataset(raw, root, layout, drawn_val_split, source=None, kind="class folder(s)"):
+    """The `Dataset` of {split: {class: [paths]}}, its classes checked."""
+    class_names = _check_classes(raw, source or root, kind)
     splits = {}
     for name in SPLITS:
         if name not in raw:
@@ -178,15 +217,15 @@ def find_dataset(data_dir, val_split=0.2, seed=42):
             paths.extend(files)
             labels.extend([index] * len(files))
         splits[name] = Split(name, paths, np.asarray(labels, dtype=np.int32))
-    return Dataset(str(root), class_names, splits, layout, drawn_val_split)
+    return Dataset(root, class_names, splits, layout, drawn_val_split, source)
 
 
-def _check_classes(raw, root):
+def _check_classes(raw, root, kind="class folder(s)"):
     first = next(iter(raw))
     class_names = sorted(raw[first])
     if len(class_names) < 2:
         raise DataError(
-            f"Found {len(class_names)} class folder(s) in {str(root)!r} "
+            f"Found {len(class_names)} {kind} in {str(root)!r} "
             f"({', '.join(class_names) or 'none'}); a classifier needs at least 2 classes."
         )
     for split, by_class in raw.items():
@@ -201,7 +240,7 @@ def _check_classes(raw, root):
                 parts.append(f"extra {', '.join(extra)}")
             raise DataError(
                 f"The {split} split has different classes from the {first} split "
-                f"({'; '.join(parts)}); every split needs the same class folders."
+                f"({'; '.join(parts)}); every split needs the same classes."
             )
         for name, files in by_class.items():
             if not files:
@@ -216,24 +255,30 @@ def run_data_folder(config, how="DATA, or --data DATA"):
     """The data folder a run recorded, refused with `how` to say where it is now when it is
     not there any more."""
     recorded = config.get("data")
-    if not recorded or not Path(recorded).is_dir():
+    if not recorded or not Path(recorded).exists():
         raise DataError(f"The run's data folder {str(recorded)!r} is not there; if it moved, "
                         f"say where it is now: {how}.")
     return recorded
 
 
-def dataset_of_run(config, data=None):
+def dataset_of_run(config, data=None, table=None):
     """The data set a run was trained on (from its smallcnn.json), or `data` in its place,
-    split as the run split it; its classes must be the model's.
+    split as the run split it; its classes must be the model's. `table`: options of a
+    table of labels that replace the ones the run recorded (those not None).
 
     Raises:
         DataError: the folder is gone (pass DATA), or its classes are not the model's.
     """
     root = data or run_data_folder(config)
-    if not Path(root).is_dir():
+    if not Path(root).exists():
         raise DataError(f"The data folder {str(root)!r} is not there.")
     settings = config.get("settings", {})
-    dataset = find_dataset(root, settings.get("val_split", 0.2), settings.get("seed", 42))
+    options = TableOptions.of(settings)
+    if table is not None:
+        options = dataclasses.replace(options, **{name: value for name, value in
+                                                  dataclasses.asdict(table).items() if value})
+    dataset = find_dataset(root, settings.get("val_split", 0.2), settings.get("seed", 42),
+                           options)
     classes = list(config["class_names"])
     if dataset.class_names != classes:
         raise DataError(

@@ -55,11 +55,11 @@ def scores(true, predicted, num_classes):
     return matrix, rows
 
 
-def split_of(config, data=None, split="val"):
+def split_of(config, data=None, split="val", table=None):
     """The data set of a run (or `data`) and its split to evaluate on."""
     from smallcnn.data import dataset_of_run
 
-    dataset = dataset_of_run(config, data)
+    dataset = dataset_of_run(config, data, table)
     if split not in dataset.splits:
         have = ", ".join(dataset.splits)
         raise DataError(f"{dataset.root!r} has no {split} split (it has: {have}).")
@@ -67,7 +67,7 @@ def split_of(config, data=None, split="val"):
 
 
 def evaluate(run=None, data=None, split="val", top_wrong=12, out=None, reporter=None,
-             classifier=None):
+             classifier=None, table=None):
     """Evaluates a run's model on a split of its data set (or of `data`).
 
     Args:
@@ -76,6 +76,8 @@ def evaluate(run=None, data=None, split="val", top_wrong=12, out=None, reporter=
         split: 'val', 'test' or 'train'.
         top_wrong: how many of the most confidently wrong images to list.
         out: folder for confusion.png; default the run folder.
+        table: a `smallcnn.table.TableOptions` for `data` given as a table (or a folder
+            with `labels`); default the options the run recorded.
 
     Returns:
         An `Evaluation`.
@@ -90,7 +92,7 @@ def evaluate(run=None, data=None, split="val", top_wrong=12, out=None, reporter=
         classifier = load_run(run)
     run_dir = classifier.run_dir
     config = runs.read_config(run_dir)
-    dataset, chosen = split_of(config, data, split)
+    dataset, chosen = split_of(config, data, split, table)
     with reporter.progress(f"Predicting the {split} images", len(chosen)) as advance:
         probabilities, kept, failures = classifier.probabilities_of_files(chosen.paths,
                                                                           progress=advance)

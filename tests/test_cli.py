@@ -542,6 +542,10 @@ def test_predict_names_each_unreadable_image_and_predicts_the_rest(tiny_data):
 def test_help_shows_the_defaults_it_describes():
     """Help texts say '[default: ...]' where no value can show it; rich must not take it
     for markup and drop it."""
-    result = invoke("predict", "--help")
-    text = " ".join(result.output.replace("│", " ").split())
-    assert "[default: the most recent run in ./runs]" in text
+    def text(*args):
+        return " ".join(invoke(*args, "--help").output.replace("│", " ").split())
+
+    assert "[default: the most recent run in ./runs]" in text("predict")
+    extract = text("extract")
+    assert "[default: 100]" in extract and "\\[default" not in extract  # derived options
+    assert "[default: the first of filename, file, path, image, id]" in text("check")

@@ -6,6 +6,7 @@ import pytest
 
 from conftest import invoke
 from smallcnn.bases import BASES, DEFAULT_BASE, get_base
+from smallcnn.table import TABLE_DEFAULTS
 from smallcnn.train.settings import COMMANDS, FROZEN_LEARNING_RATE, FULL_LEARNING_RATE, Settings, options
 
 
@@ -39,6 +40,8 @@ def test_every_default_in_help_is_the_one_the_code_uses(command):
             assert text.startswith(spec.default_weights)
         elif name == "freeze":
             assert resolved.freeze is True and text.startswith("--freeze with pretrained")
+        elif name in TABLE_DEFAULTS:  # a table's options: none given, the usual columns
+            assert value is None and text == TABLE_DEFAULTS[name], (name, text)
         elif name in ("rotation", "shift", "shear", "zoom", "flip", "brightness", "contrast"):
             assert text == f"the preset's: {getattr(resolved.augmentation(), name)}"
         elif isinstance(value, bool):

@@ -33,8 +33,8 @@ def _library_call(name):
         from smallcnn.console import RichReporter
         from smallcnn.data import find_dataset
 
-        def check(data, val_split, seed):
-            return check_dataset(find_dataset(data, val_split, seed), RichReporter())
+        def check(data, val_split, seed, table):
+            return check_dataset(find_dataset(data, val_split, seed, table), RichReporter())
 
         return check
     if name in ("evaluate", "report", "export"):

@@ -12,7 +12,8 @@ Data = Annotated[
     Path,
     typer.Argument(
         help="A folder of class folders, or of train/ and val/ (or validation/) folders "
-        "[and test/], each holding one folder per class.",
+        "[and test/], each holding one folder per class; or a CSV table of labels (file "
+        "name, label, optional split).",
         show_default=False,
     ),
 ]
@@ -36,7 +37,7 @@ def _setting_parameters(command):
         help_text = declared["help"]
         if declared["choices"]:
             help_text += f" One of: {', '.join(declared['choices'])}."
-        help_text += escape(f"  \\[default: {default_text(command, name)}]")
+        help_text += escape(f"  [default: {default_text(command, name)}]")
         names = [declared["flag"]] if declared["flag"] else [f"--{name.replace('_', '-')}"]
         annotation = Annotated[Optional[declared["type"]],
                                typer.Option(*names, help=help_text, show_default=False)]

@@ -13,6 +13,7 @@ from smallcnn.cli.training import Data
 from smallcnn.export import QUANTIZATIONS, SUPPORTED
 from smallcnn.formats import FORMATS
 from smallcnn.serve.app import ServeSettings
+from smallcnn.table import TABLE_DEFAULTS, TABLE_HELP, TableOptions
 
 SERVE = ServeSettings()
 
@@ -22,12 +23,28 @@ BatchSize = Annotated[int, typer.Option(help="Images per batch.")]
 _BY_FORMAT = ", ".join(f"{format} {'/'.join(kinds)}" for format, kinds in SUPPORTED.items())
 
 
+def _table_option(name):
+    return Annotated[Optional[str], typer.Option(
+        f"--{name.replace('_', '-')}", show_default=False,
+        help=f"{TABLE_HELP[name]}  \\[default: {TABLE_DEFAULTS[name]}]")]
+
+
+Labels, Images = _table_option("labels"), _table_option("images")
+PathColumn, LabelColumn = _table_option("path_column"), _table_option("label_column")
+SplitColumn = _table_option("split_column")
+
+
 @app.command()
 def check(
     data: Data,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as one JSON document on stdout.")] = False,
     val_split: ValSplit = 0.2,
     seed: Seed = 42,
+    labels: Labels = None,
+    images: Images = None,
+    path_column: PathColumn = None,
+    label_column: LabelColumn = None,
+    split_column: SplitColumn = None,
 ):
     """Check a data set: counts, sizes, unreadable files, duplicates and leakage across splits.
 
@@ -35,7 +52,8 @@ def check(
     """
     from smallcnn.console import check_tables, stderr, stdout
 
-    report = _run("check", data, val_split, seed)
+    table = TableOptions(labels, images, path_column, label_column, split_column)
+    report = _run("check", data, val_split, seed, table, tensorflow=False)
     if as_json:
         sys.stdout.write(json.dumps(report.to_dict(), indent=2) + "\n")
     else:
@@ -82,11 +100,18 @@ def evaluate(
     split: Annotated[str, typer.Option("--split", help="val, test or train.")] = "val",
     top: Annotated[int, typer.Option("--top", help="How many of the most confidently wrong images to list.")] = 10,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout.")] = False,
+    labels: Labels = None,
+    images: Images = None,
+    path_column: PathColumn = None,
+    label_column: LabelColumn = None,
+    split_column: SplitColumn = None,
 ):
     """Accuracy, per-class precision/recall/F1, the confusion matrix (and confusion.png), the worst mistakes."""
     from smallcnn.console import evaluation_tables, stdout
 
-    result = _run("evaluate", run, data, split=split, top_wrong=top, as_json=as_json)
+    table = TableOptions(labels, images, path_column, label_column, split_column)
+    result = _run("evaluate", run, data, split=split, top_wrong=top, as_json=as_json,
+                  table=table)
     if as_json:
         sys.stdout.write(json.dumps(result.to_dict(), indent=2) + "\n")
         return

@@ -279,7 +279,7 @@ def _resume(command, run, data_dir, reporter, command_line):
         evaluations = loop.evaluate_model(model, session)
     config["resumed"] = config.get("resumed", []) + [session.command_line]
     if data_dir is not None:  # the data moved: record where it is now
-        config["data"] = os.path.abspath(session.dataset.root)
+        config["data"] = os.path.abspath(session.dataset.data)
     metrics = session.finish(run_dir, model, config, rows, evaluations, extra)
     return session.result(run_dir, metrics, rows, unfrozen=extra.get("unfrozen_layers", []),
                           trainable_params=extra.get("trainable_params"))

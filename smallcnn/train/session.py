@@ -18,6 +18,7 @@ import numpy as np
 from smallcnn import __version__, runs
 from smallcnn.bases import DEFAULT_BASE, build_base, get_base, resolve_weights, weights_label
 from smallcnn.data import find_dataset
+from smallcnn.table import TableOptions
 from smallcnn.errors import described
 from smallcnn.progress import Reporter
 from smallcnn.timings import Timings
@@ -79,7 +80,8 @@ class Session:
         self._engine = None
         self._warmup = None  # a helper process preparing the base (see `start_warmup`)
         self._stop = None
-        self.dataset = find_dataset(data_dir, self.settings.val_split, self.settings.seed)
+        self.dataset = find_dataset(data_dir, self.settings.val_split, self.settings.seed,
+                                    TableOptions.of(self.settings))
         if before_data is not None:
             before_data(self)
         self.reporter.dataset(self.dataset)
@@ -206,7 +208,7 @@ class Session:
             "image_size": self.settings.image_size,
             "preprocessing": self.spec.preprocessing,
             # Absolute: evaluate, report, export and --resume work from any folder.
-            "data": os.path.abspath(self.dataset.root),
+            "data": os.path.abspath(self.dataset.data),
             "data_counts": self.dataset.counts(),
             "settings": settings,
             **(extra or {}),

@@ -9,6 +9,7 @@ else the base's own (image size, weights), else the field's default.
 
 import dataclasses
 import importlib.util
+import os
 from typing import Optional
 
 from smallcnn.augment import DEFAULT_PRESET, FLIP_MODES, PRESETS, resolve_augmentation
@@ -16,6 +17,7 @@ from smallcnn.bases import BASES, DEFAULT_BASE, get_base
 from smallcnn.engine import ENGINES
 from smallcnn.errors import UsageError
 from smallcnn.head import LR_SCHEDULES, OPTIMIZERS, check_optimizer
+from smallcnn.table import TABLE_DEFAULTS, TABLE_HELP
 
 COMMANDS = ("extract", "train", "finetune")
 CLASS_WEIGHTS = ("none", "balanced")
@@ -78,6 +80,11 @@ class Settings:
     seed: int = option(42, "Random seed (split, shuffling, augmentation, init).", int)
     val_split: float = option(0.2, "Fraction of each class held out for validation when DATA "
                               "has no validation folder.", float)
+    labels: Optional[str] = option(None, TABLE_HELP["labels"], str)
+    images: Optional[str] = option(None, TABLE_HELP["images"], str)
+    path_column: Optional[str] = option(None, TABLE_HELP["path_column"], str)
+    label_column: Optional[str] = option(None, TABLE_HELP["label_column"], str)
+    split_column: Optional[str] = option(None, TABLE_HELP["split_column"], str)
     augment: Optional[str] = option(None, "Augmentation preset.", str, choices=tuple(PRESETS))
     rotation: Optional[float] = option(None, f"Random rotation range in degrees {_AUGMENT_HELP}.",
                                        float)
@@ -115,6 +122,9 @@ class Settings:
             if values[name] is None:
                 values[name] = value
         values["base"] = values["base"] or DEFAULT_BASE
+        for name in ("labels", "images"):  # recorded in the run: found from any folder later
+            if values[name]:
+                values[name] = os.path.abspath(os.path.expanduser(values[name]))
         spec = spec or get_base(values["base"])
         if values["image_size"] is None:
             values["image_size"] = spec.default_size
@@ -185,6 +195,8 @@ def default_text(command, name):
     resolved = Settings().resolve(command)
     value = getattr(resolved, name)
     spec = get_base(DEFAULT_BASE)
+    if name in TABLE_DEFAULTS:
+        return TABLE_DEFAULTS[name]
     if name == "image_size":
         return f"the base's: {value} for {spec.name}"
     if name == "weights":

@@ -1,0 +1,207 @@
+"""Labels from a table: a CSV file that names each image, its class and (optionally) its
+split, as Keras' `flow_from_dataframe` and fastai's `from_csv` take them.
+
+    filename,label,split          the columns are found by their usual names
+    cats/001.jpg,cat,train        (PATH_COLUMNS, LABEL_COLUMNS, SPLIT_COLUMNS) or named
+    dogs/014.jpg,dog,val          with --path-column, --label-column, --split-column
+
+File names are relative to the table's folder, or to --images DIR. The delimiter (comma,
+semicolon or tab) is detected; the text must be UTF-8 (a byte-order mark is fine). A bad
+table is refused with one line that names the row (rows count from 1, the header being
+row 1, as a spreadsheet shows them).
+"""
+
+import csv
+import dataclasses
+import os
+from pathlib import Path
+from typing import Optional
+
+from smallcnn.errors import DataError, UsageError
+
+TABLE_SUFFIXES = (".csv", ".tsv", ".txt")
+PATH_COLUMNS = ("filename", "file", "path", "image", "id")
+LABEL_COLUMNS = ("label", "class", "category")
+SPLIT_COLUMNS = ("split", "set", "fold")
+# What a split column may say, and which split it means.
+SPLIT_VALUES = {"train": "train", "training": "train", "val": "val", "valid": "val",
+                "validation": "val", "test": "test", "testing": "test"}
+DELIMITERS = ",;\t"
+# A label holding one of these (not the file's delimiter) is taken for several labels.
+MULTI_LABEL_SEPARATORS = ("|", ";", ",")
+
+# The options that say where the table and its columns are, declared once (help texts):
+# the training commands take them through `Settings`, check and evaluate directly.
+TABLE_HELP = {
+    "labels": "A CSV table of labels for the images of DATA (a folder): a file-name and a "
+              "label column, optionally a split column (train, val or validation, test).",
+    "images": "The folder that the table's file names are relative to, when DATA is a table.",
+    "path_column": "The table's file-name column.",
+    "label_column": "The table's label column.",
+    "split_column": "The table's split column.",
+}
+# What `--help` says their defaults are.
+TABLE_DEFAULTS = {
+    "labels": "none: DATA holds the labels",
+    "images": "the table's folder",
+    "path_column": f"the first of {', '.join(PATH_COLUMNS)}",
+    "label_column": f"the first of {', '.join(LABEL_COLUMNS)}",
+    "split_column": f"the first of {', '.join(SPLIT_COLUMNS)}, if any",
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class TableOptions:
+    """Where a data set's table is and how its columns are named (see TABLE_HELP)."""
+
+    labels: Optional[str] = None
+    images: Optional[str] = None
+    path_column: Optional[str] = None
+    label_column: Optional[str] = None
+    split_column: Optional[str] = None
+
+    @classmethod
+    def of(cls, values):
+        """The options among `values` (a Settings, or a dict of recorded settings)."""
+        get = values.get if isinstance(values, dict) else lambda name: getattr(values, name)
+        return cls(**{field.name: get(field.name) for field in dataclasses.fields(cls)})
+
+    def given(self):
+        return any(dataclasses.astuple(self))
+
+
+def is_table(path):
+    path = Path(path)
+    return path.is_file() and path.suffix.lower() in TABLE_SUFFIXES
+
+
+@dataclasses.dataclass
+class Table:
+    path: str  # the table file
+    images: str  # the folder its file names are relative to
+    rows: list  # (row number, image path, label, split or None)
+    has_splits: bool
+
+
+def read_table(path, images=None, options=TableOptions()):
+    """Reads and checks a table of labels.
+
+    Returns:
+        A `Table` whose image paths exist.
+
+    Raises:
+        DataError: the table cannot be read, lacks a column, or a row is wrong (a missing
+            file, an empty label, several labels, an unknown split, a file listed twice).
+    """
+    path = Path(path).expanduser()
+    images = Path(images).expanduser() if images else path.parent
+    if not images.is_dir():
+        raise DataError(f"--images {str(images)!r} is not a folder.")
+    text = _text(path)
+    lines = text.splitlines()
+    if not lines or not lines[0].strip():
+        raise DataError(f"{str(path)!r} is empty; it needs a header row naming its columns "
+                        f"(such as filename,label).")
+    delimiter = _delimiter(text)
+    reader = csv.reader(lines, delimiter=delimiter)
+    header = [name.strip() for name in next(reader)]
+    columns = _columns(header, path, options, delimiter)
+    rows, seen = [], {}
+    for number, row in enumerate(reader, start=2):
+        if not any(cell.strip() for cell in row):
+            continue  # blank line
+        if len(row) < len(header):
+            raise DataError(f"Row {number} of {str(path)!r} has {len(row)} cell(s) where the "
+                            f"header has {len(header)}: {delimiter.join(row)!r}.")
+        name, label = row[columns["path"]].strip(), row[columns["label"]].strip()
+        where = f"Row {number} of {str(path)!r}"
+        if not name:
+            raise DataError(f"{where} has no file name.")
+        if not label:
+            raise DataError(f"{where} has an empty label for {name!r}.")
+        several = [s for s in MULTI_LABEL_SEPARATORS if s != delimiter and s in label]
+        if several:
+            raise DataError(f"{where} gives {name!r} the label {label!r}, which looks like "
+                            f"several labels (separated by {several[0]!r}); multi-label data "
+                            "is not supported yet: one label per image.")
+        split = None
+        if "split" in columns:
+            value = row[columns["split"]].strip()
+            split = SPLIT_VALUES.get(value.lower())
+            if split is None:
+                raise DataError(f"{where} has the unknown split {value!r} for {name!r}; use "
+                                f"train, val (or validation) or test.")
+        file = os.path.normpath(images / name)
+        if file in seen:
+            first, first_label = seen[file]
+            if first_label != label:
+                raise DataError(f"Rows {first} and {number} of {str(path)!r} give {name!r} two "
+                                f"labels ({first_label!r} and {label!r}); one label per image "
+                                "(multi-label data is not supported yet).")
+            raise DataError(f"Rows {first} and {number} of {str(path)!r} both list {name!r}; "
+                            "list each image once.")
+        seen[file] = (number, label)
+        if not os.path.isfile(file):
+            raise DataError(f"{where}: no file {name!r} in {str(images)!r}"
+                            f"{'' if os.path.isdir(images) else ' (not a folder)'}.")
+        rows.append((number, file, label, split))
+    if not rows:
+        raise DataError(f"{str(path)!r} lists no image: it has a header and no rows.")
+    return Table(str(path), str(images), rows, "split" in columns)
+
+
+def _text(path):
+    try:
+        data = path.read_bytes()
+    except OSError as error:
+        raise DataError(f"Cannot read the table {str(path)!r} ({error.strerror}).") from None
+    try:
+        return data.decode("utf-8-sig")  # UTF-8, with or without a byte-order mark
+    except UnicodeDecodeError as error:
+        line = data[:error.start].count(b"\n") + 1
+        raise DataError(f"{str(path)!r} is not UTF-8 text (byte 0x{data[error.start]:02x} on "
+                        f"line {line}); save it as UTF-8 (CSV UTF-8 in a spreadsheet).") from None
+
+
+def _delimiter(text):
+    sample = "\n".join(text.splitlines()[:20])
+    try:
+        return csv.Sniffer().sniff(sample, delimiters=DELIMITERS).delimiter
+    except csv.Error:  # one column, or no consistent delimiter: the header says
+        header = text.splitlines()[0]
+        return max(DELIMITERS, key=header.count) if any(d in header for d in DELIMITERS) else ","
+
+
+def _columns(header, path, options, delimiter):
+    """{"path": index, "label": index[, "split": index]} of the header's columns."""
+    lowered = [name.lower() for name in header]
+    found = {}
+    for role, given, usual in (("path", options.path_column, PATH_COLUMNS),
+                               ("label", options.label_column, LABEL_COLUMNS),
+                               ("split", options.split_column, SPLIT_COLUMNS)):
+        if given is not None:
+            if given not in header and given.lower() not in lowered:
+                raise UsageError(f"--{role}-column {given!r} is not a column of {str(path)!r}; "
+                                 f"its columns: {', '.join(header)}.")
+            found[role] = header.index(given) if given in header else lowered.index(given.lower())
+            continue
+        index = next((lowered.index(name) for name in usual if name in lowered), None)
+        if index is not None:
+            found[role] = index
+        elif role != "split":
+            hint = ""
+            if len(header) == 1:
+                hint = (f" It has one column, {header[0]!r}: is its delimiter one of comma, "
+                        "semicolon or tab?")
+            raise DataError(f"{str(path)!r} has no {role} column (looked for "
+                            f"{', '.join(usual)}; its columns: {', '.join(header)}).{hint} "
+                            f"Name it with --{role}-column.")
+    return found
+
+
+def split_rows(table):
+    """{split: {label: [paths]}} of a table's rows; without a split column, all in train."""
+    raw = {}
+    for _, file, label, split in table.rows:
+        raw.setdefault(split or "train", {}).setdefault(label, []).append(file)
+    return raw
