@@ -242,3 +242,31 @@ def check_tables(report, limit=50):
     parts.append("[green]The data can be trained on.[/green]" if report.trainable
                  else f"[bold red]Cannot train:[/bold red] {report.reason}")
     return Group(*parts)
+
+
+def label_issue_tables(report, root, limit=30):
+    """Renderables for `smallcnn check --label-issues`: the likely label errors and the
+    outliers, most suspicious first (paths relative to the data folder)."""
+    from rich.console import Group
+
+    def rel(path):
+        return os.path.relpath(path, root)
+
+    issues = Table(title=f"{len(report.label_issues)} likely label error(s) among "
+                         f"{report.images} images (out-of-fold accuracy "
+                         f"{report.oof_accuracy:.2%})")
+    for column in ("#", "image", "split", "label", "suggested", "p(label)", "p(suggested)"):
+        issues.add_column(column, justify="right" if column.startswith(("#", "p(")) else "left")
+    for rank, issue in enumerate(report.label_issues[:limit], start=1):
+        issues.add_row(str(rank), rel(issue.path), issue.split, issue.label, issue.suggested,
+                       f"{issue.probabilities[issue.label]:.1%}",
+                       f"{issue.probabilities[issue.suggested]:.1%}")
+    outliers = Table(title=f"{len(report.outliers)} outlier(s): farthest from every other image")
+    for column in ("#", "image", "split", "label", "distance", "nearest image"):
+        outliers.add_column(column, justify="right" if column in ("#", "distance") else "left")
+    for rank, outlier in enumerate(report.outliers[:limit], start=1):
+        outliers.add_row(str(rank), rel(outlier.path), outlier.split, outlier.label,
+                         f"{outlier.distance:.3f}", rel(outlier.neighbours[0]))
+    more = len(report.label_issues) - limit
+    note = f"... and {more} more (--json or --html lists them all)" if more > 0 else ""
+    return Group(issues, *( [note] if note else []), outliers)

@@ -64,6 +64,12 @@ def _library_call(name):
         if "reporter" not in inspect.signature(function).parameters:
             return function
         return lambda *args, **kwargs: function(*args, reporter=RichReporter(), **kwargs)
+    if name == "check_labels":
+        from smallcnn.console import RichReporter, stderr
+        from smallcnn.label_review import check_labels
+
+        return lambda *args, **kwargs: check_labels(*args, reporter=RichReporter(stderr),
+                                                    **kwargs)
     if name == "serve":
         from smallcnn.console import RichReporter, stderr
         from smallcnn.serve import serve

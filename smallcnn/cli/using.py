@@ -8,10 +8,12 @@ from typing import List, Optional
 import typer
 from typing_extensions import Annotated
 
+from smallcnn.bases import BASES, DEFAULT_BASE
 from smallcnn.cli import _run, app
 from smallcnn.cli.training import Data
 from smallcnn.export import QUANTIZATIONS, SUPPORTED
 from smallcnn.formats import FORMATS
+from smallcnn.label_issues import FOLDS
 from smallcnn.serve.app import ServeSettings
 from smallcnn.table import TABLE_DEFAULTS, TABLE_HELP, TableOptions
 
@@ -45,22 +47,48 @@ def check(
     path_column: PathColumn = None,
     label_column: LabelColumn = None,
     split_column: SplitColumn = None,
+    label_issues: Annotated[bool, typer.Option("--label-issues", help="Also find likely label errors and outliers among train and val, from out-of-fold predictions of extract's head on the base's features (computed and cached as extract does).")] = False,
+    base: Annotated[Optional[str], typer.Option(help=f"Conv base for --label-issues. One of: {', '.join(BASES)}.  \\[default: {DEFAULT_BASE}]", show_default=False)] = None,
+    folds: Annotated[int, typer.Option(help="Folds of the out-of-fold predictions (--label-issues).")] = FOLDS,
+    html_out: Annotated[Optional[Path], typer.Option("--html", help="With --label-issues: write a page showing each flagged image beside its nearest images of the given and the suggested class.", show_default=False)] = None,
+    fix: Annotated[Optional[Path], typer.Option(help="With --label-issues and --accept: write a corrected copy of the data set (or table) into this new folder; DATA is never changed.", show_default=False)] = None,
+    accept: Annotated[Optional[Path], typer.Option(help="The flagged images to relabel with their suggested class in the --fix copy: a file with one path per line.", show_default=False)] = None,
 ):
     """Check a data set: counts, sizes, unreadable files, duplicates and leakage across splits.
 
-    Exit status 0 when the data can be trained on; 3, with the reason, when it cannot.
+    With --label-issues, also likely label errors and outliers. Exit status 0 when the
+    data can be trained on; 3, with the reason, when it cannot.
     """
-    from smallcnn.console import check_tables, stderr, stdout
+    from smallcnn.console import check_tables, label_issue_tables, stderr, stdout
 
     table = TableOptions(labels, images, path_column, label_column, split_column)
+    if (html_out or fix or accept) and not label_issues:
+        stderr.print("[bold red]error:[/bold red] --html, --fix and --accept go with "
+                     "--label-issues.", soft_wrap=True)
+        raise typer.Exit(2)
     report = _run("check", data, val_split, seed, table, tensorflow=False)
-    if as_json:
-        sys.stdout.write(json.dumps(report.to_dict(), indent=2) + "\n")
-    else:
+    document = report.to_dict()
+    if not as_json:
         stdout.print(check_tables(report))
     if not report.trainable:
+        if as_json:
+            sys.stdout.write(json.dumps(document, indent=2) + "\n")
         stderr.print(f"[bold red]error:[/bold red] {report.reason}", soft_wrap=True)
         raise typer.Exit(3)
+    if label_issues:
+        from smallcnn.train import Settings
+
+        settings = Settings(base=base, val_split=val_split, seed=seed)
+        found, dataset, written = _run("check_labels", data, settings, table, folds,
+                                       html_out=html_out, fix=fix, accept=accept,
+                                       tensorflow=False)
+        document.update(found.to_dict())
+        if not as_json:
+            stdout.print(label_issue_tables(found, dataset.root))
+        for path in written:
+            stderr.print(f"written: {path}", soft_wrap=True, highlight=False)
+    if as_json:
+        sys.stdout.write(json.dumps(document, indent=2) + "\n")
 
 
 @app.command()
