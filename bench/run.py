@@ -344,11 +344,12 @@ def main():
         lines += table + [""]
         shutil.rmtree(work, ignore_errors=True)
     sys.path.insert(0, str(ROOT))
-    from bench import bases, ideas, overheads, pictures, serve  # their results, as they last ran
+    from bench import bases, ideas, label_issues, overheads, pictures, serve, tta  # as last run
 
     lines += (bases.summary(bases.load()) + ideas.summary(ideas.load())
               + overheads.summary(overheads.load()) + pictures.summary(pictures.load())
-              + serve.summary(serve.load()))
+              + serve.summary(serve.load()) + label_issues.summary(label_issues.load())
+              + tta.summary(tta.load()))
     (ROOT / "docs").mkdir(exist_ok=True)
     (ROOT / "docs" / "benchmarks.md").write_text("\n".join(lines) + "\n")
 

@@ -67,7 +67,7 @@ def split_of(config, data=None, split="val", table=None):
 
 
 def evaluate(run=None, data=None, split="val", top_wrong=12, out=None, reporter=None,
-             classifier=None, table=None):
+             classifier=None, table=None, tta=False):
     """Evaluates a run's model on a split of its data set (or of `data`).
 
     Args:
@@ -78,12 +78,14 @@ def evaluate(run=None, data=None, split="val", top_wrong=12, out=None, reporter=
         out: folder for confusion.png; default the run folder.
         table: a `smallcnn.table.TableOptions` for `data` given as a table (or a folder
             with `labels`); default the options the run recorded.
+        tta: average over test-time augmented views (True, or a number of views; see
+            `smallcnn.tta`).
 
     Returns:
         An `Evaluation`.
     """
     from smallcnn.plots import confusion_figure, save_figure
-    from smallcnn.predict import load_run
+    from smallcnn.predict import load_run, tta_views
 
     reporter = reporter or Reporter()
     if split not in ("train", "val", "test"):
@@ -94,8 +96,8 @@ def evaluate(run=None, data=None, split="val", top_wrong=12, out=None, reporter=
     config = runs.read_config(run_dir)
     dataset, chosen = split_of(config, data, split, table)
     with reporter.progress(f"Predicting the {split} images", len(chosen)) as advance:
-        probabilities, kept, failures = classifier.probabilities_of_files(chosen.paths,
-                                                                          progress=advance)
+        probabilities, kept, failures = classifier.probabilities_of_files(
+            chosen.paths, progress=advance, tta_views=tta_views(tta))
     if not len(kept):
         raise DataError(f"No readable image in the {split} split of {dataset.root!r}.")
     paths = [chosen.paths[i] for i in kept]

@@ -54,10 +54,14 @@ class Classifier:
     # runs in bounded memory (1,000 decoded images at 224 px are 150 MB), at the same speed.
     chunk_images = 256
 
-    def probabilities(self, images, batch_size=32):
-        """Class probabilities for a `(n, size, size, 3)` array of RGB pixels in [0, 255]."""
+    def probabilities(self, images, batch_size=32, tta_views=1):
+        """Class probabilities for a `(n, size, size, 3)` array of RGB pixels in [0, 255],
+        averaged over `tta_views` views of each image (see `smallcnn.tta`)."""
+        from smallcnn.tta import averaged, check_views
+
         images = self._checked(images)
-        return self._runner(len(images), batch_size)(images)
+        run = self._runner(len(images) * check_views(tta_views), batch_size)
+        return averaged(run, images, tta_views)
 
     def _runner(self, count, batch_size=32):
         """The fastest way here to run `count` images: a function of a pixel array.
@@ -190,8 +194,11 @@ class Classifier:
                 self._litert = False
         return self._litert or None
 
-    def predict(self, images, top_k=3, batch_size=32):
+    def predict(self, images, top_k=3, batch_size=32, tta=False):
         """Predicts classes for image paths (files or folders) or for a pixel array.
+
+        `tta`: average over test-time augmented views (True: `smallcnn.tta.DEFAULT_VIEWS`,
+        or a number of views).
 
         Returns:
             A list of `Prediction`, one per image, in input order (folders expanded in
@@ -202,15 +209,16 @@ class Classifier:
                 `predict_paths` to predict the readable ones and list the others).
         """
         check_counts(top_k, batch_size)
+        views = tta_views(tta)
         if isinstance(images, np.ndarray):
-            probabilities = self.probabilities(images, batch_size)
+            probabilities = self.probabilities(images, batch_size, views)
             return [self.prediction(None, row, top_k) for row in probabilities]
-        predictions, failures = self.predict_paths(images, top_k, batch_size)
+        predictions, failures = self.predict_paths(images, top_k, batch_size, tta=views)
         if failures:
             raise failures[0]
         return predictions
 
-    def predict_paths(self, paths, top_k=3, batch_size=32):
+    def predict_paths(self, paths, top_k=3, batch_size=32, tta=False):
         """Like `predict` for files and folders, without stopping at unreadable images.
 
         Returns:
@@ -221,21 +229,25 @@ class Classifier:
         if isinstance(paths, (str, Path)):
             paths = [paths]
         paths = expand_paths(paths)
-        probabilities, kept, failures = self.probabilities_of_files(paths, batch_size)
+        probabilities, kept, failures = self.probabilities_of_files(paths, batch_size,
+                                                                    tta_views=tta_views(tta))
         return [self.prediction(paths[i], row, top_k)
                 for i, row in zip(kept, probabilities)], failures
 
-    def probabilities_of_files(self, paths, batch_size=32, progress=None):
+    def probabilities_of_files(self, paths, batch_size=32, progress=None, tta_views=1):
         """Class probabilities for image files, decoded `chunk_images` at a time.
 
         Args:
             progress: an optional callable, called with the number of files done so far.
+            tta_views: views of each image to average over (see `smallcnn.tta`).
 
         Returns:
             `(probabilities, kept, failures)`: a row per readable image, the indices into
             `paths` the rows come from (in order), and an `UnreadableImage` error for each
             file that cannot be read.
         """
+        from smallcnn.tta import averaged, check_views
+
         paths = [str(p) for p in paths]
         rows, kept, failures, run = [], [], [], None
         for start in range(0, len(paths), self.chunk_images):
@@ -243,8 +255,8 @@ class Classifier:
             pixels, chunk_kept, failed = load_readable(chunk, self.image_size)
             failures += failed
             if len(chunk_kept):
-                run = run or self._runner(len(paths), batch_size)
-                rows.append(run(pixels))
+                run = run or self._runner(len(paths) * check_views(tta_views), batch_size)
+                rows.append(averaged(run, pixels, tta_views))
                 kept.append(chunk_kept + start)
             if progress is not None:
                 progress(start + len(chunk))
@@ -295,6 +307,15 @@ def converted_model_name(run_dir):
         return None
     stamp = cache.file_stamp(Path(run_dir) / runs.MODEL_FILE)
     return f"model-{cache.key('engines', model_file=stamp)[:32]}.tflite"
+
+
+def tta_views(tta):
+    """The number of views that `tta` asks for: False 1, True the default, or a number."""
+    from smallcnn.tta import DEFAULT_VIEWS, check_views
+
+    if tta is True:
+        return DEFAULT_VIEWS
+    return check_views(int(tta)) if tta else 1
 
 
 def check_counts(top_k, batch_size):

@@ -16,12 +16,19 @@ from smallcnn.formats import FORMATS
 from smallcnn.label_issues import FOLDS
 from smallcnn.serve.app import ServeSettings
 from smallcnn.table import TABLE_DEFAULTS, TABLE_HELP, TableOptions
+from smallcnn.tta import DEFAULT_VIEWS, VIEWS
 
 SERVE = ServeSettings()
 
 Seed = Annotated[int, typer.Option(help="Random seed of the validation split.")]
 ValSplit = Annotated[float, typer.Option(help="Fraction of each class held out for validation when DATA has no validation folder.")]
 BatchSize = Annotated[int, typer.Option(help="Images per batch.")]
+Tta = Annotated[bool, typer.Option("--tta", help=f"Average the probabilities over {DEFAULT_VIEWS} views of each image: {', '.join(VIEWS[:DEFAULT_VIEWS])} (test-time augmentation).")]
+TtaViews = Annotated[Optional[int], typer.Option("--tta-views", help=f"Test-time augmentation over this many views (1-{len(VIEWS)}: {', '.join(VIEWS)}, in that order).", show_default=False)]
+
+
+def _tta(tta, views):
+    return views if views is not None else tta
 _BY_FORMAT = ", ".join(f"{format} {'/'.join(kinds)}" for format, kinds in SUPPORTED.items())
 
 
@@ -98,6 +105,8 @@ def predict(
     top_k: Annotated[int, typer.Option("--top-k", help="Classes to show per image.")] = 3,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout.")] = False,
     batch_size: BatchSize = 32,
+    tta: Tta = False,
+    tta_views: TtaViews = None,
 ):
     """Classify images with a trained model: top-k classes and probabilities."""
     from smallcnn.console import predictions_table, stderr, stdout
@@ -105,7 +114,8 @@ def predict(
     # TensorFlow is imported only if the model needs it: not for .tflite or .onnx files,
     # nor for a run whose LiteRT conversion is cached.
     predictions, failures = _run("predict", [str(p) for p in images], model=model,
-                                 top_k=top_k, batch_size=batch_size, tensorflow=False)
+                                 top_k=top_k, batch_size=batch_size, tta=_tta(tta, tta_views),
+                                 tensorflow=False)
     if as_json:
         sys.stdout.write(json.dumps([p.to_dict() for p in predictions], indent=2) + "\n")
     elif predictions:
@@ -133,13 +143,15 @@ def evaluate(
     path_column: PathColumn = None,
     label_column: LabelColumn = None,
     split_column: SplitColumn = None,
+    tta: Tta = False,
+    tta_views: TtaViews = None,
 ):
     """Accuracy, per-class precision/recall/F1, the confusion matrix (and confusion.png), the worst mistakes."""
     from smallcnn.console import evaluation_tables, stdout
 
     table = TableOptions(labels, images, path_column, label_column, split_column)
     result = _run("evaluate", run, data, split=split, top_wrong=top, as_json=as_json,
-                  table=table)
+                  table=table, tta=_tta(tta, tta_views))
     if as_json:
         sys.stdout.write(json.dumps(result.to_dict(), indent=2) + "\n")
         return
