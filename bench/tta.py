@@ -83,13 +83,13 @@ def summary(results):
     for cell in results["cells"]:
         base = cell["rows"][0]["accuracy"]
         for row in cell["rows"]:
-            gain = row["accuracy"] - base
-            lines.append(
-                f"| {cell['set']} {cell['command']} | {cell['split']} | {row['views']} | "
-                f"{row['accuracy']:.2%} | {'-' if row['views'] == 1 else f'{gain:+.2%}'} | "
-                f"{'-' if row['views'] == 1 else f'{row['noise']:.2%}'} | "
-                f"{'-' if row['views'] == 1 else f'{row['turned_right']}, {row['turned_wrong']}'}"
-                f" | {row['images_per_second']:.1f} |")
+            first = row["views"] == 1
+            gain = "-" if first else f"{row['accuracy'] - base:+.2%}"
+            noise = "-" if first else f"{row['noise']:.2%}"
+            turned = "-" if first else f"{row['turned_right']}, {row['turned_wrong']}"
+            lines.append(f"| {cell['set']} {cell['command']} | {cell['split']} | {row['views']} "
+                         f"| {row['accuracy']:.2%} | {gain} | {noise} | {turned} | "
+                         f"{row['images_per_second']:.1f} |")
     return lines + [""]
 
 
