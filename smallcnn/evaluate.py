@@ -85,7 +85,8 @@ def evaluate(run=None, data=None, split="val", top_wrong=12, out=None, reporter=
         An `Evaluation`.
     """
     from smallcnn.plots import confusion_figure, save_figure
-    from smallcnn.predict import load_run, tta_views
+    from smallcnn.predict import load_run
+    from smallcnn.tta import views_of
 
     reporter = reporter or Reporter()
     if split not in ("train", "val", "test"):
@@ -97,7 +98,7 @@ def evaluate(run=None, data=None, split="val", top_wrong=12, out=None, reporter=
     dataset, chosen = split_of(config, data, split, table)
     with reporter.progress(f"Predicting the {split} images", len(chosen)) as advance:
         probabilities, kept, failures = classifier.probabilities_of_files(
-            chosen.paths, progress=advance, tta_views=tta_views(tta))
+            chosen.paths, progress=advance, tta_views=views_of(tta))
     if not len(kept):
         raise DataError(f"No readable image in the {split} split of {dataset.root!r}.")
     paths = [chosen.paths[i] for i in kept]

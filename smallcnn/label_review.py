@@ -134,7 +134,6 @@ def write_fixed(dataset, accepted, out, table=None):
         The folder (or table) written.
     """
     out = Path(out).expanduser()
-    data = Path(dataset.data)
     if out.exists() and any(out.iterdir()):
         raise UsageError(f"--fix {str(out)!r} exists and is not empty; name a new folder.")
     inside = Path(dataset.root).resolve()

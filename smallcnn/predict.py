@@ -209,7 +209,9 @@ class Classifier:
                 `predict_paths` to predict the readable ones and list the others).
         """
         check_counts(top_k, batch_size)
-        views = tta_views(tta)
+        from smallcnn.tta import views_of
+
+        views = views_of(tta)
         if isinstance(images, np.ndarray):
             probabilities = self.probabilities(images, batch_size, views)
             return [self.prediction(None, row, top_k) for row in probabilities]
@@ -229,8 +231,10 @@ class Classifier:
         if isinstance(paths, (str, Path)):
             paths = [paths]
         paths = expand_paths(paths)
+        from smallcnn.tta import views_of
+
         probabilities, kept, failures = self.probabilities_of_files(paths, batch_size,
-                                                                    tta_views=tta_views(tta))
+                                                                    tta_views=views_of(tta))
         return [self.prediction(paths[i], row, top_k)
                 for i, row in zip(kept, probabilities)], failures
 
@@ -307,15 +311,6 @@ def converted_model_name(run_dir):
         return None
     stamp = cache.file_stamp(Path(run_dir) / runs.MODEL_FILE)
     return f"model-{cache.key('engines', model_file=stamp)[:32]}.tflite"
-
-
-def tta_views(tta):
-    """The number of views that `tta` asks for: False 1, True the default, or a number."""
-    from smallcnn.tta import DEFAULT_VIEWS, check_views
-
-    if tta is True:
-        return DEFAULT_VIEWS
-    return check_views(int(tta)) if tta else 1
 
 
 def check_counts(top_k, batch_size):

@@ -22,6 +22,13 @@ def check_views(count):
     return count
 
 
+def views_of(tta):
+    """The number of views that `tta` asks for: False 1, True DEFAULT_VIEWS, or a number."""
+    if tta is True:
+        return DEFAULT_VIEWS
+    return check_views(int(tta)) if tta else 1
+
+
 def _crop(images, top, left, side):
     from PIL import Image
 
