@@ -344,12 +344,13 @@ def main():
         lines += table + [""]
         shutil.rmtree(work, ignore_errors=True)
     sys.path.insert(0, str(ROOT))
-    from bench import bases, ideas, label_issues, overheads, pictures, serve, tta  # as last run
+    from bench import (bases, ideas, label_issues, overheads, pictures,  # as last run
+                       predict_stream, serve, tta)
 
     lines += (bases.summary(bases.load()) + ideas.summary(ideas.load())
               + overheads.summary(overheads.load()) + pictures.summary(pictures.load())
               + serve.summary(serve.load()) + label_issues.summary(label_issues.load())
-              + tta.summary(tta.load()))
+              + tta.summary(tta.load()) + predict_stream.summary(predict_stream.load()))
     (ROOT / "docs").mkdir(exist_ok=True)
     (ROOT / "docs" / "benchmarks.md").write_text("\n".join(lines) + "\n")
 

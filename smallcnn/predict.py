@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 
 from smallcnn import runs
-from smallcnn.errors import DataError, ModelError, UsageError, described
+from smallcnn.errors import DataError, UsageError, described
 from smallcnn.images import UnreadableImage, is_image_file, load_readable
 
 
@@ -250,55 +250,39 @@ class Classifier:
             `paths` the rows come from (in order), and an `UnreadableImage` error for each
             file that cannot be read.
         """
-        from smallcnn.tta import averaged, check_views
-
-        paths = [str(p) for p in paths]
-        rows, kept, failures, run = [], [], [], None
-        for start in range(0, len(paths), self.chunk_images):
-            chunk = paths[start : start + self.chunk_images]
-            pixels, chunk_kept, failed = load_readable(chunk, self.image_size)
-            failures += failed
-            if len(chunk_kept):
-                run = run or self._runner(len(paths) * check_views(tta_views), batch_size)
-                rows.append(averaged(run, pixels, tta_views))
-                kept.append(chunk_kept + start)
-            if progress is not None:
-                progress(start + len(chunk))
+        rows, kept, failures = [], [], []
+        for chunk_rows, chunk_kept, chunk_failures in self.iter_probabilities(
+                paths, batch_size, progress, tta_views):
+            rows.append(chunk_rows)
+            kept.append(chunk_kept)
+            failures += chunk_failures
         if not rows:
             return np.zeros((0, len(self.class_names)), np.float32), np.zeros(0, int), failures
         return np.concatenate(rows), np.concatenate(kept), failures
+
+    def iter_probabilities(self, paths, batch_size=32, progress=None, tta_views=1):
+        """`probabilities_of_files`, one chunk of files at a time: yields `(probabilities,
+        kept, failures)` per chunk, `kept` indexing `paths`; memory stays that of a chunk."""
+        from smallcnn.tta import averaged, check_views
+
+        paths = [str(p) for p in paths]
+        run = None
+        for start in range(0, len(paths), self.chunk_images):
+            chunk = paths[start : start + self.chunk_images]
+            pixels, chunk_kept, failed = load_readable(chunk, self.image_size)
+            rows = np.zeros((0, len(self.class_names)), np.float32)
+            if len(chunk_kept):
+                run = run or self._runner(len(paths) * check_views(tta_views), batch_size)
+                rows = averaged(run, pixels, tta_views)
+            if progress is not None:
+                progress(start + len(chunk))
+            yield rows, chunk_kept + start, failed
 
     def prediction(self, path, row, top_k):
         """The `Prediction` of one row of probabilities."""
         order = np.argsort(row)[::-1][: max(1, top_k)]
         top = [{"label": self.class_names[i], "probability": float(row[i])} for i in order]
         return Prediction(path, top[0]["label"], top[0]["probability"], top, self.engine)
-
-
-class ExportedClassifier(Classifier):
-    """An exported model (`smallcnn export`) run in its own runtime: LiteRT, ONNX Runtime,
-    TensorFlow (SavedModel) or Keras."""
-
-    def __init__(self, runtime, class_names, path):
-        self._model = None
-        self.runtime = runtime
-        self.path = str(path)
-        self.run_dir = None
-        self.class_names = list(class_names)
-        self.image_size = int(runtime.input_shape[1])
-        self.config = {"class_names": self.class_names, "image_size": self.image_size,
-                       "format": runtime.format}
-        self.engine = f"{runtime.format} file in its own runtime"
-
-    def _runner(self, count, batch_size=32):
-        from smallcnn.formats import run_batches
-
-        def run(images):
-            if images.dtype != np.uint8:
-                images = np.clip(np.round(images), 0, 255).astype(np.uint8)
-            return run_batches(self.runtime, images, batch_size)
-
-        return run
 
 
 def converted_model_name(run_dir):
@@ -318,36 +302,6 @@ def check_counts(top_k, batch_size):
     for name, value in (("top-k", top_k), ("batch-size", batch_size)):
         if value < 1:
             raise UsageError(f"--{name} must be at least 1. Received: {value}")
-
-
-def load_exported(path):
-    """Opens a model written by `smallcnn export`, with its labels (from the contract JSON
-    beside it, or labels.txt)."""
-    import json
-
-    from smallcnn.formats import LABELS_FILE, contract_path, open_model
-
-    path = Path(path).expanduser()
-    runtime = open_model(path)
-    contract, labels_file = contract_path(path), path.parent / LABELS_FILE
-    try:
-        if contract.is_file():
-            labels = json.loads(contract.read_text(encoding="utf-8"))["labels"]
-        elif labels_file.is_file():
-            labels = [line.strip() for line in labels_file.read_text(encoding="utf-8").splitlines()
-                      if line.strip()]
-        else:
-            raise ModelError(
-                f"No labels for {str(path)!r}: put {contract.name} or {LABELS_FILE} (one class "
-                "per line, in the model's output order) beside it."
-            )
-    except (OSError, ValueError, KeyError, TypeError) as error:
-        raise ModelError(f"Cannot read the labels beside {str(path)!r}: {error}") from None
-    outputs = runtime(np.zeros((1, *runtime.input_shape[1:]), dtype=runtime.input_dtype)).shape[-1]
-    if outputs != len(labels):
-        raise ModelError(f"{str(path)!r} has {outputs} outputs but its labels name {len(labels)} "
-                         "classes; export the model again.")
-    return ExportedClassifier(runtime, labels, path)
 
 
 def load_run(path=None):
@@ -399,10 +353,12 @@ def load(path=None):
             print(p.path, p.label, p.probability)
     """
     if path is not None and is_exported(path):
+        from smallcnn.exported import load_exported
+
         return load_exported(path)
     run_dir = runs.resolve_run(path) if path is not None else runs.latest_run()
     config = runs.read_config(run_dir)
     return Classifier(None, config, run_dir)  # the model is loaded when first needed
 
 
-__all__ = ["Classifier", "ExportedClassifier", "Prediction", "load_run", "UnreadableImage", "load", "expand_paths"]
+__all__ = ["Classifier", "Prediction", "load_run", "UnreadableImage", "load", "expand_paths"]

@@ -70,6 +70,12 @@ def _library_call(name):
 
         return lambda *args, **kwargs: check_labels(*args, reporter=RichReporter(stderr),
                                                     **kwargs)
+    if name == "predict_to_file":
+        from smallcnn.console import RichReporter, stderr
+        from smallcnn.stream import predict_to_file
+
+        return lambda *args, **kwargs: predict_to_file(*args, reporter=RichReporter(stderr),
+                                                       **kwargs)
     if name == "serve":
         from smallcnn.console import RichReporter, stderr
         from smallcnn.serve import serve
@@ -78,8 +84,10 @@ def _library_call(name):
     if name == "predict":
         from smallcnn.predict import load
 
-        def predict(paths, model=None, **kwargs):
-            return load(model).predict_paths(paths, **kwargs)
+        def predict(paths, model=None, listing=None, **kwargs):
+            from smallcnn.stream import images_of
+
+            return load(model).predict_paths(images_of(paths, listing), **kwargs)
 
         return predict
     from smallcnn import train

@@ -100,10 +100,12 @@ def check(
 
 @app.command()
 def predict(
-    images: Annotated[List[Path], typer.Argument(help="Image files or folders.", show_default=False)],
+    images: Annotated[Optional[List[Path]], typer.Argument(help="Image files or folders.", show_default=False)] = None,
     model: Annotated[Optional[Path], typer.Option("--model", help="Run folder (or its model.keras), or an exported .tflite, .onnx, .keras file or SavedModel folder.  \\[default: the most recent run in ./runs]", show_default=False)] = None,
     top_k: Annotated[int, typer.Option("--top-k", help="Classes to show per image.")] = 3,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout.")] = False,
+    jsonl: Annotated[Optional[Path], typer.Option("--jsonl", help="Write one JSON line per image to this file as it goes (any number of images, in the memory of a few hundred); a rerun skips the images it already has.", show_default=False)] = None,
+    listing: Annotated[Optional[Path], typer.Option("--list", help="Also predict the images listed in this file, one path per line.", show_default=False)] = None,
     batch_size: BatchSize = 32,
     tta: Tta = False,
     tta_views: TtaViews = None,
@@ -111,9 +113,18 @@ def predict(
     """Classify images with a trained model: top-k classes and probabilities."""
     from smallcnn.console import predictions_table, stderr, stdout
 
+    images = [str(p) for p in images or []]
+    if jsonl is not None:
+        counts, engine = _run("predict_to_file", images, jsonl, model=model, listing=listing,
+                              top_k=top_k, batch_size=batch_size, tta=_tta(tta, tta_views),
+                              tensorflow=False)
+        stderr.print(f"{jsonl}: {counts['written']} predicted, {counts['unreadable']} unreadable "
+                     f"(error lines), {counts['skipped']} already there; engine: {engine}",
+                     soft_wrap=True, highlight=False)
+        return
     # TensorFlow is imported only if the model needs it: not for .tflite or .onnx files,
     # nor for a run whose LiteRT conversion is cached.
-    predictions, failures = _run("predict", [str(p) for p in images], model=model,
+    predictions, failures = _run("predict", images, model=model, listing=listing,
                                  top_k=top_k, batch_size=batch_size, tta=_tta(tta, tta_views),
                                  tensorflow=False)
     if as_json:

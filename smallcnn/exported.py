@@ -1,0 +1,66 @@
+"""A model written by `smallcnn export`, run in its own runtime (LiteRT, ONNX Runtime,
+TensorFlow or Keras) with its labels: what `smallcnn.load` returns for an exported file."""
+
+from pathlib import Path
+
+import numpy as np
+
+from smallcnn.errors import ModelError
+from smallcnn.predict import Classifier
+
+
+class ExportedClassifier(Classifier):
+    """An exported model (`smallcnn export`) run in its own runtime: LiteRT, ONNX Runtime,
+    TensorFlow (SavedModel) or Keras."""
+
+    def __init__(self, runtime, class_names, path):
+        self._model = None
+        self.runtime = runtime
+        self.path = str(path)
+        self.run_dir = None
+        self.class_names = list(class_names)
+        self.image_size = int(runtime.input_shape[1])
+        self.config = {"class_names": self.class_names, "image_size": self.image_size,
+                       "format": runtime.format}
+        self.engine = f"{runtime.format} file in its own runtime"
+
+    def _runner(self, count, batch_size=32):
+        from smallcnn.formats import run_batches
+
+        def run(images):
+            if images.dtype != np.uint8:
+                images = np.clip(np.round(images), 0, 255).astype(np.uint8)
+            return run_batches(self.runtime, images, batch_size)
+
+        return run
+
+
+
+def load_exported(path):
+    """Opens a model written by `smallcnn export`, with its labels (from the contract JSON
+    beside it, or labels.txt)."""
+    import json
+
+    from smallcnn.formats import LABELS_FILE, contract_path, open_model
+
+    path = Path(path).expanduser()
+    runtime = open_model(path)
+    contract, labels_file = contract_path(path), path.parent / LABELS_FILE
+    try:
+        if contract.is_file():
+            labels = json.loads(contract.read_text(encoding="utf-8"))["labels"]
+        elif labels_file.is_file():
+            labels = [line.strip() for line in labels_file.read_text(encoding="utf-8").splitlines()
+                      if line.strip()]
+        else:
+            raise ModelError(
+                f"No labels for {str(path)!r}: put {contract.name} or {LABELS_FILE} (one class "
+                "per line, in the model's output order) beside it."
+            )
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise ModelError(f"Cannot read the labels beside {str(path)!r}: {error}") from None
+    outputs = runtime(np.zeros((1, *runtime.input_shape[1:]), dtype=runtime.input_dtype)).shape[-1]
+    if outputs != len(labels):
+        raise ModelError(f"{str(path)!r} has {outputs} outputs but its labels name {len(labels)} "
+                         "classes; export the model again.")
+    return ExportedClassifier(runtime, labels, path)
