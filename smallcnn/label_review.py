@@ -143,15 +143,32 @@ def write_fixed(dataset, accepted, out, table=None):
     if dataset.layout == "csv table":
         return _fixed_table(dataset, accepted, out, table)
     class_roots = _class_roots(dataset)
+    copies = []  # (source, target, relabelled)
     for split in dataset.splits.values():
         for path, label in zip(split.paths, split.labels):
             name = dataset.class_names[label]
             relative = Path(path).relative_to(class_roots[split.name, name])
             folder = [] if dataset.layout == "class folders" else [_split_folder(dataset, split)]
-            target = out.joinpath(*folder, accepted.get(path, name), relative)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(path, target)
+            copies.append((path, out.joinpath(*folder, accepted.get(path, name), relative),
+                           f"-from-{name}" if path in accepted else None))
+    # The relabelled files last, each under a name that no file of its new class has.
+    for path, target, mark in sorted(copies, key=lambda copy: copy[2] is not None):
+        if mark is not None:
+            target = _free_name(target, mark)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(path, target)
     return str(out)
+
+
+def _free_name(target, mark):
+    """`target` if no file is there yet, else the first free of target+mark,
+    target+mark-2, ..."""
+    candidate, number = target, 1
+    while candidate.exists():
+        number += 1
+        tail = mark if number == 2 else f"{mark}-{number - 1}"
+        candidate = target.with_name(f"{target.stem}{tail}{target.suffix}")
+    return candidate
 
 
 def _split_folder(dataset, split):

@@ -52,13 +52,18 @@ def test_nearest_neighbours_and_the_farthest_image():
 
 @pytest.fixture
 def noisy(tmp_path):
-    """Red and blue images, three reds filed under blue, and two green strangers in red."""
+    """Red and blue images, four reds filed under blue, and two green strangers in red."""
     root = make_dataset(tmp_path / "data", per_class=30, size=32, splits=())
     moved = []
     for path in sorted((root / "red").iterdir())[:3]:
         target = root / "blue" / f"was_{path.name}"
         path.rename(target)
         moved.append(target)
+    # A red image filed under blue with the name of another red image: relabelled, the
+    # two must not overwrite each other in the corrected copy.
+    namesake = root / "blue" / "red_010.png"
+    make_image(np.random.default_rng(3), COLORS["red"], 32).save(namesake)
+    moved.append(namesake)
     rng = np.random.default_rng(9)
     for i in range(2):
         make_image(rng, COLORS["green"], 32).save(root / "red" / f"green_{i}.png")
@@ -77,17 +82,19 @@ def test_the_command_finds_them_and_fixes_only_what_is_accepted(noisy, tmp_path)
     assert {str(p) for p in moved} <= set(flagged)
     assert all(flagged[str(p)]["label"] == "blue" and flagged[str(p)]["suggested"] == "red"
                for p in moved)
-    assert len(flagged) <= 5  # three planted, at most two others
+    assert len(flagged) <= 6  # four planted, at most two others
     assert found["outliers"] and "green_" in found["outliers"][0]["path"]
     assert str(moved[0].name) in (tmp_path / "review.html").read_text()
 
     accepted = tmp_path / "accepted.txt"
-    accepted.write_text(f"# reviewed\n{moved[0]}\n{moved[1]}\n")
+    accepted.write_text(f"# reviewed\n{moved[0]}\n{moved[1]}\n{moved[3]}\n")
     fixed = tmp_path / "fixed"
     result = invoke("check", root, "--label-issues", *base, "--fix", fixed, "--accept", accepted)
     assert result.exit_code == 0, result.output
     assert (fixed / "red" / moved[0].name).is_file() and (fixed / "red" / moved[1].name).is_file()
     assert (fixed / "blue" / moved[2].name).is_file()  # flagged but not accepted: unchanged
+    assert (fixed / "red" / "red_010.png").read_bytes() == (root / "red" / "red_010.png").read_bytes()
+    assert (fixed / "red" / "red_010-from-blue.png").read_bytes() == moved[3].read_bytes()
     assert len(list(fixed.rglob("*.png"))) == len(before)
     assert sorted(str(p.relative_to(root)) for p in root.rglob("*.png")) == before  # untouched
 
