@@ -20,7 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.run import ROOT, SHARED  # noqa: E402
+from bench.run import ROOT, SHARED, load_results, save_results  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "label_issues.json"
 SETS = {"cats-dogs-small": 0.05, "ants-bees": 0.10}
@@ -91,7 +91,7 @@ def measure(name, rate, work):
 
 
 def load():
-    return json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+    return load_results(RESULTS)
 
 
 def _percent(value):
@@ -132,9 +132,7 @@ def main():
             cell = measure(name, rate, work)
             results["cells"].append(cell)
             print(json.dumps(cell), flush=True)
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(results, indent=2))
-    print("\n".join(summary(results)))
+    save_results(RESULTS, results, summary)
 
 
 if __name__ == "__main__":

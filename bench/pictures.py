@@ -22,7 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.run import ROOT, smallcnn  # noqa: E402
+from bench.run import ROOT, load_results, save_results, smallcnn  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "pictures.json"
 PHOTO = ROOT / "datasets" / "ants-bees" / "val" / "bees" / "10870992_eebeeb3a12.jpg"
@@ -41,7 +41,7 @@ def measure(command, work):
 
 
 def load():
-    return json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+    return load_results(RESULTS)
 
 
 def summary(results):
@@ -77,9 +77,7 @@ def main():
                 cell = measure(command, Path(work))
                 results["runs"].append(cell)
                 print(json.dumps(cell), flush=True)
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(results, indent=2))
-    print("\n".join(summary(results)))
+    save_results(RESULTS, results, summary)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.run import ROOT, SHARED, smallcnn  # noqa: E402
+from bench.run import ROOT, SHARED, load_results, save_results, smallcnn  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "predict_stream.json"
 SIZES = (2_000, 20_000)
@@ -32,7 +32,7 @@ def folder_of(count, images, work):
 
 
 def load():
-    return json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+    return load_results(RESULTS)
 
 
 def summary(results):
@@ -73,9 +73,7 @@ def main():
     small, large = results["rows"]
     results["images_per_second"] = (large["images"] - small["images"]) / (
         large["wall_seconds"] - small["wall_seconds"])
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(results, indent=2))
-    print("\n".join(summary(results)))
+    save_results(RESULTS, results, summary)
 
 
 if __name__ == "__main__":

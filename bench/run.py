@@ -53,6 +53,18 @@ def timed(args, env=None, cwd=None):
     return {"wall_seconds": float(wall), "peak_mb": int(peak_kb) / 1024, "output": process.stdout}
 
 
+def load_results(path):
+    """A bench's recorded results, or {} when it has not run."""
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def save_results(path, results, summary):
+    """Records a bench's results and prints its table (`summary(results)`'s lines)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(results, indent=2))
+    print("\n".join(summary(results)))
+
+
 def smallcnn(*args, env=None, cwd=None):
     return timed([PYTHON, "-m", "smallcnn", *args], env=env, cwd=cwd)
 

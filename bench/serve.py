@@ -26,7 +26,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.run import PYTHON, ROOT, SHARED, smallcnn  # noqa: E402
+from bench.run import PYTHON, ROOT, SHARED, load_results, save_results, smallcnn  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "serve.json"
 DATASET = "cats-dogs-small"
@@ -137,7 +137,7 @@ def serve_and_load(model, bodies, clients_list, seconds, env):
 
 
 def load():
-    return json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+    return load_results(RESULTS)
 
 
 def summary(results):
@@ -183,9 +183,7 @@ def main():
         rows, engine = serve_and_load(model, bodies, args.clients, args.seconds, env)
     results = {"date": time.strftime("%Y-%m-%d"), "seconds": args.seconds, "engine": engine,
                "predict_images_per_second": throughput, "rows": rows}
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(results, indent=2))
-    print("\n".join(summary(results)))
+    save_results(RESULTS, results, summary)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.run import ROOT, SHARED  # noqa: E402
+from bench.run import ROOT, SHARED, load_results, save_results  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "tta.json"
 VIEW_COUNTS = (1, 2, 4, 8)
@@ -67,7 +67,7 @@ def measure(run, split):
 
 
 def load():
-    return json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+    return load_results(RESULTS)
 
 
 def summary(results):
@@ -104,9 +104,7 @@ def main():
             run = train(name, command, work)
             results["cells"].append({"set": name, "command": command, "split": split,
                                      "rows": measure(run, split)})
-            RESULTS.parent.mkdir(parents=True, exist_ok=True)
-            RESULTS.write_text(json.dumps(results, indent=2))
-    print("\n".join(summary(results)))
+            save_results(RESULTS, results, summary)  # after each cell: a failure keeps them
 
 
 if __name__ == "__main__":
