@@ -248,12 +248,13 @@ def test_sigterm_answers_and_exits_0(trained):
                               text=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
     try:
         deadline = time.time() + 90
-        while time.time() < deadline:
+        while time.time() < deadline and server.poll() is None:
             try:
                 if httpx.get(f"http://127.0.0.1:{port}/health").status_code == 200:
                     break
             except httpx.TransportError:
-                time.sleep(0.3)
+                pass
+            time.sleep(0.3)
         image = sorted((data / "val" / "green").iterdir())[0]
         answer = httpx.post(f"http://127.0.0.1:{port}/predict", files=files(image))
         assert answer.json()[0]["label"] == "green"
@@ -291,8 +292,10 @@ def test_the_page_classifies_two_uploads_in_headless_chromium(trained, tmp_path)
     service = webdriver.ChromeService(executable_path=shutil.which("chromedriver"))
     browser = webdriver.Chrome(options=options, service=service)
     try:
-        while not server.started:
+        deadline = time.time() + 60
+        while not server.started and time.time() < deadline:
             time.sleep(0.1)
+        assert server.started, "the server did not start"
         browser.get(f"http://127.0.0.1:{port}/")
         chosen = [sorted((data / "val" / name).iterdir())[0] for name in ("red", "blue")]
         browser.find_element(By.ID, "files").send_keys("\n".join(str(p) for p in chosen))
