@@ -33,6 +33,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/label_issues.py
 	$(BIN)/python bench/tta.py
 	$(BIN)/python bench/predict_stream.py
+	$(BIN)/python bench/precision.py
 	$(BIN)/python bench/run.py
 
 clean:

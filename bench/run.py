@@ -357,12 +357,13 @@ def main():
         shutil.rmtree(work, ignore_errors=True)
     sys.path.insert(0, str(ROOT))
     from bench import (bases, ideas, label_issues, overheads, pictures,  # as last run
-                       predict_stream, serve, tta)
+                       precision, predict_stream, serve, tta)
 
     lines += (bases.summary(bases.load()) + ideas.summary(ideas.load())
               + overheads.summary(overheads.load()) + pictures.summary(pictures.load())
               + serve.summary(serve.load()) + label_issues.summary(label_issues.load())
-              + tta.summary(tta.load()) + predict_stream.summary(predict_stream.load()))
+              + tta.summary(tta.load()) + predict_stream.summary(predict_stream.load())
+              + precision.summary(precision.load()))
     (ROOT / "docs").mkdir(exist_ok=True)
     (ROOT / "docs" / "benchmarks.md").write_text("\n".join(lines) + "\n")
 
