@@ -15,7 +15,6 @@ import dataclasses
 import functools
 import hashlib
 import json
-import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -103,8 +102,10 @@ def scan_files(paths, root, progress=None, warn=None):
     def work(item):
         return item, scan_file(item[0])
 
+    from smallcnn.images import DECODE_WORKERS
+
     done = len(paths) - len(todo)
-    with ThreadPoolExecutor(min(8, (os.cpu_count() or 1) + 1)) as pool:
+    with ThreadPoolExecutor(DECODE_WORKERS) as pool:
         for (path, stamp), facts in pool.map(work, todo):
             results[path] = facts
             if stamp is not None:

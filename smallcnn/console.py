@@ -101,6 +101,9 @@ def summary_table(result):
         table.add_row("trainable parameters", f"{result.trainable_params:,}")
     if metrics.get("skipped_images"):
         table.add_row("unreadable images skipped", str(metrics["skipped_images"]))
+    if metrics.get("ran_on"):
+        engine = f"; base engine {metrics['engine']}" if metrics.get("engine") else ""
+        table.add_row("ran on", f"{metrics['ran_on']}{engine}")
     table.add_row("seconds", f"{metrics['seconds']:.1f}")
     if metrics.get("timings"):
         from smallcnn.timings import summary

@@ -23,17 +23,29 @@ ENGINES = ("auto", "litert", "tf")
 
 
 class TensorFlowEngine:
+    """The extractor in TensorFlow; with a `tf.distribute` strategy (the extractor built
+    in its scope), each batch is split across the strategy's replicas."""
+
     name = "tensorflow"
 
-    def __init__(self, extractor):
+    def __init__(self, extractor, strategy=None):
         import tensorflow as tf
 
-        self._run = tf.function(lambda x: extractor(x, training=False), reduce_retracing=True)
+        self._strategy = strategy if strategy and strategy.num_replicas_in_sync > 1 else None
+        self._run = tf.function(lambda x: tf.cast(extractor(x, training=False), tf.float32),
+                                reduce_retracing=True)
 
     def __call__(self, images):
         import tensorflow as tf
 
-        return self._run(tf.cast(images, tf.float32)).numpy()
+        if self._strategy is None:
+            return self._run(tf.cast(images, tf.float32)).numpy()
+        strategy = self._strategy
+        parts = np.array_split(np.asarray(images), strategy.num_replicas_in_sync)
+        shards = strategy.experimental_distribute_values_from_function(
+            lambda context: tf.cast(parts[context.replica_id_in_sync_group], tf.float32))
+        outputs = strategy.run(self._run, args=(shards,))
+        return np.concatenate([t.numpy() for t in strategy.experimental_local_results(outputs)])
 
 
 class LiteRTEngine(TFLiteRuntime):
@@ -155,18 +167,26 @@ def _converter_notices_silenced():
         logger.setLevel(level)
 
 
-def chosen_engine(requested="auto"):
-    """The engine to use: the one requested; for 'auto', `$SMALLCNN_ENGINE` when set."""
+def chosen_engine(requested="auto", placement=None):
+    """The engine to use: the one requested; for 'auto', `$SMALLCNN_ENGINE` when set,
+    else TensorFlow when the `devices.Placement` is on GPUs or several devices (LiteRT
+    runs on one CPU) or in mixed precision (LiteRT runs the float32 conversion), else
+    'auto' (LiteRT where it runs)."""
     engine = requested
     if requested == "auto":
         engine = os.environ.get("SMALLCNN_ENGINE") or "auto"
     if engine not in ENGINES:
         where = "SMALLCNN_ENGINE" if requested == "auto" else "--engine"
         raise UsageError(f"Unknown {where} {engine!r}. Choose one of: {', '.join(ENGINES)}.")
+    if engine == "auto" and placement is not None and \
+            (placement.kind == "gpu" or len(placement.devices) > 1 or
+             placement.precision != "float32"):
+        return "tf"
     return engine
 
 
-def feature_engine(spec, weights, image_size, extractor, engine="auto", reporter=None):
+def feature_engine(spec, weights, image_size, extractor, engine="auto", reporter=None,
+                   placement=None):
     """The engine that computes pooled features for uint8/float image batches.
 
     Args:
@@ -176,13 +196,23 @@ def feature_engine(spec, weights, image_size, extractor, engine="auto", reporter
         engine: 'litert', 'tf', or 'auto' (LiteRT, falling back to TensorFlow, with a
             warning that says why, when LiteRT cannot be used here; an explicit 'litert'
             that cannot be used is an error). Conversions of pretrained weights are cached.
+        placement: the `devices.Placement` the command runs on: the TensorFlow engine
+            runs the extractor in its precision on all its devices.
     """
     from smallcnn.progress import Reporter
 
     reporter = reporter or Reporter()
-    engine = chosen_engine(engine)
+    engine = chosen_engine(engine, placement)
+
+    def tensorflow():
+        if placement is None:
+            return TensorFlowEngine(extractor())
+        # Under several workers, each computes the features of its own shard on its own.
+        local = None if placement.multi_worker else placement.strategy()
+        return TensorFlowEngine(placement.working_copy(extractor(), local is not None), local)
+
     if engine == "tf":
-        return TensorFlowEngine(extractor())
+        return tensorflow()
     try:
         if weights == "none":  # random weights: a conversion of its own, not cached
             return _uncached_litert(extractor(), reporter.warning)
@@ -204,7 +234,7 @@ def feature_engine(spec, weights, image_size, extractor, engine="auto", reporter
             raise UsageError(f"--engine litert: LiteRT cannot run this base here ({reason}); "
                              "use --engine auto or --engine tf.") from error
         reporter.warning(f"LiteRT is not usable here ({reason}); using TensorFlow for the base.")
-        return TensorFlowEngine(extractor())
+        return tensorflow()
 
 
 def _uncached_litert(model, warn=None):

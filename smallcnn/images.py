@@ -20,6 +20,9 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from smallcnn.errors import DataError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
+# Threads that decode images (Pillow releases the GIL while it decodes and resizes): one
+# per core and one more, so that decoding keeps up with a GPU on a many-core machine.
+DECODE_WORKERS = min(32, (os.cpu_count() or 1) + 1)
 # Pillow's own decompression-bomb threshold; a 20,000 x 20,000 scan is above it.
 PIXEL_LIMIT = 178_956_970
 # What Pillow's decoders raise for a damaged or foreign file. Anything else (MemoryError,
@@ -198,7 +201,7 @@ def load_images(paths, size, out=None, progress=None):
         except UnreadableImage as error:
             failures[index] = error
 
-    workers = min(8, (os.cpu_count() or 1) + 1)
+    workers = DECODE_WORKERS
     with ThreadPoolExecutor(workers) as pool:
         for done, _ in enumerate(pool.map(work, range(len(paths))), start=1):
             if progress is not None and (done % 32 == 0 or done == len(paths)):

@@ -72,6 +72,13 @@ def _training_command(command, run):
 def _report(result):
     from smallcnn.console import stderr, stdout, summary_table
 
+    if result.worker is not None:  # a cluster's worker: the chief wrote the run
+        stdout.print(f"[bold]{result.command}[/bold] ({result.worker}): done; the chief "
+                     "saved the run.")
+        stdout.print(summary_table(result))
+        if result.interrupted:
+            raise typer.Exit(130)
+        return
     stdout.print(f"[bold]{result.command}[/bold]: {result.run_dir}")
     stdout.print(summary_table(result))
     stdout.print(f"Model saved in {result.run_dir}. Predict with: smallcnn predict IMAGE --model {result.run_dir}")

@@ -64,12 +64,15 @@ class AtomicCheckpoint(keras.callbacks.Callback):
 
     Saving a whole classifier takes about a second, so an improvement is written at
     most every `min_interval` seconds, counted from the start of training: a run
-    shorter than that is saved once, by the run's final save of the best model. `model` is the model to save when it is not the one being fitted (a head
-    trained on features is saved as the whole classifier it belongs to).
+    shorter than that is saved once, by the run's final save of the best model. `model`
+    is the model to save when it is not the one being fitted (a head trained on features
+    is saved as the whole classifier it belongs to; a model trained in mixed precision or
+    on several devices is saved as the float32 model it is a copy of: `before_save` is
+    called first, to copy the weights into `model`).
     """
 
     def __init__(self, path, model=None, monitor="val_loss", min_interval=30.0,
-                 clock=time.monotonic):
+                 clock=time.monotonic, before_save=None):
         super().__init__()
         self._clock = clock
         self.path = path
@@ -77,6 +80,7 @@ class AtomicCheckpoint(keras.callbacks.Callback):
         self.min_interval = min_interval
         self.best = math.inf
         self._to_save = model
+        self._before_save = before_save
         self._last_save = -math.inf
 
     def on_train_begin(self, logs=None):
@@ -89,6 +93,8 @@ class AtomicCheckpoint(keras.callbacks.Callback):
         self.best = value
         now = self._clock()
         if now - self._last_save >= self.min_interval:
+            if self._before_save is not None:
+                self._before_save()
             runs.save_model(self._to_save or self.model, self.path)
             self._last_save = now
 
@@ -103,20 +109,23 @@ class StopOnSignal(keras.callbacks.Callback):
     def __init__(self):
         super().__init__()
         self._request = StopRequest(on_signal=self._stop_model)
+        # Whether a signal stops the model itself; a cluster's loop turns this off and
+        # stops every worker at once instead (see `smallcnn.train.distributed`).
+        self.stops_model = True
 
     @property
     def received(self):
         return self._request.received
 
     def _stop_model(self):
-        if self.model is not None:
+        if self.model is not None and self.stops_model:
             self.model.stop_training = True
 
     def on_train_begin(self, logs=None):
         self._request.install()
 
     def on_train_batch_end(self, batch, logs=None):
-        if self._request():
+        if self._request() and self.stops_model:
             self.model.stop_training = True
 
     def on_train_end(self, logs=None):

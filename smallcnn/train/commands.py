@@ -33,7 +33,7 @@ def train(data_dir=None, settings=None, out=None, overwrite=False, reporter=None
         raise UsageError("train needs DATA, or a run to continue: --resume RUN.")
 
     def before_data(session):
-        _refuse_existing(out, overwrite)
+        _refuse_existing(session, out, overwrite)
         if session.settings.freeze:  # the frozen base runs in LiteRT: convert it meanwhile
             session.start_warmup()
 
@@ -44,7 +44,7 @@ def train(data_dir=None, settings=None, out=None, overwrite=False, reporter=None
     s = session.settings
     base = session.build_base()
     base.trainable = not s.freeze
-    run_dir = runs.new_run_dir("train", out, overwrite=overwrite)
+    run_dir = session.new_run_dir(out, overwrite)
     head = loop.new_head(session)
     model = build_classifier(session.spec, base, head, s.image_size)
     config = session.config(base.name)
@@ -102,7 +102,7 @@ def finetune(data_dir=None, from_run=None, settings=None, out=None, overwrite=Fa
         any image is read, and before a run folder exists."""
         from smallcnn.models import find_base, layers_to_unfreeze
 
-        _refuse_existing(out, overwrite)
+        _refuse_existing(session, out, overwrite)
         if source_config is not None:
             if source_config["class_names"] != session.dataset.class_names:
                 raise DataError(f"The run {str(from_run)!r} was trained on classes "
@@ -126,11 +126,11 @@ def finetune(data_dir=None, from_run=None, settings=None, out=None, overwrite=Fa
     rows = []
     if source_config is not None:
         session.weights_source = source_config["weights"]
-        run_dir = runs.new_run_dir("finetune", out, overwrite=overwrite)
+        run_dir = session.new_run_dir(out, overwrite)
         config = session.config(base.name, {"from_run": str(from_run)})
     else:
         base.trainable = False
-        run_dir = runs.new_run_dir("finetune", out, overwrite=overwrite)
+        run_dir = session.new_run_dir(out, overwrite)
         head = loop.new_head(session)
         model = build_classifier(session.spec, base, head, s.image_size)
         config = session.config(base.name)
@@ -172,10 +172,10 @@ def finetune(data_dir=None, from_run=None, settings=None, out=None, overwrite=Fa
     return session.result(run_dir, metrics, rows, unfrozen=unfrozen, trainable_params=trainable)
 
 
-def _refuse_existing(out, overwrite):
+def _refuse_existing(session, out, overwrite):
     """An existing --out without --overwrite, refused (in a `before_data` hook: before any
-    image is read)."""
-    if out is not None:
+    image is read); by the chief alone in a cluster (the others write no run)."""
+    if out is not None and session.placement.is_chief:
         runs.check_out(out, overwrite)
 
 

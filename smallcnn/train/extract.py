@@ -63,7 +63,7 @@ def extract(data_dir, settings=None, out=None, overwrite=False, reporter=None,
                        for name in session.eval_splits()}
     with session.timings("model"):
         model, base_layer = _classifier(session, weights)
-    run_dir = runs.new_run_dir("extract", out, overwrite=overwrite)
+    run_dir = session.new_run_dir(out, overwrite)
     config = session.config(base_layer)
     if s.tensorboard:
         _write_tensorboard(run_dir / "tensorboard" / "head", rows)

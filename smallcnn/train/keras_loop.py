@@ -87,7 +87,10 @@ def _uninstall_signal_handlers(callbacks):
 
 
 def callbacks(session, phase, epochs, steps, checkpoint=None):
-    """Ctrl-C, early stopping, progress, the plateau schedule, a checkpoint, TensorBoard."""
+    """Ctrl-C, early stopping, progress, the plateau schedule, a checkpoint, TensorBoard.
+
+    `checkpoint` is `(path, model to save[, function called before saving])`; on a
+    worker other than a cluster's chief there is none (the chief writes the run)."""
     import keras
 
     from smallcnn.train.callbacks import AtomicCheckpoint, ReportEpochs, StopOnSignal
@@ -107,24 +110,38 @@ def callbacks(session, phase, epochs, steps, checkpoint=None):
 
         chosen.append(keras.callbacks.ReduceLROnPlateau(
             monitor="val_loss", patience=plateau_patience(s.patience), **PLATEAU))
-    if checkpoint is not None:
-        chosen.append(AtomicCheckpoint(*checkpoint))
+    if checkpoint is not None and session.placement.is_chief:
+        path, model, *before_save = checkpoint
+        chosen.append(AtomicCheckpoint(path, model, before_save=(before_save or [None])[0]))
         if s.tensorboard:
-            folder = checkpoint[0].parent / "tensorboard" / phase
+            folder = path.parent / "tensorboard" / phase
             chosen.append(keras.callbacks.TensorBoard(log_dir=str(folder)))
     return chosen
 
 
-def optimizer(session, learning_rate, steps, epochs):
+def optimizer(session, learning_rate, steps, epochs, mixed=False):
+    """The Keras optimizer of the settings; with `mixed` (a model computing in the
+    session's precision), wrapped in loss scaling for mixed_float16, as Keras advises."""
     from smallcnn.models import make_optimizer
 
     s = session.settings
-    return make_optimizer(s.optimizer, learning_rate, s.momentum, s.nesterov, s.lr_schedule,
-                          steps, epochs)
+    chosen = make_optimizer(s.optimizer, learning_rate, s.momentum, s.nesterov, s.lr_schedule,
+                            steps, epochs)
+    if mixed and session.placement.precision == "mixed_float16":
+        import keras
+
+        chosen = keras.optimizers.LossScaleOptimizer(chosen)
+    return chosen
 
 
-def _augmented_features(session):
-    """An endless stream of (features, labels) batches of augmented training images.
+def global_batch(session):
+    """Images per training step over every replica: --batch-size is per device."""
+    return session.settings.batch_size * session.placement.replicas
+
+
+def _augmented_features(session, through_base=True):
+    """An endless stream of (features, labels) batches of augmented training images (or,
+    without `through_base`, of the augmented images themselves).
 
     The frozen base needs no gradients, so each augmented batch goes through the
     inference engine and only the head trains: the same training as end to end with
@@ -132,37 +149,67 @@ def _augmented_features(session):
     (reshuffled each epoch), and augmented taking turns with the engine, not ahead in
     tf.data threads: on 2 cores the two thread pools slowed each other down (measured
     with the standard augmentation and LiteRT: 99 images/s overlapped, 162 taking turns).
+
+    On one machine a batch holds `global_batch` images (the engine splits it across the
+    devices). On a worker of a cluster it holds this worker's share of a global batch,
+    drawn from its own shard of the training images (only those are decoded), and every
+    batch is full, so that all workers take the same number of steps.
     """
     import tensorflow as tf
 
     from smallcnn.augment import build_augmenter
 
-    s = session.settings
-    train = session.decoded("train")
-    augment = build_augmenter(s.augmentation(), seed=s.seed)
+    s, placement = session.settings, session.placement
+    if placement.multi_worker:
+        train = session.decoded("train", shard=(placement.worker_index, placement.workers))
+        size = s.batch_size * len(placement.devices)
+    else:
+        train, size = session.decoded("train"), global_batch(session)
+    augment = build_augmenter(s.augmentation(), seed=s.seed + placement.worker_index)
     augmenter = None
     if augment is not None:  # traced once for full batches, once for a shorter last one
         augmenter = tf.function(lambda x, i: augment(tf.cast(x, tf.float32), i),
                                 reduce_retracing=True)
-    engine = session.engine()
+    engine = session.engine() if through_base else np.asarray
     weights = session.class_weights()
     lookup = np.array([weights.get(i, 0.0) for i in range(len(session.dataset.class_names))],
                       dtype=np.float32) if weights else None
     labels = np.asarray(train.labels, dtype=np.int32)
-    rng = np.random.default_rng(s.seed)
+    rng = np.random.default_rng(s.seed + placement.worker_index)
     number = 0  # the batch's number over the whole run: it seeds its augmentation
+    for rows in _index_batches(len(train), size, rng, full=placement.multi_worker):
+        x, y = np.asarray(train.images[rows]), labels[rows]
+        x = augmenter(x, tf.constant(number, tf.int64)).numpy() if augmenter is not None \
+            else x.astype(np.float32)
+        number += 1
+        if lookup is None:
+            yield engine(x), y
+        else:  # Keras takes no class_weight with a generator: per-sample weights instead
+            yield engine(x), y, lookup[y]
+
+
+def _index_batches(n, size, rng, full=False):
+    """Endless sorted index batches (sorted: fast from a memmap), reshuffled each epoch;
+    the last batch of an epoch is shorter, or, with `full`, filled from the next."""
+    pending = np.empty(0, dtype=np.int64)
     while True:
-        order = rng.permutation(len(train))
-        for start in range(0, len(order), s.batch_size):
-            rows = np.sort(order[start : start + s.batch_size])  # sorted: fast from a memmap
-            x, y = np.asarray(train.images[rows]), labels[rows]
-            if augmenter is not None:
-                x = augmenter(x, tf.constant(number, tf.int64)).numpy()
-            number += 1
-            if lookup is None:
-                yield engine(x), y
-            else:  # Keras takes no class_weight with a generator: per-sample weights instead
-                yield engine(x), y, lookup[y]
+        order = rng.permutation(n)
+        if not full:
+            for start in range(0, n, size):
+                yield np.sort(order[start : start + size])
+            continue
+        pending = np.concatenate([pending, order])
+        while len(pending) >= size:
+            yield np.sort(pending[:size])
+            pending = pending[size:]
+
+
+def _steps(session):
+    """Steps per epoch: the training images over the global batch (on a cluster counted
+    from the file list: no worker decodes every image)."""
+    count = len(session.dataset.train) if session.placement.multi_worker else \
+        len(session.decoded("train"))
+    return int(np.ceil(count / global_batch(session)))
 
 
 def train_head_frozen(session, model, head, run_dir, phase, epochs, learning_rate,
@@ -170,46 +217,75 @@ def train_head_frozen(session, model, head, run_dir, phase, epochs, learning_rat
     """Trains the head on augmented images with the base frozen; returns history rows."""
     from smallcnn.models import compile_model
 
-    s = session.settings
-    steps = int(np.ceil(len(session.decoded("train")) / s.batch_size))
-    compile_model(head, optimizer(session, learning_rate, steps, epochs))
+    steps = _steps(session)
     val = session.features("val")
+    checkpoint = (run_dir / runs.MODEL_FILE, model)
     with session.timings("head"):  # the base's forward pass on augmented batches included
-        history = fit_stream(
-            head, _augmented_features(session),
-            callbacks(session, phase, epochs, steps,
-                      checkpoint=(run_dir / runs.MODEL_FILE, model)),
-            steps, initial_epoch + epochs, val, s.batch_size, initial_epoch=initial_epoch)
+        if session.placement.multi_worker:
+            from smallcnn.train import distributed
+
+            history = distributed.fit(session, head, _augmented_features(session), steps,
+                                      epochs, val, phase, checkpoint, learning_rate,
+                                      initial_epoch)
+        else:
+            compile_model(head, optimizer(session, learning_rate, steps, epochs))
+            history = fit_stream(head, _augmented_features(session),
+                                 callbacks(session, phase, epochs, steps, checkpoint),
+                                 steps, initial_epoch + epochs, val,
+                                 session.settings.batch_size, initial_epoch=initial_epoch)
     return history_rows(history, phase, first_epoch=initial_epoch + 1,
                         seconds=session.epoch_report.seconds)
 
 
 def train_end_to_end(session, model, run_dir, phase, epochs, learning_rate, initial_epoch=0):
     """Trains every trainable layer of the model on augmented images; returns history rows
-    and the evaluations of the restored best model."""
+    and the evaluations of the restored best model.
+
+    In mixed precision or on several devices, a copy of the model trains (in the
+    precision, in the strategy's scope) and its weights come back into `model`, which
+    stays float32 (what is saved)."""
     from smallcnn.augment import build_augmenter
     from smallcnn.models import compile_model
     from smallcnn.pipeline import batches
 
-    s = session.settings
+    s, placement = session.settings, session.placement
+    steps = _steps(session)
+    if placement.multi_worker:
+        from smallcnn.train import distributed
+
+        val = session.decoded("val")
+        with session.timings("train"):
+            history = distributed.fit(
+                session, model, _augmented_features(session, through_base=False), steps,
+                epochs, (val.images, val.labels), phase, (run_dir / runs.MODEL_FILE, model),
+                learning_rate, initial_epoch)
+        rows = history_rows(history, phase, first_epoch=initial_epoch + 1,
+                            seconds=session.epoch_report.seconds)
+        return rows, evaluate_model(model, session)
     train = session.decoded("train")
     val = session.decoded("val")
-    steps = int(np.ceil(len(train) / s.batch_size))
+    size = global_batch(session)
     with session.timings("train"):  # building the pipeline traces the augmentation: timed
-        train_ds = batches(train.images, train.labels, s.batch_size, shuffle=True, seed=s.seed,
+        working = placement.working_copy(model)
+        train_ds = batches(train.images, train.labels, size, shuffle=True, seed=s.seed,
                            augmenter=build_augmenter(s.augmentation(), seed=s.seed), repeat=True)
-        compile_model(model, optimizer(session, learning_rate, steps, epochs))
+        with placement.scope():
+            compile_model(working, optimizer(session, learning_rate, steps, epochs, mixed=True))
+        checkpoint = (run_dir / runs.MODEL_FILE, model)
+        if working is not model:
+            checkpoint += (lambda: model.set_weights(working.get_weights()),)
         history = fit(
-            model, train_ds,
-            callbacks(session, phase, epochs, steps,
-                      checkpoint=(run_dir / runs.MODEL_FILE, model)),
+            working, train_ds,
+            callbacks(session, phase, epochs, steps, checkpoint),
             steps_per_epoch=steps,
-            validation_data=batches(val.images, val.labels, s.batch_size),
+            validation_data=batches(val.images, val.labels, size),
             epochs=initial_epoch + epochs,
             initial_epoch=initial_epoch,
             shuffle=False,  # the tf.data pipeline shuffles
             class_weight=session.class_weights(),
         )
+        if working is not model:
+            model.set_weights(working.get_weights())
     rows = history_rows(history, phase, first_epoch=initial_epoch + 1,
                         seconds=session.epoch_report.seconds)
     return rows, evaluate_model(model, session)
@@ -233,6 +309,10 @@ def evaluate_model(model, session):
 
 def evaluate_head(head, session):
     """Loss and accuracy of the head on each evaluation split's cached features."""
+    from smallcnn.models import compile_model
+
+    if getattr(head, "optimizer", None) is None:  # a copy of it trained (on a cluster)
+        compile_model(head, "adam")
     features = {name: session.features(name) for name in session.eval_splits()}
     with session.timings("evaluate"):
         return {name: [float(v) for v in head.evaluate(*split, batch_size=256, verbose=0)]

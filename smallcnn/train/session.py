@@ -5,6 +5,7 @@ the decoded images and the base's features, so that no image is decoded twice an
 feature computed twice in one run. At the end it writes the run folder.
 """
 
+import contextlib
 import dataclasses
 import datetime
 import os
@@ -18,6 +19,7 @@ import numpy as np
 from smallcnn import __version__, runs
 from smallcnn.bases import DEFAULT_BASE, build_base, get_base, resolve_weights, weights_label
 from smallcnn.data import find_dataset
+from smallcnn.devices import needs_tensorflow, place
 from smallcnn.table import TableOptions
 from smallcnn.errors import described
 from smallcnn.progress import Reporter
@@ -36,6 +38,7 @@ class RunResult:
     unfrozen: list = dataclasses.field(default_factory=list)
     trainable_params: int = None
     interrupted: str = None  # the signal that stopped training early (SIGINT, SIGTERM)
+    worker: str = None  # 'worker 1 of 2' on a cluster's task that writes no run (run_dir None)
 
 
 def run_check(dataset, reporter):
@@ -76,10 +79,17 @@ class Session:
         self.weights = resolve_weights(self.spec, self.settings.weights)
         self.settings.weights = self.weights
         self.weights_source = weights_label(self.weights)
+        in_cluster = command != "extract"  # extract runs on one machine only
+        timed = needs_tensorflow(self.settings.devices, in_cluster)  # else none is imported
+        with self.timings("import") if timed else contextlib.nullcontext():
+            self.placement = place(self.settings.devices, self.settings.precision,
+                                   note=self.reporter.note, use_cluster=in_cluster)
+        self._worker_dir = None  # a worker's scratch run folder (only the chief keeps one)
         self.base = self.extractor = None
         self._engine = None
         self._warmup = None  # a helper process preparing the base (see `start_warmup`)
         self._stop = None
+        self.peer_interrupted = None  # set when another worker of a cluster was stopped
         self.dataset = find_dataset(data_dir, self.settings.val_split, self.settings.seed,
                                     TableOptions.of(self.settings))
         if before_data is not None:
@@ -104,17 +114,22 @@ class Session:
         self.base_seconds = 0.0  # time in the base's forward pass for feature extraction
         self.base_images = 0
 
-    def decoded(self, name):
-        """The decoded images of one split (decoded on first use only)."""
+    def decoded(self, name, shard=None):
+        """The decoded images of one split (decoded on first use only); with `shard`,
+        `(index, count)`, of every count-th image from the index-th only (a worker's)."""
         from smallcnn.pipeline import decode_split
 
-        if name not in self._decoded:
+        key = name if shard is None else (name, *shard)
+        if key not in self._decoded:
             split = self.dataset.splits[name]
+            if shard is not None:
+                index, count = shard
+                split = split.without(set(split.paths) - set(split.paths[index::count]))
             with self.timings("decode"):
                 decoded = decode_split(split, self.settings.image_size, self.reporter)
             self.skipped.update((f.path, f.reason) for f in decoded.skipped)
-            self._decoded[name] = decoded
-        return self._decoded[name]
+            self._decoded[key] = decoded
+        return self._decoded[key]
 
     def features(self, name):
         """Pooled base features and labels of one split (see `feature_store`)."""
@@ -142,7 +157,9 @@ class Session:
         from smallcnn.engine import chosen_engine
         from smallcnn.train import warmup
 
-        if chosen_engine(self.settings.engine) != "tf":
+        # (A cluster's worker decodes only its shard: nothing to overlap.)
+        if chosen_engine(self.settings.engine, self.placement) != "tf" and \
+                not self.placement.multi_worker:
             self._warmup = warmup.start(self.spec, self.weights, self.settings.image_size,
                                         self.settings.seed, template, self.reporter.warning)
 
@@ -177,7 +194,8 @@ class Session:
             with self.timings("convert"):
                 self._engine = feature_engine(self.spec, self.weights,
                                               self.settings.image_size, extractor,
-                                              self.settings.engine, self.reporter)
+                                              self.settings.engine, self.reporter,
+                                              self.placement)
         return self._engine
 
     def class_weights(self):
@@ -189,8 +207,10 @@ class Session:
 
     @property
     def interrupted(self):
-        """The signal that asked training to stop, if one did."""
-        return self._stop.received if self._stop is not None else None
+        """The signal that asked training to stop, if one did (on a cluster, on any worker)."""
+        if self._stop is not None and self._stop.received:
+            return self._stop.received
+        return self.peer_interrupted
 
     def config(self, base_layer, extra=None):
         settings = dataclasses.asdict(self.settings)
@@ -211,8 +231,19 @@ class Session:
             "data": os.path.abspath(self.dataset.data),
             "data_counts": self.dataset.counts(),
             "settings": settings,
+            "distribution": self.placement.record(),
             **(extra or {}),
         }
+
+    def new_run_dir(self, out=None, overwrite=False):
+        """The run folder; on a worker other than the chief, a scratch folder that
+        `finish` deletes (only the chief writes the run)."""
+        if self.placement.is_chief:
+            return runs.new_run_dir(self.command, out, overwrite=overwrite)
+        import tempfile
+
+        self._worker_dir = Path(tempfile.mkdtemp(prefix="smallcnn-worker-"))
+        return self._worker_dir
 
     def finish(self, run_dir, model, config, rows, evaluations, extra_metrics=None,
                head_weights=None):
@@ -242,11 +273,19 @@ class Session:
                 "engine": self._engine.name if self._engine is not None else None,
                 "base_images_per_second": (round(self.base_images / self.base_seconds, 1)
                                            if self.base_seconds else None),
+                "ran_on": self.placement.describe(),
                 **(extra_metrics or {}),
             }
         )
         if self.interrupted:
             metrics["interrupted"] = self.interrupted
+        if self._worker_dir is not None:  # a worker: the chief writes the run
+            import shutil
+
+            shutil.rmtree(self._worker_dir, ignore_errors=True)
+            metrics["timings"] = self.timings.report()
+            metrics["seconds"] = metrics["timings"]["total"]
+            return metrics
         model_file = run_dir / runs.MODEL_FILE
         with self.timings("save"):
             runs.save_model(model, model_file)
@@ -279,7 +318,7 @@ class Session:
         from smallcnn.engine import chosen_engine, litert_name
 
         if head_weights is None or self.weights == "none" or \
-                chosen_engine(self.settings.engine) == "tf":
+                chosen_engine(self.settings.engine, self.placement) == "tf":
             return None
         name = litert_name(self.spec, self.weights, self.settings.image_size)
         if not cache.is_stored("engines", name):
@@ -324,9 +363,12 @@ class Session:
                                   f"({described(error)}); the run is saved without it.")
 
     def result(self, run_dir, metrics, rows, **extra):
+        placement, worker = self.placement, None
+        if not placement.is_chief:
+            run_dir, worker = None, f"worker {placement.worker_index} of {placement.workers}"
         return RunResult(self.command, run_dir, self.dataset.class_names, metrics, rows,
                          [[p, r] for p, r in self.skipped.items()],
-                         interrupted=self.interrupted, **extra)
+                         interrupted=self.interrupted, worker=worker, **extra)
 
 
 def _imbalance(dataset):

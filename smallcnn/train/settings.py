@@ -14,6 +14,7 @@ from typing import Optional
 
 from smallcnn.augment import DEFAULT_PRESET, FLIP_MODES, PRESETS, resolve_augmentation
 from smallcnn.bases import BASES, DEFAULT_BASE, get_base
+from smallcnn.devices import DEVICES_HELP, PRECISION_HELP, PRECISIONS, check_devices
 from smallcnn.engine import ENGINES
 from smallcnn.errors import UsageError
 from smallcnn.head import LR_SCHEDULES, OPTIMIZERS, check_optimizer
@@ -99,9 +100,11 @@ class Settings:
                                          f"{_AUGMENT_HELP}.", float)
     contrast: Optional[float] = option(None, f"Random contrast change factor {_AUGMENT_HELP}.",
                                        float)
-    engine: str = option("auto", "Engine for the frozen base's forward pass (auto: LiteRT where "
-                         "it runs, else TensorFlow; $SMALLCNN_ENGINE sets it when this is auto).",
-                         str, choices=ENGINES)
+    engine: str = option("auto", "Engine for the frozen base's forward pass (auto: TensorFlow "
+                         "on GPUs or several devices, else LiteRT where it runs; "
+                         "$SMALLCNN_ENGINE sets it when this is auto).", str, choices=ENGINES)
+    devices: str = option("auto", f"Devices to train on: {DEVICES_HELP}", str)
+    precision: str = option("auto", PRECISION_HELP, str, choices=PRECISIONS)
     class_weight: str = option("none", "balanced: weight each class by the inverse of its "
                                "frequency.", str, choices=CLASS_WEIGHTS)
     tensorboard: bool = option(False, "Also write TensorBoard logs to RUN/tensorboard/.", bool,
@@ -173,6 +176,7 @@ class Settings:
                              "pip install tensorboard (or pip install 'smallcnn[tensorboard]').")
         if self.augment is not None:
             self.augmentation()
+        check_devices(self.devices)
 
     def augmentation(self):
         return resolve_augmentation(
