@@ -34,6 +34,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/tta.py
 	$(BIN)/python bench/predict_stream.py
 	$(BIN)/python bench/precision.py
+	$(BIN)/python bench/devices.py
 	$(BIN)/python bench/run.py
 
 clean:

@@ -356,14 +356,14 @@ def main():
         lines += table + [""]
         shutil.rmtree(work, ignore_errors=True)
     sys.path.insert(0, str(ROOT))
-    from bench import (bases, ideas, label_issues, overheads, pictures,  # as last run
-                       precision, predict_stream, serve, tta)
+    from bench import (bases, devices, ideas, label_issues, overheads,  # as last run
+                       pictures, precision, predict_stream, serve, tta)
 
     lines += (bases.summary(bases.load()) + ideas.summary(ideas.load())
               + overheads.summary(overheads.load()) + pictures.summary(pictures.load())
               + serve.summary(serve.load()) + label_issues.summary(label_issues.load())
               + tta.summary(tta.load()) + predict_stream.summary(predict_stream.load())
-              + precision.summary(precision.load()))
+              + precision.summary(precision.load()) + devices.summary(devices.load()))
     (ROOT / "docs").mkdir(exist_ok=True)
     (ROOT / "docs" / "benchmarks.md").write_text("\n".join(lines) + "\n")
 

@@ -72,6 +72,10 @@ def cluster():
         raise UsageError(f"TF_CONFIG is not a TensorFlow cluster description ({error!r}); "
                          'expected {"cluster": {"worker": ["host:port", ...]}, '
                          '"task": {"type": "worker", "index": 0}}.') from None
+    if kind not in ("chief", "worker"):
+        raise UsageError(f"TF_CONFIG's task is a {kind!r}: smallcnn runs on the chief and "
+                         "worker tasks of a cluster (MultiWorkerMirroredStrategy has no "
+                         "parameter servers or evaluators).")
     return (kind, index, tasks) if tasks > 1 else None
 
 

@@ -40,7 +40,9 @@ class Classifier:
         self.image_size = int(config["image_size"])
         self._litert = None
         self._without_tensorflow = None
+        self._without_tensorflow_engine = None
         self._not_litert = None  # why the model cannot run in LiteRT, once known
+        self._on_gpus = None  # the model on the GPUs (False: none here), once known
         self.engine = None  # what ran the last predictions (see `_runner`)
 
     @property
@@ -70,11 +72,20 @@ class Classifier:
         engine (LiteRT and Keras differ in the last digits). `self.engine` then says
         which way it is, and why a faster one was not usable.
         """
+        if count >= self.litert_min_images:  # many images: the GPUs, where there are some
+            if self._on_gpus is None:
+                self._on_gpus = self._gpu_engine() or False
+            if self._on_gpus:
+                engine, self.engine = self._on_gpus
+                return lambda images: np.concatenate(
+                    [engine(images[i : i + batch_size]) for i in range(0, len(images), batch_size)])
         if self._without_tensorflow is None:
             self._without_tensorflow = self._base_engine_and_head()
             if not self._without_tensorflow and self._litert_path_cached():
                 self._without_tensorflow = self._litert_engine()
+            self._without_tensorflow_engine = self.engine
         if self._without_tensorflow:
+            self.engine = self._without_tensorflow_engine
             return self._without_tensorflow
         if count >= self.litert_min_images:
             engine = self._litert_engine()
@@ -86,6 +97,21 @@ class Classifier:
                    "converting the model to LiteRT")
         self.engine = f"keras ({why})" if why else "keras"
         return lambda images: self._keras_probabilities(images, batch_size)
+
+    def _gpu_engine(self):
+        """On a machine with GPUs (`SMALLCNN_ENGINE` left at auto), the Keras model on
+        every GPU TensorFlow sees (`CUDA_VISIBLE_DEVICES` chooses), each batch split
+        across them, and what to call it; None elsewhere (LiteRT on a CPU is faster)."""
+        from smallcnn import devices
+        from smallcnn.engine import TensorFlowEngine, chosen_engine
+
+        if chosen_engine() != "auto" or not devices.has_gpu_driver():
+            return None
+        placement = devices.place("auto", "float32")
+        if placement.kind != "gpu":
+            return None
+        return (TensorFlowEngine(placement.working_copy(self.model), placement.strategy()),
+                f"keras on {placement.describe()}")
 
     def batch_runner(self, batch_size=32):
         """The engine for a stream of images (a server): a function of `(n, size, size, 3)`

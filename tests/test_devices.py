@@ -34,6 +34,10 @@ def test_tf_config_without_a_cluster_is_one_machine(monkeypatch):
         {"cluster": {"chief": ["a:1"], "worker": ["b:1", "c:1"]},
          "task": {"type": "worker", "index": 1}}))
     assert devices.cluster() == ("worker", 1, 3)
+    monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": {"worker": ["a:1"], "ps": ["b:1"]},
+                                                "task": {"type": "ps", "index": 0}}))
+    with pytest.raises(UsageError, match="runs on the chief and worker tasks"):
+        devices.cluster()
     monkeypatch.setenv("TF_CONFIG", "{not json")
     with pytest.raises(UsageError, match="TF_CONFIG is not a TensorFlow cluster description"):
         devices.cluster()
@@ -161,3 +165,30 @@ def test_mixed_float16_trains_with_loss_scaling(tiny_data):
     losses = [row["loss"] for row in result.history]
     assert all(np.isfinite(losses)) and losses[-1] < losses[0]
     assert result.metrics["val_accuracy"] >= 0.9
+
+
+def test_predict_runs_a_folder_on_the_gpus_and_a_few_images_as_before(trained, monkeypatch):
+    """Where TensorFlow sees GPUs, many images run in Keras on them (here a CPU device
+    stands in for the GPU); a few images keep the way they ran before (no TensorFlow
+    import for a run with a LiteRT route, this run's eager Keras calls)."""
+    from smallcnn import load
+    from smallcnn.data import find_dataset
+    from smallcnn.pipeline import decode_split
+    from smallcnn.progress import Reporter
+
+    run_dir, data = trained
+    monkeypatch.delenv("SMALLCNN_ENGINE", raising=False)
+    monkeypatch.setattr(devices, "has_gpu_driver", lambda: True)
+    monkeypatch.setattr(devices, "place",
+                        lambda *args, **kwargs: devices.Placement(["/cpu:0"], "float32", "gpu"))
+    classifier = load(run_dir)
+    val = decode_split(find_dataset(data).splits["val"], classifier.image_size, Reporter())
+    many = np.concatenate([val.images] * (classifier.litert_min_images // len(val) + 1))
+    on_gpus = classifier.probabilities(many)
+    assert classifier.engine == "keras on GPU, float32"
+    expected = classifier.model.predict(many.astype(np.float32), verbose=0)
+    np.testing.assert_allclose(on_gpus, expected, atol=1e-5)
+    few = classifier.probabilities(val.images[:3])
+    assert classifier.engine.startswith("keras (3 image(s)")
+    np.testing.assert_allclose(few, expected[:3], atol=1e-3)
+    assert classifier.probabilities(many) is not None and classifier.engine.startswith("keras on")

@@ -104,6 +104,28 @@ def test_two_logical_devices_train_as_two_replicas_into_one_run(tiny_data, tmp_p
     assert metrics["val_accuracy"] >= 0.75
 
 
+def test_extract_splits_its_base_pass_across_two_logical_devices(tiny_data, tmp_path,
+                                                                 base_weights_file):
+    """extract's base pass on 2 devices (the TensorFlow engine, each batch split across
+    the replicas) computes the features one device computes."""
+    options = ["--base", "mobilenet_v2", "--weights", str(base_weights_file), "--image-size",
+               "32", "--epochs", "20"]
+    command = [sys.executable, "-m", "smallcnn", "extract", str(tiny_data), *options,
+               "--devices", "2", "--out", "two"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr[-3000:]
+    metrics = json.loads((tmp_path / "two" / runs.METRICS_FILE).read_text())
+    assert metrics["engine"] == "tensorflow"
+    assert metrics["ran_on"] == "2 logical CPU devices (MirroredStrategy), float32"
+    command[-4:] = ["--engine", "tf", "--out", "one"]  # one device, the same engine
+    env = {**os.environ, "SMALLCNN_CACHE": str(tmp_path / "cache-one")}  # computed anew
+    done = subprocess.run(command, capture_output=True, text=True, timeout=240, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    one = json.loads((tmp_path / "one" / runs.METRICS_FILE).read_text())
+    assert one["ran_on"] == "CPU, float32"
+    assert abs(metrics["val_loss"] - one["val_loss"]) < 1e-3  # the same features, the same head
+
+
 def test_two_workers_train_the_same_weights_and_the_chief_alone_writes_the_run(tiny_data,
                                                                              tmp_path):
     started = start_cluster(tiny_data, tmp_path, {**SMALL, "epochs": 2})

@@ -279,10 +279,11 @@ class Session:
         )
         if self.interrupted:
             metrics["interrupted"] = self.interrupted
-        if self._worker_dir is not None:  # a worker: the chief writes the run
+        if not self.placement.is_chief:  # a cluster's worker: the chief writes the run
             import shutil
 
-            shutil.rmtree(self._worker_dir, ignore_errors=True)
+            if self._worker_dir is not None:
+                shutil.rmtree(self._worker_dir, ignore_errors=True)
             metrics["timings"] = self.timings.report()
             metrics["seconds"] = metrics["timings"]["total"]
             return metrics
