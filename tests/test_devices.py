@@ -192,3 +192,19 @@ def test_predict_runs_a_folder_on_the_gpus_and_a_few_images_as_before(trained, m
     assert classifier.engine.startswith("keras (3 image(s)")
     np.testing.assert_allclose(few, expected[:3], atol=1e-3)
     assert classifier.probabilities(many) is not None and classifier.engine.startswith("keras on")
+
+
+def test_the_cluster_descriptions_in_the_docs_are_ones_smallcnn_reads(monkeypatch):
+    """The README's TF_CONFIG and the indexed Job's (its index filled in) parse as the
+    clusters they describe."""
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    readme = re.search(r"export TF_CONFIG='(.+)'", (root / "README.md").read_text()).group(1)
+    monkeypatch.setenv("TF_CONFIG", readme)
+    assert devices.cluster() == ("worker", 0, 2)
+    manifest = (root / "docs" / "k8s" / "smallcnn-indexed-job.yaml").read_text()
+    line = re.search(r'export TF_CONFIG="(.+)"', manifest).group(1)
+    monkeypatch.setenv("TF_CONFIG", line.replace('\\"', '"').replace("$JOB_COMPLETION_INDEX", "1"))
+    assert devices.cluster() == ("worker", 1, 2)
