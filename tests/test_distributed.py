@@ -19,7 +19,8 @@ from smallcnn.train import Settings
 WORKER = """
 import hashlib, json, sys
 import numpy as np
-from smallcnn.train import Settings, session, train
+from smallcnn import train as api
+from smallcnn.train import Settings, session
 
 finish = session.Session.finish
 def finish_and_digest(self, run_dir, model, *args, **kwargs):
@@ -31,8 +32,10 @@ def finish_and_digest(self, run_dir, model, *args, **kwargs):
                    "decoded": decoded}, f)
     return finish(self, run_dir, model, *args, **kwargs)
 session.Session.finish = finish_and_digest
-settings = Settings(**json.loads(sys.argv[3]))
-result = train(sys.argv[1], settings, out=sys.argv[4] if len(sys.argv) > 4 else None)
+values = json.loads(sys.argv[3])
+command = getattr(api, values.pop("command", "train"))
+result = command(sys.argv[1], settings=Settings(**values),
+                 out=sys.argv[4] if len(sys.argv) > 4 else None)
 print(json.dumps({"run_dir": str(result.run_dir) if result.run_dir else None,
                   "metrics": result.metrics, "worker": result.worker,
                   "interrupted": result.interrupted}))
@@ -143,18 +146,20 @@ def test_two_workers_train_the_same_weights_and_the_chief_alone_writes_the_run(t
     assert (config["distribution"]["workers"], config["distribution"]["replicas"]) == (2, 2)
     assert chief["metrics"]["val_loss"] == worker["metrics"]["val_loss"]
     # What a single process reaches with the same settings, within noise.
-    one = json.loads(subprocess.run(
-        [sys.executable, "-c", WORKER, str(tiny_data), str(tmp_path / "one.json"),
-         json.dumps({**SMALL, "epochs": 2}), str(tmp_path / "one")],
-        capture_output=True, text=True, check=True, env={**os.environ, "TF_CONFIG": ""},
-    ).stdout.strip().splitlines()[-1])
-    assert abs(chief["metrics"]["val_accuracy"] - one["metrics"]["val_accuracy"]) <= 0.25
+    from smallcnn.train import train
+
+    one = train(tiny_data, Settings(**SMALL, epochs=2), out=tmp_path / "one")
+    assert abs(chief["metrics"]["val_accuracy"] - one.metrics["val_accuracy"]) <= 0.25
 
 
-def test_two_workers_each_read_their_own_shard(tiny_data, tmp_path):
-    """With a frozen base each worker decodes half of the training images: its shard."""
-    started = start_cluster(tiny_data, tmp_path, {**SMALL, "epochs": 1, "freeze": True})
+def test_two_workers_finetune_each_reading_their_own_shard(tiny_data, tmp_path):
+    """finetune on a cluster (the head on the frozen base's features, then the top layers
+    too): each worker decodes half of the training images, its shard, and both end with
+    the same weights."""
+    started = start_cluster(tiny_data, tmp_path, {**SMALL, "command": "finetune",
+                                                  "head_epochs": 2, "epochs": 1, "unfreeze": 2})
     results = finished(started)
+    assert results[0][0]["metrics"]["unfrozen_layers"] == ["block4_conv", "block3_conv"]
     shards = [json.loads((cwd / "digest.json").read_text())["decoded"] for _, cwd in results]
     first, second = shards[0]["train/0/2"], shards[1]["train/1/2"]
     assert "train" not in shards[0] and "train" not in shards[1]  # nobody decoded them all
@@ -162,6 +167,10 @@ def test_two_workers_each_read_their_own_shard(tiny_data, tmp_path):
     assert len(first) == len(second) == len(everything) // 2
     assert sorted(first + second) == everything
     assert results[0][0]["metrics"]["val_loss"] == results[1][0]["metrics"]["val_loss"]
+    digests = [json.loads((cwd / "digest.json").read_text()) for _, cwd in results]
+    assert digests[0]["sha256"] == digests[1]["sha256"]
+    history = (results[0][1] / "run" / runs.HISTORY_FILE).read_text()
+    assert "frozen" in history and "finetune" in history
 
 
 def test_sigterm_on_one_worker_stops_both_and_the_chief_keeps_its_best_model(tiny_data,

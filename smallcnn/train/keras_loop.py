@@ -179,8 +179,10 @@ def _augmented_features(session, through_base=True):
     number = 0  # the batch's number over the whole run: it seeds its augmentation
     for rows in _index_batches(len(train), size, rng, full=placement.multi_worker):
         x, y = np.asarray(train.images[rows]), labels[rows]
-        x = augmenter(x, tf.constant(number, tf.int64)).numpy() if augmenter is not None \
-            else x.astype(np.float32)
+        if augmenter is not None:
+            x = augmenter(x, tf.constant(number, tf.int64)).numpy()
+        elif not through_base:  # the model's own input: float pixels
+            x = x.astype(np.float32)
         number += 1
         if lookup is None:
             yield engine(x), y
