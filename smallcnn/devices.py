@@ -206,16 +206,16 @@ def place(devices="auto", precision="auto", note=None, use_cluster=True):
         task = None
     count = None if devices in DEVICE_CHOICES else int(devices)
     if not needs_tensorflow(devices, task is not None):
-        return Placement(["/cpu:0"], "float32" if precision == "auto" else precision)
-    if devices == "cpu":
-        _hide_gpus()
-        return Placement(["/cpu:0"], "float32" if precision == "auto" else precision)
+        return _noted(Placement(["/cpu:0"], "float32" if precision == "auto" else precision),
+                      note)
     from smallcnn.quiet import import_tensorflow
 
     import_tensorflow()
     import tensorflow as tf
 
-    gpus = tf.config.list_physical_devices("GPU")
+    if devices == "cpu":
+        _hide_gpus()
+    gpus = [] if devices == "cpu" else tf.config.list_physical_devices("GPU")
     if gpus:
         chosen = gpus if count is None else gpus[:count]
         if count is not None and count > len(gpus):
@@ -253,6 +253,14 @@ def place(devices="auto", precision="auto", note=None, use_cluster=True):
     if task is not None:
         placement.workers, placement.task = task[2], task[:2]
         placement.strategy()  # before any other operation, as TensorFlow requires
+    return _noted(placement, note)
+
+
+def _noted(placement, note):
+    """The placement, after a line about a choice that will be slow, if it is one."""
+    if placement.kind == "cpu" and placement.precision == "mixed_float16" and note is not None:
+        note("mixed_float16 on a CPU is slow (CPUs have no float16 arithmetic); "
+             "--precision float32 or mixed_bfloat16 run faster here.")
     return placement
 
 

@@ -208,3 +208,16 @@ def test_the_cluster_descriptions_in_the_docs_are_ones_smallcnn_reads(monkeypatc
     line = re.search(r'export TF_CONFIG="(.+)"', manifest).group(1)
     monkeypatch.setenv("TF_CONFIG", line.replace('\\"', '"').replace("$JOB_COMPLETION_INDEX", "1"))
     assert devices.cluster() == ("worker", 1, 2)
+
+
+def test_devices_cpu_in_a_cluster_is_still_a_cluster_worker(monkeypatch):
+    """--devices cpu chooses the device, not whether the machine takes part: the task
+    keeps its place in the cluster (the strategy itself is not created here)."""
+    monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": {"worker": ["a:1", "b:1"]},
+                                                "task": {"type": "worker", "index": 1}}))
+    monkeypatch.setattr(devices.Placement, "strategy", lambda self: None)
+    notes = []
+    placement = devices.place("cpu", "mixed_float16", note=notes.append)
+    assert (placement.devices, placement.workers, placement.replicas) == (["/cpu:0"], 2, 2)
+    assert not placement.is_chief and placement.strategy_name == "MultiWorkerMirroredStrategy"
+    assert notes and "mixed_float16 on a CPU is slow" in notes[0]

@@ -28,9 +28,13 @@ def features_key(session, split, view=None):
         import dataclasses
 
         augmentation = [dataclasses.asdict(s.augmentation()), s.seed, view]
+    # Features computed in mixed precision differ in the third digit: kept apart (float32's
+    # keys are as they were before precisions existed).
+    precision = session.placement.precision
+    mixed = {"precision": precision} if precision != "float32" else {}
     return cache.key("features", base=session.spec.name, preprocessing=session.spec.preprocessing,
                      weights=cache.weights_identity(session.weights), image_size=s.image_size,
-                     files=files, augmentation=augmentation)
+                     files=files, augmentation=augmentation, **mixed)
 
 
 def is_cached(session, name):

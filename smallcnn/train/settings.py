@@ -103,7 +103,7 @@ class Settings:
     engine: str = option("auto", "Engine for the frozen base's forward pass (auto: TensorFlow "
                          "on GPUs or several devices, else LiteRT where it runs; "
                          "$SMALLCNN_ENGINE sets it when this is auto).", str, choices=ENGINES)
-    devices: str = option("auto", f"Devices to train on: {DEVICES_HELP}", str)
+    devices: str = option("auto", f"Devices to run on: {DEVICES_HELP}", str)
     precision: str = option("auto", PRECISION_HELP, str, choices=PRECISIONS)
     class_weight: str = option("none", "balanced: weight each class by the inverse of its "
                                "frequency.", str, choices=CLASS_WEIGHTS)
