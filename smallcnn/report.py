@@ -122,7 +122,9 @@ def build_report(run=None, data=None, out=None, reporter=None):
         f"<p class=sub>{html.escape(config.get('command_line', ''))} &middot; "
         f"{html.escape(str(config.get('created', '')))} &middot; base "
         f"{html.escape(str(config.get('base')))} ({html.escape(str(config.get('weights')))}), "
-        f"{classifier.image_size} px</p>",
+        f"{classifier.image_size} px"
+        + (f" &middot; ran on {html.escape(metrics['ran_on'])}" if metrics.get("ran_on") else "")
+        + "</p>",
         f"<div class=cards>{cards_html}</div>",
         f"<h2>Data</h2><p class=sub>{html.escape(str(evaluation.data))}</p>",
         _table(["class", *counts], data_rows),

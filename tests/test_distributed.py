@@ -154,12 +154,15 @@ def test_two_workers_train_the_same_weights_and_the_chief_alone_writes_the_run(t
 
 def test_two_workers_finetune_each_reading_their_own_shard(tiny_data, tmp_path):
     """finetune on a cluster (the head on the frozen base's features, then the top layers
-    too): each worker decodes half of the training images, its shard, and both end with
-    the same weights."""
+    too), in mixed_float16 (loss scaling in the cluster's own train step): each worker
+    decodes half of the training images, its shard, and both end with the same weights."""
     started = start_cluster(tiny_data, tmp_path, {**SMALL, "command": "finetune",
-                                                  "head_epochs": 2, "epochs": 1, "unfreeze": 2})
+                                                  "head_epochs": 2, "epochs": 1, "unfreeze": 2,
+                                                  "precision": "mixed_float16"})
     results = finished(started)
     assert results[0][0]["metrics"]["unfrozen_layers"] == ["block4_conv", "block3_conv"]
+    assert results[0][0]["metrics"]["ran_on"].endswith("(MultiWorkerMirroredStrategy), "
+                                                       "mixed_float16")
     shards = [json.loads((cwd / "digest.json").read_text())["decoded"] for _, cwd in results]
     first, second = shards[0]["train/0/2"], shards[1]["train/1/2"]
     assert "train" not in shards[0] and "train" not in shards[1]  # nobody decoded them all

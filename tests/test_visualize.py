@@ -261,6 +261,8 @@ def test_report_is_one_self_contained_page(objects, hard, tmp_path):
     for heading in ("Data", "Training curves", "Validation: per class",
                     "Misclassified validation images", "Settings"):
         assert f"<h2>{heading}" in page
+    ran_on = json.loads((copy / "metrics.json").read_text())["ran_on"]
+    assert f"ran on {ran_on}" in page  # the devices and precision it trained on
     # No external resource: every image is embedded, and each is a real picture.
     assert not re.search(r'(src|href)="(?!data:)', page)
     images = re.findall(r'src="data:image/png;base64,([^"]+)"', page)
