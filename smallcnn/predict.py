@@ -76,9 +76,10 @@ class Classifier:
             if self._on_gpus is None:
                 self._on_gpus = self._gpu_engine() or False
             if self._on_gpus:
+                from smallcnn.engine import compute_features
+
                 engine, self.engine = self._on_gpus
-                return lambda images: np.concatenate(
-                    [engine(images[i : i + batch_size]) for i in range(0, len(images), batch_size)])
+                return lambda images: compute_features(engine, images, batch_size)
         if self._without_tensorflow is None:
             self._without_tensorflow = self._base_engine_and_head()
             if not self._without_tensorflow and self._litert_path_cached():
