@@ -5,15 +5,19 @@ split, as Keras' `flow_from_dataframe` and fastai's `from_csv` take them.
     cats/001.jpg,cat,train        (PATH_COLUMNS, LABEL_COLUMNS, SPLIT_COLUMNS) or named
     dogs/014.jpg,dog,val          with --path-column, --label-column, --split-column
 
-File names are relative to the table's folder, or to --images DIR. The delimiter (comma,
-semicolon or tab) is detected; the text must be UTF-8 (a byte-order mark is fine). A bad
-table is refused with one line that names the row (rows count from 1, the header being
-row 1, as a spreadsheet shows them).
+File names are relative to the table's folder, or to --images DIR, and must name files
+under it (an absolute name too: `--images /` takes any). The delimiter (comma, semicolon
+or tab) is detected; the text must be UTF-8 (a byte-order mark is fine); the csv module
+reads the records, so a quoted cell may hold the delimiter or a line break. A bad table is
+refused with one line that names the row (rows count from 1, the header being row 1, as
+a spreadsheet shows them).
 """
 
 import csv
 import dataclasses
+import io
 import os
+import re
 from pathlib import Path
 from typing import Optional
 
@@ -27,6 +31,8 @@ SPLIT_COLUMNS = ("split", "set", "fold")
 SPLIT_VALUES = {"train": "train", "training": "train", "val": "val", "valid": "val",
                 "validation": "val", "test": "test", "testing": "test"}
 DELIMITERS = ",;\t"
+SNIFF_LINES = 20  # the delimiter is guessed from the first lines ...
+SNIFF_CHARS = 65536  # ... at most this much of them
 # A label holding one of these (not the file's delimiter) is taken for several labels.
 MULTI_LABEL_SEPARATORS = ("|", ";", ",")
 
@@ -97,41 +103,25 @@ def read_table(path, images=None, options=TableOptions()):
     images = Path(images).expanduser() if images else path.parent
     if not images.is_dir():
         raise DataError(f"--images {str(images)!r} is not a folder.")
-    text = _text(path)
-    lines = text.splitlines()
-    if not lines or not lines[0].strip():
-        raise DataError(f"{str(path)!r} is empty; it needs a header row naming its columns "
-                        f"(such as filename,label).")
-    delimiter = _delimiter(text)
-    reader = csv.reader(lines, delimiter=delimiter)
-    header = [name.strip() for name in next(reader)]
+    header, delimiter, records = read_records(path)
     columns = _columns(header, path, options, delimiter)
     rows, seen = [], {}
-    for number, row in enumerate(reader, start=2):
+    for number, row in records:
         if not any(cell.strip() for cell in row):
             continue  # blank line
         if len(row) < len(header):
             raise DataError(f"Row {number} of {str(path)!r} has {len(row)} cell(s) where the "
-                            f"header has {len(header)}: {delimiter.join(row)!r}.")
-        name, label = row[columns["path"]].strip(), row[columns["label"]].strip()
+                            f"header has {len(header)}: {delimiter.join(row)[:80]!r}.")
+        name = row[columns["path"]].strip()
         where = f"Row {number} of {str(path)!r}"
         if not name:
             raise DataError(f"{where} has no file name.")
-        if not label:
-            raise DataError(f"{where} has an empty label for {name!r}.")
-        several = [s for s in MULTI_LABEL_SEPARATORS if s != delimiter and s in label]
-        if several:
-            raise DataError(f"{where} gives {name!r} the label {label!r}, which looks like "
-                            f"several labels (separated by {several[0]!r}); multi-label data "
-                            "is not supported yet: one label per image.")
-        split = None
-        if "split" in columns:
-            value = row[columns["split"]].strip()
-            split = SPLIT_VALUES.get(value.lower())
-            if split is None:
-                raise DataError(f"{where} has the unknown split {value!r} for {name!r}; use "
-                                f"train, val (or validation) or test.")
+        label, split = _label_and_split(row, columns, where, name, delimiter)
         file = os.path.normpath(images / name)
+        if not is_inside(file, images):
+            raise DataError(f"{where} names {name!r}, outside the images folder "
+                            f"{str(images)!r}; list files under it, or give --images a folder "
+                            "that holds them all.")
         if file in seen:
             first, first_label = seen[file]
             if first_label != label:
@@ -150,6 +140,62 @@ def read_table(path, images=None, options=TableOptions()):
     return Table(str(path), str(images), rows, "split" in columns)
 
 
+def _label_and_split(row, columns, where, name, delimiter):
+    """The label and the split (or None) of a row, checked; `where` names the row."""
+    label = row[columns["label"]].strip()
+    if not label:
+        raise DataError(f"{where} has an empty label for {name!r}.")
+    if "\n" in label or "\r" in label:  # what a quote left open swallows
+        raise DataError(f"{where} gives {name!r} a label that runs over several lines "
+                        f"({label[:40]!r}...); is a quote left open on that row?")
+    several = [s for s in MULTI_LABEL_SEPARATORS if s != delimiter and s in label]
+    if several:
+        raise DataError(f"{where} gives {name!r} the label {label!r}, which looks like "
+                        f"several labels (separated by {several[0]!r}); multi-label data "
+                        "is not supported yet: one label per image.")
+    if "split" not in columns:
+        return label, None
+    value = row[columns["split"]].strip()
+    split = SPLIT_VALUES.get(value.lower())
+    if split is None:
+        raise DataError(f"{where} has the unknown split {value!r} for {name!r}; use "
+                        f"train, val (or validation) or test.")
+    return label, split
+
+
+def read_records(path):
+    """The header (its cells stripped), the delimiter and the rows of a table file, as
+    the csv module reads them: `[(row number, cells)]`, the header being row 1.
+
+    Raises:
+        DataError: the file cannot be read, is not UTF-8, or is not CSV; or has no header.
+    """
+    path = Path(path)
+    text = _text(path)
+    delimiter = _delimiter(text)
+    records = []
+    try:  # records, not lines: a quoted cell may hold a line break
+        records.extend(csv.reader(io.StringIO(text, newline=""), delimiter=delimiter))
+    except csv.Error as error:
+        raise DataError(f"Row {len(records) + 1} of {str(path)!r} cannot be read as CSV "
+                        f"({error}); is a quote left open?") from None
+    if not records or not any(cell.strip() for cell in records[0]):
+        raise DataError(f"{str(path)!r} is empty; it needs a header row naming its columns "
+                        f"(such as filename,label).")
+    header = [name.strip() for name in records[0]]
+    return header, delimiter, list(enumerate(records[1:], start=2))
+
+
+def is_inside(file, folder):
+    """Whether the path `file` names a place under `folder` (by name: links are not
+    followed, for a data set may gather its files by links)."""
+    file, folder = os.path.abspath(file), os.path.abspath(folder)
+    try:
+        return os.path.commonpath([file, folder]) == folder
+    except ValueError:  # another drive
+        return False
+
+
 def _text(path):
     try:
         data = path.read_bytes()
@@ -164,11 +210,13 @@ def _text(path):
 
 
 def _delimiter(text):
-    sample = "\n".join(text.splitlines()[:20])
+    # Lines as the csv module ends them (str.splitlines also ends them at form feeds and
+    # other separators that a cell may hold).
+    lines = re.split(r"\r\n|\r|\n", text[:SNIFF_CHARS], maxsplit=SNIFF_LINES)[:SNIFF_LINES]
     try:
-        return csv.Sniffer().sniff(sample, delimiters=DELIMITERS).delimiter
+        return csv.Sniffer().sniff("\n".join(lines), delimiters=DELIMITERS).delimiter
     except csv.Error:  # one column, or no consistent delimiter: the header says
-        header = text.splitlines()[0]
+        header = lines[0]
         return max(DELIMITERS, key=header.count) if any(d in header for d in DELIMITERS) else ","
 
 

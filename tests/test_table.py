@@ -1,6 +1,7 @@
 """Labels from a CSV table: every command that takes DATA takes one; bad tables get one
 line that names the row."""
 
+import csv
 import json
 
 import pytest
@@ -8,7 +9,7 @@ from conftest import invoke, make_dataset
 
 from smallcnn.data import find_dataset
 from smallcnn.errors import DataError, UsageError
-from smallcnn.table import TableOptions
+from smallcnn.table import TableOptions, read_table
 
 
 @pytest.fixture
@@ -129,3 +130,49 @@ def test_check_extract_and_evaluate_take_a_table(flat, tmp_path):
 
     missing = invoke("check", images, "--labels", tmp_path / "nope.csv")
     assert missing.exit_code == DataError.exit_code and "nope.csv" in missing.output
+
+
+def test_a_quoted_cell_may_hold_a_line_break(flat, tmp_path):
+    images, labels = flat
+    names = sorted(labels)
+    odd = images / "two\nlines.png"  # a file name may hold a line break, quoted in CSV
+    (images / names[0]).rename(odd)
+    labels[odd.name] = labels.pop(names[0])
+    notes = ["a note\non two lines", "a form\x0cfeed", "a line\u2028separator", "plain"]
+    with open(tmp_path / "labels.csv", "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f, delimiter=";")  # the delimiter is still found
+        writer.writerow(["filename", "note", "label"])
+        writer.writerows([n, notes[i % len(notes)], labels[n]] for i, n in enumerate(sorted(labels)))
+    table = read_table(tmp_path / "labels.csv", images)
+    assert [file for _, file, _, _ in table.rows] == [str(images / n) for n in sorted(labels)]
+    assert [number for number, _, _, _ in table.rows] == list(range(2, len(labels) + 2))
+    assert {label for _, _, label, _ in table.rows} == {"red", "blue"}
+
+
+def test_a_quote_left_open_or_a_huge_cell_is_refused_naming_the_row(flat):
+    images, _ = flat
+    table = write(images / "labels.csv", ["filename,label", 'img_000.png,"red', "img_001.png,blue"])
+    with pytest.raises(DataError, match=f"Row 2 of {str(table)!r} gives 'img_000.png' a label "
+                                        "that runs over several lines .*a quote left open"):
+        find_dataset(table)
+    table = write(images / "labels.csv", ["filename,label", "img_000.png,red",
+                                          'img_001.png,"' + "x" * (csv.field_size_limit() + 1)])
+    with pytest.raises(DataError, match=f"Row 3 of {str(table)!r} cannot be read as CSV"):
+        find_dataset(table)
+
+
+def test_a_file_outside_the_images_folder_is_refused_naming_the_row(flat, tmp_path):
+    images, labels = flat
+    name = sorted(labels)[0]
+    outside = tmp_path / "outside.png"
+    outside.write_bytes((images / name).read_bytes())
+    for listed in ("../outside.png", str(outside), f"{name}/../../outside.png"):
+        table = write(images / "labels.csv", ["filename,label", f"{name},red", f"{listed},red"])
+        with pytest.raises(DataError, match=f"Row 3 of {str(table)!r} names {listed!r}, outside "
+                                            f"the images folder {str(images)!r}; list files "
+                                            "under it, or give --images a folder"):
+            read_table(table)
+    # What would work: an images folder that holds them all (absolute names: the root).
+    table = write(images / "labels.csv", ["filename,label", f"{images / name},red",
+                                          f"{outside},blue"])
+    assert len(read_table(table, images=images.anchor).rows) == 2
