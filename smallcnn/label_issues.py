@@ -178,7 +178,7 @@ def nearest_neighbours(features, k=NEIGHBOURS):
 
 
 def find_label_issues(data, settings=None, table=None, folds=FOLDS, neighbours=NEIGHBOURS,
-                      outlier_quantile=OUTLIER_QUANTILE, reporter=None):
+                      outlier_quantile=OUTLIER_QUANTILE, reporter=None, before_data=None):
     """Likely label errors and outliers among the train and val images of a data set.
 
     Args:
@@ -186,6 +186,8 @@ def find_label_issues(data, settings=None, table=None, folds=FOLDS, neighbours=N
         settings: a `smallcnn.train.Settings` (base, image size, head options); unset
             values take extract's defaults. The features come from extract's cache.
         table: table options, as `find_dataset` takes them (or in `settings`).
+        before_data: called with the `Session` once the data set is found, before any
+            image is read: for refusals that need no analysis.
 
     Returns:
         `(report, dataset)`: a `LabelReport` and the `smallcnn.data.Dataset` it is about.
@@ -199,7 +201,7 @@ def find_label_issues(data, settings=None, table=None, folds=FOLDS, neighbours=N
     if table is not None:
         settings = dataclasses.replace(settings, **{k: v for k, v in
                                                     dataclasses.asdict(table).items() if v})
-    session = Session("extract", data, settings, reporter)
+    session = Session("extract", data, settings, reporter, before_data=before_data)
     s = session.settings
     features, labels, paths, splits = [], [], [], []
     for name in ("train", "val"):

@@ -5,8 +5,9 @@ split, as Keras' `flow_from_dataframe` and fastai's `from_csv` take them.
     cats/001.jpg,cat,train        (PATH_COLUMNS, LABEL_COLUMNS, SPLIT_COLUMNS) or named
     dogs/014.jpg,dog,val          with --path-column, --label-column, --split-column
 
-File names are relative to the table's folder, or to --images DIR, and must name files
-under it (an absolute name too: `--images /` takes any). The delimiter (comma, semicolon
+File names are relative to the table's folder, or to --images DIR, and stay under it (a
+relative name that leads out of it by `..` is refused); an absolute name is taken as it
+is, as Keras' `flow_from_dataframe` takes them without a directory. The delimiter (comma, semicolon
 or tab) is detected; the text must be UTF-8 (a byte-order mark is fine); the csv module
 reads the records, so a quoted cell may hold the delimiter or a line break. A bad table is
 refused with one line that names the row (rows count from 1, the header being row 1, as
@@ -103,10 +104,11 @@ def read_table(path, images=None, options=TableOptions()):
     images = Path(images).expanduser() if images else path.parent
     if not images.is_dir():
         raise DataError(f"--images {str(images)!r} is not a folder.")
-    header, delimiter, records = read_records(path)
-    columns = _columns(header, path, options, delimiter)
+    delimiter, records = read_records(path)
+    header = [name.strip() for name in records[0][1]]
+    columns = find_columns(header, path, options, delimiter)
     rows, seen = [], {}
-    for number, row in records:
+    for number, row in records[1:]:
         if not any(cell.strip() for cell in row):
             continue  # blank line
         if len(row) < len(header):
@@ -118,10 +120,10 @@ def read_table(path, images=None, options=TableOptions()):
             raise DataError(f"{where} has no file name.")
         label, split = _label_and_split(row, columns, where, name, delimiter)
         file = os.path.normpath(images / name)
-        if not is_inside(file, images):
+        if not os.path.isabs(name) and not is_inside(file, images):
             raise DataError(f"{where} names {name!r}, outside the images folder "
-                            f"{str(images)!r}; list files under it, or give --images a folder "
-                            "that holds them all.")
+                            f"{str(images)!r}; name it from inside that folder or by an "
+                            "absolute name, or give --images a folder that holds them all.")
         if file in seen:
             first, first_label = seen[file]
             if first_label != label:
@@ -164,8 +166,8 @@ def _label_and_split(row, columns, where, name, delimiter):
 
 
 def read_records(path):
-    """The header (its cells stripped), the delimiter and the rows of a table file, as
-    the csv module reads them: `[(row number, cells)]`, the header being row 1.
+    """The delimiter and the rows of a table file as the csv module reads them:
+    `[(row number, cells)]`, the header first, as row 1.
 
     Raises:
         DataError: the file cannot be read, is not UTF-8, or is not CSV; or has no header.
@@ -182,8 +184,7 @@ def read_records(path):
     if not records or not any(cell.strip() for cell in records[0]):
         raise DataError(f"{str(path)!r} is empty; it needs a header row naming its columns "
                         f"(such as filename,label).")
-    header = [name.strip() for name in records[0]]
-    return header, delimiter, list(enumerate(records[1:], start=2))
+    return delimiter, list(enumerate(records, start=1))
 
 
 def is_inside(file, folder):
@@ -220,7 +221,7 @@ def _delimiter(text):
         return max(DELIMITERS, key=header.count) if any(d in header for d in DELIMITERS) else ","
 
 
-def _columns(header, path, options, delimiter):
+def find_columns(header, path, options, delimiter):
     """{"path": index, "label": index[, "split": index]} of the header's columns."""
     lowered = [name.lower() for name in header]
     found = {}

@@ -142,7 +142,8 @@ def test_a_quoted_cell_may_hold_a_line_break(flat, tmp_path):
     with open(tmp_path / "labels.csv", "w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f, delimiter=";")  # the delimiter is still found
         writer.writerow(["filename", "note", "label"])
-        writer.writerows([n, notes[i % len(notes)], labels[n]] for i, n in enumerate(sorted(labels)))
+        writer.writerows([n, notes[i % len(notes)], labels[n]]
+                         for i, n in enumerate(sorted(labels)))
     table = read_table(tmp_path / "labels.csv", images)
     assert [file for _, file, _, _ in table.rows] == [str(images / n) for n in sorted(labels)]
     assert [number for number, _, _, _ in table.rows] == list(range(2, len(labels) + 2))
@@ -161,18 +162,20 @@ def test_a_quote_left_open_or_a_huge_cell_is_refused_naming_the_row(flat):
         find_dataset(table)
 
 
-def test_a_file_outside_the_images_folder_is_refused_naming_the_row(flat, tmp_path):
+def test_a_name_leading_out_of_the_images_folder_is_refused_naming_the_row(flat, tmp_path):
     images, labels = flat
     name = sorted(labels)[0]
     outside = tmp_path / "outside.png"
     outside.write_bytes((images / name).read_bytes())
-    for listed in ("../outside.png", str(outside), f"{name}/../../outside.png"):
+    for listed in ("../outside.png", f"{name}/../../outside.png"):
         table = write(images / "labels.csv", ["filename,label", f"{name},red", f"{listed},red"])
         with pytest.raises(DataError, match=f"Row 3 of {str(table)!r} names {listed!r}, outside "
-                                            f"the images folder {str(images)!r}; list files "
-                                            "under it, or give --images a folder"):
+                                            f"the images folder {str(images)!r}; name it from "
+                                            "inside that folder or by an absolute name"):
             read_table(table)
-    # What would work: an images folder that holds them all (absolute names: the root).
-    table = write(images / "labels.csv", ["filename,label", f"{images / name},red",
-                                          f"{outside},blue"])
-    assert len(read_table(table, images=images.anchor).rows) == 2
+    # What would work: an absolute name (Keras' convention), or an images folder above.
+    table = write(images / "labels.csv", ["filename,label", f"{name},red", f"{outside},blue"])
+    assert [row[1] for row in read_table(table).rows] == [str(images / name), str(outside)]
+    table = write(images / "labels.csv", ["filename,label", f"images/{name},red",
+                                          "outside.png,blue"])
+    assert len(read_table(table, images=tmp_path).rows) == 2
