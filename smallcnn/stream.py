@@ -2,16 +2,30 @@
 
 One line per image, `predict --json`'s object (or `{"path", "error"}` for a file that
 cannot be read), written and flushed a chunk of images at a time, so memory stays that
-of one chunk and an interrupted run keeps what it wrote. A rerun skips the images the
-file already has a line for, and first cuts off a last line that an interruption left
-half-written.
+of one chunk and an interrupted run keeps what it wrote. A rerun predicts only the images
+the file has no line for.
+
+The file is checked whole before anything is written, and a file that is not this
+command's lines, a damaged line, lines of classes the model lacks, the --list file or an
+image to predict are refused with the file left as it was. The one thing ever cut off is
+a last line without its end of line that is the beginning of a line this command writes:
+what a run killed while writing leaves.
 """
 
+import contextlib
+import dataclasses
 import json
 import os
+import stat
 from pathlib import Path
 
 from smallcnn.errors import UsageError
+from smallcnn.predict import Prediction
+
+PREDICTION_KEYS = tuple(field.name for field in dataclasses.fields(Prediction))
+ERROR_KEYS = ("path", "error")  # the line of an image that cannot be read
+# Far beyond any line this command writes; bounds what reading a file of something else costs.
+MAX_LINE_BYTES = 16 * 2**20
 
 
 def read_paths(listing):
@@ -23,60 +37,231 @@ def read_paths(listing):
     return [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
 
 
+def image_key(path):
+    """One image however its path is written (`./a.jpg`, `a//a.jpg`, absolute), as the
+    current folder resolves it."""
+    return os.path.normcase(os.path.abspath(path))
+
+
 def images_of(images, listing=None):
-    """The image files of `images` (files and folders) and of the list file `listing`."""
+    """The image files of `images` (files and folders) and of the list file `listing`,
+    each once: the first way it is written, as pathlib writes it (`./a.jpg` is `a.jpg`)."""
     from smallcnn.predict import expand_paths
 
-    paths = expand_paths(images) + (read_paths(listing) if listing else [])
-    if not paths:
+    listed = [str(Path(path)) for path in read_paths(listing)] if listing else []
+    unique = {}
+    for path in expand_paths(images) + listed:
+        unique.setdefault(image_key(path), path)
+    if not unique:
         raise UsageError("No images: give image files or folders, or --list FILE.")
-    return paths
+    return list(unique.values())
 
 
-def done_paths(out):
-    """The paths that `out` already has a line for; a half-written last line is cut off."""
-    out = Path(out)
-    if not out.exists():
-        return set()
-    done, good_bytes = set(), 0
-    with open(out, "rb") as f:
-        for raw in f:
+def _line(record):
+    return json.dumps(record) + "\n"
+
+
+def _line_start(record):
+    """How the line of `record`, whose last value is "", begins, up to that value's quote."""
+    return _line(record)[: -len('"}\n')]
+
+
+def _problem(record):
+    """Why `record` is not a line of this command, or None."""
+    if not isinstance(record, dict) or not isinstance(record.get("path"), str):
+        return "not an object with a path"
+    if set(record) == set(ERROR_KEYS):
+        return None if isinstance(record["error"], str) else "an error that is not text"
+    if set(record) != set(PREDICTION_KEYS):
+        return (f"not the keys of a prediction ({', '.join(PREDICTION_KEYS)}) "
+                f"or of an unreadable image ({', '.join(ERROR_KEYS)})")
+    top = record["top"]
+    if not (isinstance(record["label"], str) and isinstance(top, list)
+            and isinstance(record["probability"], (int, float))
+            and all(isinstance(entry, dict) and isinstance(entry.get("label"), str)
+                    for entry in top)):
+        return "a label, probability or top list that is not a prediction's"
+    return None
+
+
+def _half_written(fragment):
+    """Whether `fragment`, a last line without its end of line, is the beginning of a
+    line this command writes (json.dumps: printable ASCII), as a killed run leaves it."""
+    try:
+        text = fragment.decode("ascii")
+    except UnicodeDecodeError:
+        return False
+    head = _line_start({"path": ""})
+    if not text.isprintable():
+        return False
+    if not text.startswith(head):
+        return head.startswith(text)  # cut inside the head
+    try:
+        path = json.decoder.scanstring(text, len(head))[0]
+    except ValueError:
+        return True  # cut inside the path
+    # Each line's second key: "label", or "error" for an image that cannot be read.
+    starts = [_line_start({"path": path, keys[1]: ""}) for keys in (PREDICTION_KEYS, ERROR_KEYS)]
+    if not any(text.startswith(start) or start.startswith(text) for start in starts):
+        return False
+    try:
+        record = json.loads(text)
+    except (ValueError, RecursionError):
+        return True  # cut later in the line
+    return _problem(record) is None  # whole but for its end of line
+
+
+class PredictionsFile:
+    """A --jsonl file as this run finds it, checked whole on creation: the images it has
+    a line for (`done`) and the classes its lines name. Nothing is written before `appending`."""
+
+    def __init__(self, path, images=(), listing=None):
+        self.path = Path(path)
+        self.done, self.labels = set(), set()
+        self.size, self.cut = 0, b""  # bytes of whole lines; a half-written last line
+        self._refuse_inputs(images, listing)
+        try:
+            mode = self.path.stat().st_mode
+        except FileNotFoundError:
+            mode = None  # made (with its folder) when the first lines come
+        except OSError as error:
+            raise UsageError(f"Cannot use --jsonl {str(path)!r} ({error}).") from None
+        if mode is not None and stat.S_ISDIR(mode):
+            raise UsageError(f"--jsonl {str(path)!r} is a folder: name a file, such as "
+                             f"{str(self.path / 'predictions.jsonl')!r}.")
+        # A device or a pipe (/dev/stdout) is written to, never read: nothing to resume.
+        self.regular = mode is None or stat.S_ISREG(mode)
+        if mode is not None and self.regular:
+            self._read()
+
+    def _refuse_inputs(self, images, listing):
+        if listing is not None and _same_file(listing, self.path):
+            raise UsageError(f"--list and --jsonl name the same file ({str(listing)!r}), whose "
+                             "paths predictions would replace: give --jsonl another file.")
+        keys = {image_key(self.path), image_key(os.path.realpath(self.path))}
+        clash = next((image for image in images if image_key(image) in keys), None)
+        if clash is not None:
+            raise UsageError(f"--jsonl {str(self.path)!r} is also an image to predict "
+                             f"({clash!r}): give --jsonl another file.")
+
+    def _read(self):
+        try:
+            with open(self.path, "rb") as f:
+                number = 0
+                while raw := f.readline(MAX_LINE_BYTES + 1):
+                    number += 1
+                    if not raw.endswith(b"\n") and len(raw) <= MAX_LINE_BYTES:
+                        if not _half_written(raw):
+                            self._refuse(number, "no end of line, and not the beginning of a "
+                                                 "line this command writes")
+                        self.cut = raw
+                        break
+                    self._take(number, raw)
+        except OSError as error:
+            raise UsageError(f"Cannot read --jsonl {str(self.path)!r} ({error}).") from None
+
+    def _take(self, number, raw):
+        """Adds line `number` (its bytes `raw`, end of line included) to what is done."""
+        if len(raw) > MAX_LINE_BYTES:
+            self._refuse(number, f"longer than {MAX_LINE_BYTES:,} bytes")
+        try:
+            record = json.loads(raw)
+        except json.JSONDecodeError as error:
+            self._refuse(number, f"not JSON: {error.msg}" if raw.strip() else "an empty line")
+        except (ValueError, RecursionError):  # not UTF-8, nested too deep, a giant number
+            self._refuse(number, "not JSON that can be read")
+        problem = _problem(record)
+        if problem:
+            self._refuse(number, problem)
+        self.done.add(image_key(record["path"]))
+        if "label" in record:
+            self.labels.update([record["label"], *(entry["label"] for entry in record["top"])])
+        self.size += len(raw)
+
+    def _refuse(self, number, why):
+        where = str(self.path)
+        if number == 1:
+            raise UsageError(f"--jsonl {where!r} is not a file of predict --jsonl lines (line 1: "
+                             f"{why}); it is left as it was: give --jsonl a new file.")
+        raise UsageError(f"--jsonl {where!r}: line {number} is damaged ({why}); the file is "
+                         "left as it was: repair or delete that line, or give --jsonl another file.")
+
+    def check_classes(self, class_names):
+        """Refuses lines that name classes the model lacks: another model wrote them."""
+        unknown = sorted(self.labels - set(class_names))
+        if unknown:
+            raise UsageError(
+                f"--jsonl {str(self.path)!r} has predictions of classes this model does not have "
+                f"({', '.join(map(repr, unknown[:3]))}): another model wrote it; give --jsonl "
+                "another file.")
+
+    @contextlib.contextmanager
+    def appending(self):
+        """A function that adds the lines of records to the file, flushed to disk. The file
+        is opened, and a half-written last line cut off, when the first records come."""
+        opened = []
+
+        def append(records):
             try:
-                if not raw.endswith(b"\n"):
-                    raise ValueError("no end of line")
-                done.add(json.loads(raw)["path"])
-            except (ValueError, KeyError, TypeError):
-                break  # from here on, the interrupted end of an earlier run
-            good_bytes += len(raw)
-    if good_bytes < out.stat().st_size:
-        with open(out, "r+b") as f:
-            f.truncate(good_bytes)
-    return done
+                if not opened:
+                    opened.append(self._open())
+                opened[0].write("".join(map(_line, records)))
+                opened[0].flush()
+                if self.regular:
+                    os.fsync(opened[0].fileno())
+            except OSError as error:
+                raise UsageError(f"Cannot write --jsonl {str(self.path)!r} ({error}); the lines "
+                                 "written before are kept: run again to go on.") from None
+
+        try:
+            yield append
+            if not opened and self.cut:  # nothing new, yet the file ends as whole lines
+                append([])
+        finally:
+            for f in opened:
+                f.close()
+
+    def _open(self):
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if self.cut:
+            with open(self.path, "r+b") as f:
+                f.seek(self.size)
+                if f.read() != self.cut:  # another run wrote to it since it was read
+                    raise UsageError(f"--jsonl {str(self.path)!r} changed while this run read it "
+                                     "(another run writing to it?); it is left as it is.")
+                f.truncate(self.size)
+        return open(self.path, "a", encoding="utf-8")
+
+
+def _same_file(a, b):
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one of them does not exist (yet)
+        return image_key(os.path.realpath(a)) == image_key(os.path.realpath(b))
 
 
 def predict_jsonl(classifier, paths, out, top_k=3, batch_size=32, tta=False, progress=None):
-    """Appends a line per image of `paths` not yet in `out`; `progress`, if given, is
-    called with the number of `paths` done (those skipped included).
+    """Appends a line per image of `paths` not yet in `out` (a path or a checked
+    `PredictionsFile`); `progress`, if given, is called with the number of `paths` done
+    (those skipped included).
 
     Returns:
         `{"written", "skipped", "unreadable"}`: counts of this call.
     """
     from smallcnn.tta import views_of
 
-    done = done_paths(out)
-    todo = [str(p) for p in paths if str(p) not in done]
+    file = out if isinstance(out, PredictionsFile) else PredictionsFile(out, paths)
+    file.check_classes(classifier.class_names)
+    todo = [str(p) for p in paths if image_key(p) not in file.done]
     counts = {"written": 0, "skipped": len(paths) - len(todo), "unreadable": 0}
     skipped = counts["skipped"]
     advance = (lambda done: progress(skipped + done)) if progress else None
-    with open(out, "a", encoding="utf-8") as f:
+    with file.appending() as append:
         for rows, kept, failures in classifier.iter_probabilities(
                 todo, batch_size, advance, views_of(tta)):
-            for index, row in zip(kept, rows):
-                f.write(json.dumps(classifier.prediction(todo[index], row, top_k).to_dict()) + "\n")
-            for failure in failures:
-                f.write(json.dumps({"path": failure.path, "error": str(failure)}) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+            append([classifier.prediction(todo[index], row, top_k).to_dict()
+                    for index, row in zip(kept, rows)]
+                   + [dict(zip(ERROR_KEYS, (failure.path, str(failure)))) for failure in failures])
             counts["written"] += len(kept)
             counts["unreadable"] += len(failures)
     return counts
@@ -91,8 +276,9 @@ def predict_to_file(images, out, model=None, listing=None, top_k=3, batch_size=3
 
     check_counts(top_k, batch_size)
     paths = images_of(images, listing)
+    file = PredictionsFile(out, paths, listing)  # checked before the model loads
     classifier = load(model)
     reporter = reporter or Reporter()
     with reporter.progress(f"Predicting into {out}", len(paths)) as advance:
-        counts = predict_jsonl(classifier, paths, out, top_k, batch_size, tta, advance)
+        counts = predict_jsonl(classifier, paths, file, top_k, batch_size, tta, advance)
     return counts, classifier.engine

@@ -58,3 +58,160 @@ def test_a_list_file_names_the_images(trained, tmp_path):
     assert all(p["label"] == "blue" for p in json.loads(result.stdout))
     nothing = invoke("predict", "--model", run)
     assert nothing.exit_code == 2 and "No images" in nothing.output
+
+
+def checksum(path):
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def a_few_lines(run, data, tmp_path, count=3):
+    """A --jsonl file of `count` predictions, as an earlier run wrote it: (file, images)."""
+    images = sorted(str(p) for p in (data / "val").rglob("*.png"))[:count]
+    out = tmp_path / "earlier.jsonl"
+    result = invoke("predict", *images, "--model", run, "--jsonl", out)
+    assert result.exit_code == 0, result.output
+    return out, images
+
+
+def assert_refused(result, path, before, *words):
+    """Refused in one line naming what is wrong, with `path` byte for byte as it was."""
+    from smallcnn.errors import UsageError
+
+    assert result.exit_code == UsageError.exit_code, result.output
+    assert result.output.count("error:") == 1 and "Traceback" not in result.output
+    message = " ".join(result.output.split())
+    assert all(word in message for word in words), result.output
+    assert checksum(path) == before
+
+
+def test_a_file_of_something_else_is_refused_and_left_as_it_was(trained, tmp_path):
+    run, data = trained
+    out, images = a_few_lines(run, data, tmp_path)
+    predictions = lines(out)
+    others = {
+        "document.json": json.dumps(predictions, indent=2) + "\n",  # pretty-printed
+        "table.csv": "path,label\n" + "".join(f"{p},red\n" for p in images),
+        "list.txt": "\n".join(images) + "\n",
+        "other.jsonl": "".join(json.dumps({"path": p, "score": 1}) + "\n" for p in images),
+        "nested.jsonl": "[" * 100_000 + "\n",
+        "binary.jsonl": bytes(range(256)) * 64,
+    }
+    for name, content in others.items():
+        other = tmp_path / name
+        (other.write_bytes if isinstance(content, bytes) else other.write_text)(content)
+        before = checksum(other)
+        result = invoke("predict", data / "val", "--model", run, "--jsonl", other)
+        assert_refused(result, other, before, str(other), "not", "predict --jsonl")
+
+
+def test_a_damaged_line_is_refused_by_its_number(trained, tmp_path):
+    run, data = trained
+    out, _ = a_few_lines(run, data, tmp_path)
+    text = out.read_text().splitlines(keepends=True)
+    damaged = [
+        text[0] + text[1][:30] + "\n" + text[2],  # line 2 cut short, then a whole line
+        text[0] + "\n" + text[1] + text[2],  # a blank line 2
+        text[0] + text[1] + text[2] + '{"path": "x.png", "note": "mine"}',  # no end of line
+        text[0] + text[1] + text[2] + "tail",
+        text[0] + text[1] + text[2] + "\0" * 40,  # what a crash (not a kill) may leave
+    ]
+    for index, content in enumerate(damaged):
+        out.write_text(content)
+        before = checksum(out)
+        result = invoke("predict", data / "val", "--model", run, "--jsonl", out)
+        line = 2 if index < 2 else 4
+        assert_refused(result, out, before, f"line {line}", str(out))
+
+
+def test_only_a_line_a_killed_run_half_wrote_is_cut(trained, tmp_path):
+    run, data = trained
+    out, images = a_few_lines(run, data, tmp_path)
+    whole = out.read_text()
+    last = json.dumps({"path": str(data / "val" / "x.png"), "error": "e"})
+    for fragment in (last[:3], last[:12], last[:-1], last):  # any prefix of a line
+        out.write_text(whole + fragment)
+        result = invoke("predict", *images, "--model", run, "--jsonl", out)
+        assert result.exit_code == 0, result.output
+        assert "0 predicted" in result.output and out.read_text() == whole
+
+
+def test_a_file_from_another_model_is_refused(trained, tmp_path):
+    run, data = trained
+    out, _ = a_few_lines(run, data, tmp_path)
+    text = out.read_text().replace('"label": "red"', '"label": "cat"')
+    text = text.replace('"label": "green"', '"label": "cat"').replace('"label": "blue"',
+                                                                      '"label": "cat"')
+    out.write_text(text)
+    before = checksum(out)
+    result = invoke("predict", data / "val", "--model", run, "--jsonl", out)
+    assert_refused(result, out, before, "cat", str(out))
+
+
+def test_the_list_or_an_image_as_the_output_is_refused(trained, tmp_path):
+    run, data = trained
+    images = sorted(str(p) for p in (data / "val").rglob("*.png"))[:2]
+    listing = tmp_path / "list.txt"
+    listing.write_text("\n".join(images) + "\n")
+    link = tmp_path / "link.txt"
+    link.symlink_to(listing)
+    empty = tmp_path / "empty.txt"  # no lines: no content that could tell it apart
+    empty.write_text("")
+    for listed, out in ((listing, listing), (link, listing), (listing, link), (empty, empty)):
+        before = checksum(out)
+        result = invoke("predict", images[0], "--list", listed, "--model", run, "--jsonl", out)
+        assert_refused(result, out, before, "--list", "--jsonl")
+    image = tmp_path / "image.png"
+    image.write_bytes((data / "val" / "red" / "red_000.png").read_bytes())
+    before = checksum(image)
+    result = invoke("predict", image, "--model", run, "--jsonl", f"./{image.name}")
+    assert_refused(result, image, before, "image", "--jsonl")
+
+
+def test_a_folder_is_refused_and_a_missing_folder_made(trained, tmp_path):
+    run, data = trained
+    image = data / "val" / "red" / "red_000.png"
+    folder = tmp_path / "out"
+    folder.mkdir()
+    result = invoke("predict", image, "--model", run, "--jsonl", folder)
+    from smallcnn.errors import UsageError
+
+    assert result.exit_code == UsageError.exit_code and "folder" in result.output
+    assert list(folder.iterdir()) == []
+    out = tmp_path / "new" / "deeper" / "predictions.jsonl"
+    result = invoke("predict", image, "--model", run, "--jsonl", out)
+    assert result.exit_code == 0, result.output
+    assert [line["path"] for line in lines(out)] == [str(image)]
+
+
+def test_one_image_written_several_ways_is_predicted_once(trained, tmp_path, monkeypatch):
+    run, data = trained
+    monkeypatch.chdir(data)
+    spellings = ["val/red/red_000.png", "./val/red/red_000.png", "val//red/red_000.png",
+                 str(data / "val" / "red" / "red_000.png"), "val/blue/../red/red_000.png"]
+    listing = tmp_path / "list.txt"
+    listing.write_text("\n".join(spellings + ["val/red/red_001.png"]) + "\n")
+    out = tmp_path / "predictions.jsonl"
+    result = invoke("predict", *spellings, "--list", listing, "--model", run, "--jsonl", out)
+    assert result.exit_code == 0, result.output
+    assert [line["path"] for line in lines(out)] == spellings[:1] + ["val/red/red_001.png"]
+    json_result = invoke("predict", *spellings, "--model", run, "--json")
+    assert [p["path"] for p in json.loads(json_result.stdout)] == spellings[:1]
+
+    # Resumed with other spellings and more images: only the missing ones are predicted.
+    more = sorted(str(p.relative_to(data)) for p in (data / "val" / "green").iterdir())
+    again = invoke("predict", "./val/red/red_001.png", spellings[3], *more, "--model", run,
+                   "--jsonl", out)
+    assert again.exit_code == 0, again.output
+    assert f"{len(more)} predicted, 0 unreadable (error lines), 2 already there" in again.output
+    paths = [line["path"] for line in lines(out)]
+    assert paths == spellings[:1] + ["val/red/red_001.png"] + more
+
+
+def test_a_device_is_written_to_and_never_read(trained):
+    run, data = trained
+    images = sorted(str(p) for p in (data / "val").rglob("*.png"))
+    result = invoke("predict", *images, "--model", run, "--jsonl", "/dev/null")
+    assert result.exit_code == 0, result.output
+    assert f"{len(images)} predicted" in result.output
