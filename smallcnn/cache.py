@@ -13,12 +13,15 @@ identified by their content (the SHA-1 that `check` computes), or by path, size,
 modification time, change time and inode where content is not needed: `cp -p` or
 `rsync -t` can keep a size and a modification time, but not a change time.
 
-Entries are written atomically; an entry that cannot be read is deleted, reported in
-one line, and rebuilt by the caller. The cache is capped (`SMALLCNN_CACHE_MAX_GB`,
+Entries are written atomically (`runs.atomic_write`), a checksum (where one is kept)
+recorded before its entry appears. An entry that cannot be read, or whose bytes are
+not the ones recorded, is deleted, reported in one line, and rebuilt by the caller;
+nothing else is ever deleted as damaged. The cache is capped (`SMALLCNN_CACHE_MAX_GB`,
 default 5): storing an entry evicts the least recently used ones beyond the cap.
 """
 
 import functools
+import glob
 import hashlib
 import importlib.metadata
 import importlib.util
@@ -130,18 +133,20 @@ def load(part, name, read, warn=None, checksum=False):
 
     An entry that `read` cannot read is deleted and reported through `warn` (default: a
     `CacheWarning`), so the caller rebuilds it. With `checksum`, the entry's SHA-256 must
-    be the one `store` recorded before `read` sees it: for readers that a damaged file
-    can crash rather than make raise (the LiteRT interpreter). Reading marks the entry
-    as used.
+    be one that `store` recorded before `read` sees it: for readers that a damaged file
+    can crash rather than make raise (the LiteRT interpreter); an entry with no SHA-256
+    recorded is not stored yet, and is left alone. Reading marks the entry as used.
     """
     entry = path(part, name)
     if not entry.exists():
         return None
     try:
-        if checksum and file_sha256(entry) != _checksum_file(entry).read_text().strip():
-            raise ValueError("its SHA-256 is not the one recorded when it was written")
+        if checksum and not _verified(entry):
+            return None
         value = read(entry)
     except DAMAGE as error:
+        if isinstance(error, FileNotFoundError) and not entry.exists():
+            return None  # evicted or replaced by another process meanwhile: not damaged
         remove(entry)
         (warn or _warn)(f"Removed a damaged cache entry {entry} ({described(error)}); "
                         "it is rebuilt.")
@@ -154,16 +159,24 @@ def store(part, name, write, warn=None, checksum=False):
     """Writes an entry atomically through `write(temp_path)` (with `checksum`, also its
     SHA-256, for `load` to check), then prunes the cache.
 
+    The SHA-256 is recorded before the entry is renamed into place, in the name of a
+    companion file (`NAME.SHA256.sha256`): a reader in another process never sees an
+    entry without its checksum, and two processes storing different bytes under one
+    name each leave the checksum of theirs (a few bytes, gone with the entry).
+
     Returns the entry's path, or None when it could not be written (a read-only or full
     disk only costs time on the next run; `warn` says so).
     """
     entry = path(part, name)
+
+    def write_recorded(temp):
+        write(temp)
+        digest = file_sha256(temp)
+        atomic_write(_checksum_file(entry, digest), lambda t: Path(t).write_text(digest))
+
     try:
         entry.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write(entry, write)
-        if checksum:
-            digest = file_sha256(entry)
-            atomic_write(_checksum_file(entry), lambda temp: Path(temp).write_text(digest))
+        atomic_write(entry, write_recorded if checksum else write)
     except OSError as error:
         (warn or _warn)(f"Could not write the cache entry {entry} ({error.strerror or error}); "
                         "the next run computes it again.")
@@ -173,14 +186,37 @@ def store(part, name, write, warn=None, checksum=False):
 
 
 def is_stored(part, name, checksum=False):
-    """Whether the entry is complete: written, and with `checksum` its SHA-256 too (`store`
-    writes that last), so another process's entry can be read once this is true."""
+    """Whether the entry is complete: written, and with `checksum` its SHA-256 recorded
+    (`store` records it first), so another process's entry can be read once this is true."""
     entry = path(part, name)
-    return entry.is_file() and (not checksum or _checksum_file(entry).is_file())
+    return entry.is_file() and (not checksum or bool(_recorded(entry)))
 
 
-def _checksum_file(entry):
-    return entry.with_name(entry.name + ".sha256")
+def _checksum_file(entry, digest):
+    return entry.with_name(f"{entry.name}.{digest}.sha256")
+
+
+def _recorded(entry):
+    """The SHA-256 digests recorded for an entry (by every process that stored it)."""
+    start, end = len(entry.name) + 1, -len(".sha256")
+    return {file.name[start:end]
+            for file in entry.parent.glob(f"{glob.escape(entry.name)}.*.sha256")}
+
+
+def _verified(entry):
+    """True when the entry's bytes have a recorded SHA-256; False when none is recorded
+    (not stored yet); raises ValueError when they are not any recorded one.
+
+    The entry is read before the records are listed: whichever process renamed the file
+    being read had recorded its SHA-256 first, so a record missing then is damage.
+    """
+    digest = file_sha256(entry)
+    recorded = _recorded(entry)
+    if not recorded:
+        return False
+    if digest not in recorded:
+        raise ValueError("its SHA-256 is not one recorded when it was written")
+    return True
 
 
 def touch(entry):
@@ -197,9 +233,11 @@ def _entry_name(file):
 
 
 def remove(entry):
-    """Deletes an entry and its companion files (same name, other suffixes)."""
+    """Deletes an entry, then its companion files (same name, other suffixes): a reader
+    that still finds the entry finds its checksums too."""
     entry = Path(entry)
-    for companion in entry.parent.glob(f"{_entry_name(entry)}.*"):
+    entry.unlink(missing_ok=True)
+    for companion in entry.parent.glob(f"{glob.escape(_entry_name(entry))}.*"):
         companion.unlink(missing_ok=True)
 
 
@@ -238,7 +276,7 @@ def prune(limit=None, keep=None):
             break
         if keep is not None and keep in files:
             continue
-        for file in files:
+        for file in sorted(files, key=lambda f: f.suffix == ".sha256"):  # as `remove` does
             file.unlink(missing_ok=True)
         freed += size
     return freed

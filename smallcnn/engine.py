@@ -86,7 +86,9 @@ def open_litert(name, warn=None):
 
 
 def convert_to_litert(model, path, quantize="none", calibration=None, warn=None):
-    """Writes a Keras model (one image input) as a LiteRT model, its weights frozen into constants.
+    """Writes a Keras model (one image input) as a LiteRT model, its weights frozen into
+    constants, at `path`: a temporary name of `runs.atomic_write` (through `cache.store`
+    or `export`), which gives the file its place and its permissions.
 
     Freezing a concrete function and converting its graph takes about 2 s for MobileNetV2
     (measured here with TensorFlow 2.21: trace 0.5 s, freeze 0.7 s, convert 1.1 s). Handing
@@ -106,46 +108,40 @@ def convert_to_litert(model, path, quantize="none", calibration=None, warn=None)
 
     from smallcnn.quiet import native_stderr_silenced
 
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, temp = tempfile.mkstemp(suffix=".tflite", dir=path.parent)
-    os.close(fd)
     try:
-        try:
-            from tensorflow.python.framework.convert_to_constants import (
-                convert_variables_to_constants_v2,
-            )
+        from tensorflow.python.framework.convert_to_constants import (
+            convert_variables_to_constants_v2,
+        )
 
-            dtype = tf.as_dtype(model.inputs[0].dtype)
-            spec = tf.TensorSpec([None, *model.input_shape[1:]], dtype)
-            function = tf.function(lambda x: model(x, training=False), input_signature=[spec],
-                                   autograph=False)
-            frozen = convert_variables_to_constants_v2(function.get_concrete_function())
-            with _converter_notices_silenced():  # "...without the trackable_obj... deprecated"
-                converter = tf.lite.TFLiteConverter.from_concrete_functions([frozen])
-            if quantize == "float16":
-                converter.optimizations = [tf.lite.Optimize.DEFAULT]
-                converter.target_spec.supported_types = [tf.float16]
-            elif quantize == "int8":
-                converter.optimizations = [tf.lite.Optimize.DEFAULT]
-                converter.representative_dataset = lambda: ([image[None]] for image in calibration)
-            with native_stderr_silenced(), _converter_notices_silenced():
-                Path(temp).write_bytes(converter.convert())
-        except Exception as error:
-            if quantize != "none":
-                raise
-            message = (f"The fast LiteRT conversion failed ({described(error)}); "
-                       "converting through Keras' export instead (slower).")
-            if warn is None:
-                import warnings
+        dtype = tf.as_dtype(model.inputs[0].dtype)
+        spec = tf.TensorSpec([None, *model.input_shape[1:]], dtype)
+        function = tf.function(lambda x: model(x, training=False), input_signature=[spec],
+                               autograph=False)
+        frozen = convert_variables_to_constants_v2(function.get_concrete_function())
+        with _converter_notices_silenced():  # "...without the trackable_obj... deprecated"
+            converter = tf.lite.TFLiteConverter.from_concrete_functions([frozen])
+        if quantize == "float16":
+            converter.optimizations = [tf.lite.Optimize.DEFAULT]
+            converter.target_spec.supported_types = [tf.float16]
+        elif quantize == "int8":
+            converter.optimizations = [tf.lite.Optimize.DEFAULT]
+            converter.representative_dataset = lambda: ([image[None]] for image in calibration)
+        with native_stderr_silenced(), _converter_notices_silenced():
+            path.write_bytes(converter.convert())
+    except Exception as error:
+        if quantize != "none":
+            raise
+        message = (f"The fast LiteRT conversion failed ({described(error)}); "
+                   "converting through Keras' export instead (slower).")
+        if warn is None:
+            import warnings
 
-                warnings.warn(message, RuntimeWarning, stacklevel=2)
-            else:
-                warn(message)
-            model.export(temp, format="litert", verbose=False)
-        os.replace(temp, path)
-    finally:
-        if os.path.exists(temp):
-            os.unlink(temp)
+            warnings.warn(message, RuntimeWarning, stacklevel=2)
+        else:
+            warn(message)
+        model.export(str(path), format="litert", verbose=False)
 
 
 @contextlib.contextmanager

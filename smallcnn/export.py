@@ -15,7 +15,6 @@ agreement with the Keras model is below 99% (97% for int8).
 
 import dataclasses
 import datetime
-import os
 import shutil
 import tempfile
 import time
@@ -225,6 +224,31 @@ def _write(model, path, format, quantize, calibration):
         _write_onnx(model, path, quantize, calibration)
 
 
+def _write_checked(model, temp, format, quantize, calibration, val, reference):
+    """Writes the export at `temp` and runs it on `val` in its own runtime; raises
+    ModelError (and the caller keeps nothing) when it agrees with `reference`, the Keras
+    model's probabilities, too rarely. Returns what it measured."""
+    _write(model, temp, format, quantize, calibration)
+    runtime = open_model(temp, format)
+    exported = run_batches(runtime, val, batch_size=8 if format == "tflite" else 32)
+    agreement = float(np.mean(exported.argmax(1) == reference.argmax(1)))
+    difference = float(np.abs(exported - reference).max())
+    latency = _latency_ms(runtime, val[:1])
+    del runtime
+    needed = MIN_AGREEMENT[quantize]
+    if agreement < needed:
+        raise ModelError(
+            f"The {format} export ({quantize}) agrees with the Keras model on "
+            f"{agreement:.2%} of {len(val)} validation images, below the {needed:.0%} "
+            f"required (largest probability difference {difference:.4f}); nothing was "
+            + ("written. Try --quantize float16, or a base made for int8: "
+               + ", ".join(name for name, spec in BASES.items() if spec.int8_friendly) + "."
+               if quantize == "int8" else "written.")
+        )
+    return {"exported": exported, "agreement": agreement, "difference": difference,
+            "latency": latency}
+
+
 def _size(path):
     path = Path(path)
     if path.is_dir():
@@ -242,14 +266,6 @@ def _latency_ms(runtime, image, repeats=20):
         runtime(image)
         times.append(time.perf_counter() - started)
     return float(np.median(times) * 1000)
-
-
-def _remove(path):
-    path = Path(path)
-    if path.is_dir():
-        shutil.rmtree(path)
-    elif path.exists() or path.is_symlink():
-        path.unlink()
 
 
 def export(run=None, format="tflite", quantize="none", out=None, data=None, overwrite=False,
@@ -287,6 +303,9 @@ def export(run=None, format="tflite", quantize="none", out=None, data=None, over
         if labels_path.exists() and labels_path.read_text(encoding="utf-8") != labels:
             raise UsageError(f"{str(labels_path)!r} exists with other labels; pass --out to "
                              "export to another folder, or --overwrite.")
+    if path.exists() and path.is_dir() != (format == "savedmodel"):
+        raise UsageError(f"{str(path)!r} is a {'folder' if path.is_dir() else 'file'}; "
+                         "give --out another name.")
     path.parent.mkdir(parents=True, exist_ok=True)
 
     model = runs.load_model(run_dir)
@@ -298,33 +317,13 @@ def export(run=None, format="tflite", quantize="none", out=None, data=None, over
                                 for i in range(0, len(val), 32)])
     portable = portable_model(model, config)
 
-    temp = path.parent / f".{path.stem}-{os.getpid()}.partial{path.suffix}"
-    _remove(temp)
-    try:
-        reporter.note(f"Exporting {format}" + ("" if quantize == "none" else f" ({quantize})")
-                      + f" and checking it on {len(val)} validation images")
-        _write(portable, temp, format, quantize, calibration)
-        runtime = open_model(temp, format)
-        exported = run_batches(runtime, val, batch_size=8 if format == "tflite" else 32)
-        agreement = float(np.mean(exported.argmax(1) == reference.argmax(1)))
-        difference = float(np.abs(exported - reference).max())
-        latency = _latency_ms(runtime, val[:1])
-        del runtime
-        needed = MIN_AGREEMENT[quantize]
-        if agreement < needed:
-            raise ModelError(
-                f"The {format} export ({quantize}) agrees with the Keras model on "
-                f"{agreement:.2%} of {len(val)} validation images, below the {needed:.0%} "
-                f"required (largest probability difference {difference:.4f}); nothing was "
-                + ("written. Try --quantize float16, or a base made for int8: "
-                   + ", ".join(name for name, spec in BASES.items() if spec.int8_friendly) + "."
-                   if quantize == "int8" else "written.")
-            )
-        if overwrite:
-            _remove(path)
-        os.replace(temp, path)
-    finally:
-        _remove(temp)
+    reporter.note(f"Exporting {format}" + ("" if quantize == "none" else f" ({quantize})")
+                  + f" and checking it on {len(val)} validation images")
+    checked = {}
+    runs.atomic_write(path, lambda temp: checked.update(
+        _write_checked(portable, temp, format, quantize, calibration, val, reference)))
+    exported, agreement = checked["exported"], checked["agreement"]
+    difference, latency = checked["difference"], checked["latency"]
 
     runs.write_text(labels_path, labels)
     accuracy = float(np.mean(exported.argmax(1) == val_labels))

@@ -28,6 +28,7 @@ import numpy as np
 from smallcnn.errors import UsageError
 from smallcnn.images import load_picture
 from smallcnn.progress import Reporter
+from smallcnn.runs import write_text
 from smallcnn.table import TableOptions, find_columns, read_records
 
 THUMBNAIL = 112  # pixels, longer side
@@ -107,9 +108,7 @@ def review_page(report, out):
             "</body></html>")
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    partial = out.with_name(f".{out.name}.partial")
-    partial.write_text(page, encoding="utf-8")
-    partial.replace(out)
+    write_text(out, page)
     return str(out)
 
 

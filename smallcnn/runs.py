@@ -6,8 +6,9 @@
     RUN/history.csv      one row per epoch
     RUN/curves.png       loss and accuracy per epoch, train against validation
 
-Every file is written to a temporary name in the same folder and renamed into place,
-so an interrupted run never leaves a half-written file where a good one was.
+Every file is written to a temporary name in the same folder and renamed into place
+(`atomic_write`), so an interrupted run never leaves a half-written file where a good
+one was.
 """
 
 import csv
@@ -15,6 +16,7 @@ import datetime
 import io
 import json
 import os
+import shutil
 import tempfile
 import zipfile
 from pathlib import Path
@@ -29,24 +31,65 @@ HISTORY_FILE = "history.csv"
 CURVES_FILE = "curves.png"
 
 
-_UMASK = os.umask(0)
-os.umask(_UMASK)
-
-
 def atomic_write(path, write):
-    """Calls `write(temp_path)`, then renames the temporary file onto `path`."""
+    """Calls `write(temp)`, then renames `temp` onto `path`: every file smallcnn writes, for
+    the user or into its cache, goes through here.
+
+    `temp` is a name beside `path` (the same name, in a private folder), so an
+    interrupted write never leaves a half-written file where a good one was. What
+    `write` leaves there, a file or a folder (a SavedModel), gets the usual permissions
+    whatever mode its writer chose (mkstemp's 0600, say), the umask respected, and
+    reaches the disk before the rename; a folder replaces a folder whole.
+    """
     path = Path(path)
-    fd, temp = tempfile.mkstemp(prefix=f".{path.stem}-", suffix=path.suffix, dir=path.parent)
-    os.close(fd)
+    folder = Path(tempfile.mkdtemp(prefix=f".{path.name}-", dir=path.parent))
+    temp = folder / path.name
     try:
-        os.chmod(temp, 0o666 & ~_UMASK)  # mkstemp makes 0600: give the usual permissions
         write(temp)
-        with open(temp, "rb") as f:
+        _settle(temp, _umask(folder))
+        if temp.is_dir() and path.is_dir():
+            _replace_folder(temp, path, folder / "replaced")
+        else:
+            os.replace(temp, path)  # a file never replaces a folder, nor a folder a file
+    finally:
+        # Only a failed write leaves anything here; its error is the one worth raising.
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _umask(folder):
+    """The process's umask, read without changing it: `os.umask` can only set it, and the
+    moment it spends at 0 would give other threads' new files every permission."""
+    probe = os.path.join(folder, ".umask")
+    fd = os.open(probe, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o777)
+    try:
+        return 0o777 & ~os.fstat(fd).st_mode
+    finally:
+        os.close(fd)
+        os.unlink(probe)
+
+
+def _settle(temp, umask):
+    """Gives what was written the permissions of a new file (or folder), and syncs it."""
+    for item in [temp, *sorted(temp.rglob("*"))] if temp.is_dir() else [temp]:
+        if item.is_symlink():
+            continue
+        if item.is_dir():
+            os.chmod(item, 0o777 & ~umask)
+            continue
+        os.chmod(item, 0o666 & ~umask)
+        with open(item, "rb") as f:
             os.fsync(f.fileno())
+
+
+def _replace_folder(temp, path, aside):
+    """Renames the folder `temp` onto the folder `path` (which `os.replace` does only for
+    an empty one): the old one goes `aside` first, and comes back if the new one cannot
+    take its place."""
+    path.rename(aside)
+    try:
         os.replace(temp, path)
     except BaseException:
-        if os.path.exists(temp):
-            os.unlink(temp)
+        aside.rename(path)
         raise
 
 

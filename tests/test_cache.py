@@ -105,3 +105,60 @@ def test_extract_heals_damaged_features_templates_and_engines(tiny_data, base_we
     for entry in cache.root("features").glob("*.npz"):
         with np.load(entry) as healed:
             assert healed["features"].shape[0] == 24
+
+
+# A writer process: entries stored one after another, and one entry stored again and
+# again with other bytes (as two processes converting the same model can), all with
+# their checksums.
+WRITER = """
+import sys
+from smallcnn import cache
+
+def payload(i):
+    return bytes([i % 251]) * {size}
+
+for i in range(int(sys.argv[1])):
+    data = payload(i)
+    cache.store("engines", f"entry{{i}}.bin", lambda temp: open(temp, "wb").write(data),
+                checksum=True)
+    again = payload(i % 2 + 1000)
+    cache.store("engines", "again.bin", lambda temp: open(temp, "wb").write(again),
+                checksum=True)
+"""
+RACE_SIZE = 1 << 18  # bytes per entry: enough for hashing to take a moment
+
+
+def _payload(i):
+    return bytes([i % 251]) * RACE_SIZE
+
+
+def test_a_reader_never_removes_an_entry_that_another_process_is_storing():
+    import subprocess
+    import sys
+
+    count = 150
+    writer = subprocess.Popen([sys.executable, "-c", WRITER.format(size=RACE_SIZE), str(count)],
+                              stderr=subprocess.PIPE, text=True)
+    read = lambda path: path.read_bytes()  # noqa: E731
+    warned, recomputed, seen = [], [], set()
+    again = {_payload(1000), _payload(1001)}
+    while True:
+        running = writer.poll() is None
+        for name in [f"entry{i}.bin" for i in range(count) if i not in seen] + ["again.bin"]:
+            if not cache.path("engines", name).is_file():
+                continue  # not renamed into place yet
+            value = cache.load("engines", name, read, warn=warned.append, checksum=True)
+            if value is None:
+                recomputed.append(name)  # what a caller would then convert again
+            elif name == "again.bin":
+                assert value in again
+            else:
+                assert value == _payload(int(name[5:-4]))
+                seen.add(int(name[5:-4]))
+        if not running:
+            break
+    assert writer.wait() == 0, writer.stderr.read()
+    assert warned == []
+    assert recomputed == []
+    assert seen == set(range(count))
+    assert all(cache.is_stored("engines", f"entry{i}.bin", checksum=True) for i in range(count))

@@ -222,3 +222,28 @@ def test_predict_refuses_an_exported_model_without_labels(trained, tmp_path):
     image = sorted((data / "val" / "red").iterdir())[0]
     result = invoke("predict", image, "--model", out)
     assert result.exit_code == 4 and "labels.txt" in result.output
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077])
+def test_files_written_for_the_user_get_the_usual_permissions(tiny_data, base_weights_file,
+                                                              tmp_path, umask):
+    import stat
+
+    from smallcnn import cache
+
+    run = tmp_path / "run"
+    previous = os.umask(umask)
+    try:
+        trained = invoke("extract", tiny_data, "--base", "mobilenet_v2", "--weights",
+                         base_weights_file, "--image-size", "32", "--epochs", "3", "--out", run)
+        assert trained.exit_code == 0, trained.output
+        exported = invoke("export", run, "--format", "tflite")
+        assert exported.exit_code == 0, exported.output
+    finally:
+        os.umask(previous)
+    written = [p for p in [*run.rglob("*"), *cache.root().rglob("*")] if p.is_file()]
+    assert run / "export" / "model.tflite" in written
+    assert [p for p in written if p.parent.name == "engines" and p.suffix == ".tflite"]
+    usual = 0o666 & ~umask
+    assert {str(p): oct(stat.S_IMODE(p.stat().st_mode)) for p in written
+            if stat.S_IMODE(p.stat().st_mode) != usual} == {}

@@ -8,6 +8,7 @@ import numpy as np
 
 from smallcnn.bases import build_base, get_base, resolve_weights
 from smallcnn.errors import ModelError, UsageError
+from smallcnn.runs import atomic_write
 
 VISUALIZE_DIR = "visualize"
 # The base of `visualize dream` and `visualize style` when no run is given: its ImageNet
@@ -170,7 +171,7 @@ def save_picture(pixels, target):
 
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    partial = target.with_name(f".{target.name}.partial")
-    Image.fromarray(to_uint8(pixels)).save(partial, format=PICTURE_FORMATS[target.suffix.lower()])
-    partial.replace(target)
+    picture = Image.fromarray(to_uint8(pixels))
+    atomic_write(target, lambda temp: picture.save(temp, format=PICTURE_FORMATS[
+        target.suffix.lower()]))
     return str(target)
