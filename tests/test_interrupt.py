@@ -75,6 +75,75 @@ def test_sigint_saves_a_loadable_model_and_the_run_resumes(tmp_path):
     assert json.loads((run / "smallcnn.json").read_text())["data"] == str(tmp_path / "moved")
 
 
+def test_a_run_killed_at_once_keeps_its_best_model_and_predicts(tmp_path):
+    from smallcnn.train.callbacks import CHECKPOINT_VARIABLE
+
+    data = make_dataset(tmp_path / "d", per_class=12, size=32, splits=("train",))
+    # Validation images of the other colour: val_loss is lowest after the first epoch and
+    # rises from then on (the best epoch comes early, before the first save is due).
+    swapped = make_dataset(tmp_path / "v", per_class=6, size=32, splits=("val",), seed=1)
+    (data / "val").mkdir()
+    (swapped / "val" / "red").rename(data / "val" / "blue")
+    (swapped / "val" / "blue").rename(data / "val" / "red")
+    interval = 8.0  # the first epoch (tracing included) ends sooner: its model waits
+    process = subprocess.Popen(
+        [sys.executable, "-m", "smallcnn", "train", str(data), "--freeze", "--base", "small",
+         "--image-size", "32", "--epochs", "1000", "--patience", "1000", "--batch-size", "8",
+         "--learning-rate", "0.01", "--out", "runs/k"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp_path,
+        env={**os.environ, "COLUMNS": "200", "PYTHONUNBUFFERED": "1",  # lines as they come
+             CHECKPOINT_VARIABLE: str(interval)},
+    )
+    lines, epochs = [], []  # the output; (when the line came, val_loss) of each epoch
+
+    def read():
+        for line in process.stdout:
+            lines.append(line)
+            if "frozen epoch" in line:
+                epochs.append((time.monotonic(), float(line.split("val_loss ")[1].split()[0])))
+
+    threading.Thread(target=read, daemon=True).start()
+
+    def wait_for(condition):
+        deadline = time.monotonic() + 120
+        while not condition() and process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert condition(), f"exit {process.poll()}: " + "".join(lines)
+
+    wait_for(lambda: epochs)
+    # An epoch that ended an interval after training began saves, before the next epoch.
+    wait_for(lambda: epochs[-1][0] >= epochs[0][0] + interval)
+    due = len(epochs)
+    wait_for(lambda: len(epochs) > due)
+    process.send_signal(signal.SIGKILL)
+    process.wait(timeout=30)
+
+    run = tmp_path / "runs" / "k"
+    assert not (run / "metrics.json").exists()  # killed: the run's end never came
+    import smallcnn.layers  # noqa: F401
+    from smallcnn.images import load_image
+
+    model = keras.saving.load_model(run / "model.keras", safe_mode=True)
+    # The model of the best epoch, not the latest, as the history beside it says.
+    val_losses = [loss for _, loss in epochs]
+    assert min(val_losses) < val_losses[due] - 0.01
+    images = sorted((data / "val").rglob("*.png"))
+    classes = json.loads((run / "smallcnn.json").read_text())["class_names"]
+    labels = [classes.index(p.parent.name) for p in images]
+    probabilities = model.predict(np.stack([load_image(p, 32) for p in images]), verbose=0)
+    loss = -np.log(probabilities[np.arange(len(labels)), labels]).mean()
+    assert loss == pytest.approx(min(val_losses), abs=2e-4)
+    rows = runs.read_history(run)  # up to the save: `train --resume` goes on after them
+    assert [r["epoch"] for r in rows] == list(range(1, len(rows) + 1))
+    assert min(r["val_loss"] for r in rows) == pytest.approx(loss, abs=2e-4)
+
+    predicted = invoke("predict", images[0], "--model", run, "--json")
+    assert predicted.exit_code == 0, predicted.output
+    [prediction] = json.loads(predicted.stdout)
+    assert prediction["label"] == classes[probabilities[0].argmax()]
+    assert prediction["probability"] == pytest.approx(probabilities[0].max(), abs=1e-5)
+
+
 def test_resume_refuses_another_commands_run(tiny_data):
     invoke("extract", tiny_data, "--base", "small", "--image-size", "32", "--epochs", "2",
            "--out", "runs/x")
@@ -168,19 +237,80 @@ def test_one_rule_keeps_the_earlier_model():
     assert not worse_than((0.4, 0.79), (0.5, None))  # an earlier accuracy not recorded
 
 
-def test_the_checkpoint_saves_an_improvement_at_most_once_per_interval_from_the_start(
+def test_the_checkpoint_writes_the_best_model_at_most_once_per_interval_from_the_start(
         tmp_path, monkeypatch):
     from smallcnn.train import callbacks
 
     now = [100.0]
-    saved = []
-    monkeypatch.setattr(callbacks.runs, "save_model", lambda model, path: saved.append(now[0]))
-    checkpoint = callbacks.AtomicCheckpoint(tmp_path / "model.keras", model=object(),
+    saved = []  # (time, the model's weight when saved)
+    model = keras.Sequential([keras.Input((1,)), keras.layers.Dense(1, use_bias=False)])
+    monkeypatch.setattr(callbacks.runs, "save_model",
+                        lambda m, path: saved.append((now[0], float(m.get_weights()[0][0, 0]))))
+    checkpoint = callbacks.AtomicCheckpoint(tmp_path / "model.keras", model=model,
                                             min_interval=30, clock=lambda: now[0])
+    checkpoint.begin_phase("frozen")
     checkpoint.on_train_begin()
-    for seconds, val_loss in ((10, 0.9), (25, 0.8), (35, 0.7), (50, 0.6), (70, 0.65), (80, 0.5)):
+    for epoch, (seconds, val_loss) in enumerate(
+            ((10, 0.9), (25, 0.8), (35, 0.7), (50, 0.6), (60, 0.65), (70, 0.66), (80, 0.5),
+             (90, float("nan")), (125, 0.55))):
         now[0] = 100 + seconds
-        checkpoint.on_epoch_end(0, {"val_loss": val_loss})
-    # 10 and 25 s: under 30 s into training (the run's own end saves a short run);
-    # 50 s: 15 s after a save; 70 s: no improvement.
-    assert saved == [135.0, 180.0]
+        model.set_weights([np.full((1, 1), epoch, np.float32)])  # the weight says its epoch
+        checkpoint.on_epoch_end(epoch, {"val_loss": val_loss})
+    # 35 s: the first epoch end past 30 s, its model the best; 70 s: 35 s after that save,
+    # the best model (of 50 s) kept in memory meanwhile, not the latest; 125 s: the best
+    # of 80 s (a NaN is no improvement). 10, 25 s: the interval counts from the start.
+    assert saved == [(135.0, 2.0), (170.0, 3.0), (225.0, 6.0)]
+    assert model.get_weights()[0][0, 0] == 8.0  # training goes on with its own weights
+    rows = runs.read_history(tmp_path)  # the history up to the last save, beside it
+    assert [r["epoch"] for r in rows] == list(range(1, 10))
+    assert {r["phase"] for r in rows} == {"frozen"} and rows[6]["val_loss"] == 0.5
+
+
+def test_one_checkpoint_keeps_the_best_model_across_phases_and_working_copies(
+        tmp_path, monkeypatch):
+    from smallcnn.train import callbacks
+
+    now = [0.0]
+    saved = []  # the saved model's weight at each save
+    model, working = (keras.Sequential([keras.Input((1,)), keras.layers.Dense(1, use_bias=False)])
+                      for _ in range(2))
+    monkeypatch.setattr(callbacks.runs, "save_model",
+                        lambda m, path: saved.append(float(m.get_weights()[0][0, 0])))
+    checkpoint = callbacks.AtomicCheckpoint(tmp_path / "model.keras", model=model,
+                                            min_interval=30, clock=lambda: now[0])
+
+    def epoch(seconds, weight, val_loss, trained=model):
+        now[0] = seconds
+        trained.set_weights([np.full((1, 1), weight, np.float32)])
+        checkpoint.on_epoch_end(len(checkpoint.rows), {"val_loss": val_loss})
+
+    # A model not in the file yet (fine-tuning from another run) is saved unless bettered.
+    model.set_weights([np.full((1, 1), 1.0, np.float32)])
+    checkpoint.start_from(0.6, saved=False)
+    checkpoint.begin_phase("frozen")
+    checkpoint.on_train_begin()
+    epoch(31, 2.0, 0.9)  # worse: the model it started from is saved
+    epoch(40, 3.0, 0.5)  # the best so far, in memory
+    # The next phase trains a copy (mixed precision, several devices) and goes on counting.
+    checkpoint.begin_phase("finetune", lambda: model.set_weights(working.get_weights()))
+    checkpoint.on_train_begin()
+    epoch(70, 4.0, 0.7, trained=working)  # worse than the last phase's best: that is saved
+    epoch(105, 5.0, 0.4, trained=working)  # better: copied from the working model, saved
+    epoch(110, 6.0, 0.45, trained=working)  # nothing new to save
+    assert saved == [1.0, 3.0, 5.0]
+    assert [(r["epoch"], r["phase"]) for r in checkpoint.rows] == [
+        (1, "frozen"), (2, "frozen"), (3, "finetune"), (4, "finetune"), (5, "finetune")]
+    model.set_weights([np.full((1, 1), 7.0, np.float32)])
+    checkpoint.start_from(0.6, saved=True)  # a resumed run's model is its file already
+    epoch(200, 8.0, 0.7)
+    assert saved == [1.0, 3.0, 5.0]
+
+
+@pytest.mark.parametrize("value", ["soon", "-1", "nan"])
+def test_a_checkpoint_interval_that_is_no_number_of_seconds_is_refused(value, monkeypatch):
+    from smallcnn.errors import UsageError
+    from smallcnn.train.callbacks import CHECKPOINT_VARIABLE, checkpoint_seconds
+
+    monkeypatch.setenv(CHECKPOINT_VARIABLE, value)
+    with pytest.raises(UsageError, match=f"{CHECKPOINT_VARIABLE} must be a number of seconds"):
+        checkpoint_seconds()

@@ -1,11 +1,14 @@
-"""Keras callbacks used while training: progress reporting and an atomic checkpoint."""
+"""Keras callbacks used while training: progress reporting, an atomic checkpoint, Ctrl-C."""
 
 import math
+import os
 import time
+from pathlib import Path
 
 import keras
 
 from smallcnn import runs
+from smallcnn.errors import UsageError
 from smallcnn.signals import StopRequest
 
 
@@ -59,44 +62,108 @@ class ReportEpochs(keras.callbacks.Callback):
             self._progress = self._advance = None
 
 
-class AtomicCheckpoint(keras.callbacks.Callback):
-    """Saves a model when `monitor` improves, through a temporary file and a rename.
+# Seconds between two saves of the checkpoint (saving a classifier takes about a second);
+# the environment variable sets another (the tests use a few seconds).
+CHECKPOINT_SECONDS = 30.0
+CHECKPOINT_VARIABLE = "SMALLCNN_CHECKPOINT_SECONDS"
 
-    Saving a whole classifier takes about a second, so an improvement is written at
-    most every `min_interval` seconds, counted from the start of training: a run
-    shorter than that is saved once, by the run's final save of the best model. `model`
-    is the model to save when it is not the one being fitted (a head trained on features
-    is saved as the whole classifier it belongs to; a model trained in mixed precision or
-    on several devices is saved as the float32 model it is a copy of: `before_save` is
-    called first, to copy the weights into `model`).
+
+def checkpoint_seconds():
+    """`$SMALLCNN_CHECKPOINT_SECONDS`, else `CHECKPOINT_SECONDS`."""
+    value = os.environ.get(CHECKPOINT_VARIABLE)
+    if value is None:
+        return CHECKPOINT_SECONDS
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = math.nan
+    if not seconds >= 0:
+        raise UsageError(f"{CHECKPOINT_VARIABLE} must be a number of seconds, 0 or more. "
+                         f"Received: {value!r}")
+    return seconds
+
+
+class AtomicCheckpoint(keras.callbacks.Callback):
+    """Keeps the best model so far (lowest `monitor`) at `path`, with the history rows up
+    to it beside it, each written through a temporary file and a rename.
+
+    The file is written at most every `min_interval` seconds, counted from the start of
+    training. A best model that comes sooner is kept in memory (a copy of its weights)
+    and written at the first epoch end once the interval has passed, improved or not: so
+    the file holds the best model seen more than about `min_interval` seconds ago, even
+    after a `kill -9`. The run's end saves the best model in any case.
+
+    One checkpoint serves every phase of a run (`begin_phase`), so that fine-tuning
+    replaces the head phase's model only with a better one. `model` is the model to save
+    (a head trained on features is saved as the whole classifier it belongs to; a model
+    trained in mixed precision or on several devices is saved as the float32 model it is
+    a copy of: the phase's `before_save` copies the weights into `model` first).
     """
 
-    def __init__(self, path, model=None, monitor="val_loss", min_interval=30.0,
-                 clock=time.monotonic, before_save=None):
+    def __init__(self, path, model, monitor="val_loss", min_interval=None,
+                 clock=time.monotonic):
         super().__init__()
         self._clock = clock
-        self.path = path
+        self.path = Path(path)
         self.monitor = monitor
-        self.min_interval = min_interval
+        self.min_interval = checkpoint_seconds() if min_interval is None else min_interval
         self.best = math.inf
+        self.rows = []  # the run's history rows so far, as `history.csv` has them
         self._to_save = model
-        self._before_save = before_save
-        self._last_save = -math.inf
+        self._phase = None
+        self._before_save = None
+        self._last_save = None  # when the file was last written (or training started)
+        self._unsaved = None  # the best weights while they are not yet in the file
+
+    def begin_phase(self, phase, before_save=None):
+        """Names the phase the next `fit` trains, and what copies its weights into the
+        model to save (None: it trains that model itself)."""
+        self._phase, self._before_save = phase, before_save
+
+    def start_from(self, value, rows=(), saved=True):
+        """Training starts from the model as it is now, whose `monitor` is `value` (None:
+        unknown), after the epochs of `rows`; `saved`: it is already the file at `path`
+        (a resumed run), else it is kept in memory until it is saved or bettered."""
+        self.best = math.inf if value is None else value
+        self.rows = list(rows)
+        self._unsaved = None if saved else self._to_save.get_weights()
 
     def on_train_begin(self, logs=None):
-        self._last_save = self._clock()
+        if self._last_save is None:  # the first phase: later ones go on counting
+            self._last_save = self._clock()
 
     def on_epoch_end(self, epoch, logs=None):
-        value = (logs or {}).get(self.monitor)
-        if value is None or value >= self.best:
-            return
-        self.best = value
-        now = self._clock()
-        if now - self._last_save >= self.min_interval:
+        logs = logs or {}
+        self.rows.append({"epoch": epoch + 1, "phase": self._phase,
+                          **{k: float(v) for k, v in logs.items()}})
+        value = logs.get(self.monitor)
+        improved = value is not None and value < self.best  # a NaN never improves
+        if improved:
+            self.best = value
             if self._before_save is not None:
                 self._before_save()
-            runs.save_model(self._to_save or self.model, self.path)
-            self._last_save = now
+        elif self._unsaved is None:
+            return  # the file holds the best model already
+        if self._clock() - self._last_save >= self.min_interval:
+            self._save(None if improved else self._unsaved)
+        elif improved:
+            self._unsaved = self._to_save.get_weights()
+
+    def _save(self, weights):
+        """Writes the model (with `weights`, if given, then puts its own back) and the
+        history so far."""
+        current = None
+        if weights is not None:
+            current = self._to_save.get_weights()
+            self._to_save.set_weights(weights)
+        try:
+            runs.save_model(self._to_save, self.path)
+        finally:
+            if current is not None:
+                self._to_save.set_weights(current)
+        runs.write_history(self.path.parent / runs.HISTORY_FILE, self.rows)
+        self._unsaved = None
+        self._last_save = self._clock()
 
 
 class StopOnSignal(keras.callbacks.Callback):

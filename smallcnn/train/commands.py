@@ -151,10 +151,10 @@ def finetune(data_dir=None, from_run=None, settings=None, out=None, overwrite=Fa
     )
     before_weights = model.get_weights()
     # The head phase restored its epoch of lowest val_loss; a run records its own.
-    best = min((r for r in rows if "val_loss" in r), key=lambda r: r["val_loss"], default=None)
-    before = (best["val_loss"], best.get("val_accuracy")) if best else None
+    before = loop.best_val(rows)
     if source_config is not None:
         before = _recorded_val(from_run)
+        loop.start_checkpoint(session, run_dir, model, before, saved=False)
     tuned, evaluations = loop.train_end_to_end(session, model, run_dir, "finetune", s.epochs,
                                                s.learning_rate, initial_epoch=len(rows))
     rows += tuned
@@ -237,7 +237,9 @@ def _resume(command, run, data_dir, reporter, command_line):
     session.extractor = feature_extractor(session.spec, base, s.image_size)
 
     rows = runs.read_history(run_dir)
-    previous = _recorded_val(run_dir)
+    # A killed run has no metrics.json: the history its checkpoint wrote tells instead.
+    previous = _recorded_val(run_dir) or loop.best_val(rows)
+    loop.start_checkpoint(session, run_dir, model, previous, rows)
     previous_weights = model.get_weights()
     done = len(rows)
     phases = [r["phase"] for r in rows]

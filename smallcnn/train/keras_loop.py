@@ -86,14 +86,41 @@ def _uninstall_signal_handlers(callbacks):
             callback.uninstall()
 
 
+def run_checkpoint(session, path, model):
+    """The run's checkpoint of `model` at `path`: one for all its phases, made on first
+    use (see `callbacks.AtomicCheckpoint`)."""
+    from smallcnn.train.callbacks import AtomicCheckpoint
+
+    if session.checkpoint is None:
+        session.checkpoint = AtomicCheckpoint(path, model)
+    return session.checkpoint
+
+
+def start_checkpoint(session, run_dir, model, val, rows=(), saved=True):
+    """Tells the run's checkpoint what training starts from: `model` as it is now, its
+    `(val_loss, val_accuracy)` `val` (or None), after the epochs of `rows`; `saved`: it is
+    the run's model.keras already (a resumed run), else it is written within the interval
+    unless a better one comes (fine-tuning from another run)."""
+    if session.placement.is_chief:
+        run_checkpoint(session, run_dir / runs.MODEL_FILE, model).start_from(
+            val and val[0], rows, saved)
+
+
+def best_val(rows):
+    """The (val_loss, val_accuracy) of the history row of lowest val_loss, or None."""
+    scored = [r for r in rows if "val_loss" in r]
+    best = min(scored, key=lambda r: r["val_loss"], default=None)
+    return (best["val_loss"], best.get("val_accuracy")) if best else None
+
+
 def callbacks(session, phase, epochs, steps, checkpoint=None):
-    """Ctrl-C, early stopping, progress, the plateau schedule, a checkpoint, TensorBoard.
+    """Ctrl-C, early stopping, progress, the plateau schedule, the checkpoint, TensorBoard.
 
     `checkpoint` is `(path, model to save[, function called before saving])`; on a
     worker other than a cluster's chief there is none (the chief writes the run)."""
     import keras
 
-    from smallcnn.train.callbacks import AtomicCheckpoint, ReportEpochs, StopOnSignal
+    from smallcnn.train.callbacks import ReportEpochs, StopOnSignal
 
     s = session.settings
     if session._stop is None:
@@ -112,7 +139,9 @@ def callbacks(session, phase, epochs, steps, checkpoint=None):
             monitor="val_loss", patience=plateau_patience(s.patience), **PLATEAU))
     if checkpoint is not None and session.placement.is_chief:
         path, model, *before_save = checkpoint
-        chosen.append(AtomicCheckpoint(path, model, before_save=(before_save or [None])[0]))
+        saver = run_checkpoint(session, path, model)
+        saver.begin_phase(phase, (before_save or [None])[0])
+        chosen.append(saver)
         if s.tensorboard:
             folder = path.parent / "tensorboard" / phase
             chosen.append(keras.callbacks.TensorBoard(log_dir=str(folder)))

@@ -89,6 +89,7 @@ class Session:
         self._engine = None
         self._warmup = None  # a helper process preparing the base (see `start_warmup`)
         self._stop = None
+        self.checkpoint = None  # the run's AtomicCheckpoint, for all its phases (keras_loop)
         self.peer_interrupted = None  # set when another worker of a cluster was stopped
         self.dataset = find_dataset(data_dir, self.settings.val_split, self.settings.seed,
                                     TableOptions.of(self.settings))
