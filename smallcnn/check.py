@@ -41,7 +41,7 @@ def scan_file(path):
         A dict with `ok`, and either `reason` (why the file cannot be used) or `width`,
         `height`, `mode`, `format`, `sha1` and `dhash` (a 256-bit perceptual hash, as hex).
     """
-    from smallcnn.images import DECODER_ERRORS, UnreadableImage, _open, reason_for
+    from smallcnn.images import UnreadableImage, _open, decoding
 
     facts = {"ok": False}
     try:
@@ -50,8 +50,7 @@ def scan_file(path):
         return {**facts, "reason": f"cannot read the file ({error.strerror or error})"}
     facts["sha1"] = hashlib.sha1(data).hexdigest()
     try:
-        image = _open(path)
-        with image:
+        with decoding(path), _open(path) as image:  # whatever a damaged file raises
             facts.update(width=image.width, height=image.height, mode=image.mode,
                          format=image.format)
             if image.format == "JPEG":
@@ -60,8 +59,6 @@ def scan_file(path):
             facts["dhash"] = _dhash(image)
     except UnreadableImage as error:
         return {**facts, "ok": False, "reason": error.reason}
-    except DECODER_ERRORS as error:  # what a damaged file makes a decoder do
-        return {**facts, "ok": False, "reason": reason_for(error)}
     facts["ok"] = True
     return facts
 

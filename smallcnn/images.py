@@ -4,12 +4,13 @@ Every command decodes images here, with Pillow, so training and prediction see t
 same pixels: EXIF orientation applied, any mode converted to RGB (16-bit scaled,
 transparency composited on white, CMYK converted), the first frame of an animation,
 then a resize to a square of the model's size (or, for DeepDream and style transfer,
-to a longer side, the aspect ratio kept).
+to a longer side, the aspect ratio kept). Whatever a damaged or hostile file makes
+Pillow raise is an `UnreadableImage`.
 """
 
+import contextlib
 import io
 import os
-import struct
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -17,7 +18,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from smallcnn.errors import DataError
+from smallcnn.errors import DataError, first_line
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
 # Threads that decode images (Pillow releases the GIL while it decodes and resizes): one
@@ -25,10 +26,6 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
 DECODE_WORKERS = min(32, (os.cpu_count() or 1) + 1)
 # Pillow's own decompression-bomb threshold; a 20,000 x 20,000 scan is above it.
 PIXEL_LIMIT = 178_956_970
-# What Pillow's decoders raise for a damaged or foreign file. Anything else (MemoryError,
-# a programming error) is not a property of the file, and is not called "unreadable".
-DECODER_ERRORS = (OSError, ValueError, SyntaxError, EOFError, struct.error, IndexError, KeyError,
-                  ZeroDivisionError, Image.DecompressionBombError)
 
 
 class UnreadableImage(DataError):
@@ -42,14 +39,32 @@ class UnreadableImage(DataError):
 
 def reason_for(error):
     """A few words on why a decoder failed, from the exception it raised."""
-    message = str(error)
+    message = first_line(error)
     if "truncated" in message.lower() or "broken data stream" in message:
         return "the file is truncated"
-    if "decoder" in message and "not available" in message:
+    if ("decoder" in message and "not available" in message) or isinstance(
+            error, NotImplementedError):
         return f"unsupported format ({message})"
     if isinstance(error, OSError):
         return f"cannot decode it ({message})"
     return f"cannot decode it ({type(error).__name__}: {message})"
+
+
+@contextlib.contextmanager
+def decoding(path):
+    """Turns what Pillow raises in the block into an `UnreadableImage` naming `path`.
+
+    Pillow's decoders raise almost anything on a damaged or hostile file (ValueError,
+    TypeError, NotImplementedError, struct.error, ...), and a file's name says nothing of
+    its format, so each of them is a property of the file. MemoryError is not, nor are
+    KeyboardInterrupt and SystemExit (not Exceptions).
+    """
+    try:
+        yield
+    except (UnreadableImage, MemoryError):
+        raise
+    except Exception as error:
+        raise UnreadableImage(path, reason_for(error)) from error
 
 
 def is_image_file(path):
@@ -77,8 +92,6 @@ def _open(path, data=None):
         raise UnreadableImage(path, "not an image (or a format Pillow cannot read)") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise UnreadableImage(path, f"larger than the limit of {PIXEL_LIMIT:,} pixels") from None
-    except OSError as error:
-        raise UnreadableImage(path, reason_for(error)) from None
     width, height = image.size
     if width * height > PIXEL_LIMIT:
         image.close()
@@ -158,8 +171,8 @@ def _read(path, draft, finish, data=None):
     """`finish(image)` of the decoded RGB Pillow image of a file, or of its bytes `data`
     (EXIF orientation applied), before the file is closed; a JPEG is decoded at a reduced
     scale no smaller than `draft`."""
-    image = _open(path, data)
-    try:
+    with decoding(path):
+        image = _open(path, data)
         with image:
             if image.format == "JPEG":
                 # Let libjpeg decode at a reduced scale, never below the target size.
@@ -168,13 +181,11 @@ def _read(path, draft, finish, data=None):
             if any("exif" in key.lower() or "xmp" in key.lower() for key in image.info):
                 try:  # an orientation can only come from EXIF or XMP metadata
                     image = ImageOps.exif_transpose(image)
-                except DECODER_ERRORS:  # a damaged EXIF block: keep the pixels as stored
+                except MemoryError:
+                    raise
+                except Exception:  # a damaged EXIF block (any error): keep the pixels as stored
                     pass
             return finish(_to_rgb(image))
-    except UnreadableImage:
-        raise
-    except DECODER_ERRORS as error:  # a decoder failure is a property of the file
-        raise UnreadableImage(path, reason_for(error)) from None
 
 
 def load_images(paths, size, out=None, progress=None):
