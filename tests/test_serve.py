@@ -111,13 +111,206 @@ def test_bad_uploads_get_one_clear_sentence_each(trained, tmp_path):
         assert api.get("/files/etc/passwd").status_code == 404  # no path parameters
 
 
-def test_a_full_queue_answers_503_with_retry_after(trained):
+def concurrently(*calls):
+    """The results of calling each function in a thread of its own, all at once."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(len(calls)) as pool:
+        return [future.result() for future in [pool.submit(call) for call in calls]]
+
+
+def timed(call):
+    started = time.perf_counter()
+    return call(), time.perf_counter() - started
+
+
+def test_a_full_queue_answers_503_and_a_request_larger_than_it_413(trained, monkeypatch):
+    from fastapi.testclient import TestClient
+
+    from smallcnn.predict import load
+    from smallcnn.serve.app import create_app
+
     run, data = trained
     images = sorted((data / "val" / "red").iterdir())[:3]
-    with client(run, max_batch=2, max_queue=2) as api:
+    classifier = load(run)
+    engine = classifier.batch_runner(2)
+    batches = []
+
+    def slow(pixels):  # keeps the first request's images waiting while the second comes
+        batches.append(len(pixels))
+        time.sleep(0.5 if len(batches) > 1 else 0)  # the warm-up batch runs at once
+        return engine(pixels)
+
+    app = create_app(classifier, slow, ServeSettings(max_batch=2, max_queue=2))
+    with TestClient(app) as api:
+        first, second = concurrently(lambda: api.post("/predict", files=files(*images[:2])),
+                                     lambda: time.sleep(0.2) or api.post(
+                                         "/predict", files=files(*images[:2])))
+        assert first.status_code == 200 and second.status_code == 503
+        assert second.headers["retry-after"] == "1" and "busy" in second.json()["detail"]
+        batches.clear()
+        too_many = api.post("/predict", files=files(*images))  # could never be queued
+        assert too_many.status_code == 413 and batches == []
+        assert "at most 2 images per request (--max-queue)" in too_many.json()["detail"]
+
+
+def test_more_files_than_max_files_are_refused_before_any_is_decoded(trained, monkeypatch):
+    from smallcnn.serve import app as served
+
+    run, data = trained
+    images = sorted((data / "val" / "red").iterdir())[:3]
+    decoded = []
+    real = served.decode_image
+    monkeypatch.setattr(served, "decode_image", lambda *a, **k: decoded.append(a) or real(*a, **k))
+    with client(run, max_files=2) as api:
         answer = api.post("/predict", files=files(*images))
-        assert answer.status_code == 503 and answer.headers["retry-after"] == "1"
+        assert answer.status_code == 413 and decoded == []
+        assert "at most 2 images per request (--max-files)" in answer.json()["detail"]
         assert api.post("/predict", files=files(*images[:2])).status_code == 200
+        assert len(decoded) == 2
+
+
+def test_decoding_runs_at_most_one_image_per_core_at_once(trained, monkeypatch):
+    import threading
+
+    from smallcnn.serve import app as served
+
+    run, data = trained
+    images = sorted((data / "val" / "red").iterdir())[:2]
+    slots = 2
+    monkeypatch.setattr(served, "DECODE_SLOTS", slots)
+    busy, most, lock = [0], [0], threading.Lock()
+    real = served.decode_image
+
+    def counted(*args, **kwargs):
+        with lock:
+            busy[0] += 1
+            most[0] = max(most[0], busy[0])
+        time.sleep(0.1)
+        try:
+            return real(*args, **kwargs)
+        finally:
+            with lock:
+                busy[0] -= 1
+
+    monkeypatch.setattr(served, "decode_image", counted)
+    with client(run) as api:
+        answers = concurrently(*[lambda: api.post("/predict", files=files(*images))] * 4)
+    assert [a.status_code for a in answers] == [200] * 4
+    assert most[0] == slots  # eight images in four requests, never more than two at once
+
+
+def test_an_image_above_max_pixels_is_refused_from_its_header_naming_the_limit(trained):
+    run, data = trained
+    image = sorted((data / "val" / "red").iterdir())[0]  # 40x40: 1,600 pixels
+    default = ServeSettings().max_pixels
+    side = int(default**0.5) + 1  # just above the default, below Pillow's own limit
+    with client(run) as api:
+        answer = api.post("/predict", files=[("files", ("big.png", bomb_png(side, side),
+                                                        "image/png"))])
+        assert answer.status_code == 422, answer.text
+        assert f"{side}x{side}" in answer.json()["detail"]
+        assert f"{default:,}" in answer.json()["detail"]
+    with client(run, max_pixels=1000) as api:
+        answer = api.post("/predict", files=files(image))
+        assert answer.status_code == 422 and "1,000" in answer.json()["detail"]
+
+
+def test_an_unexpected_error_is_a_logged_json_500_and_invalid_parameters_one_line(
+        trained, monkeypatch, caplog):
+    from fastapi.testclient import TestClient
+
+    from smallcnn.errors import DataError
+    from smallcnn.serve import app as served
+    from smallcnn.serve import build_app
+
+    run, data = trained
+    image = sorted((data / "val" / "red").iterdir())[0]
+    app, _ = build_app(run, ServeSettings())
+    with TestClient(app, raise_server_exceptions=False) as api:
+        def broken(*args, **kwargs):
+            raise RuntimeError("a bug\nwith a second line")
+
+        monkeypatch.setattr(served, "decode_image", broken)
+        answer = api.post("/predict", files=files(image))
+        assert answer.status_code == 500 and answer.json() == {"detail": served.INTERNAL_ERROR}
+        assert any(r.exc_info and "a bug" in str(r.exc_info[1]) for r in caplog.records)
+        assert 'endpoint="/predict",status="500"' in api.get("/metrics").text
+
+        def refused(*args, **kwargs):
+            raise DataError("cannot use this image.")
+
+        monkeypatch.setattr(served, "decode_image", refused)
+        answer = api.post("/predict", files=files(image))
+        assert answer.status_code == 422 and answer.json() == {"detail": "cannot use this image."}
+        monkeypatch.undo()
+
+        for query in ("/predict?top_k=0", "/predict?top_k=many"):
+            answer = api.post(query, files=files(image))
+            detail = answer.json()["detail"]
+            assert answer.status_code == 422 and isinstance(detail, str), detail
+            assert "top_k" in detail and "\n" not in detail
+        detail = api.get("/metrics?format=xml").json()["detail"]
+        assert isinstance(detail, str) and "format" in detail and "'xml'" in detail
+
+
+def test_gradcam_has_a_limit_of_its_own_and_does_not_hold_up_predictions(trained, monkeypatch):
+    from smallcnn.serve import app as served
+
+    run, data = trained
+    image = sorted((data / "val" / "red").iterdir())[0]
+    overlay = 0.4  # seconds of each (fake) Grad-CAM in the engine's thread
+    monkeypatch.setattr(served, "gradcam_png", lambda *args: time.sleep(overlay) or b"png")
+    cams = 8
+    with client(run, max_gradcam=cams) as api:
+        def late_predict():
+            time.sleep(overlay / 2)  # once the Grad-CAMs are waiting
+            return timed(lambda: api.post("/predict", files=files(image)))
+
+        *answers, (predicted, seconds) = concurrently(
+            *[lambda: api.post("/gradcam", files=files(image))] * cams, late_predict)
+        assert [a.status_code for a in answers] == [200] * cams
+        assert predicted.status_code == 200
+        assert seconds < 3 * overlay  # behind one Grad-CAM at most, not behind eight (3.2 s)
+    with client(run, max_gradcam=2) as api:
+        answers = concurrently(*[lambda: api.post("/gradcam", files=files(image))] * 5)
+        busy = [a for a in answers if a.status_code == 503]
+        assert sorted(a.status_code for a in answers) == [200, 200, 503, 503, 503]
+        assert all(a.headers["retry-after"] == "1" for a in busy)
+        assert "--max-gradcam" in busy[0].json()["detail"]
+        two = api.post("/gradcam", files=files(image, image))
+        assert two.status_code == 413 and "at most 1 image per request" in two.json()["detail"]
+
+
+def test_options_out_of_range_are_refused_at_start_in_one_line(trained):
+    from smallcnn.errors import UsageError
+    from smallcnn.serve import build_app
+
+    run, _ = trained
+    bad = [("--max-upload-mb", {"max_upload_mb": float("inf")}),
+           ("--max-upload-mb", {"max_upload_mb": float("nan")}),
+           ("--max-upload-mb", {"max_upload_mb": 0}),
+           ("--max-wait-ms", {"max_wait_ms": float("inf")}),
+           ("--max-wait-ms", {"max_wait_ms": -1}),
+           ("--max-batch", {"max_batch": 0}),
+           ("--max-batch", {"max_batch": 8, "max_queue": 4}),
+           ("--max-queue", {"max_queue": 0}),
+           ("--max-files", {"max_files": 0}),
+           ("--max-pixels", {"max_pixels": 0}),
+           ("--max-gradcam", {"max_gradcam": 0}),
+           ("--top-k", {"top_k": 0}),
+           ("--port", {"port": 70_000}),
+           ("--token", {"token": "pässwörd"}),  # headers are Latin-1: it could never match
+           ("--token", {"token": "two words"}),
+           ("--token", {"token": ""})]
+    for option, values in bad:
+        with pytest.raises(UsageError) as refused:
+            build_app(run, ServeSettings(**values))
+        message = str(refused.value)
+        assert option in message and "\n" not in message, (values, message)
+    done = invoke("serve", run, "--max-upload-mb", "inf")
+    assert done.exit_code == 2 and "--max-upload-mb" in done.stderr
+    assert "Traceback" not in done.output and len(done.stderr.strip().splitlines()) == 1
 
 
 def test_token_and_cors(trained):
@@ -141,6 +334,12 @@ def test_token_and_cors(trained):
         assert preflight.status_code == 200  # a browser's preflight carries no token
         assert api.post("/predict", files=files(image),
                         headers={"Authorization": "Bearer wrong"}).status_code == 401
+        for scheme in ("bearer", "BEARER", "Bearer "):  # the scheme's name in any case (RFC 7235)
+            assert api.post("/predict", files=files(image),
+                            headers={"Authorization": f"{scheme} s3cret"}).status_code == 200
+        latin = api.post("/predict", files=files(image),
+                         headers={"Authorization": "Bearer s\xe4cret".encode("latin-1")})
+        assert latin.status_code == 401
 
 
 def test_the_page_is_one_offline_file(trained):

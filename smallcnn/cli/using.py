@@ -188,11 +188,14 @@ def serve(
     model: Annotated[Optional[Path], typer.Argument(help="Run folder (or its model.keras), or an exported .tflite, .onnx, .keras file or SavedModel folder.  \\[default: the most recent run in ./runs]", show_default=False)] = None,
     host: Annotated[str, typer.Option(help="Address to listen on; another than this machine's own is served without authentication unless --token is given.")] = SERVE.host,
     port: Annotated[int, typer.Option(help="Port to listen on.")] = SERVE.port,
-    token: Annotated[Optional[str], typer.Option(help="Require 'Authorization: Bearer TOKEN' on the API (not on the page or /health).", show_default=False)] = None,
+    token: Annotated[Optional[str], typer.Option(help="Require 'Authorization: Bearer TOKEN' on the API (not on the page or /health); printable ASCII, no spaces.", show_default=False)] = None,
     cors: Annotated[Optional[str], typer.Option("--cors", help="An origin (https://example.org) whose pages may call the API; none by default.", show_default=False)] = None,
     max_batch: Annotated[int, typer.Option(help="Images the engine runs at once, gathered from concurrent requests.")] = SERVE.max_batch,
     max_wait_ms: Annotated[float, typer.Option(help="How long the first image of a batch waits for others.")] = SERVE.max_wait_ms,
     max_queue: Annotated[int, typer.Option(help="Images waiting at once; beyond, 503 with Retry-After.")] = SERVE.max_queue,
+    max_files: Annotated[int, typer.Option(help="Images in one request (at most --max-queue); beyond, 413 before any is decoded.")] = SERVE.max_files,
+    max_pixels: Annotated[int, typer.Option(help="Pixels of one image, read from its header before decoding; beyond, 422.")] = SERVE.max_pixels,
+    max_gradcam: Annotated[int, typer.Option(help="Grad-CAM requests waiting or running at once; beyond, 503 with Retry-After.")] = SERVE.max_gradcam,
     max_upload_mb: Annotated[float, typer.Option(help="Largest request body; beyond, 413.")] = SERVE.max_upload_mb,
     top_k: Annotated[int, typer.Option("--top-k", help="Classes per image unless the request asks (?top_k=).")] = SERVE.top_k,
 ):
@@ -203,7 +206,8 @@ def serve(
     from smallcnn.serve import ServeSettings
 
     settings = ServeSettings(host=host, port=port, token=token, cors=cors, max_batch=max_batch,
-                             max_wait_ms=max_wait_ms, max_queue=max_queue,
+                             max_wait_ms=max_wait_ms, max_queue=max_queue, max_files=max_files,
+                             max_pixels=max_pixels, max_gradcam=max_gradcam,
                              max_upload_mb=max_upload_mb, top_k=top_k)
     _run("serve", model, settings, tensorflow=False)
 

@@ -2,6 +2,9 @@
 
     smallcnn serve [RUN|MODEL] [--host 127.0.0.1] [--port 8000] [--token T] [--cors ORIGIN]
 
+The limits each request meets (body, files, pixels, queue, Grad-CAM) are `ServeSettings`;
+docs/serve.md lists them with the status code of each refusal.
+
 `app.py` holds the routes (POST /predict, POST /gradcam, GET /health, /model, /metrics, the
 page at /), `batcher.py` gathers concurrent requests into batches for the engine,
 `stats.py` counts what the server did, `page.html` is the web page (plain JavaScript, no
@@ -11,7 +14,6 @@ external requests).
 import ipaddress
 import socket
 
-from smallcnn.errors import UsageError
 from smallcnn.progress import Reporter
 from smallcnn.serve.app import ServeSettings, create_app
 
@@ -20,16 +22,14 @@ __all__ = ["ServeSettings", "build_app", "exposure_warning", "is_loopback", "ser
 
 def build_app(model=None, settings=ServeSettings()):
     """Loads a model (a run folder, its model.keras, or an exported file; default the
-    latest run) and returns `(app, classifier)`: the FastAPI app serving it."""
+    latest run) and returns `(app, classifier)`: the FastAPI app serving it.
+
+    Raises:
+        UsageError: a setting out of its range, before the model is loaded.
+    """
     from smallcnn.predict import load
 
-    if settings.max_batch < 1 or settings.max_queue < settings.max_batch:
-        raise UsageError(f"--max-batch must be at least 1 and --max-queue at least "
-                         f"--max-batch. Received: max_batch={settings.max_batch}, "
-                         f"max_queue={settings.max_queue}")
-    if settings.max_wait_ms < 0 or settings.max_upload_mb <= 0 or settings.top_k < 1:
-        raise UsageError("--max-wait-ms must be 0 or more, --max-upload-mb positive and "
-                         "--top-k at least 1.")
+    settings.check()  # before the model loads: a wrong option is refused at once
     classifier = load(model)
     run = classifier.batch_runner(settings.max_batch)
     return create_app(classifier, run, settings), classifier

@@ -6,6 +6,10 @@ that first one, and runs them as one batch in the engine's own thread (engines s
 LiteRT's interpreter are not thread-safe; one thread also keeps the event loop free).
 Under load, batches fill up and throughput approaches the engine's batch throughput; a
 lone request waits at most `max_wait_ms` more than it would alone.
+
+Other work on the model (Grad-CAM) shares the engine's thread as tasks: at most
+`max_tasks` waiting or running, and one at a time in the thread, so that a batch waits
+behind one task at most however many are waiting.
 """
 
 import asyncio
@@ -20,19 +24,25 @@ class QueueFull(Exception):
 
 
 class MicroBatcher:
-    def __init__(self, run, max_batch=32, max_wait_ms=5.0, max_queue=256, on_batch=None):
+    def __init__(self, run, max_batch=32, max_wait_ms=5.0, max_queue=256, on_batch=None,
+                 max_tasks=4):
         """
         Args:
             run: the engine: a function of an `(n, size, size, 3)` uint8 array that returns
                 `(n, classes)` probabilities.
             max_queue: the most images waiting at once; beyond it `submit` raises QueueFull.
             on_batch: an optional callable, called with each batch's size and seconds.
+            max_tasks: the most tasks (`run_task`) waiting or running at once; beyond it
+                `run_task` raises QueueFull.
         """
         self.run = run
         self.max_batch = max_batch
         self.max_wait = max_wait_ms / 1000
         self.max_queue = max_queue
         self.on_batch = on_batch
+        self.max_tasks = max_tasks
+        self._tasks = 0
+        self._task_turn = asyncio.Lock()  # one task at a time in the engine's thread
         self.engine_thread = concurrent.futures.ThreadPoolExecutor(1, "smallcnn-engine")
         self._queue = None
         self._waiting = 0
@@ -54,6 +64,22 @@ class MicroBatcher:
         """Runs `function(*args)` in the engine's thread (for other work on the model, such
         as Grad-CAM), awaitable."""
         return asyncio.get_running_loop().run_in_executor(self.engine_thread, function, *args)
+
+    async def run_task(self, function, *args):
+        """`function(*args)` in the engine's thread, after the tasks before it.
+
+        Raises:
+            QueueFull: `max_tasks` tasks are already waiting or running.
+        """
+        if self._tasks >= self.max_tasks:
+            raise QueueFull(f"{self._tasks} tasks are waiting or running (the most is "
+                            f"{self.max_tasks})")
+        self._tasks += 1
+        try:
+            async with self._task_turn:
+                return await self.in_engine(function, *args)
+        finally:
+            self._tasks -= 1
 
     async def submit(self, images):
         """The probabilities of `images` (a list of `(size, size, 3)` arrays), in order."""
