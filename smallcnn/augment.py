@@ -40,6 +40,8 @@ PRESETS = {
     ),
 }
 DEFAULT_PRESET = "light"
+# The largest value of each numeric setting (the smallest is 0).
+LIMITS = {"rotation": 180, "shift": 1, "shear": 1, "zoom": 1, "brightness": 1, "contrast": 1}
 
 
 def resolve_augmentation(preset=DEFAULT_PRESET, **overrides):
@@ -51,8 +53,7 @@ def resolve_augmentation(preset=DEFAULT_PRESET, **overrides):
         raise UsageError(
             f"Unknown --flip {chosen['flip']!r}. Choose one of: {', '.join(FLIP_MODES)}."
         )
-    limits = {"rotation": 180, "shift": 1, "shear": 1, "zoom": 1, "brightness": 1, "contrast": 1}
-    for name, top in limits.items():
+    for name, top in LIMITS.items():
         if name in chosen and not 0 <= chosen[name] <= top:
             raise UsageError(f"--{name} must be between 0 and {top}. Received: {chosen[name]}")
     return dataclasses.replace(PRESETS[preset], **chosen)

@@ -33,10 +33,12 @@ import zipfile
 from pathlib import Path
 
 from smallcnn.errors import described
+from smallcnn.ranges import Range, from_environment
 from smallcnn.runs import atomic_write, file_sha256
 
 PARTS = ("features", "engines", "templates", "scans")
 DEFAULT_MAX_GB = 5.0
+MAX_GB = Range(0, 2**20, above=True)  # GiB; the top, a pebibyte, is as good as no cap
 KEY_FORMAT = 2
 
 # The modules whose code, and the libraries whose versions, make each part's entries.
@@ -72,13 +74,7 @@ def root(part=None):
 
 def max_bytes():
     """The cap on the cache's size: `$SMALLCNN_CACHE_MAX_GB` (default 5) GiB."""
-    value = os.environ.get("SMALLCNN_CACHE_MAX_GB", str(DEFAULT_MAX_GB))
-    try:
-        return int(float(value) * 2**30)
-    except ValueError:
-        from smallcnn.errors import UsageError
-
-        raise UsageError(f"SMALLCNN_CACHE_MAX_GB must be a number of GiB. Received: {value!r}")
+    return int(from_environment("SMALLCNN_CACHE_MAX_GB", DEFAULT_MAX_GB, MAX_GB) * 2**30)
 
 
 @functools.lru_cache(maxsize=None)

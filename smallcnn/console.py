@@ -13,7 +13,8 @@ from smallcnn.progress import Reporter
 
 def _console(**kwargs):
     console = Console(highlight=False, **kwargs)
-    if not console.is_terminal and "COLUMNS" not in os.environ:
+    # COLUMNS=0 makes a width of 0, which shows nothing.
+    if console.width < 1 or not console.is_terminal and "COLUMNS" not in os.environ:
         console = Console(highlight=False, width=120, **kwargs)  # logs and pipes: no 80-column wrap
     return console
 

@@ -22,6 +22,7 @@ import os
 from typing import Optional
 
 from smallcnn.errors import UsageError
+from smallcnn.ranges import Range
 
 DEVICE_CHOICES = ("auto", "cpu", "all")  # or a number of devices
 PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
@@ -68,7 +69,7 @@ def cluster():
                     if name in ("chief", "worker"))
         task = config["task"]
         kind, index = task["type"], int(task["index"])
-    except (ValueError, KeyError, TypeError, AttributeError) as error:
+    except (ValueError, KeyError, TypeError, AttributeError, OverflowError) as error:
         raise UsageError(f"TF_CONFIG is not a TensorFlow cluster description ({error!r}); "
                          'expected {"cluster": {"worker": ["host:port", ...]}, '
                          '"task": {"type": "worker", "index": 0}}.') from None
@@ -76,6 +77,10 @@ def cluster():
         raise UsageError(f"TF_CONFIG's task is a {kind!r}: smallcnn runs on the chief and "
                          "worker tasks of a cluster (MultiWorkerMirroredStrategy has no "
                          "parameter servers or evaluators).")
+    listed = len(config["cluster"].get(kind) or ())
+    if tasks > 1 and index not in Range(0, listed - 1):
+        raise UsageError(f"TF_CONFIG's task is {kind} {index}, but its cluster lists {listed} "
+                         f"{kind} address(es), counted from 0.")
     return (kind, index, tasks) if tasks > 1 else None
 
 

@@ -7,15 +7,23 @@ augments whole batches and prefetches.
 """
 
 import dataclasses
-import os
 import tempfile
 
 import numpy as np
 
 from smallcnn.errors import DataError
+from smallcnn.ranges import Range, from_environment
 
-# Decoded images above this many bytes go to an on-disk array instead of memory.
-DEFAULT_MEMORY_BUDGET = int(float(os.environ.get("SMALLCNN_MEMORY_BUDGET_GB", "4")) * 2**30)
+# Decoded images above this many GiB ($SMALLCNN_MEMORY_BUDGET_GB) go to an on-disk array
+# instead of memory.
+DEFAULT_MEMORY_BUDGET_GB = 4
+MEMORY_BUDGET_GB = Range(0, 2**20)
+
+
+def default_memory_budget():
+    """`$SMALLCNN_MEMORY_BUDGET_GB` (default 4) in bytes."""
+    return int(from_environment("SMALLCNN_MEMORY_BUDGET_GB", DEFAULT_MEMORY_BUDGET_GB,
+                                MEMORY_BUDGET_GB) * 2**30)
 
 
 @dataclasses.dataclass
@@ -30,10 +38,13 @@ class DecodedSplit:
         return len(self.paths)
 
 
-def decode_split(split, image_size, reporter, memory_budget=DEFAULT_MEMORY_BUDGET):
-    """Decodes every image of a `data.Split`, leaving out (and reporting) unreadable ones."""
+def decode_split(split, image_size, reporter, memory_budget=None):
+    """Decodes every image of a `data.Split`, leaving out (and reporting) unreadable ones;
+    beyond `memory_budget` bytes (default: the variable's), into a file on disk."""
     from smallcnn.images import load_images
 
+    if memory_budget is None:
+        memory_budget = default_memory_budget()
     n = len(split.paths)
     needed = n * image_size * image_size * 3
     out = None

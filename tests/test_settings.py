@@ -130,3 +130,138 @@ def test_engine_litert_fails_clearly_where_litert_cannot_run(tiny_data, base_wei
     fallen_back = invoke(*args)  # auto: TensorFlow, and a line that says why
     assert fallen_back.exit_code == 0, fallen_back.output
     assert "LiteRT is not usable here (ImportError: no LiteRT wheel" in fallen_back.output
+
+
+def _numeric_options():
+    """[(command words, click parameter)] of every numeric option of every command."""
+    import typer
+
+    from smallcnn.cli import app
+
+    def walk(command, words):
+        if hasattr(command, "commands"):
+            for name, sub in command.commands.items():
+                yield from walk(sub, [*words, name])
+            return
+        for parameter in command.params:
+            if parameter.param_type_name == "option" and _number_kind(parameter):
+                yield words, parameter
+
+    return list(walk(typer.main.get_command(app), []))
+
+
+def _number_kind(parameter):
+    """int or float for a numeric parameter, else None (typer 0.2x runs its own copy of
+    click, whose parameters say their annotation rather than a click type)."""
+    if hasattr(parameter, "type_descriptor"):
+        kind = parameter.type_descriptor.annotation
+    else:
+        kind = {"integer": int, "float": float}.get(getattr(parameter.type, "name", None))
+    return kind if kind in (int, float) else None
+
+
+def _required_arguments(words):
+    import typer
+
+    from smallcnn.cli import app
+
+    command = typer.main.get_command(app)
+    for word in words:
+        command = command.commands[word]
+    return ["x" for p in command.params if p.param_type_name == "argument" and p.required]
+
+
+def _bad_values(allowed, integer):
+    """What a user may type that `allowed` refuses: out of range, not finite, too large."""
+    bad = []
+    if allowed.low is not None:
+        bad.append(allowed.low if allowed.above else allowed.low - 1)  # 0 where 1 is the least
+    if allowed.high is not None:
+        bad.append(allowed.high if allowed.below else allowed.high + 1)
+        bad.append(10**30 if integer else 1e308)
+    if not integer:
+        bad += [float("nan"), float("inf"), float("-inf")]
+    return [str(int(v)) if integer else repr(v) for v in bad]
+
+
+def test_every_numeric_option_of_every_command_has_a_range():
+    from smallcnn.cli.ranges import allowed
+
+    found = _numeric_options()
+    assert len({tuple(words) for words, _ in found}) >= 10
+    # serve's options are checked by its own settings (smallcnn.serve.ServeSettings).
+    missing = [(" ".join(words), p.opts) for words, p in found
+               if words != ["serve"] and allowed(p.name) is None]
+    assert missing == []
+
+
+@pytest.mark.parametrize("words", sorted({tuple(w) for w, _ in _numeric_options()
+                                          if w != ["serve"]}), ids=" ".join)
+def test_bad_numbers_are_refused_in_one_line_before_any_work(words, tmp_path):
+    from smallcnn.cli.ranges import allowed
+
+    arguments = _required_arguments(words)
+    tried = 0
+    for _, parameter in [(w, p) for w, p in _numeric_options() if tuple(w) == words]:
+        flag = max(parameter.opts, key=len)
+        for value in _bad_values(allowed(parameter.name), _number_kind(parameter) is int):
+            result = invoke(*words, *arguments, flag, value)
+            assert result.exit_code == 2, (flag, value, result.output)
+            assert result.output.strip().splitlines() == [result.output.strip()], result.output
+            assert result.output.startswith(f"error: {flag} must be "), (flag, value, result.output)
+            tried += 1
+    assert tried
+    assert not (tmp_path / "runs").exists()  # refused before anything was written
+
+
+@pytest.mark.parametrize("variable", ["SMALLCNN_CACHE_MAX_GB", "SMALLCNN_MEMORY_BUDGET_GB"])
+@pytest.mark.parametrize("value", ["inf", "nan", "-1", "1e308", "lots"])
+def test_bad_numbers_in_environment_variables_are_refused_in_one_line(variable, value,
+                                                                       monkeypatch):
+    monkeypatch.setenv(variable, value)
+    for command in (["cache", "info"], ["predict", "x.jpg"]):
+        result = invoke(*command)
+        assert result.exit_code == 2, result.output
+        assert result.output == f"error: {variable} must be {_range_of(variable).describe()}. " \
+                                f"Received: {value!r}\n"
+
+
+def _range_of(variable):
+    from smallcnn import cache, pipeline
+
+    return {"SMALLCNN_CACHE_MAX_GB": cache.MAX_GB,
+            "SMALLCNN_MEMORY_BUDGET_GB": pipeline.MEMORY_BUDGET_GB}[variable]
+
+
+def test_a_range_holds_finite_numbers_between_its_bounds_only():
+    from smallcnn.ranges import Range
+
+    fraction = Range(0, 1, above=True, below=True)
+    assert 0.5 in fraction and 0 not in fraction and 1 not in fraction
+    assert float("nan") not in Range() and float("inf") not in Range() and 1e308 in Range()
+    assert True not in Range() and "1" not in Range()
+    assert 10**30 in Range(1) and 0 not in Range(1) and -1e-9 not in Range(0)
+    assert Range(0, 1, below=True).describe() == "at least 0 and below 1"
+    assert Range(1).describe() == "at least 1" and Range(0).describe() == "0 or more"
+
+
+@pytest.mark.parametrize("index", ["Infinity", "1e308", "2", "-1"])
+def test_a_task_index_outside_the_tf_config_cluster_is_refused(index, monkeypatch):
+    from smallcnn.devices import cluster
+    from smallcnn.errors import UsageError
+
+    cluster_of_two = '{"cluster": {"worker": ["a:2222", "b:2222"]}, "task": {"type": "worker", '
+    monkeypatch.setenv("TF_CONFIG", cluster_of_two + f'"index": {index}}}}}')
+    with pytest.raises(UsageError, match="^TF_CONFIG"):
+        cluster()
+    monkeypatch.setenv("TF_CONFIG", cluster_of_two + '"index": 1}}')
+    assert cluster() == ("worker", 1, 2)
+
+
+def test_columns_0_still_shows_the_tables(monkeypatch):
+    from conftest import invoke_in_subprocess
+
+    monkeypatch.setenv("COLUMNS", "0")
+    shown, _, _ = invoke_in_subprocess("cache", "info")
+    assert "features" in shown and "engines" in shown
+

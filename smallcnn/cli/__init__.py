@@ -28,6 +28,8 @@ _state = {"debug": False}
 
 def _library_call(name):
     """The library function behind a command, imported only once TensorFlow is quiet."""
+    if callable(name):
+        return name
     if name == "check":
         from smallcnn.check import check_dataset
         from smallcnn.console import RichReporter
@@ -160,6 +162,9 @@ def _main(
 
 # The commands register themselves on `app`.
 from smallcnn.cli import training, using, visualize  # noqa: E402,F401
+from smallcnn.cli.ranges import check_numbers  # noqa: E402
+
+check_numbers(app)
 
 
 def main():

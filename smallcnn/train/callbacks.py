@@ -1,14 +1,13 @@
 """Keras callbacks used while training: progress reporting, an atomic checkpoint, Ctrl-C."""
 
 import math
-import os
 import time
 from pathlib import Path
 
 import keras
 
 from smallcnn import runs
-from smallcnn.errors import UsageError
+from smallcnn.ranges import Range, from_environment
 from smallcnn.signals import StopRequest
 
 
@@ -69,18 +68,8 @@ CHECKPOINT_VARIABLE = "SMALLCNN_CHECKPOINT_SECONDS"
 
 
 def checkpoint_seconds():
-    """`$SMALLCNN_CHECKPOINT_SECONDS`, else `CHECKPOINT_SECONDS`."""
-    value = os.environ.get(CHECKPOINT_VARIABLE)
-    if value is None:
-        return CHECKPOINT_SECONDS
-    try:
-        seconds = float(value)
-    except ValueError:
-        seconds = math.nan
-    if not seconds >= 0:
-        raise UsageError(f"{CHECKPOINT_VARIABLE} must be a number of seconds, 0 or more. "
-                         f"Received: {value!r}")
-    return seconds
+    """`$SMALLCNN_CHECKPOINT_SECONDS` (up to a day), else `CHECKPOINT_SECONDS`."""
+    return from_environment(CHECKPOINT_VARIABLE, CHECKPOINT_SECONDS, Range(0, 24 * 3600))
 
 
 class AtomicCheckpoint(keras.callbacks.Callback):

@@ -12,12 +12,13 @@ import importlib.util
 import os
 from typing import Optional
 
-from smallcnn.augment import DEFAULT_PRESET, FLIP_MODES, PRESETS, resolve_augmentation
+from smallcnn.augment import DEFAULT_PRESET, FLIP_MODES, LIMITS, PRESETS, resolve_augmentation
 from smallcnn.bases import BASES, DEFAULT_BASE, get_base
 from smallcnn.devices import DEVICES_HELP, PRECISION_HELP, PRECISIONS, check_devices
 from smallcnn.engine import ENGINES
 from smallcnn.errors import UsageError
 from smallcnn.head import LR_SCHEDULES, OPTIMIZERS, check_optimizer
+from smallcnn.ranges import Range
 from smallcnn.table import TABLE_DEFAULTS, TABLE_HELP
 
 COMMANDS = ("extract", "train", "finetune")
@@ -34,15 +35,30 @@ COMMAND_DEFAULTS = {
 # every layer training needs the usual 1e-3.
 FROZEN_LEARNING_RATE, FULL_LEARNING_RATE = 1e-2, 1e-3
 
+# The ranges of the numeric settings. Their tops are far beyond any sensible choice, and
+# below the sizes that overflow what the values become (a batch of 10^19 images is past
+# int64; 2^32 is past what NumPy's seeding takes).
+EPOCHS = Range(1, 100_000)
+BATCH_SIZE = Range(1, 8192)
+IMAGE_SIZE = Range(min(spec.min_size for spec in BASES.values()), 1024)  # and the base's own
+LEARNING_RATE = Range(0, 10_000, above=True)
+FRACTION = Range(0, 1, below=True)  # dropout, momentum
+SEED = Range(0, 2**32 - 1)
+HEADS = Range(1, 32)
+AUGMENTED_VIEWS = Range(0, 100)
+HIDDEN = Range(0, 16384)
 
-def option(default, help, type, commands=COMMANDS, choices=None, flag=None):
+
+def option(default, help, type, commands=COMMANDS, choices=None, flag=None, allowed=None):
     """A setting's declaration: its default, help, type, the commands that take it,
-    its choices and, for a switch, its flag (e.g. '--freeze/--no-freeze')."""
+    its choices, for a switch its flag (e.g. '--freeze/--no-freeze'), and for a number
+    the `Range` it must be in."""
     return dataclasses.field(default=default, metadata=dict(
-        help=help, type=type, commands=commands, choices=choices, flag=flag))
+        help=help, type=type, commands=commands, choices=choices, flag=flag, allowed=allowed))
 
 
 _AUGMENT_HELP = "(overrides the --augment preset)"
+_AUGMENT = {name: Range(0, top) for name, top in LIMITS.items()}
 AUGMENTATION_OPTIONS = ("rotation", "shift", "shear", "zoom", "flip", "brightness", "contrast")
 
 
@@ -53,34 +69,40 @@ class Settings:
     freeze: Optional[bool] = option(None, "Keep the base frozen and train the head only.", bool,
                                     ("train",), flag="--freeze/--no-freeze")
     unfreeze: int = option(4, "Top base layers with weights to unfreeze (BatchNorm excluded).",
-                           int, ("finetune",))
+                           int, ("finetune",), allowed=Range(1))
     unfreeze_blocks: Optional[int] = option(
         None, "Unfreeze the top N blocks of the base instead, each whole (the blocks of its "
-        "registry entry; BatchNorm excluded).", int, ("finetune",))
+        "registry entry; BatchNorm excluded).", int, ("finetune",), allowed=Range(1))
     head_epochs: Optional[int] = option(None, "Epochs for the head with the base frozen "
-                                        "(without --from).", int, ("finetune",))
+                                        "(without --from).", int, ("finetune",),
+                                        allowed=Range(0, EPOCHS.high))
     head_learning_rate: Optional[float] = option(None, "Learning rate for that head phase.",
-                                                 float, ("finetune",))
+                                                 float, ("finetune",), allowed=LEARNING_RATE)
     base: Optional[str] = option(None, "Conv base.", str, choices=tuple(BASES))
     weights: Optional[str] = option(None, "imagenet, none, or a .weights.h5 file of the base.",
                                     str)
-    image_size: Optional[int] = option(None, "Image side in pixels.", int)
-    batch_size: int = option(32, "Images per batch.", int)
+    image_size: Optional[int] = option(None, "Image side in pixels.", int, allowed=IMAGE_SIZE)
+    batch_size: int = option(32, "Images per batch.", int, allowed=BATCH_SIZE)
     epochs: Optional[int] = option(None, "Most epochs to train (early stopping may end sooner).",
-                                   int)
-    learning_rate: Optional[float] = option(None, "Learning rate.", float)
+                                   int, allowed=EPOCHS)
+    learning_rate: Optional[float] = option(None, "Learning rate.", float,
+                                            allowed=LEARNING_RATE)
     optimizer: str = option("adam", "Optimizer.", str, choices=OPTIMIZERS)
-    momentum: float = option(0.9, "Momentum for sgd.", float)
+    momentum: float = option(0.9, "Momentum for sgd.", float, allowed=FRACTION)
     nesterov: bool = option(False, "Nesterov momentum for sgd.", bool,
                             flag="--nesterov/--no-nesterov")
     lr_schedule: str = option("constant", "Learning-rate schedule.", str, choices=LR_SCHEDULES)
-    dropout: float = option(0.5, "Dropout before the last dense layer.", float)
-    hidden: int = option(0, "Units of a hidden dense layer in the head (0: none).", int)
+    dropout: float = option(0.5, "Dropout before the last dense layer.", float,
+                            allowed=FRACTION)
+    hidden: int = option(0, "Units of a hidden dense layer in the head (0: none).", int,
+                         allowed=HIDDEN)
     patience: Optional[int] = option(None, "Epochs without a better val_loss before stopping.",
-                                     int)
-    seed: int = option(42, "Random seed (split, shuffling, augmentation, init).", int)
+                                     int, allowed=Range(0, EPOCHS.high))
+    seed: int = option(42, "Random seed (split, shuffling, augmentation, init).", int,
+                       allowed=SEED)
     val_split: float = option(0.2, "Fraction of each class held out for validation when DATA "
-                              "has no validation folder.", float)
+                              "has no validation folder.", float,
+                              allowed=Range(0, 1, above=True, below=True))
     labels: Optional[str] = option(None, TABLE_HELP["labels"], str)
     images: Optional[str] = option(None, TABLE_HELP["images"], str)
     path_column: Optional[str] = option(None, TABLE_HELP["path_column"], str)
@@ -88,18 +110,19 @@ class Settings:
     split_column: Optional[str] = option(None, TABLE_HELP["split_column"], str)
     augment: Optional[str] = option(None, "Augmentation preset.", str, choices=tuple(PRESETS))
     rotation: Optional[float] = option(None, f"Random rotation range in degrees {_AUGMENT_HELP}.",
-                                       float)
+                                       float, allowed=_AUGMENT["rotation"])
     shift: Optional[float] = option(None, f"Random shift, fraction of width and height "
-                                    f"{_AUGMENT_HELP}.", float)
-    shear: Optional[float] = option(None, f"Random shear factor {_AUGMENT_HELP}.", float)
+                                    f"{_AUGMENT_HELP}.", float, allowed=_AUGMENT["shift"])
+    shear: Optional[float] = option(None, f"Random shear factor {_AUGMENT_HELP}.", float,
+                                    allowed=_AUGMENT["shear"])
     zoom: Optional[float] = option(None, f"Random zoom: scale in [1-zoom, 1+zoom] "
-                                   f"{_AUGMENT_HELP}.", float)
+                                   f"{_AUGMENT_HELP}.", float, allowed=_AUGMENT["zoom"])
     flip: Optional[str] = option(None, f"Random flips {_AUGMENT_HELP}.", str,
                                  choices=tuple(FLIP_MODES))
     brightness: Optional[float] = option(None, f"Random brightness change, fraction of the range "
-                                         f"{_AUGMENT_HELP}.", float)
+                                         f"{_AUGMENT_HELP}.", float, allowed=_AUGMENT["brightness"])
     contrast: Optional[float] = option(None, f"Random contrast change factor {_AUGMENT_HELP}.",
-                                       float)
+                                       float, allowed=_AUGMENT["contrast"])
     engine: str = option("auto", "Engine for the frozen base's forward pass (auto: TensorFlow "
                          "on GPUs or several devices, else LiteRT where it runs; "
                          "$SMALLCNN_ENGINE sets it when this is auto).", str, choices=ENGINES)
@@ -111,10 +134,10 @@ class Settings:
                                flag="--tensorboard")
     views: int = option(0, "Also train on the features of this many augmented copies of each "
                         "training image (computed once, cached; needs an --augment preset).", int,
-                        ("extract",))
+                        ("extract",), allowed=AUGMENTED_VIEWS)
     heads: Optional[int] = option(None, "Train this many heads from different seeds, each "
                                   "early-stopped on its own, and save them merged into one "
-                                  "(their mean logits).", int, ("extract",))
+                                  "(their mean logits).", int, ("extract",), allowed=HEADS)
 
     def resolve(self, command, spec=None):
         """A checked copy with every None replaced by the command's or the base's default."""
@@ -144,33 +167,18 @@ class Settings:
 
     def check(self):
         """Refuses any value out of range; called before any image is decoded."""
-        if self.head_epochs is not None and self.head_epochs < 0:
-            raise UsageError(f"--head-epochs must be 0 or more. Received: {self.head_epochs}")
-        for name in ("batch_size", "epochs", "image_size", "unfreeze"):
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                raise UsageError(f"--{name.replace('_', '-')} must be at least 1. Received: {value}")
-        for name, value in ((f.name, getattr(self, f.name)) for f in dataclasses.fields(self)):
-            choices = _declared(name)["choices"]
-            if choices and value is not None and value not in choices:
-                raise UsageError(f"Unknown --{name.replace('_', '-')} {value!r}. "
-                                 f"Choose one of: {', '.join(choices)}.")
+        for field in dataclasses.fields(self):
+            value, declared = getattr(self, field.name), field.metadata
+            if value is None:
+                continue
+            if declared["allowed"] is not None:
+                declared["allowed"].check(_flag(field.name), value)
+            if declared["choices"] and value not in declared["choices"]:
+                raise UsageError(f"Unknown {_flag(field.name)} {value!r}. "
+                                 f"Choose one of: {', '.join(declared['choices'])}.")
         for rate in (self.learning_rate, self.head_learning_rate):
             if rate is not None:
                 check_optimizer(self.optimizer, rate, self.lr_schedule)
-        if not 0 < self.val_split < 1:
-            raise UsageError(f"--val-split must be between 0 and 1 (exclusive). "
-                             f"Received: {self.val_split}")
-        if self.views is not None and not 0 <= self.views <= 100:
-            raise UsageError(f"--views must be between 0 and 100. Received: {self.views}")
-        if self.dropout is not None and not 0 <= self.dropout < 1:
-            raise UsageError(f"--dropout must be in [0, 1). Received: {self.dropout}")
-        if self.hidden is not None and self.hidden < 0:
-            raise UsageError(f"--hidden must be 0 (no hidden layer) or more. Received: {self.hidden}")
-        if self.heads is not None and not 1 <= self.heads <= 32:
-            raise UsageError(f"--heads must be between 1 and 32. Received: {self.heads}")
-        if self.patience is not None and self.patience < 0:
-            raise UsageError(f"--patience must be 0 or more. Received: {self.patience}")
         if self.tensorboard and importlib.util.find_spec("tensorboard") is None:
             raise UsageError("--tensorboard needs the tensorboard package: "
                              "pip install tensorboard (or pip install 'smallcnn[tensorboard]').")
@@ -185,6 +193,16 @@ class Settings:
 
 def _declared(name):
     return next(f.metadata for f in dataclasses.fields(Settings) if f.name == name)
+
+
+def _flag(name):
+    return f"--{name.replace('_', '-')}"
+
+
+def allowed(name):
+    """The `Range` of the numeric setting `name`; None for another name."""
+    field = next((f for f in dataclasses.fields(Settings) if f.name == name), None)
+    return field.metadata["allowed"] if field is not None else None
 
 
 def options(command):
