@@ -35,6 +35,10 @@ REDUCING_GAP = 3.0
 STRIP_PIXELS = 1 << 20
 # Modes of 16- and 32-bit grey pixels, scaled to 8 bits.
 DEEP_GREY_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N", "F")
+# Formats a file may be read as, whatever its name says: every one Pillow opens but EPS,
+# whose plugin hands the file to Ghostscript, an interpreter, where it is installed.
+Image.init()
+READ_FORMATS = tuple(name for name in Image.OPEN if name != "EPS")
 
 
 class UnreadableImage(DataError):
@@ -99,7 +103,7 @@ def _open(path, data=None, max_pixels=PIXEL_LIMIT):
             # The limit is checked below, in our words; Pillow's warning beyond its own
             # threshold would only repeat it.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            image = Image.open(path if data is None else io.BytesIO(data))
+            image = Image.open(path if data is None else io.BytesIO(data), formats=READ_FORMATS)
     except UnidentifiedImageError:
         raise UnreadableImage(path, "not an image (or a format Pillow cannot read)") from None
     except Image.DecompressionBombError:  # beyond twice Pillow's threshold: no size given

@@ -73,6 +73,16 @@ def test_every_format_truncated_or_mutated_decodes_or_is_unreadable():
     assert not escaped, escaped
 
 
+def test_postscript_is_never_handed_to_an_interpreter():
+    """Pillow reads EPS by running Ghostscript on it where that is installed: a program an
+    upload must not reach. Such a file is not an image here, whatever its name."""
+    buffer = io.BytesIO()
+    Image.new("RGB", (8, 8), (200, 30, 30)).save(buffer, "EPS")
+    for upload in ("photo.jpg", "upload"):
+        with pytest.raises(UnreadableImage, match="not an image"):
+            decode_image(buffer.getvalue(), upload, SIZE)
+
+
 @pytest.mark.parametrize("case", DAMAGED, ids=[c[0] for c in DAMAGED])
 def test_damaged_uploads_are_unreadable_whatever_their_name(case):
     name, filename, writer, reason = case
