@@ -8,7 +8,6 @@ import importlib.util
 import io
 import json
 import logging
-import math
 import numbers
 import os
 import secrets
@@ -20,6 +19,7 @@ import numpy as np
 from smallcnn import __version__
 from smallcnn.errors import DataError, UsageError, first_line
 from smallcnn.images import PIXEL_LIMIT, UnreadableImage, decode_image
+from smallcnn.ranges import Range
 
 PAGE = Path(__file__).with_name("page.html")
 NOT_AN_IMAGE = "not an image"  # the start of `UnreadableImage.reason` for a foreign file
@@ -53,12 +53,12 @@ class ServeSettings:
     cors: str = None  # an origin allowed to call the API from a browser; None: no CORS headers
     token: str = None  # a bearer token the API requires; None: no authentication
 
-    # The range of each numeric setting, (least, most); a name stands for that setting's
-    # value (checked before it, in this order).
-    RANGES = {"port": (1, 65_535), "max_queue": (1, 1_000_000), "max_batch": (1, "max_queue"),
-              "max_files": (1, 1_000_000), "max_wait_ms": (0, 10_000),
-              "max_pixels": (1, PIXEL_LIMIT), "max_gradcam": (1, 1_000),
-              "max_upload_mb": (0.001, 4_096), "top_k": (1, 1_000_000)}
+    # The range of each numeric setting; --max-batch is also at most --max-queue.
+    RANGES = {"port": Range(1, 65_535), "max_batch": Range(1, 100_000),
+              "max_wait_ms": Range(0, 10_000), "max_queue": Range(1, 1_000_000),
+              "max_files": Range(1, 1_000_000), "max_pixels": Range(1, PIXEL_LIMIT),
+              "max_gradcam": Range(1, 1_000), "max_upload_mb": Range(0, 4_096, above=True),
+              "top_k": Range(1)}
 
     @property
     def max_upload_bytes(self):
@@ -75,17 +75,13 @@ class ServeSettings:
     def check(self):
         """Raises UsageError, in one line, for a setting the server cannot run with."""
         kinds = {field.name: field.type for field in dataclasses.fields(self)}
-        for name, (least, most) in self.RANGES.items():
-            value = getattr(self, name)
-            kind = numbers.Integral if kinds[name] is int else numbers.Real
-            low, high = (getattr(self, b) if isinstance(b, str) else b for b in (least, most))
-            if (not isinstance(value, kind) or isinstance(value, bool)
-                    or not math.isfinite(value) or not low <= value <= high):
-                shown = [f"{option(b)} ({getattr(self, b):,})" if isinstance(b, str)
-                         else f"{b:,}" for b in (least, most)]
-                raise UsageError(f"{option(name)} must be a "
-                                 f"{'whole ' if kind is numbers.Integral else ''}number from "
-                                 f"{shown[0]} to {shown[1]}. Received: {value!r}")
+        for name, allowed in self.RANGES.items():
+            value = allowed.check(option(name), getattr(self, name))
+            if kinds[name] is int and not isinstance(value, numbers.Integral):
+                raise UsageError(f"{option(name)} must be a whole number. Received: {value!r}")
+        if self.max_batch > self.max_queue:
+            raise UsageError(f"--max-batch must be at most --max-queue ({self.max_queue}). "
+                             f"Received: {self.max_batch}")
         if self.token == "":
             raise UsageError("--token must not be empty (leave it out to serve without one).")
         odd = [c for c in self.token or "" if not "!" <= c <= "~"]
