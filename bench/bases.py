@@ -30,7 +30,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.run import ROOT, SHARED, run_metrics, smallcnn  # noqa: E402
-from smallcnn.bases import BASES  # noqa: E402
+from smallcnn.model.bases import BASES  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "bases.json"
 DATASETS = ("ants-bees", "cats-dogs-small", "food101-10")

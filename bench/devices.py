@@ -38,7 +38,7 @@ TARGET_EXTRACT_SHARE = 0.7
 
 PROBE = """
 import json
-from smallcnn.quiet import import_tensorflow
+from smallcnn.runtime.quiet import import_tensorflow
 import_tensorflow()
 import tensorflow as tf
 gpus = tf.config.list_physical_devices("GPU")
@@ -49,13 +49,13 @@ print(json.dumps({"gpus": len(gpus), "names": names}))
 LIMITS = """
 import json, sys, time
 from pathlib import Path
-from smallcnn.quiet import import_tensorflow
+from smallcnn.runtime.quiet import import_tensorflow
 import_tensorflow()
 import numpy as np, tensorflow as tf
-from smallcnn.bases import build_base, get_base
-from smallcnn.devices import with_precision
-from smallcnn.images import DECODE_WORKERS, load_images
-from smallcnn.models import feature_extractor
+from smallcnn.model.bases import build_base, get_base
+from smallcnn.runtime.devices import with_precision
+from smallcnn.data.images import DECODE_WORKERS, load_images
+from smallcnn.model.networks import feature_extractor
 data, precisions = Path(sys.argv[1]), sys.argv[2].split(",")
 paths = sorted(str(p) for p in (data / "train").rglob("*.jpg"))
 started = time.perf_counter()

@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from smallcnn import train  # noqa: E402
-from smallcnn.export import SUPPORTED, export  # noqa: E402
+from smallcnn.inference.export import SUPPORTED, export  # noqa: E402
 
 TABLE_HEADER = ("| format | quantize | file size | one-image latency | top-1 agreement "
                 "| largest prob. difference | val accuracy |\n"

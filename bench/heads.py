@@ -14,7 +14,7 @@ import time
 
 import numpy as np
 
-from smallcnn import head
+from smallcnn.model import head
 from smallcnn.progress import Reporter
 from smallcnn.train import Session, Settings
 

@@ -26,7 +26,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from smallcnn import head  # noqa: E402
+from smallcnn.model import head  # noqa: E402
 from smallcnn.progress import Reporter  # noqa: E402
 from smallcnn.train import Session, Settings  # noqa: E402
 

@@ -61,7 +61,7 @@ def scores(flagged, planted):
 
 
 def measure(name, rate, work):
-    from smallcnn.label_issues import find_label_issues
+    from smallcnn.labels.label_issues import find_label_issues
 
     data, planted, strangers = planted_copy(SHARED / name if name != "ants-bees" else
                                             ROOT / "datasets" / name, rate, work / name)

@@ -110,7 +110,7 @@ def summary(results):
              "bench/results/overheads.json.", "",
              "| command | tree | wall s | overhead s | peak MB | where the time went (last round) "
              "| val, test accuracy |", "|---|---|---|---|---|---|---|"]
-    from smallcnn.timings import summary as timings_summary
+    from smallcnn.runtime.timings import summary as timings_summary
 
     labels = {**{label: f"{label} ({tree['commit']})" for label, tree in trees.items()},
               "recipe": "the Keras recipe"}

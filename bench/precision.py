@@ -31,8 +31,8 @@ STEP = """
 import json, sys, time
 import numpy as np
 import keras
-from smallcnn.bases import build_base, get_base
-from smallcnn.layers import preprocessing_layer
+from smallcnn.model.bases import build_base, get_base
+from smallcnn.model.layers import preprocessing_layer
 name, policy, steps = sys.argv[1], sys.argv[2], int(sys.argv[3])
 keras.mixed_precision.set_global_policy(policy)
 spec = get_base(name)

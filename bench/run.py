@@ -90,10 +90,10 @@ import json, os, time, tempfile
 os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2"
 import numpy as np, tensorflow as tf
 from pathlib import Path
-from smallcnn.bases import build_base, get_base
-from smallcnn.models import feature_extractor
-from smallcnn.images import load_images
-from smallcnn.engine import LiteRTEngine, convert_to_litert
+from smallcnn.model.bases import build_base, get_base
+from smallcnn.model.networks import feature_extractor
+from smallcnn.data.images import load_images
+from smallcnn.runtime.engine import LiteRTEngine, convert_to_litert
 paths = sorted(str(p) for p in Path({str(data)!r}).rglob("*.jpg"))[:256]
 images, _ = load_images(paths, 224)
 x = images.astype("float32")
@@ -123,9 +123,9 @@ def engine_limit(folder, model, env):
     code = f"""
 import json, time
 from pathlib import Path
-from smallcnn.engine import LiteRTEngine
-from smallcnn import cache
-from smallcnn.images import load_images
+from smallcnn.runtime.engine import LiteRTEngine
+from smallcnn.runtime import cache
+from smallcnn.data.images import load_images
 route = json.loads(Path({str(model)!r}, "smallcnn.json").read_text())["prediction"]
 paths = sorted(str(p) for p in Path({str(folder)!r}).iterdir())
 x = load_images(paths, 224)[0].astype("float32")

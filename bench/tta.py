@@ -42,8 +42,8 @@ def train(name, command, work):
 def measure(run, split):
     import numpy as np
 
-    from smallcnn.evaluate import evaluate
-    from smallcnn.predict import load_run
+    from smallcnn.inference.evaluate import evaluate
+    from smallcnn.inference.predict import load_run
 
     classifier = load_run(run)
     rows, right = [], {}

@@ -28,10 +28,10 @@ import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from smallcnn import train, visualize  # noqa: E402
-from smallcnn.evaluate import evaluate  # noqa: E402
-from smallcnn.images import load_picture  # noqa: E402
-from smallcnn.plots import grid_figure, save_figure  # noqa: E402
-from smallcnn.report import build_report  # noqa: E402
+from smallcnn.inference.evaluate import evaluate  # noqa: E402
+from smallcnn.data.images import load_picture  # noqa: E402
+from smallcnn.runtime.plots import grid_figure, save_figure  # noqa: E402
+from smallcnn.visualize.report import build_report  # noqa: E402
 
 IMAGES = ROOT / "docs" / "images"
 SAMPLE = ROOT / "datasets" / "ants-bees"

@@ -4,7 +4,7 @@ __version__ = "0.3.0"
 
 
 def load(path=None):
-    """Loads a trained model; see `smallcnn.predict.load`."""
-    from smallcnn.predict import load as _load
+    """Loads a trained model; see `smallcnn.inference.predict.load`."""
+    from smallcnn.inference.predict import load as _load
 
     return _load(path)

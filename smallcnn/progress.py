@@ -1,7 +1,7 @@
 """How the library tells its caller what is going on, without printing itself.
 
 Library functions take a `Reporter`; the default one stays silent. The CLI passes
-one that draws rich tables and progress bars (`smallcnn.console.RichReporter`).
+one that draws rich tables and progress bars (`smallcnn.cli.console.RichReporter`).
 """
 
 import contextlib
@@ -14,7 +14,7 @@ class Reporter:
         """A data set was found and checked (called before any training)."""
 
     def check(self, report):
-        """The data set was checked (a `smallcnn.check.CheckReport`), before training."""
+        """The data set was checked (a `smallcnn.data.check.CheckReport`), before training."""
 
     @contextlib.contextmanager
     def progress(self, description, total):

@@ -91,7 +91,7 @@ def base_weights_file(tmp_path_factory):
 def trained(tmp_path_factory):
     """A small 3-class model that has learned its (easy) data: (run folder, data folder);
     trained once per test module that uses it."""
-    from smallcnn import training
+    from smallcnn import train as training
     from smallcnn.train import Settings
 
     root = tmp_path_factory.mktemp("trained")

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from conftest import SHARED
-from smallcnn.bases import BASES, PACKAGED_WEIGHTS, build_base, get_base, resolve_weights
+from smallcnn.model.bases import BASES, PACKAGED_WEIGHTS, build_base, get_base, resolve_weights
 from smallcnn.errors import UsageError, WeightsError
 
 
@@ -85,7 +85,7 @@ def test_packaged_weights_give_the_reference_features(name):
 
     from PIL import Image
 
-    from smallcnn.models import feature_extractor
+    from smallcnn.model.networks import feature_extractor
 
     described = json.loads((REFERENCE / "reference_features.json").read_text())
     reference = described["models"][name]
@@ -108,7 +108,7 @@ def test_efficientnet_lite_is_exact_at_any_size():
     feature maps included (where keras.applications' fixed padding goes wrong)."""
     import keras
 
-    from smallcnn import efficientnet_lite
+    from smallcnn.model import efficientnet_lite
 
     keras.utils.set_random_seed(0)
     fixed = efficientnet_lite.build("lite2", (67, 67, 3))
@@ -126,7 +126,7 @@ LITE2_TENSORS = SHARED / "weights" / "efficientnet_lite2_imagenet_torch_names.np
 def test_efficientnet_lite_mapping_uses_every_original_tensor():
     """Every layer with weights gets its tensors, in Keras shapes, and every original
     tensor but the ImageNet classifier's finds a layer."""
-    from smallcnn import efficientnet_lite
+    from smallcnn.model import efficientnet_lite
 
     class Recording(dict):
         used = set()
@@ -155,7 +155,7 @@ def test_packaged_weights_of_another_base_are_refused():
                                          ("mobilenet_v2", 19), ("resnet50", 17),
                                          ("mobilenet", 14)])
 def test_blocks_are_the_architectures_blocks(name, count):
-    from smallcnn.models import base_blocks, unfreeze_candidates
+    from smallcnn.model.networks import base_blocks, unfreeze_candidates
 
     spec = get_base(name)
     base = build_base(spec, 64, "none")
@@ -165,7 +165,7 @@ def test_blocks_are_the_architectures_blocks(name, count):
 
 
 def test_top_blocks_of_efficientnet_and_mobilenet_v2():
-    from smallcnn.models import layers_to_unfreeze
+    from smallcnn.model.networks import layers_to_unfreeze
 
     b0 = build_base(get_base("efficientnet_b0"), 64, "none")
     names = [layer.name for layer in layers_to_unfreeze(
@@ -186,7 +186,7 @@ def test_the_default_base_is_the_one_the_bench_chooses():
     import sys
     from pathlib import Path
 
-    from smallcnn.bases import DEFAULT_BASE
+    from smallcnn.model.bases import DEFAULT_BASE
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from bench import bases as bench

@@ -5,10 +5,9 @@ import os
 import time
 
 import numpy as np
-import pytest
 
 from conftest import invoke
-from smallcnn import cache
+from smallcnn.runtime import cache
 
 FAST = ["--epochs", "3", "--batch-size", "8"]
 
@@ -19,7 +18,7 @@ def test_keys_follow_the_description_the_part_and_the_code(monkeypatch):
     assert one != cache.key("features", base="mobilenet_v2", files=[["a", 1]])
     assert one != cache.key("engines", base="mobilenet_v2", files=[["a", 0]])
     # A change to the code that produces an entry gives it a new key.
-    monkeypatch.setitem(cache._PRODUCERS, "features", ("smallcnn.images",))
+    monkeypatch.setitem(cache._PRODUCERS, "features", ("smallcnn.data.images",))
     cache._producer_fingerprint.cache_clear()
     try:
         assert one != cache.key("features", base="mobilenet_v2", files=[["a", 0]])
@@ -112,7 +111,7 @@ def test_extract_heals_damaged_features_templates_and_engines(tiny_data, base_we
 # their checksums.
 WRITER = """
 import sys
-from smallcnn import cache
+from smallcnn.runtime import cache
 
 def payload(i):
     return bytes([i % 251]) * {size}

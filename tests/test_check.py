@@ -11,9 +11,9 @@ from PIL import Image
 
 from conftest import invoke, make_dataset
 from corpus import CASES, write_case
-from smallcnn.check import check_dataset, scan_file
-from smallcnn.data import find_dataset
-from smallcnn.images import UnreadableImage, load_image
+from smallcnn.data.check import check_dataset, scan_file
+from smallcnn.data.dataset import find_dataset
+from smallcnn.data.images import UnreadableImage, load_image
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
@@ -131,7 +131,7 @@ def test_training_skips_bad_files_and_says_so(tiny_data):
 
 
 def test_bit_count_of_hash_rows_works_on_any_numpy():
-    from smallcnn import check
+    from smallcnn.data import check
 
     rows = np.random.default_rng(0).integers(0, 2**63, (50, 4), dtype=np.uint64)
     expected = [sum(bin(int(v)).count("1") for v in row) for row in rows]

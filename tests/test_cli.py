@@ -73,7 +73,7 @@ def test_predict_json_and_table(tiny_data):
 
 
 def test_a_folder_predicts_a_chunk_at_a_time_with_the_same_results(tiny_data, monkeypatch):
-    from smallcnn.predict import Classifier, load, load_readable
+    from smallcnn.inference.predict import Classifier, load, load_readable
 
     invoke("extract", tiny_data, "--base", "small", "--image-size", "32", *FAST, "--out", "runs/x")
     (tiny_data / "val" / "red" / "red_0035.png").write_bytes(b"")  # sorted among the reds
@@ -81,7 +81,7 @@ def test_a_folder_predicts_a_chunk_at_a_time_with_the_same_results(tiny_data, mo
     whole_evaluation = json.loads(invoke("evaluate", "runs/x", "--json").stdout)
     monkeypatch.setattr(Classifier, "chunk_images", 5)
     decoded = []
-    monkeypatch.setattr("smallcnn.predict.load_readable",
+    monkeypatch.setattr("smallcnn.inference.predict.load_readable",
                         lambda paths, size, _real=load_readable: decoded.append(len(paths))
                         or _real(paths, size))
     chunked, failures = load("runs/x").predict_paths([tiny_data / "val"])
@@ -117,8 +117,8 @@ def test_predict_with_a_cached_conversion_needs_no_tensorflow(tmp_path):
 
 
 def test_a_train_run_predicts_without_tensorflow_from_the_first_image(tiny_data, monkeypatch):
-    from smallcnn.images import load_image
-    from smallcnn.predict import load
+    from smallcnn.data.images import load_image
+    from smallcnn.inference.predict import load
 
     monkeypatch.delenv("SMALLCNN_CONVERT_RUNS")
     result = invoke("train", tiny_data, "--base", "small", "--image-size", "32", *FAST,
@@ -223,7 +223,7 @@ def test_a_failed_helper_is_reported_and_the_run_prepares_the_base_itself(tiny_d
 
 
 def test_a_helper_that_cannot_start_is_said_in_one_line(base_weights_file, monkeypatch):
-    from smallcnn.bases import get_base
+    from smallcnn.model.bases import get_base
     from smallcnn.train import warmup
 
     def no_processes(*args, **kwargs):
@@ -239,9 +239,9 @@ def test_a_helper_that_cannot_start_is_said_in_one_line(base_weights_file, monke
 
 
 def test_a_cancelled_helper_stops_and_leaves_nothing_in_the_cache(base_weights_file):
-    from smallcnn import cache
-    from smallcnn.bases import get_base
-    from smallcnn.engine import litert_name
+    from smallcnn.runtime import cache
+    from smallcnn.model.bases import get_base
+    from smallcnn.runtime.engine import litert_name
     from smallcnn.train import warmup
 
     spec = get_base("mobilenet_v2")
@@ -323,9 +323,9 @@ def test_a_warm_extract_needs_no_tensorflow_and_saves_the_same_model(tiny_data, 
 @pytest.mark.parametrize("command", [["extract"], ["train", "--freeze"]])
 def test_a_frozen_base_run_predicts_without_tensorflow_until_its_model_changes(
         command, tiny_data, base_weights_file, monkeypatch):
-    from smallcnn.images import load_image
-    from smallcnn.models import HEAD_NAME
-    from smallcnn.predict import load
+    from smallcnn.data.images import load_image
+    from smallcnn.model.networks import HEAD_NAME
+    from smallcnn.inference.predict import load
 
     monkeypatch.delenv("SMALLCNN_CONVERT_RUNS")  # the run may convert: it need not
     result = invoke(*command, tiny_data, "--base", "mobilenet_v2", "--weights", base_weights_file, "--image-size", "32",
@@ -357,7 +357,7 @@ def test_a_frozen_base_run_predicts_without_tensorflow_until_its_model_changes(
 def _base_weights(run_dir, base_layer):
     import keras
 
-    import smallcnn.layers  # noqa: F401
+    import smallcnn.model.layers  # noqa: F401
 
     model = keras.saving.load_model(f"{run_dir}/model.keras", safe_mode=True, compile=False)
     base = model.get_layer(base_layer)
@@ -412,16 +412,16 @@ def test_train_freeze_keeps_base_and_finetune_changes_only_unfrozen_layers(
 
 def test_finetune_without_a_run_trains_the_head_first_then_whole_blocks(tiny_data, base_weights_file,
                                                                       monkeypatch):
-    import smallcnn.pipeline
+    import smallcnn.data.pipeline
 
     decoded = []
-    decode_split = smallcnn.pipeline.decode_split
+    decode_split = smallcnn.data.pipeline.decode_split
 
     def counting(split, *args, **kwargs):
         decoded.append(split.name)
         return decode_split(split, *args, **kwargs)
 
-    monkeypatch.setattr(smallcnn.pipeline, "decode_split", counting)
+    monkeypatch.setattr(smallcnn.data.pipeline, "decode_split", counting)
     result = invoke("finetune", tiny_data, "--base", "mobilenet_v2", "--weights", base_weights_file, "--image-size", "32",
                     "--head-epochs", "2", "--epochs", "2", "--unfreeze-blocks", "2",
                     "--batch-size", "8", "--out", "runs/ft")

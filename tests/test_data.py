@@ -1,7 +1,7 @@
 import pytest
 
 from conftest import make_dataset
-from smallcnn.data import find_dataset
+from smallcnn.data.dataset import find_dataset
 from smallcnn.errors import DataError
 
 

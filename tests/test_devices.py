@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from smallcnn import devices
+from smallcnn.runtime import devices
 from smallcnn.errors import UsageError
 from smallcnn.train.settings import Settings
 
@@ -58,7 +58,7 @@ def test_the_chief_is_the_chief_task_else_worker_0(monkeypatch):
 def test_auto_on_a_cpu_machine_is_the_cpu_in_float32_without_importing_tensorflow():
     """The CPU defaults stay as they were (LiteRT's float32 conversion on one device), and
     extract on a CPU still needs no TensorFlow to choose them."""
-    code = ("import sys, json; from smallcnn.devices import place; p = place(); "
+    code = ("import sys, json; from smallcnn.runtime.devices import place; p = place(); "
             "print(json.dumps([p.record(), 'tensorflow' in sys.modules]))")
     record, imported = json.loads(subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
@@ -70,7 +70,7 @@ def test_auto_on_a_cpu_machine_is_the_cpu_in_float32_without_importing_tensorflo
 
 
 def test_the_engine_is_tensorflow_on_several_devices_or_in_mixed_precision(monkeypatch):
-    from smallcnn.engine import chosen_engine
+    from smallcnn.runtime.engine import chosen_engine
 
     monkeypatch.delenv("SMALLCNN_ENGINE", raising=False)
     one = devices.Placement(["/cpu:0"], "float32")
@@ -82,8 +82,8 @@ def test_the_engine_is_tensorflow_on_several_devices_or_in_mixed_precision(monke
 
 
 def _classifier(base_name="small", size=32, classes=3):
-    from smallcnn.bases import build_base, get_base
-    from smallcnn.models import build_classifier, build_head, unfreeze_top
+    from smallcnn.model.bases import build_base, get_base
+    from smallcnn.model.networks import build_classifier, build_head, unfreeze_top
 
     spec = get_base(base_name)
     base = build_base(spec, size, "none")
@@ -121,8 +121,8 @@ def test_a_model_trained_in_mixed_precision_is_saved_in_float32_with_the_same_pr
     import keras
 
     from smallcnn import load, train
-    from smallcnn.pipeline import decode_split
-    from smallcnn.data import find_dataset
+    from smallcnn.data.pipeline import decode_split
+    from smallcnn.data.dataset import find_dataset
     from smallcnn.progress import Reporter
 
     result = train.train(tiny_data, Settings(base="small", image_size=32, epochs=3,
@@ -172,8 +172,8 @@ def test_predict_runs_a_folder_on_the_gpus_and_a_few_images_as_before(trained, m
     stands in for the GPU); a few images keep the way they ran before (no TensorFlow
     import for a run with a LiteRT route, this run's eager Keras calls)."""
     from smallcnn import load
-    from smallcnn.data import find_dataset
-    from smallcnn.pipeline import decode_split
+    from smallcnn.data.dataset import find_dataset
+    from smallcnn.data.pipeline import decode_split
     from smallcnn.progress import Reporter
 
     run_dir, data = trained

@@ -11,7 +11,7 @@ import subprocess
 import sys
 import time
 
-from smallcnn import runs
+from smallcnn.model import runs
 from smallcnn.train import Settings
 
 # A worker process that trains through the library and, for the test, writes a digest of

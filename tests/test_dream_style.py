@@ -5,7 +5,7 @@ import pytest
 from conftest import assert_picture, invoke
 from PIL import Image, ImageDraw
 
-from smallcnn.bases import BASES
+from smallcnn.model.bases import BASES
 
 
 def photo(size=64, seed=0):
@@ -139,7 +139,7 @@ def test_dream_and_style_commands_write_their_pictures(tmp_path):
 
 def test_dream_and_style_refuse_bad_input_before_any_work(tmp_path):
     from smallcnn.errors import DataError, UsageError
-    from smallcnn.images import load_image
+    from smallcnn.data.images import load_image
 
     Image.fromarray(photo(40)).save(tmp_path / "photo.png")
     before = (tmp_path / "photo.png").read_bytes()

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from conftest import invoke
 
-from smallcnn.export import MIN_AGREEMENT, SUPPORTED
+from smallcnn.inference.export import MIN_AGREEMENT, SUPPORTED
 
 CASES = [(f, q) for f, quantizations in SUPPORTED.items() for q in quantizations]
 
@@ -132,8 +132,8 @@ def test_export_loads_in_a_fresh_process_without_smallcnn(trained, tmp_path, for
 def test_uint8_preprocessing_equals_the_runs_layer(mode):
     import keras
 
-    from smallcnn.export import standard_preprocessing
-    from smallcnn.layers import preprocessing_layer
+    from smallcnn.inference.export import standard_preprocessing
+    from smallcnn.model.layers import preprocessing_layer
 
     pixels = np.random.default_rng(0).integers(0, 256, (2, 5, 5, 3)).astype("uint8")
     expected = np.asarray(preprocessing_layer(mode)(pixels.astype("float32")))
@@ -143,16 +143,16 @@ def test_uint8_preprocessing_equals_the_runs_layer(mode):
 
 
 def test_an_export_that_disagrees_fails_and_leaves_nothing(trained, tmp_path, monkeypatch):
-    import smallcnn.export
+    import smallcnn.inference.export
 
     run, _ = trained
-    opened = smallcnn.export.open_model
+    opened = smallcnn.inference.export.open_model
 
     def scrambled(path, format=None):  # a runtime whose answers are a class off
         runtime = opened(path, format)
         return lambda images: np.roll(runtime(images), 1, axis=1)
 
-    monkeypatch.setattr(smallcnn.export, "open_model", scrambled)
+    monkeypatch.setattr(smallcnn.inference.export, "open_model", scrambled)
     out = tmp_path / "out" / "model.tflite"
     result = invoke("export", run, "--out", out)
     assert result.exit_code == 4
@@ -229,7 +229,7 @@ def test_files_written_for_the_user_get_the_usual_permissions(tiny_data, base_we
                                                               tmp_path, umask):
     import stat
 
-    from smallcnn import cache
+    from smallcnn.runtime import cache
 
     run = tmp_path / "run"
     previous = os.umask(umask)

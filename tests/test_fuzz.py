@@ -11,7 +11,7 @@ from PIL import Image
 
 from conftest import invoke
 from corpus import DAMAGED, write_case
-from smallcnn.images import UnreadableImage, decode_image
+from smallcnn.data.images import UnreadableImage, decode_image
 
 SIZE = 16
 CUTS = 24  # truncations of each format's file, at offsets spread over it

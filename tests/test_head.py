@@ -6,8 +6,8 @@ import keras
 import numpy as np
 import pytest
 
-from smallcnn import head as numpy_head
-from smallcnn.models import build_head, compile_model, make_optimizer
+from smallcnn.model import head as numpy_head
+from smallcnn.model.networks import build_head, compile_model, make_optimizer
 from smallcnn.train import Settings
 
 
@@ -198,11 +198,11 @@ def test_unknown_optimizer_is_refused():
 
 
 def test_a_template_with_new_head_weights_is_the_model_keras_would_save(tmp_path):
-    from smallcnn import modelfile
-    from smallcnn.bases import build_base, get_base
-    from smallcnn.models import HEAD_NAME, build_classifier
+    from smallcnn.model import modelfile
+    from smallcnn.model.bases import build_base, get_base
+    from smallcnn.model.networks import HEAD_NAME, build_classifier
 
-    import smallcnn.layers  # noqa: F401  (registers Preprocess for loading)
+    import smallcnn.model.layers  # noqa: F401  (registers Preprocess for loading)
 
     spec = get_base("small")
     base = build_base(spec, 32, "none")

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from corpus import _png_claiming
-from smallcnn.images import (PIXEL_LIMIT, STRIP_PIXELS, UnreadableImage, decode_image, load_image,
+from smallcnn.data.images import (PIXEL_LIMIT, STRIP_PIXELS, UnreadableImage, decode_image, load_image,
                              load_images)
 
 
@@ -196,7 +196,7 @@ def test_a_large_rgba_png_decodes_in_little_more_memory_than_its_pixels(tmp_path
     Image.new("RGBA", (side, side), (*color, alpha)).save(path, compress_level=1)
     warm_up = _save(tmp_path / "small.png", Image.new("RGBA", (8, 8)))
     script = ("import sys\n"
-              "from smallcnn.images import load_image\n"
+              "from smallcnn.data.images import load_image\n"
               "def peak():  # in KiB\n"
               f"    status = open({str(PEAK_MEMORY)!r}).read().split('VmHWM:')[1]\n"
               "    return int(status.split()[0])\n"

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from conftest import invoke, make_dataset
-from smallcnn import runs
+from smallcnn.model import runs
 
 
 def test_sigint_saves_a_loadable_model_and_the_run_resumes(tmp_path):
@@ -48,7 +48,7 @@ def test_sigint_saves_a_loadable_model_and_the_run_resumes(tmp_path):
     run = tmp_path / "runs" / "i"
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["interrupted"] == "SIGINT" and metrics["epochs"] < 12
-    import smallcnn.layers  # noqa: F401
+    import smallcnn.model.layers  # noqa: F401
 
     keras.saving.load_model(run / "model.keras", safe_mode=True)
 
@@ -120,8 +120,8 @@ def test_a_run_killed_at_once_keeps_its_best_model_and_predicts(tmp_path):
 
     run = tmp_path / "runs" / "k"
     assert not (run / "metrics.json").exists()  # killed: the run's end never came
-    import smallcnn.layers  # noqa: F401
-    from smallcnn.images import load_image
+    import smallcnn.model.layers  # noqa: F401
+    from smallcnn.data.images import load_image
 
     model = keras.saving.load_model(run / "model.keras", safe_mode=True)
     # The model of the best epoch, not the latest, as the history beside it says.
@@ -189,7 +189,7 @@ def test_balanced_class_weights(tmp_path):
 
 
 def test_an_extract_stopped_before_its_model_leaves_no_run_folder(tiny_data, monkeypatch):
-    from smallcnn import engine
+    from smallcnn.runtime import engine
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt

@@ -6,8 +6,8 @@ import keras
 import numpy as np
 import pytest
 
-from smallcnn import head as numpy_head
-from smallcnn.models import build_head, compile_model
+from smallcnn.model import head as numpy_head
+from smallcnn.model.networks import build_head, compile_model
 from smallcnn.train.keras_loop import fit_stream
 
 

@@ -13,8 +13,8 @@ import pytest
 from conftest import COLORS, invoke, make_dataset, make_image
 
 from smallcnn.errors import UsageError
-from smallcnn.label_issues import label_issue_indices, nearest_neighbours
-from smallcnn.table import TableOptions
+from smallcnn.labels.label_issues import label_issue_indices, nearest_neighbours
+from smallcnn.data.table import TableOptions
 
 
 def test_flags_the_flipped_labels_and_ranks_the_surest_first():
@@ -120,7 +120,7 @@ def test_the_command_finds_them_and_fixes_only_what_is_accepted(noisy, tmp_path)
 
 
 def test_a_table_gets_a_corrected_table(noisy, tmp_path):
-    from smallcnn.data import find_dataset
+    from smallcnn.data.dataset import find_dataset
 
     root, moved = noisy
     rows = ["filename,label"] + [f"{p.relative_to(root)},{p.parent.name}"
@@ -152,8 +152,8 @@ LAYOUTS = {"train and val": ("train", "val"), "train and validation": ("train", 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
 def test_fix_copies_every_file_of_every_folder_layout(layout, tmp_path):
-    from smallcnn.data import find_dataset
-    from smallcnn.label_review import write_fixed
+    from smallcnn.data.dataset import find_dataset
+    from smallcnn.labels.label_review import write_fixed
 
     root = make_dataset(tmp_path / "data", per_class=6, size=16, splits=LAYOUTS[layout])
     red = root / "train" / "red" if "train" in LAYOUTS[layout] else root / "red"
@@ -181,8 +181,8 @@ def test_fix_copies_every_file_of_every_folder_layout(layout, tmp_path):
 @pytest.mark.parametrize("with_splits", [True, False])
 def test_fix_rewrites_a_table_keeping_every_other_cell(with_splits, tmp_path):
     """With a split column, the table is DATA; without, it is --labels beside the images."""
-    from smallcnn.data import find_dataset
-    from smallcnn.label_review import write_fixed
+    from smallcnn.data.dataset import find_dataset
+    from smallcnn.labels.label_review import write_fixed
 
     root = make_dataset(tmp_path / "photos", per_class=6, size=16, splits=())
     images = sorted(root.rglob("*.png"))
@@ -214,8 +214,8 @@ def test_fix_rewrites_a_table_keeping_every_other_cell(with_splits, tmp_path):
 
 
 def test_a_failed_copy_leaves_nothing_behind(tmp_path, monkeypatch):
-    from smallcnn.data import find_dataset
-    from smallcnn.label_review import write_fixed
+    from smallcnn.data.dataset import find_dataset
+    from smallcnn.labels.label_review import write_fixed
 
     dataset = find_dataset(make_dataset(tmp_path / "data", per_class=6, size=16))
     calls = []

@@ -2,7 +2,7 @@ import keras
 import numpy as np
 import pytest
 
-from smallcnn.layers import LEGACY_MODES, PREPROCESSING_MODES, Preprocess, preprocessing_layer
+from smallcnn.model.layers import LEGACY_MODES, PREPROCESSING_MODES, Preprocess, preprocessing_layer
 
 
 @pytest.mark.parametrize("mode", ["tf", "caffe"])

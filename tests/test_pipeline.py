@@ -1,8 +1,8 @@
 import numpy as np
 
-from smallcnn.augment import PRESETS, build_augmenter, resolve_augmentation
-from smallcnn.data import find_dataset
-from smallcnn.pipeline import batches, decode_split
+from smallcnn.data.augment import PRESETS, build_augmenter, resolve_augmentation
+from smallcnn.data.dataset import find_dataset
+from smallcnn.data.pipeline import batches, decode_split
 from smallcnn.progress import Reporter
 
 

@@ -84,7 +84,7 @@ def test_every_endpoint_and_predict_json_equal_to_the_cli(trained):
 
 def test_bad_uploads_get_one_clear_sentence_each(trained, tmp_path):
     from smallcnn.errors import DataError
-    from smallcnn.images import load_image
+    from smallcnn.data.images import load_image
 
     run, data = trained
     image = sorted((data / "val" / "red").iterdir())[0]
@@ -127,7 +127,7 @@ def timed(call):
 def test_a_full_queue_answers_503_and_a_request_larger_than_it_413(trained, monkeypatch):
     from fastapi.testclient import TestClient
 
-    from smallcnn.predict import load
+    from smallcnn.inference.predict import load
     from smallcnn.serve.app import create_app
 
     run, data = trained
@@ -405,7 +405,7 @@ def test_listening_beyond_this_machine_without_a_token_is_warned_about():
 
 
 def test_an_exported_tflite_serves_and_a_converted_run_needs_no_tensorflow(trained, tmp_path):
-    from smallcnn.export import export
+    from smallcnn.inference.export import export
 
     run, data = trained
     image = sorted((data / "val" / "blue").iterdir())[0]

@@ -5,8 +5,8 @@ import re
 import pytest
 
 from conftest import invoke
-from smallcnn.bases import BASES, DEFAULT_BASE, get_base
-from smallcnn.table import TABLE_DEFAULTS
+from smallcnn.model.bases import BASES, DEFAULT_BASE, get_base
+from smallcnn.data.table import TABLE_DEFAULTS
 from smallcnn.train.settings import COMMANDS, FROZEN_LEARNING_RATE, FULL_LEARNING_RATE, Settings, options
 
 
@@ -79,12 +79,12 @@ def test_a_random_base_is_never_frozen_by_default(base):
     (["train", "{data}", "--val-split", "1.5"], "--val-split must be between 0 and 1"),
 ])
 def test_bad_options_are_refused_before_any_image_is_decoded(tiny_data, monkeypatch, args, message):
-    import smallcnn.check
+    import smallcnn.data.check
 
     def no_scan(*args, **kwargs):
         raise AssertionError("the data set was looked at before the options were checked")
 
-    monkeypatch.setattr(smallcnn.check, "check_dataset", no_scan)
+    monkeypatch.setattr(smallcnn.data.check, "check_dataset", no_scan)
     result = invoke(*[a.replace("{data}", str(tiny_data)) for a in args])
     assert result.exit_code == 2, result.output
     assert message in result.output
@@ -92,9 +92,9 @@ def test_bad_options_are_refused_before_any_image_is_decoded(tiny_data, monkeypa
 
 def test_finetune_refuses_too_many_layers_before_training_a_head(tiny_data, base_weights_file,
                                                                 monkeypatch):
-    import smallcnn.check
+    import smallcnn.data.check
 
-    monkeypatch.setattr(smallcnn.check, "check_dataset", lambda *a, **k: 1 / 0)
+    monkeypatch.setattr(smallcnn.data.check, "check_dataset", lambda *a, **k: 1 / 0)
     result = invoke("finetune", tiny_data, "--base", "mobilenet_v2", "--weights", base_weights_file, "--image-size", "32",
                     "--unfreeze", "9999")
     assert result.exit_code == 2, result.output
@@ -103,7 +103,7 @@ def test_finetune_refuses_too_many_layers_before_training_a_head(tiny_data, base
 
 
 def test_an_explicit_engine_wins_over_the_environment(monkeypatch):
-    from smallcnn.engine import chosen_engine
+    from smallcnn.runtime.engine import chosen_engine
     from smallcnn.errors import UsageError
 
     monkeypatch.setenv("SMALLCNN_ENGINE", "tf")
@@ -116,12 +116,12 @@ def test_an_explicit_engine_wins_over_the_environment(monkeypatch):
 
 def test_engine_litert_fails_clearly_where_litert_cannot_run(tiny_data, base_weights_file,
                                                              monkeypatch):
-    import smallcnn.engine
+    import smallcnn.runtime.engine
 
     def broken(*args, **kwargs):
         raise ImportError("no LiteRT wheel for this platform")
 
-    monkeypatch.setattr(smallcnn.engine, "convert_to_litert", broken)
+    monkeypatch.setattr(smallcnn.runtime.engine, "convert_to_litert", broken)
     args = ["extract", tiny_data, "--base", "mobilenet_v2", "--weights", base_weights_file, "--image-size", "32",
             "--epochs", "2"]
     refused = invoke(*args, "--engine", "litert")
@@ -227,14 +227,15 @@ def test_bad_numbers_in_environment_variables_are_refused_in_one_line(variable, 
 
 
 def _range_of(variable):
-    from smallcnn import cache, pipeline
+    from smallcnn.runtime import cache
+    from smallcnn.data import pipeline
 
     return {"SMALLCNN_CACHE_MAX_GB": cache.MAX_GB,
             "SMALLCNN_MEMORY_BUDGET_GB": pipeline.MEMORY_BUDGET_GB}[variable]
 
 
 def test_a_range_holds_finite_numbers_between_its_bounds_only():
-    from smallcnn.ranges import Range
+    from smallcnn.runtime.ranges import Range
 
     fraction = Range(0, 1, above=True, below=True)
     assert 0.5 in fraction and 0 not in fraction and 1 not in fraction
@@ -247,7 +248,7 @@ def test_a_range_holds_finite_numbers_between_its_bounds_only():
 
 @pytest.mark.parametrize("index", ["Infinity", "1e308", "2", "-1"])
 def test_a_task_index_outside_the_tf_config_cluster_is_refused(index, monkeypatch):
-    from smallcnn.devices import cluster
+    from smallcnn.runtime.devices import cluster
     from smallcnn.errors import UsageError
 
     cluster_of_two = '{"cluster": {"worker": ["a:2222", "b:2222"]}, "task": {"type": "worker", '

@@ -10,7 +10,7 @@ def lines(path):
 
 
 def test_jsonl_streams_resumes_and_matches_json(trained, tmp_path, monkeypatch):
-    from smallcnn.predict import Classifier
+    from smallcnn.inference.predict import Classifier
 
     run, data = trained
     monkeypatch.setattr(Classifier, "chunk_images", 4)  # several chunks, each flushed

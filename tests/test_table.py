@@ -7,9 +7,9 @@ import json
 import pytest
 from conftest import invoke, make_dataset
 
-from smallcnn.data import find_dataset
+from smallcnn.data.dataset import find_dataset
 from smallcnn.errors import DataError, UsageError
-from smallcnn.table import TableOptions, read_table
+from smallcnn.data.table import TableOptions, read_table
 
 
 @pytest.fixture

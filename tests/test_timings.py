@@ -5,7 +5,7 @@ import json
 import pytest
 
 from conftest import invoke
-from smallcnn.timings import STAGES, Timings, summary
+from smallcnn.runtime.timings import STAGES, Timings, summary
 
 
 class Clock:

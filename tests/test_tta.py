@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from conftest import invoke
 
-from smallcnn.tta import DEFAULT_VIEWS, VIEWS, view
+from smallcnn.inference.tta import DEFAULT_VIEWS, VIEWS, view
 
 
 def test_the_views_are_what_they_say():
@@ -25,8 +25,8 @@ def test_the_views_are_what_they_say():
 
 
 def test_predict_averages_the_views(trained):
-    from smallcnn.images import load_images
-    from smallcnn.predict import load
+    from smallcnn.data.images import load_images
+    from smallcnn.inference.predict import load
 
     run, data = trained
     paths = sorted(str(p) for p in (data / "val").rglob("*.png"))[:6]

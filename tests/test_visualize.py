@@ -42,7 +42,7 @@ def clutter_image(rng, size, color):
 def objects(tmp_path_factory):
     """A model trained here on clutter images whose class is a coloured square's colour:
     (run folder, data folder, {validation image path: the square's box})."""
-    from smallcnn import training
+    from smallcnn import train as training
     from smallcnn.train import Settings
 
     root = tmp_path_factory.mktemp("objects")
@@ -85,8 +85,8 @@ def hard(tmp_path_factory):
 
 
 def test_gradcam_peak_falls_inside_the_object(objects):
-    from smallcnn.images import load_images
-    from smallcnn.predict import load
+    from smallcnn.data.images import load_images
+    from smallcnn.inference.predict import load
     from smallcnn.visualize import GradCam, upsample
 
     run, _, boxes = objects
@@ -158,7 +158,7 @@ def test_evaluate_matches_a_direct_count(objects, hard):
 
 
 def test_scores_handle_a_class_never_predicted():
-    from smallcnn.evaluate import scores
+    from smallcnn.inference.evaluate import scores
 
     matrix, rows = scores([0, 0, 1, 1, 2], [0, 0, 0, 1, 1], 3)
     assert matrix.tolist() == [[2, 0, 0], [1, 1, 0], [0, 1, 0]]
@@ -167,7 +167,7 @@ def test_scores_handle_a_class_never_predicted():
 
 
 def test_every_run_gets_curves_marking_the_kept_epoch_and_fine_tuning(objects, tmp_path):
-    from smallcnn.plots import curves_figure
+    from smallcnn.runtime.plots import curves_figure
 
     run, _, _ = objects
     assert_picture(run / "curves.png", 500, 200)
@@ -209,9 +209,9 @@ def test_filter_patterns_raise_their_filter():
     """Gradient ascent finds inputs that excite each filter more than the starting noise."""
     import keras
 
-    from smallcnn.bases import get_base
-    from smallcnn.models import build_classifier, build_head
-    from smallcnn.predict import Classifier
+    from smallcnn.model.bases import get_base
+    from smallcnn.model.networks import build_classifier, build_head
+    from smallcnn.inference.predict import Classifier
     from smallcnn.visualize import filter_patterns
 
     keras.utils.set_random_seed(1)
@@ -233,8 +233,8 @@ def test_filter_patterns_raise_their_filter():
 def test_gradcam_works_for_every_base(name):
     import keras
 
-    from smallcnn.bases import build_base, get_base
-    from smallcnn.models import build_classifier, build_head
+    from smallcnn.model.bases import build_base, get_base
+    from smallcnn.model.networks import build_classifier, build_head
     from smallcnn.visualize import GradCam
 
     keras.utils.set_random_seed(0)

@@ -20,8 +20,8 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "weights"
 sys.path.insert(0, str(ROOT))
 
-from smallcnn import efficientnet_lite  # noqa: E402
-from smallcnn.bases import PACKAGED_WEIGHTS, get_base  # noqa: E402
+from smallcnn.model import efficientnet_lite  # noqa: E402
+from smallcnn.model.bases import PACKAGED_WEIGHTS, get_base  # noqa: E402
 
 
 def packed(model):

@@ -11,9 +11,9 @@ import typer
 from typing_extensions import Annotated
 
 from smallcnn import __version__
-from smallcnn.cache import CacheWarning
 from smallcnn.errors import EXIT_CODES, SmallcnnError
-from smallcnn.quiet import import_tensorflow
+from smallcnn.runtime.cache import CacheWarning
+from smallcnn.runtime.quiet import import_tensorflow
 
 app = typer.Typer(
     name="smallcnn",
@@ -31,9 +31,9 @@ def _library_call(name):
     if callable(name):
         return name
     if name == "check":
-        from smallcnn.check import check_dataset
-        from smallcnn.console import RichReporter
-        from smallcnn.data import find_dataset
+        from smallcnn.cli.console import RichReporter
+        from smallcnn.data.check import check_dataset
+        from smallcnn.data.dataset import find_dataset
 
         def check(data, val_split, seed, table):
             return check_dataset(find_dataset(data, val_split, seed, table), RichReporter())
@@ -42,10 +42,11 @@ def _library_call(name):
     if name in ("evaluate", "report", "export"):
         import importlib
 
-        from smallcnn.console import RichReporter, stderr, stdout
+        from smallcnn.cli.console import RichReporter, stderr, stdout
 
-        module, function = {"evaluate": ("evaluate", "evaluate"), "report": ("report", "build_report"),
-                            "export": ("export", "export")}[name]
+        module, function = {"evaluate": ("inference.evaluate", "evaluate"),
+                            "report": ("visualize.report", "build_report"),
+                            "export": ("inference.export", "export")}[name]
         function = getattr(importlib.import_module(f"smallcnn.{module}"), function)
 
         def with_reporter(*args, as_json=False, **kwargs):  # --json: stdout holds the JSON alone
@@ -53,47 +54,47 @@ def _library_call(name):
 
         return with_reporter
     if name.startswith("cache."):
-        from smallcnn import cache
+        from smallcnn.runtime import cache
 
         return getattr(cache, name.split(".", 1)[1])
     if name.startswith("visualize."):
         import inspect
 
         from smallcnn import visualize as pictures
-        from smallcnn.console import RichReporter
+        from smallcnn.cli.console import RichReporter
 
         function = getattr(pictures, name.split(".", 1)[1])
         if "reporter" not in inspect.signature(function).parameters:
             return function
         return lambda *args, **kwargs: function(*args, reporter=RichReporter(), **kwargs)
     if name == "check_labels":
-        from smallcnn.console import RichReporter, stderr
-        from smallcnn.label_review import check_labels
+        from smallcnn.cli.console import RichReporter, stderr
+        from smallcnn.labels.label_review import check_labels
 
         return lambda *args, **kwargs: check_labels(*args, reporter=RichReporter(stderr),
                                                     **kwargs)
     if name == "predict_to_file":
-        from smallcnn.console import RichReporter, stderr
-        from smallcnn.stream import predict_to_file
+        from smallcnn.cli.console import RichReporter, stderr
+        from smallcnn.inference.stream import predict_to_file
 
         return lambda *args, **kwargs: predict_to_file(*args, reporter=RichReporter(stderr),
                                                        **kwargs)
     if name == "serve":
-        from smallcnn.console import RichReporter, stderr
+        from smallcnn.cli.console import RichReporter, stderr
         from smallcnn.serve import serve
 
         return lambda *args, **kwargs: serve(*args, reporter=RichReporter(stderr), **kwargs)
     if name == "predict":
-        from smallcnn.predict import load
+        from smallcnn.inference.predict import load
 
         def predict(paths, model=None, listing=None, **kwargs):
-            from smallcnn.stream import images_of
+            from smallcnn.inference.stream import images_of
 
             return load(model).predict_paths(images_of(paths, listing), **kwargs)
 
         return predict
     from smallcnn import train
-    from smallcnn.console import RichReporter
+    from smallcnn.cli.console import RichReporter
 
     function = getattr(train, name)
     return lambda *args, **kwargs: function(*args, reporter=RichReporter(), **kwargs)
@@ -104,7 +105,7 @@ def _run(command, *args, tensorflow=True, **kwargs):
 
     `tensorflow=False` skips importing TensorFlow (2-3 s) for calls that do not need it.
     """
-    from smallcnn.console import stderr
+    from smallcnn.cli.console import stderr
 
     try:
         if tensorflow:

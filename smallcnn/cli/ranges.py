@@ -10,8 +10,8 @@ numeric environment variable in its own; the first that is not is refused in one
 
 from typer.core import TyperCommand
 
-from smallcnn.ranges import Range
-from smallcnn.tta import VIEWS
+from smallcnn.inference.tta import VIEWS
+from smallcnn.runtime.ranges import Range
 
 WEIGHT = Range(0)  # of a loss term
 
@@ -45,8 +45,8 @@ def variables():
     """The readers of the numbers smallcnn takes from environment variables; each refuses
     a bad value in one line. The library reads each where it needs it, a command all of
     them as it starts."""
-    from smallcnn.cache import max_bytes
-    from smallcnn.pipeline import default_memory_budget
+    from smallcnn.data.pipeline import default_memory_budget
+    from smallcnn.runtime.cache import max_bytes
 
     return (max_bytes, default_memory_budget)
 

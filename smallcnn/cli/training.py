@@ -70,7 +70,7 @@ def _training_command(command, run):
 
 
 def _report(result):
-    from smallcnn.console import stderr, stdout, summary_table
+    from smallcnn.cli.console import stderr, stdout, summary_table
 
     if result.worker is not None:  # a cluster's worker: the chief wrote the run
         stdout.print(f"[bold]{result.command}[/bold] ({result.worker}): done; the chief "
@@ -122,7 +122,7 @@ def finetune(
     resume: Resume = None,
 ):
     """Unfreeze the top layers of the base and train them with the head at a low learning rate."""
-    from smallcnn.runs import CONFIG_FILE
+    from smallcnn.model.runs import CONFIG_FILE
 
     if data is not None and from_run is None and resume is None and (data / CONFIG_FILE).is_file():
         data, from_run = None, data  # `smallcnn finetune RUN`

@@ -8,15 +8,15 @@ from typing import List, Optional
 import typer
 from typing_extensions import Annotated
 
-from smallcnn.bases import BASES, DEFAULT_BASE
 from smallcnn.cli import _run, app
 from smallcnn.cli.training import Data
-from smallcnn.export import QUANTIZATIONS, SUPPORTED
-from smallcnn.formats import FORMATS
-from smallcnn.label_issues import FOLDS
+from smallcnn.data.table import TABLE_DEFAULTS, TABLE_HELP, TableOptions
+from smallcnn.inference.export import QUANTIZATIONS, SUPPORTED
+from smallcnn.inference.tta import DEFAULT_VIEWS, VIEWS
+from smallcnn.labels.label_issues import FOLDS
+from smallcnn.model.bases import BASES, DEFAULT_BASE
+from smallcnn.runtime.formats import FORMATS
 from smallcnn.serve.app import ServeSettings
-from smallcnn.table import TABLE_DEFAULTS, TABLE_HELP, TableOptions
-from smallcnn.tta import DEFAULT_VIEWS, VIEWS
 
 SERVE = ServeSettings()
 
@@ -66,7 +66,7 @@ def check(
     With --label-issues, also likely label errors and outliers. Exit status 0 when the
     data can be trained on; 3, with the reason, when it cannot.
     """
-    from smallcnn.console import check_tables, label_issue_tables, stderr, stdout
+    from smallcnn.cli.console import check_tables, label_issue_tables, stderr, stdout
 
     table = TableOptions(labels, images, path_column, label_column, split_column)
     if (html_out or fix or accept) and not label_issues:
@@ -111,7 +111,7 @@ def predict(
     tta_views: TtaViews = None,
 ):
     """Classify images with a trained model: top-k classes and probabilities."""
-    from smallcnn.console import predictions_table, stderr, stdout
+    from smallcnn.cli.console import predictions_table, stderr, stdout
 
     images = [str(p) for p in images or []]
     if jsonl is not None:
@@ -158,7 +158,7 @@ def evaluate(
     tta_views: TtaViews = None,
 ):
     """Accuracy, per-class precision/recall/F1, the confusion matrix (and confusion.png), the worst mistakes."""
-    from smallcnn.console import evaluation_tables, stdout
+    from smallcnn.cli.console import evaluation_tables, stdout
 
     table = TableOptions(labels, images, path_column, label_column, split_column)
     result = _run("evaluate", run, data, split=split, top_wrong=top, as_json=as_json,
@@ -177,7 +177,7 @@ def report(
     out: Annotated[Optional[Path], typer.Option("--out", help="HTML file to write.  \\[default: RUN/report.html]", show_default=False)] = None,
 ):
     """One self-contained HTML page: data, curves, per-class metrics, confusion matrix, mistakes with Grad-CAM."""
-    from smallcnn.console import stdout
+    from smallcnn.cli.console import stdout
 
     path = _run("report", run, data=data, out=out)
     stdout.print(f"Report written: {path}")
@@ -227,7 +227,7 @@ def export_command(
     The exported file is run on the validation images; the export fails, writing
     nothing, when fewer than 99% (97% for int8) of its top-1 answers match the run's model.
     """
-    from smallcnn.console import export_table, stdout
+    from smallcnn.cli.console import export_table, stdout
 
     result = _run("export", run, format=format, quantize=quantize, out=out,
                   data=data, overwrite=overwrite, as_json=as_json)
@@ -251,7 +251,7 @@ def cache_info(
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout.")] = False,
 ):
     """Where the cache is, what each part holds, and its cap (SMALLCNN_CACHE_MAX_GB, default 5)."""
-    from smallcnn.console import cache_table, stdout
+    from smallcnn.cli.console import cache_table, stdout
 
     described = _run("cache.info", tensorflow=False)
     if as_json:
@@ -265,7 +265,7 @@ def cache_clear(
     part: Annotated[Optional[str], typer.Argument(help="Clear only this part: features, engines, templates or scans.  \\[default: all]", show_default=False)] = None,
 ):
     """Delete the cache (or one part of it); everything in it is rebuilt when needed."""
-    from smallcnn.console import stdout
+    from smallcnn.cli.console import stdout
 
     freed = _run("cache.clear", part, tensorflow=False)
     stdout.print(f"Cleared {'the cache' if part is None else part}: {freed / 2**20:.1f} MB freed.")

@@ -24,7 +24,7 @@ app.add_typer(visualize_app, name="visualize")
 
 
 def _pictures(pictures):
-    from smallcnn.console import stdout
+    from smallcnn.cli.console import stdout
 
     for picture in pictures:
         extra = f"  {picture.label} {picture.probability:.1%}" if picture.label else ""
@@ -86,7 +86,7 @@ def visualize_dream(
     out: Annotated[Optional[Path], typer.Option("--out", help="Picture to write (.png, .jpg, .webp).  \\[default: IMAGE-dream.png here]", show_default=False)] = None,
 ):
     """DeepDream: gradient ascent on the image to maximise whole layers' activations, octave by octave."""
-    from smallcnn.console import stdout
+    from smallcnn.cli.console import stdout
 
     pictures, dream = _run("visualize.write_dream", str(image), out=out, frames=frames, model=model,
                            base=base, weights=weights, layers=layer, octaves=octaves,
@@ -116,7 +116,7 @@ def visualize_style(
     out: Annotated[Optional[Path], typer.Option("--out", help="Picture to write (.png, .jpg, .webp).  \\[default: CONTENT-in-STYLE.png here]", show_default=False)] = None,
 ):
     """Neural style transfer (Gatys et al.): CONTENT rendered in the style of STYLE."""
-    from smallcnn.console import stdout
+    from smallcnn.cli.console import stdout
 
     pictures, styled = _run("visualize.write_style", str(content), str(style), out=out,
                             model=model, base=base, weights=weights, content_layer=content_layer,

@@ -27,7 +27,7 @@ def build_app(model=None, settings=ServeSettings()):
     Raises:
         UsageError: a setting out of its range, before the model is loaded.
     """
-    from smallcnn.predict import load
+    from smallcnn.inference.predict import load
 
     settings.check()  # before the model loads: a wrong option is refused at once
     classifier = load(model)

@@ -17,9 +17,9 @@ from pathlib import Path
 import numpy as np
 
 from smallcnn import __version__
+from smallcnn.data.images import PIXEL_LIMIT, UnreadableImage, decode_image
 from smallcnn.errors import DataError, UsageError, first_line
-from smallcnn.images import PIXEL_LIMIT, UnreadableImage, decode_image
-from smallcnn.ranges import Range
+from smallcnn.runtime.ranges import Range
 
 PAGE = Path(__file__).with_name("page.html")
 NOT_AN_IMAGE = "not an image"  # the start of `UnreadableImage.reason` for a foreign file
@@ -191,7 +191,7 @@ def model_info(classifier):
             "file": getattr(classifier, "path", None), "metrics": None,
             "gradcam": gradcam_available(classifier)}
     if classifier.run_dir is not None:
-        from smallcnn import runs
+        from smallcnn.model import runs
 
         metrics = Path(classifier.run_dir) / runs.METRICS_FILE
         with contextlib.suppress(OSError, ValueError):  # a run without metrics: none shown

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import keras
 
-from smallcnn import runs
-from smallcnn.ranges import Range, from_environment
-from smallcnn.signals import StopRequest
+from smallcnn.model import runs
+from smallcnn.runtime.ranges import Range, from_environment
+from smallcnn.runtime.signals import StopRequest
 
 
 class ReportEpochs(keras.callbacks.Callback):

@@ -4,9 +4,9 @@ import dataclasses
 import json
 import os
 
-from smallcnn import runs
-from smallcnn.data import run_data_folder
+from smallcnn.data.dataset import run_data_folder
 from smallcnn.errors import DataError, UsageError
+from smallcnn.model import runs
 from smallcnn.train import keras_loop as loop
 from smallcnn.train.session import Session, seed_keras
 from smallcnn.train.settings import Settings
@@ -39,7 +39,7 @@ def train(data_dir=None, settings=None, out=None, overwrite=False, reporter=None
 
     session = Session("train", data_dir, settings or Settings(), reporter, command_line,
                       before_data=before_data)
-    from smallcnn.models import build_classifier
+    from smallcnn.model.networks import build_classifier
 
     s = session.settings
     base = session.build_base()
@@ -100,7 +100,7 @@ def finetune(data_dir=None, from_run=None, settings=None, out=None, overwrite=Fa
     def prepare_model(session):
         """The model and its base, built or loaded, and --unfreeze checked on it: before
         any image is read, and before a run folder exists."""
-        from smallcnn.models import find_base, layers_to_unfreeze
+        from smallcnn.model.networks import find_base, layers_to_unfreeze
 
         _refuse_existing(session, out, overwrite)
         if source_config is not None:
@@ -120,7 +120,12 @@ def finetune(data_dir=None, from_run=None, settings=None, out=None, overwrite=Fa
 
     session = Session("finetune", data_dir, settings, reporter, command_line,
                       before_data=prepare_model)
-    from smallcnn.models import HEAD_NAME, build_classifier, count_params, unfreeze_top
+    from smallcnn.model.networks import (
+        HEAD_NAME,
+        build_classifier,
+        count_params,
+        unfreeze_top,
+    )
 
     s, base, model = session.settings, loaded["base"], loaded.get("model")
     rows = []
@@ -227,7 +232,13 @@ def _resume(command, run, data_dir, reporter, command_line):
             f"The data now has classes {session.dataset.class_names}, but the run "
             f"{str(run_dir)!r} was trained on {config['class_names']}."
         )
-    from smallcnn.models import HEAD_NAME, count_params, feature_extractor, find_base, unfreeze_top
+    from smallcnn.model.networks import (
+        HEAD_NAME,
+        count_params,
+        feature_extractor,
+        find_base,
+        unfreeze_top,
+    )
 
     s = session.settings
     model = runs.load_model(run_dir)

@@ -35,7 +35,7 @@ def fit(session, model, stream, steps, epochs, validation, phase, checkpoint, le
     import keras
     import tensorflow as tf
 
-    from smallcnn.models import compile_model
+    from smallcnn.model.networks import compile_model
     from smallcnn.train import keras_loop as loop
 
     placement = session.placement

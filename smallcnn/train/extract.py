@@ -2,10 +2,10 @@
 
 import numpy as np
 
-from smallcnn import runs
-from smallcnn.augment import Augmentation
+from smallcnn.data.augment import Augmentation
 from smallcnn.errors import UsageError
-from smallcnn.signals import StopRequest
+from smallcnn.model import runs
+from smallcnn.runtime.signals import StopRequest
 from smallcnn.train.session import Session
 from smallcnn.train.settings import Settings
 
@@ -15,7 +15,7 @@ def extract(data_dir, settings=None, out=None, overwrite=False, reporter=None,
     """Feature extraction: run the base once, cache the features, train a dense head.
 
     Args:
-        data_dir: a data folder (see `smallcnn.data.find_dataset`).
+        data_dir: a data folder (see `smallcnn.data.dataset.find_dataset`).
         settings: a `Settings`; unset values take the `extract` defaults.
         out: the run folder to write; default `runs/extract-<time>`.
         overwrite: replace a run already in `out`.
@@ -25,7 +25,7 @@ def extract(data_dir, settings=None, out=None, overwrite=False, reporter=None,
     Returns:
         A `RunResult`. The saved model takes raw images (base + head).
     """
-    from smallcnn import head as numpy_head
+    from smallcnn.model import head as numpy_head
 
     def refuse_early(session):
         if out is not None:  # refused now, before the work; the folder is made at the end
@@ -45,7 +45,7 @@ def extract(data_dir, settings=None, out=None, overwrite=False, reporter=None,
         views = augmented_views(session, s.views)
         train_x = np.concatenate([train_x, *views])
         train_y = np.tile(train_y, s.views + 1)
-    # The head trains in NumPy (see smallcnn.head): with the features cached, the whole
+    # The head trains in NumPy (see smallcnn.model.head): with the features cached, the whole
     # run needs no TensorFlow.
     steps = int(np.ceil(len(train_x) / s.batch_size))
     stop = session._stop = StopRequest()  # Ctrl-C ends training; session.interrupted says so
@@ -80,10 +80,10 @@ def _classifier(session, head_weights):
     """`(model, base layer name)`: the whole classifier with these head weights.
 
     With pretrained weights, the model is assembled from a cached template without
-    TensorFlow (see `smallcnn.modelfile`); the first run saves the template (or its
+    TensorFlow (see `smallcnn.model.modelfile`); the first run saves the template (or its
     helper process did: see `smallcnn.train.warmup`).
     """
-    from smallcnn import modelfile
+    from smallcnn.model import modelfile
 
     s = session.settings
     # Merged heads (--heads K --hidden N) have K x N hidden units.
@@ -117,8 +117,8 @@ def save_template(spec, base, image_size, key, feature_width, num_classes, hidde
                   warn=None):
     """Builds the classifier extract saves (this base, a new head of this shape) and, with
     a `key`, caches it as a template. Returns `(model, head, template or None)`."""
-    from smallcnn import modelfile
-    from smallcnn.models import build_classifier, build_head
+    from smallcnn.model import modelfile
+    from smallcnn.model.networks import build_classifier, build_head
 
     head = build_head(feature_width, num_classes, dropout, hidden)
     model = build_classifier(spec, base, head, image_size)

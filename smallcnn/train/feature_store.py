@@ -12,7 +12,7 @@ import time
 
 import numpy as np
 
-from smallcnn import cache
+from smallcnn.runtime import cache
 
 
 def features_key(session, split, view=None):
@@ -67,7 +67,7 @@ def store(key, features, labels, skipped, warn=None):
 
 def split_features(session, name):
     """`(features, labels)` of one split: from the cache, or through the base's engine."""
-    from smallcnn.engine import compute_features
+    from smallcnn.runtime.engine import compute_features
 
     split = session.dataset.splits[name]
     key = features_key(session, split)
@@ -98,7 +98,7 @@ def augmented_views(session, count):
     """
     import tensorflow as tf
 
-    from smallcnn.augment import build_augmenter
+    from smallcnn.data.augment import build_augmenter
 
     s = session.settings
     views = []

@@ -4,7 +4,7 @@ every trainable layer end to end; the callbacks around it; evaluation.
 
 import numpy as np
 
-from smallcnn import runs
+from smallcnn.model import runs
 
 # A model that fine-tuning or a resumed run leaves with a val_loss higher than this
 # above the earlier model's is undone: within it, the difference is noise.
@@ -133,7 +133,7 @@ def callbacks(session, phase, epochs, steps, checkpoint=None):
         session.epoch_report,
     ]
     if s.lr_schedule == "plateau":
-        from smallcnn.head import PLATEAU, plateau_patience
+        from smallcnn.model.head import PLATEAU, plateau_patience
 
         chosen.append(keras.callbacks.ReduceLROnPlateau(
             monitor="val_loss", patience=plateau_patience(s.patience), **PLATEAU))
@@ -151,7 +151,7 @@ def callbacks(session, phase, epochs, steps, checkpoint=None):
 def optimizer(session, learning_rate, steps, epochs, mixed=False):
     """The Keras optimizer of the settings; with `mixed` (a model computing in the
     session's precision), wrapped in loss scaling for mixed_float16, as Keras advises."""
-    from smallcnn.models import make_optimizer
+    from smallcnn.model.networks import make_optimizer
 
     s = session.settings
     chosen = make_optimizer(s.optimizer, learning_rate, s.momentum, s.nesterov, s.lr_schedule,
@@ -186,7 +186,7 @@ def _augmented_features(session, through_base=True):
     """
     import tensorflow as tf
 
-    from smallcnn.augment import build_augmenter
+    from smallcnn.data.augment import build_augmenter
 
     s, placement = session.settings, session.placement
     if placement.multi_worker:
@@ -246,7 +246,7 @@ def _steps(session):
 def train_head_frozen(session, model, head, run_dir, phase, epochs, learning_rate,
                       initial_epoch=0):
     """Trains the head on augmented images with the base frozen; returns history rows."""
-    from smallcnn.models import compile_model
+    from smallcnn.model.networks import compile_model
 
     steps = _steps(session)
     val = session.features("val")
@@ -275,9 +275,9 @@ def train_end_to_end(session, model, run_dir, phase, epochs, learning_rate, init
     In mixed precision or on several devices, a copy of the model trains (in the
     precision, in the strategy's scope) and its weights come back into `model`, which
     stays float32 (what is saved)."""
-    from smallcnn.augment import build_augmenter
-    from smallcnn.models import compile_model
-    from smallcnn.pipeline import batches
+    from smallcnn.data.augment import build_augmenter
+    from smallcnn.data.pipeline import batches
+    from smallcnn.model.networks import compile_model
 
     s, placement = session.settings, session.placement
     steps = _steps(session)
@@ -324,8 +324,8 @@ def train_end_to_end(session, model, run_dir, phase, epochs, learning_rate, init
 
 def evaluate_model(model, session):
     """Loss and accuracy of the whole model on each evaluation split's images."""
-    from smallcnn.models import compile_model
-    from smallcnn.pipeline import batches
+    from smallcnn.data.pipeline import batches
+    from smallcnn.model.networks import compile_model
 
     if getattr(model, "optimizer", None) is None:  # a model loaded without compiling
         compile_model(model, "adam")
@@ -340,7 +340,7 @@ def evaluate_model(model, session):
 
 def evaluate_head(head, session):
     """Loss and accuracy of the head on each evaluation split's cached features."""
-    from smallcnn.models import compile_model
+    from smallcnn.model.networks import compile_model
 
     if getattr(head, "optimizer", None) is None:  # a copy of it trained (on a cluster)
         compile_model(head, "adam")
@@ -363,7 +363,7 @@ def history_rows(history, phase, first_epoch=1, seconds=()):
 
 
 def new_head(session, feature_width=None, hidden=None):
-    from smallcnn.models import build_head
+    from smallcnn.model.networks import build_head
 
     s = session.settings
     return build_head(feature_width or session.spec.feature_width,

@@ -16,14 +16,21 @@ from pathlib import Path
 
 import numpy as np
 
-from smallcnn import __version__, runs
-from smallcnn.bases import DEFAULT_BASE, build_base, get_base, resolve_weights, weights_label
-from smallcnn.data import find_dataset
-from smallcnn.devices import needs_tensorflow, place
-from smallcnn.table import TableOptions
+from smallcnn import __version__
+from smallcnn.data.dataset import find_dataset
+from smallcnn.data.table import TableOptions
 from smallcnn.errors import described
+from smallcnn.model import runs
+from smallcnn.model.bases import (
+    DEFAULT_BASE,
+    build_base,
+    get_base,
+    resolve_weights,
+    weights_label,
+)
 from smallcnn.progress import Reporter
-from smallcnn.timings import Timings
+from smallcnn.runtime.devices import needs_tensorflow, place
+from smallcnn.runtime.timings import Timings
 from smallcnn.train import feature_store
 
 
@@ -43,7 +50,7 @@ class RunResult:
 
 def run_check(dataset, reporter):
     """Checks a data set (cached per file), shows what is wrong, refuses what cannot train."""
-    from smallcnn.check import check_dataset, require_trainable
+    from smallcnn.data.check import check_dataset, require_trainable
 
     report = check_dataset(dataset, reporter)
     reporter.check(report)
@@ -53,7 +60,7 @@ def run_check(dataset, reporter):
 
 def seed_keras(seed):
     """Imports TensorFlow (quietly) and seeds Keras, NumPy and Python."""
-    from smallcnn.quiet import import_tensorflow
+    from smallcnn.runtime.quiet import import_tensorflow
 
     import_tensorflow()
     import keras
@@ -118,7 +125,7 @@ class Session:
     def decoded(self, name, shard=None):
         """The decoded images of one split (decoded on first use only); with `shard`,
         `(index, count)`, of every count-th image from the index-th only (a worker's)."""
-        from smallcnn.pipeline import decode_split
+        from smallcnn.data.pipeline import decode_split
 
         key = name if shard is None else (name, *shard)
         if key not in self._decoded:
@@ -145,7 +152,7 @@ class Session:
         s = self.settings
         with self.timings("import"):
             seed_keras(s.seed)  # before Keras is first imported, to import TensorFlow quietly
-            from smallcnn.models import feature_extractor
+            from smallcnn.model.networks import feature_extractor
         with self.timings("build"):
             self.base = build_base(self.spec, s.image_size, self.weights)
             self.extractor = feature_extractor(self.spec, self.base, s.image_size)
@@ -155,7 +162,7 @@ class Session:
         """Starts preparing the base's LiteRT conversion (and, with `template`, extract's
         model template) in a helper process, if the cache lacks them: see
         `smallcnn.train.warmup`. Called before the images are read, to overlap them."""
-        from smallcnn.engine import chosen_engine
+        from smallcnn.runtime.engine import chosen_engine
         from smallcnn.train import warmup
 
         # (A cluster's worker decodes only its shard: nothing to overlap.)
@@ -182,8 +189,8 @@ class Session:
                                       f"({failed}); preparing it here instead.")
 
     def engine(self):
-        """The inference engine for the frozen base (see `smallcnn.engine`)."""
-        from smallcnn.engine import feature_engine
+        """The inference engine for the frozen base (see `smallcnn.runtime.engine`)."""
+        from smallcnn.runtime.engine import feature_engine
 
         def extractor():  # built only when needed: a cached conversion needs no TensorFlow
             if self.extractor is None:
@@ -316,8 +323,9 @@ class Session:
         random base weights, no cached conversion, or the head's weights not found (each
         exactly once) in the file.
         """
-        from smallcnn import cache, modelfile
-        from smallcnn.engine import chosen_engine, litert_name
+        from smallcnn.model import modelfile
+        from smallcnn.runtime import cache
+        from smallcnn.runtime.engine import chosen_engine, litert_name
 
         if head_weights is None or self.weights == "none" or \
                 chosen_engine(self.settings.engine, self.placement) == "tf":
@@ -333,15 +341,14 @@ class Session:
         `predict` runs it without TensorFlow from the first image on."""
         import importlib.util
 
-        from smallcnn import cache
-        from smallcnn.predict import converted_model_name
+        from smallcnn.runtime import cache
 
-        name = converted_model_name(run_dir)
+        name = runs.converted_model_name(run_dir)
         if name is None or self.settings.engine == "tf" or \
                 os.environ.get("SMALLCNN_CONVERT_RUNS") == "0" or \
                 importlib.util.find_spec("ai_edge_litert") is None:
             return
-        from smallcnn.engine import convert_to_litert
+        from smallcnn.runtime.engine import convert_to_litert
 
         try:
             cache.store("engines", name,
@@ -355,7 +362,7 @@ class Session:
 
     def plot_curves(self, run_dir, rows, best):
         """RUN/curves.png; a picture that cannot be drawn costs a warning, not the run."""
-        from smallcnn.plots import curves_figure, save_figure
+        from smallcnn.runtime.plots import curves_figure, save_figure
 
         try:
             save_figure(curves_figure(rows, best, f"{self.command}: {run_dir.name}"),

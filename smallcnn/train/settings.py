@@ -12,14 +12,25 @@ import importlib.util
 import os
 from typing import Optional
 
-from smallcnn.augment import DEFAULT_PRESET, FLIP_MODES, LIMITS, PRESETS, resolve_augmentation
-from smallcnn.bases import BASES, DEFAULT_BASE, get_base
-from smallcnn.devices import DEVICES_HELP, PRECISION_HELP, PRECISIONS, check_devices
-from smallcnn.engine import ENGINES
+from smallcnn.data.augment import (
+    DEFAULT_PRESET,
+    FLIP_MODES,
+    LIMITS,
+    PRESETS,
+    resolve_augmentation,
+)
+from smallcnn.data.table import TABLE_DEFAULTS, TABLE_HELP
 from smallcnn.errors import UsageError
-from smallcnn.head import LR_SCHEDULES, OPTIMIZERS, check_optimizer
-from smallcnn.ranges import Range
-from smallcnn.table import TABLE_DEFAULTS, TABLE_HELP
+from smallcnn.model.bases import BASES, DEFAULT_BASE, get_base
+from smallcnn.model.head import LR_SCHEDULES, OPTIMIZERS, check_optimizer
+from smallcnn.runtime.devices import (
+    DEVICES_HELP,
+    PRECISION_HELP,
+    PRECISIONS,
+    check_devices,
+)
+from smallcnn.runtime.engine import ENGINES
+from smallcnn.runtime.ranges import Range
 
 COMMANDS = ("extract", "train", "finetune")
 CLASS_WEIGHTS = ("none", "balanced")

@@ -23,7 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from smallcnn import cache
+from smallcnn.runtime import cache
 
 
 class Warmup:
@@ -86,8 +86,8 @@ def start(spec, weights, image_size, seed, template=None, warn=None):
         warn: called with one line when no process can be started (the run then
             prepares the base itself).
     """
-    from smallcnn import modelfile
-    from smallcnn.engine import litert_name
+    from smallcnn.model import modelfile
+    from smallcnn.runtime.engine import litert_name
 
     if weights == "none" or _tensorflow_imported() or \
             importlib.util.find_spec("ai_edge_litert") is None:
@@ -125,14 +125,14 @@ def _last_line(file):
 
 def run(job):
     """The helper's work: the base built once, converted and/or saved as a template."""
-    from smallcnn.quiet import import_tensorflow
+    from smallcnn.runtime.quiet import import_tensorflow
 
     import_tensorflow()
     import keras
 
-    from smallcnn.bases import build_base, get_base
-    from smallcnn.engine import convert_to_litert
-    from smallcnn.models import feature_extractor
+    from smallcnn.model.bases import build_base, get_base
+    from smallcnn.model.networks import feature_extractor
+    from smallcnn.runtime.engine import convert_to_litert
     from smallcnn.train.extract import save_template
 
     keras.utils.set_random_seed(job["seed"])

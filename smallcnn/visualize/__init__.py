@@ -13,7 +13,12 @@ pictures for its command.
 from smallcnn.visualize.common import Picture, open_backbone
 from smallcnn.visualize.dream import DeepDream, dream, write_dream
 from smallcnn.visualize.gradcam import GradCam, gradcam, gradcam_overlays, upsample
-from smallcnn.visualize.maps import activations, default_layers, filter_patterns, filters
+from smallcnn.visualize.maps import (
+           activations,
+           default_layers,
+           filter_patterns,
+           filters,
+)
 from smallcnn.visualize.style import StyleTransfer, style_transfer, write_style
 
 __all__ = ["DeepDream", "GradCam", "Picture", "activations", "default_layers", "dream",

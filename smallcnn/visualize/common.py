@@ -6,9 +6,9 @@ from pathlib import Path
 
 import numpy as np
 
-from smallcnn.bases import build_base, get_base, resolve_weights
 from smallcnn.errors import ModelError, UsageError
-from smallcnn.runs import atomic_write
+from smallcnn.model.bases import build_base, get_base, resolve_weights
+from smallcnn.runtime.files import atomic_write
 
 VISUALIZE_DIR = "visualize"
 # The base of `visualize dream` and `visualize style` when no run is given: its ImageNet
@@ -27,7 +27,7 @@ class Picture:
 
 def model_parts(model, config):
     """(preprocess, base, pool, head) layers of a smallcnn model."""
-    from smallcnn.models import HEAD_NAME
+    from smallcnn.model.networks import HEAD_NAME
 
     try:
         return (model.get_layer("preprocess"), model.get_layer(config["base_layer"]),
@@ -57,7 +57,7 @@ def open_backbone(model=None, base=None, weights=None):
     """The base of a trained run (`model`: its fine-tuned weights), or a registry base
     (`base`, default `PICTURE_BASE`, with `weights`: 'imagenet' by default), rebuilt to
     take images of any size."""
-    from smallcnn.layers import preprocessing_layer
+    from smallcnn.model.layers import preprocessing_layer
 
     if model is not None and (base is not None or weights is not None):
         raise UsageError("Pass either --model RUN (its base and weights) or --base NAME "
@@ -69,7 +69,7 @@ def open_backbone(model=None, base=None, weights=None):
         label = "ImageNet" if resolved == "imagenet" else "random" if resolved == "none" else resolved
         return Backbone(spec, preprocessing_layer(spec.preprocessing), net,
                         f"{spec.name} ({label} weights)")
-    from smallcnn.predict import load_run
+    from smallcnn.inference.predict import load_run
 
     classifier = load_run(model)
     preprocess, fixed, _, _ = model_parts(classifier.model, classifier.config)
@@ -115,8 +115,8 @@ def out_dir(classifier, out):
 def decode(classifier, paths):
     """Image files (or folders of them) decoded at the model's size, or the first
     `UnreadableImage` raised."""
-    from smallcnn.images import load_images
-    from smallcnn.predict import expand_paths
+    from smallcnn.data.images import load_images
+    from smallcnn.inference.predict import expand_paths
 
     paths = expand_paths(paths)
     pixels, failures = load_images(paths, classifier.image_size)
@@ -130,7 +130,7 @@ def picture_of(image, max_side):
     so that its longer side is `max_side`, its aspect ratio kept."""
     from PIL import Image
 
-    from smallcnn.images import load_picture
+    from smallcnn.data.images import load_picture
 
     if isinstance(image, (str, Path)):
         return load_picture(image, max_side).astype(np.float32)

@@ -20,8 +20,14 @@ import numpy as np
 
 from smallcnn.errors import UsageError
 from smallcnn.progress import Reporter
-from smallcnn.visualize.common import (Picture, open_backbone, picture_of, picture_target,
-                                       save_picture, to_uint8)
+from smallcnn.visualize.common import (
+    Picture,
+    open_backbone,
+    picture_of,
+    picture_target,
+    save_picture,
+    to_uint8,
+)
 
 # Pixel units of `step_size`: the Keras example's step of 0.01 is in pixels scaled to
 # [-1, 1]; here pixels are in [0, 255].

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from smallcnn.bases import get_base
 from smallcnn.errors import ModelError, UsageError
+from smallcnn.model.bases import get_base
 from smallcnn.visualize.common import Picture, decode, model_parts, out_dir
 
 
@@ -99,7 +99,7 @@ def _class_index(classifier, name):
 
 def gradcam_overlays(classifier, pixels, class_index=None, batch_size=16):
     """Overlays (RGB uint8), heatmaps and probabilities for a batch of pixels."""
-    from smallcnn.plots import overlay
+    from smallcnn.runtime.plots import overlay
 
     cam = GradCam(classifier.model, classifier.config)
     heatmaps, probabilities = [], []
@@ -118,8 +118,8 @@ def gradcam(paths, model=None, class_name=None, out=None):
     Returns:
         A list of `Picture`, in input order.
     """
-    from smallcnn.plots import grid_figure, save_figure
-    from smallcnn.predict import load_run
+    from smallcnn.inference.predict import load_run
+    from smallcnn.runtime.plots import grid_figure, save_figure
 
     classifier = load_run(model)
     index = _class_index(classifier, class_name)

@@ -10,8 +10,14 @@ from pathlib import Path
 import numpy as np
 
 from smallcnn.errors import UsageError
-from smallcnn.visualize.common import (Picture, decode, feature_layer, feature_layers,
-                                       model_parts, out_dir)
+from smallcnn.visualize.common import (
+    Picture,
+    decode,
+    feature_layer,
+    feature_layers,
+    model_parts,
+    out_dir,
+)
 
 
 def _conv_layers(base):
@@ -38,8 +44,8 @@ def activations(path, model=None, layers=None, channels=32, out=None):
     """
     import keras
 
-    from smallcnn.plots import grid_figure, save_figure
-    from smallcnn.predict import load_run
+    from smallcnn.inference.predict import load_run
+    from smallcnn.runtime.plots import grid_figure, save_figure
 
     classifier = load_run(model)
     preprocess, base, _, _ = model_parts(classifier.model, classifier.config)
@@ -117,8 +123,8 @@ def filter_patterns(classifier, layer_name, filters=16, steps=30, seed=0):
 
 def filters(model=None, layer=None, count=16, steps=30, out=None):
     """Writes a grid of the patterns that maximise the first `count` filters of a layer."""
-    from smallcnn.plots import grid_figure, save_figure
-    from smallcnn.predict import load_run
+    from smallcnn.inference.predict import load_run
+    from smallcnn.runtime.plots import grid_figure, save_figure
 
     if not layer:
         raise UsageError("Pass --layer NAME, a conv layer of the base "

@@ -29,8 +29,14 @@ import numpy as np
 
 from smallcnn.errors import UsageError
 from smallcnn.progress import Reporter
-from smallcnn.visualize.common import (Picture, open_backbone, picture_of, picture_target,
-                                       save_picture, to_uint8)
+from smallcnn.visualize.common import (
+    Picture,
+    open_backbone,
+    picture_of,
+    picture_target,
+    save_picture,
+    to_uint8,
+)
 
 LOSS_TERMS = ("content", "style", "variation")
 MARGIN = 8  # the hidden margin of `render`: 1/8 of the longer side

@@ -23,12 +23,12 @@ PACKAGED_WEIGHTS = Path(__file__).parent / "weights"
 class BaseSpec:
     name: str
     constructor: Callable  # (input_shape, weights) -> keras.Model without its top
-    preprocessing: str  # a mode of smallcnn.layers.preprocessing_layer
+    preprocessing: str  # a mode of smallcnn.model.layers.preprocessing_layer
     default_size: int
     feature_width: int
     last_conv_layer: str
     min_size: int = 32
-    # Names the block of a layer (see smallcnn.models.base_blocks): --unfreeze-blocks
+    # Names the block of a layer (see smallcnn.model.networks.base_blocks): --unfreeze-blocks
     # unfreezes whole blocks. None: every layer with weights is a block of its own.
     block_pattern: Optional[str] = None
     # Measured to keep its predictions through an int8 export (docs/export.md; EfficientNet-B0's
@@ -61,7 +61,7 @@ def _applications(name):
 
 def _efficientnet_lite(variant):
     def build(input_shape, weights):
-        from smallcnn import efficientnet_lite
+        from smallcnn.model import efficientnet_lite
 
         if weights not in (None, "none"):
             raise WeightsError(f"EfficientNet-{variant.title()} has no downloadable weights; "

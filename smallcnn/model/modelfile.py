@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from smallcnn import cache
+from smallcnn.runtime import cache
 
 WEIGHTS_ENTRY = "model.weights.h5"
 METADATA_ENTRY = "metadata.json"

@@ -5,7 +5,7 @@ and reports unreadable files with their reason, the sizes and modes found, exact
 near duplicates (a perceptual difference hash) within and across splits, and
 warnings about imbalance, tiny images and small classes. It never raises for a bad
 file: it reports it. Results are cached per file (by path, size, modification and
-change time and inode: `smallcnn.cache.file_stamp`), so the check that starts every
+change time and inode: `smallcnn.runtime.cache.file_stamp`), so the check that starts every
 training command costs little the second time, and the files' SHA-1 digests it
 computes name their cached features (`smallcnn.train.feature_store`).
 """
@@ -21,8 +21,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from smallcnn import cache
 from smallcnn.errors import DataError
+from smallcnn.runtime import cache
 
 # Of the 256 bits of a 16x16 difference hash: at or below this distance two images look
 # the same. Measured on cats-dogs-small: its two true duplicate pairs are at 2 and 8
@@ -41,7 +41,7 @@ def scan_file(path):
         A dict with `ok`, and either `reason` (why the file cannot be used) or `width`,
         `height`, `mode`, `format`, `sha1` and `dhash` (a 256-bit perceptual hash, as hex).
     """
-    from smallcnn.images import UnreadableImage, _open, decoding
+    from smallcnn.data.images import UnreadableImage, _open, decoding
 
     facts = {"ok": False}
     try:
@@ -83,7 +83,7 @@ def _read_scan(path):
 
 def scan_files(paths, root, progress=None, warn=None):
     """`scan_file` for many files, reusing cached results for files whose stamp (size,
-    modification and change time, inode: see `smallcnn.cache.file_stamp`) is unchanged."""
+    modification and change time, inode: see `smallcnn.runtime.cache.file_stamp`) is unchanged."""
     name = _scan_name(root)
     entries = cache.load("scans", name, _read_scan, warn=warn) or {}
     results = {}
@@ -99,7 +99,7 @@ def scan_files(paths, root, progress=None, warn=None):
     def work(item):
         return item, scan_file(item[0])
 
-    from smallcnn.images import DECODE_WORKERS
+    from smallcnn.data.images import DECODE_WORKERS
 
     done = len(paths) - len(todo)
     with ThreadPoolExecutor(DECODE_WORKERS) as pool:

@@ -12,7 +12,7 @@ import tempfile
 import numpy as np
 
 from smallcnn.errors import DataError
-from smallcnn.ranges import Range, from_environment
+from smallcnn.runtime.ranges import Range, from_environment
 
 # Decoded images above this many GiB ($SMALLCNN_MEMORY_BUDGET_GB) go to an on-disk array
 # instead of memory.
@@ -41,7 +41,7 @@ class DecodedSplit:
 def decode_split(split, image_size, reporter, memory_budget=None):
     """Decodes every image of a `data.Split`, leaving out (and reporting) unreadable ones;
     beyond `memory_budget` bytes (default: the variable's), into a file on disk."""
-    from smallcnn.images import load_images
+    from smallcnn.data.images import load_images
 
     if memory_budget is None:
         memory_budget = default_memory_budget()
@@ -84,7 +84,7 @@ def batches(images, labels, batch_size, shuffle=False, seed=None, augmenter=None
         shuffle: reshuffle the order every epoch.
         seed: seeds the shuffle.
         augmenter: an optional function applied to each training batch and its number
-            (see `smallcnn.augment.build_augmenter`).
+            (see `smallcnn.data.augment.build_augmenter`).
         repeat: go on forever, reshuffled each epoch (one iterator for a whole run:
             destroying a tf.data iterator at each epoch's end stalled for 8-10 s in
             about one epoch in two, measured on cats-dogs-small).

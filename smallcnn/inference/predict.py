@@ -5,9 +5,9 @@ from pathlib import Path
 
 import numpy as np
 
-from smallcnn import runs
+from smallcnn.data.images import UnreadableImage, is_image_file, load_readable
 from smallcnn.errors import DataError, UsageError, described
-from smallcnn.images import UnreadableImage, is_image_file, load_readable
+from smallcnn.model import runs
 
 
 @dataclasses.dataclass
@@ -58,8 +58,8 @@ class Classifier:
 
     def probabilities(self, images, batch_size=32, tta_views=1):
         """Class probabilities for a `(n, size, size, 3)` array of RGB pixels in [0, 255],
-        averaged over `tta_views` views of each image (see `smallcnn.tta`)."""
-        from smallcnn.tta import averaged, check_views
+        averaged over `tta_views` views of each image (see `smallcnn.inference.tta`)."""
+        from smallcnn.inference.tta import averaged, check_views
 
         images = self._checked(images)
         run = self._runner(len(images) * check_views(tta_views), batch_size)
@@ -76,7 +76,7 @@ class Classifier:
             if self._on_gpus is None:
                 self._on_gpus = self._gpu_engine() or False
             if self._on_gpus:
-                from smallcnn.engine import compute_features
+                from smallcnn.runtime.engine import compute_features
 
                 engine, self.engine = self._on_gpus
                 return lambda images: compute_features(engine, images, batch_size)
@@ -103,8 +103,8 @@ class Classifier:
         """On a machine with GPUs (`SMALLCNN_ENGINE` left at auto), the Keras model on
         every GPU TensorFlow sees (`CUDA_VISIBLE_DEVICES` chooses), each batch split
         across them, and what to call it; None elsewhere (LiteRT on a CPU is faster)."""
-        from smallcnn import devices
-        from smallcnn.engine import TensorFlowEngine, chosen_engine
+        from smallcnn.runtime import devices
+        from smallcnn.runtime.engine import TensorFlowEngine, chosen_engine
 
         if chosen_engine() != "auto" or not devices.has_gpu_driver():
             return None
@@ -147,7 +147,7 @@ class Classifier:
         model.keras (`Session.prediction_route`); the model file's SHA-256 must still be
         the one it wrote.
         """
-        from smallcnn.engine import chosen_engine
+        from smallcnn.runtime.engine import chosen_engine
 
         route = self.config.get("prediction")
         if not route or self.run_dir is None:
@@ -155,8 +155,9 @@ class Classifier:
         if chosen_engine() == "tf":
             self._not_litert = "SMALLCNN_ENGINE=tf"
             return None
-        from smallcnn import cache, head, modelfile
-        from smallcnn.engine import open_litert
+        from smallcnn.model import head, modelfile
+        from smallcnn.runtime import cache
+        from smallcnn.runtime.engine import open_litert
 
         model_file = Path(self.run_dir) / runs.MODEL_FILE
         if runs.file_sha256(model_file) != self.config.get("model_sha256"):
@@ -180,31 +181,35 @@ class Classifier:
     def _warn(self, message):
         import warnings
 
-        from smallcnn.cache import CacheWarning
+        from smallcnn.runtime.cache import CacheWarning
 
         warnings.warn(message, CacheWarning, stacklevel=2)
 
     def _litert_name(self):
         if self.run_dir is None:
             return None
-        name = converted_model_name(self.run_dir)
+        name = runs.converted_model_name(self.run_dir)
         if name is None:
             self._not_litert = "SMALLCNN_ENGINE=tf"
         return name
 
     def _litert_path_cached(self):
-        from smallcnn import cache
+        from smallcnn.runtime import cache
 
         name = self._litert_name()
         return name is not None and cache.path("engines", name).is_file()
 
     def _litert_engine(self):
         """The whole model in LiteRT (converted on first use, then cached)."""
-        from smallcnn import cache
+        from smallcnn.runtime import cache
 
         name = self._litert_name()
         if self._litert is None and name is not None:
-            from smallcnn.engine import LiteRTEngine, convert_to_litert, open_litert
+            from smallcnn.runtime.engine import (
+                LiteRTEngine,
+                convert_to_litert,
+                open_litert,
+            )
 
             try:
                 self._litert = open_litert(name, warn=self._warn)
@@ -224,7 +229,7 @@ class Classifier:
     def predict(self, images, top_k=3, batch_size=32, tta=False):
         """Predicts classes for image paths (files or folders) or for a pixel array.
 
-        `tta`: average over test-time augmented views (True: `smallcnn.tta.DEFAULT_VIEWS`,
+        `tta`: average over test-time augmented views (True: `smallcnn.inference.tta.DEFAULT_VIEWS`,
         or a number of views).
 
         Returns:
@@ -236,7 +241,7 @@ class Classifier:
                 `predict_paths` to predict the readable ones and list the others).
         """
         check_counts(top_k, batch_size)
-        from smallcnn.tta import views_of
+        from smallcnn.inference.tta import views_of
 
         views = views_of(tta)
         if isinstance(images, np.ndarray):
@@ -258,7 +263,7 @@ class Classifier:
         if isinstance(paths, (str, Path)):
             paths = [paths]
         paths = expand_paths(paths)
-        from smallcnn.tta import views_of
+        from smallcnn.inference.tta import views_of
 
         probabilities, kept, failures = self.probabilities_of_files(paths, batch_size,
                                                                     tta_views=views_of(tta))
@@ -270,7 +275,7 @@ class Classifier:
 
         Args:
             progress: an optional callable, called with the number of files done so far.
-            tta_views: views of each image to average over (see `smallcnn.tta`).
+            tta_views: views of each image to average over (see `smallcnn.inference.tta`).
 
         Returns:
             `(probabilities, kept, failures)`: a row per readable image, the indices into
@@ -290,7 +295,7 @@ class Classifier:
     def iter_probabilities(self, paths, batch_size=32, progress=None, tta_views=1):
         """`probabilities_of_files`, one chunk of files at a time: yields `(probabilities,
         kept, failures)` per chunk, `kept` indexing `paths`; memory stays that of a chunk."""
-        from smallcnn.tta import averaged, check_views
+        from smallcnn.inference.tta import averaged, check_views
 
         paths = [str(p) for p in paths]
         run = None
@@ -310,18 +315,6 @@ class Classifier:
         order = np.argsort(row)[::-1][: max(1, top_k)]
         top = [{"label": self.class_names[i], "probability": float(row[i])} for i in order]
         return Prediction(path, top[0]["label"], top[0]["probability"], top, self.engine)
-
-
-def converted_model_name(run_dir):
-    """The cache entry (in `engines`) of a run's whole model in LiteRT, keyed by the model
-    file's stamp, or None where LiteRT is not to be used (SMALLCNN_ENGINE=tf)."""
-    from smallcnn import cache
-    from smallcnn.engine import chosen_engine
-
-    if chosen_engine() == "tf":
-        return None
-    stamp = cache.file_stamp(Path(run_dir) / runs.MODEL_FILE)
-    return f"model-{cache.key('engines', model_file=stamp)[:32]}.tflite"
 
 
 def check_counts(top_k, batch_size):
@@ -344,7 +337,7 @@ def load_run(path=None):
 
 def is_exported(path):
     """Whether `path` names an exported model rather than a run folder (or a run's model)."""
-    from smallcnn.formats import format_of
+    from smallcnn.runtime.formats import format_of
 
     path = Path(path).expanduser()
     if format_of(path) is None:
@@ -380,7 +373,7 @@ def load(path=None):
             print(p.path, p.label, p.probability)
     """
     if path is not None and is_exported(path):
-        from smallcnn.exported import load_exported
+        from smallcnn.inference.exported import load_exported
 
         return load_exported(path)
     run_dir = runs.resolve_run(path) if path is not None else runs.latest_run()

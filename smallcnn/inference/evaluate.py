@@ -6,8 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
-from smallcnn import runs
 from smallcnn.errors import DataError, UsageError
+from smallcnn.model import runs
 from smallcnn.progress import Reporter
 
 CONFUSION_FILE = "confusion.png"
@@ -57,7 +57,7 @@ def scores(true, predicted, num_classes):
 
 def split_of(config, data=None, split="val", table=None):
     """The data set of a run (or `data`) and its split to evaluate on."""
-    from smallcnn.data import dataset_of_run
+    from smallcnn.data.dataset import dataset_of_run
 
     dataset = dataset_of_run(config, data, table)
     if split not in dataset.splits:
@@ -76,17 +76,17 @@ def evaluate(run=None, data=None, split="val", top_wrong=12, out=None, reporter=
         split: 'val', 'test' or 'train'.
         top_wrong: how many of the most confidently wrong images to list.
         out: folder for confusion.png; default the run folder.
-        table: a `smallcnn.table.TableOptions` for `data` given as a table (or a folder
+        table: a `smallcnn.data.table.TableOptions` for `data` given as a table (or a folder
             with `labels`); default the options the run recorded.
         tta: average over test-time augmented views (True, or a number of views; see
-            `smallcnn.tta`).
+            `smallcnn.inference.tta`).
 
     Returns:
         An `Evaluation`.
     """
-    from smallcnn.plots import confusion_figure, save_figure
-    from smallcnn.predict import load_run
-    from smallcnn.tta import views_of
+    from smallcnn.inference.predict import load_run
+    from smallcnn.inference.tta import views_of
+    from smallcnn.runtime.plots import confusion_figure, save_figure
 
     reporter = reporter or Reporter()
     if split not in ("train", "val", "test"):

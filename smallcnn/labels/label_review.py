@@ -25,11 +25,11 @@ from pathlib import Path
 
 import numpy as np
 
+from smallcnn.data.images import load_picture
+from smallcnn.data.table import TableOptions, find_columns, read_records
 from smallcnn.errors import UsageError
-from smallcnn.images import load_picture
 from smallcnn.progress import Reporter
-from smallcnn.runs import write_text
-from smallcnn.table import TableOptions, find_columns, read_records
+from smallcnn.runtime.files import write_text
 
 THUMBNAIL = 112  # pixels, longer side
 NEIGHBOURS_SHOWN = 3  # per class
@@ -353,7 +353,7 @@ def check_labels(data, settings=None, table=None, folds=None, html_out=None, fix
     Returns:
         `(report, dataset, written)`: the `LabelReport`, the data set, and the paths written.
     """
-    from smallcnn.label_issues import FOLDS, find_label_issues
+    from smallcnn.labels.label_issues import FOLDS, find_label_issues
 
     if (fix is None) != (accept is None):
         raise UsageError("--fix DIR and --accept FILE go together: the copy takes the "

@@ -20,7 +20,7 @@ import stat
 from pathlib import Path
 
 from smallcnn.errors import UsageError
-from smallcnn.predict import Prediction
+from smallcnn.inference.predict import Prediction
 
 PREDICTION_KEYS = tuple(field.name for field in dataclasses.fields(Prediction))
 ERROR_KEYS = ("path", "error")  # the line of an image that cannot be read
@@ -46,7 +46,7 @@ def image_key(path):
 def images_of(images, listing=None):
     """The image files of `images` (files and folders) and of the list file `listing`,
     each once: the first way it is written, as pathlib writes it (`./a.jpg` is `a.jpg`)."""
-    from smallcnn.predict import expand_paths
+    from smallcnn.inference.predict import expand_paths
 
     listed = [str(Path(path)) for path in read_paths(listing)] if listing else []
     unique = {}
@@ -248,7 +248,7 @@ def predict_jsonl(classifier, paths, out, top_k=3, batch_size=32, tta=False, pro
     Returns:
         `{"written", "skipped", "unreadable"}`: counts of this call.
     """
-    from smallcnn.tta import views_of
+    from smallcnn.inference.tta import views_of
 
     file = out if isinstance(out, PredictionsFile) else PredictionsFile(out, paths)
     file.check_classes(classifier.class_names)
@@ -271,7 +271,7 @@ def predict_to_file(images, out, model=None, listing=None, top_k=3, batch_size=3
                     reporter=None):
     """`smallcnn predict IMAGES... [--list FILE] --jsonl OUT`: the images (files and
     folders) and those of the list file, predicted into `out`."""
-    from smallcnn.predict import check_counts, load
+    from smallcnn.inference.predict import check_counts, load
     from smallcnn.progress import Reporter
 
     check_counts(top_k, batch_size)

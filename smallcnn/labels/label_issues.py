@@ -90,7 +90,7 @@ def out_of_fold_probabilities(features, labels, num_classes, settings, folds=FOL
                               progress=None):
     """Each row's class probabilities from a head that never saw it; `progress` (if
     given) is called with the number of folds done."""
-    from smallcnn import head
+    from smallcnn.model import head
 
     features = np.asarray(features, np.float32)
     assignment = stratified_folds(labels, folds, settings.seed)
@@ -182,7 +182,7 @@ def find_label_issues(data, settings=None, table=None, folds=FOLDS, neighbours=N
     """Likely label errors and outliers among the train and val images of a data set.
 
     Args:
-        data: a data folder or table (see `smallcnn.data.find_dataset`).
+        data: a data folder or table (see `smallcnn.data.dataset.find_dataset`).
         settings: a `smallcnn.train.Settings` (base, image size, head options); unset
             values take extract's defaults. The features come from extract's cache.
         table: table options, as `find_dataset` takes them (or in `settings`).
@@ -190,7 +190,7 @@ def find_label_issues(data, settings=None, table=None, folds=FOLDS, neighbours=N
             image is read: for refusals that need no analysis.
 
     Returns:
-        `(report, dataset)`: a `LabelReport` and the `smallcnn.data.Dataset` it is about.
+        `(report, dataset)`: a `LabelReport` and the `smallcnn.data.dataset.Dataset` it is about.
     """
     from smallcnn.train import Settings
     from smallcnn.train.session import Session

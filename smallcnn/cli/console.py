@@ -4,11 +4,16 @@ import contextlib
 import os
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+)
 from rich.table import Table
 
 from smallcnn.progress import Reporter
-
 
 
 def _console(**kwargs):
@@ -107,7 +112,7 @@ def summary_table(result):
         table.add_row("ran on", f"{metrics['ran_on']}{engine}")
     table.add_row("seconds", f"{metrics['seconds']:.1f}")
     if metrics.get("timings"):
-        from smallcnn.timings import summary
+        from smallcnn.runtime.timings import summary
 
         table.add_row("where the time went", summary(metrics["timings"]))
     imbalance = metrics.get("class_imbalance") or 1

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
-from smallcnn import cache
 from smallcnn.errors import UsageError, described
-from smallcnn.formats import TFLiteRuntime
+from smallcnn.runtime import cache
+from smallcnn.runtime.formats import TFLiteRuntime
 
 ENGINES = ("auto", "litert", "tf")
 
@@ -60,7 +60,9 @@ class LiteRTEngine(TFLiteRuntime):
 
     @staticmethod
     def _interpreter_class():
-        from ai_edge_litert.interpreter import Interpreter  # no fallback: TensorFlow is faster
+        from ai_edge_litert.interpreter import (
+            Interpreter,  # no fallback: TensorFlow is faster
+        )
 
         return Interpreter
 
@@ -87,7 +89,7 @@ def open_litert(name, warn=None):
 
 def convert_to_litert(model, path, quantize="none", calibration=None, warn=None):
     """Writes a Keras model (one image input) as a LiteRT model, its weights frozen into
-    constants, at `path`: a temporary name of `runs.atomic_write` (through `cache.store`
+    constants, at `path`: a temporary name of `files.atomic_write` (through `cache.store`
     or `export`), which gives the file its place and its permissions.
 
     Freezing a concrete function and converting its graph takes about 2 s for MobileNetV2
@@ -106,7 +108,7 @@ def convert_to_litert(model, path, quantize="none", calibration=None, warn=None)
     """
     import tensorflow as tf
 
-    from smallcnn.quiet import native_stderr_silenced
+    from smallcnn.runtime.quiet import native_stderr_silenced
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -15,13 +15,13 @@ import csv
 import datetime
 import io
 import json
-import os
-import shutil
-import tempfile
 import zipfile
 from pathlib import Path
 
 from smallcnn.errors import ModelError, UsageError, first_line
+
+# The run folder's files are written through these (callers use them as `runs.write_json`).
+from smallcnn.runtime.files import atomic_write, file_sha256, write_json, write_text  # noqa: F401
 
 DEFAULT_RUNS_DIR = "runs"
 MODEL_FILE = "model.keras"
@@ -29,91 +29,6 @@ CONFIG_FILE = "smallcnn.json"
 METRICS_FILE = "metrics.json"
 HISTORY_FILE = "history.csv"
 CURVES_FILE = "curves.png"
-
-
-def atomic_write(path, write):
-    """Calls `write(temp)`, then renames `temp` onto `path`: every file smallcnn writes, for
-    the user or into its cache, goes through here.
-
-    `temp` is a name beside `path` (the same name, in a private folder), so an
-    interrupted write never leaves a half-written file where a good one was. What
-    `write` leaves there, a file or a folder (a SavedModel), gets the usual permissions
-    whatever mode its writer chose (mkstemp's 0600, say), the umask respected, and
-    reaches the disk before the rename; a folder replaces a folder whole.
-    """
-    path = Path(path)
-    folder = Path(tempfile.mkdtemp(prefix=f".{path.name}-", dir=path.parent))
-    temp = folder / path.name
-    try:
-        write(temp)
-        _settle(temp, _umask(folder))
-        if temp.is_dir() and path.is_dir():
-            _replace_folder(temp, path, folder / "replaced")
-        else:
-            os.replace(temp, path)  # a file never replaces a folder, nor a folder a file
-    finally:
-        # Only a failed write leaves anything here; its error is the one worth raising.
-        shutil.rmtree(folder, ignore_errors=True)
-
-
-def _umask(folder):
-    """The process's umask, read without changing it: `os.umask` can only set it, and the
-    moment it spends at 0 would give other threads' new files every permission."""
-    probe = os.path.join(folder, ".umask")
-    fd = os.open(probe, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o777)
-    try:
-        return 0o777 & ~os.fstat(fd).st_mode
-    finally:
-        os.close(fd)
-        os.unlink(probe)
-
-
-def _settle(temp, umask):
-    """Gives what was written the permissions of a new file (or folder), and syncs it."""
-    for item in [temp, *sorted(temp.rglob("*"))] if temp.is_dir() else [temp]:
-        if item.is_symlink():
-            continue
-        if item.is_dir():
-            os.chmod(item, 0o777 & ~umask)
-            continue
-        os.chmod(item, 0o666 & ~umask)
-        with open(item, "rb") as f:
-            os.fsync(f.fileno())
-
-
-def _replace_folder(temp, path, aside):
-    """Renames the folder `temp` onto the folder `path` (which `os.replace` does only for
-    an empty one): the old one goes `aside` first, and comes back if the new one cannot
-    take its place."""
-    path.rename(aside)
-    try:
-        os.replace(temp, path)
-    except BaseException:
-        aside.rename(path)
-        raise
-
-
-def write_text(path, text):
-    def write(temp):
-        with open(temp, "w", encoding="utf-8") as f:
-            f.write(text)
-
-    atomic_write(path, write)
-
-
-def file_sha256(path):
-    """The hex SHA-256 of a file's bytes."""
-    import hashlib
-
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def write_json(path, data):
-    write_text(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
 
 
 def save_model(model, path):
@@ -232,12 +147,12 @@ def read_config(run_dir):
 
 def load_model(run_dir):
     """Loads a run's model in Keras safe mode: a model file cannot run code."""
-    from smallcnn.quiet import import_tensorflow
+    from smallcnn.runtime.quiet import import_tensorflow
 
     import_tensorflow()
     import keras
 
-    import smallcnn.layers  # noqa: F401  (registers the custom layers for loading)
+    import smallcnn.model.layers  # noqa: F401  (registers the custom layers for loading)
 
     path = Path(run_dir) / MODEL_FILE
     if not zipfile.is_zipfile(path):
@@ -250,3 +165,15 @@ def load_model(run_dir):
     except Exception as error:
         reason = first_line(error)
         raise ModelError(f"Cannot load the model {str(path)!r}: {reason}") from None
+
+
+def converted_model_name(run_dir):
+    """The cache entry (in `engines`) of a run's whole model in LiteRT, keyed by the model
+    file's stamp, or None where LiteRT is not to be used (SMALLCNN_ENGINE=tf)."""
+    from smallcnn.runtime import cache
+    from smallcnn.runtime.engine import chosen_engine
+
+    if chosen_engine() == "tf":
+        return None
+    stamp = cache.file_stamp(Path(run_dir) / MODEL_FILE)
+    return f"model-{cache.key('engines', model_file=stamp)[:32]}.tflite"

@@ -6,8 +6,8 @@ import keras
 from keras import layers
 
 from smallcnn.errors import ModelError, UsageError
-from smallcnn.head import check_optimizer
-from smallcnn.layers import preprocessing_layer
+from smallcnn.model.head import check_optimizer
+from smallcnn.model.layers import preprocessing_layer
 
 HEAD_NAME = "head"
 

@@ -10,7 +10,7 @@ import io
 
 import numpy as np
 
-from smallcnn.runs import atomic_write
+from smallcnn.runtime.files import atomic_write
 
 
 def _figure(**kwargs):

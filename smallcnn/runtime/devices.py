@@ -22,7 +22,7 @@ import os
 from typing import Optional
 
 from smallcnn.errors import UsageError
-from smallcnn.ranges import Range
+from smallcnn.runtime.ranges import Range
 
 DEVICE_CHOICES = ("auto", "cpu", "all")  # or a number of devices
 PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
@@ -213,7 +213,7 @@ def place(devices="auto", precision="auto", note=None, use_cluster=True):
     if not needs_tensorflow(devices, task is not None):
         return _noted(Placement(["/cpu:0"], "float32" if precision == "auto" else precision),
                       note)
-    from smallcnn.quiet import import_tensorflow
+    from smallcnn.runtime.quiet import import_tensorflow
 
     import_tensorflow()
     import tensorflow as tf

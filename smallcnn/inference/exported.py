@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 
 from smallcnn.errors import ModelError
-from smallcnn.predict import Classifier
+from smallcnn.inference.predict import Classifier
 
 
 class ExportedClassifier(Classifier):
@@ -25,7 +25,7 @@ class ExportedClassifier(Classifier):
         self.engine = f"{runtime.format} file in its own runtime"
 
     def _runner(self, count, batch_size=32):
-        from smallcnn.formats import run_batches
+        from smallcnn.runtime.formats import run_batches
 
         def run(images):
             if images.dtype != np.uint8:
@@ -41,7 +41,7 @@ def load_exported(path):
     beside it, or labels.txt)."""
     import json
 
-    from smallcnn.formats import LABELS_FILE, contract_path, open_model
+    from smallcnn.runtime.formats import LABELS_FILE, contract_path, open_model
 
     path = Path(path).expanduser()
     runtime = open_model(path)

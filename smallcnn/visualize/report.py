@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from smallcnn import runs
+from smallcnn.model import runs
 from smallcnn.progress import Reporter
 
 REPORT_FILE = "report.html"
@@ -61,10 +61,10 @@ def _table(header, rows):
 
 def build_report(run=None, data=None, out=None, reporter=None):
     """Writes RUN/report.html (or `out`); returns its path."""
-    from smallcnn.evaluate import evaluate
-    from smallcnn.images import load_images
-    from smallcnn.plots import confusion_figure, curves_figure, png_bytes
-    from smallcnn.predict import load_run
+    from smallcnn.data.images import load_images
+    from smallcnn.inference.evaluate import evaluate
+    from smallcnn.inference.predict import load_run
+    from smallcnn.runtime.plots import confusion_figure, curves_figure, png_bytes
     from smallcnn.visualize import gradcam_overlays
 
     reporter = reporter or Reporter()

@@ -13,7 +13,7 @@ identified by their content (the SHA-1 that `check` computes), or by path, size,
 modification time, change time and inode where content is not needed: `cp -p` or
 `rsync -t` can keep a size and a modification time, but not a change time.
 
-Entries are written atomically (`runs.atomic_write`), a checksum (where one is kept)
+Entries are written atomically (`files.atomic_write`), a checksum (where one is kept)
 recorded before its entry appears. An entry that cannot be read, or whose bytes are
 not the ones recorded, is deleted, reported in one line, and rebuilt by the caller;
 nothing else is ever deleted as damaged. The cache is capped (`SMALLCNN_CACHE_MAX_GB`,
@@ -33,8 +33,8 @@ import zipfile
 from pathlib import Path
 
 from smallcnn.errors import described
-from smallcnn.ranges import Range, from_environment
-from smallcnn.runs import atomic_write, file_sha256
+from smallcnn.runtime.files import atomic_write, file_sha256
+from smallcnn.runtime.ranges import Range, from_environment
 
 PARTS = ("features", "engines", "templates", "scans")
 DEFAULT_MAX_GB = 5.0
@@ -43,13 +43,13 @@ KEY_FORMAT = 2
 
 # The modules whose code, and the libraries whose versions, make each part's entries.
 _PRODUCERS = {
-    "features": ("smallcnn.images", "smallcnn.layers", "smallcnn.models", "smallcnn.bases",
-                 "smallcnn.efficientnet_lite", "smallcnn.engine"),
-    "engines": ("smallcnn.layers", "smallcnn.models", "smallcnn.bases",
-                "smallcnn.efficientnet_lite", "smallcnn.engine"),
-    "templates": ("smallcnn.layers", "smallcnn.models", "smallcnn.bases",
-                  "smallcnn.efficientnet_lite", "smallcnn.modelfile"),
-    "scans": ("smallcnn.images", "smallcnn.check"),
+    "features": ("smallcnn.data.images", "smallcnn.model.layers", "smallcnn.model.networks", "smallcnn.model.bases",
+                 "smallcnn.model.efficientnet_lite", "smallcnn.runtime.engine"),
+    "engines": ("smallcnn.model.layers", "smallcnn.model.networks", "smallcnn.model.bases",
+                "smallcnn.model.efficientnet_lite", "smallcnn.runtime.engine"),
+    "templates": ("smallcnn.model.layers", "smallcnn.model.networks", "smallcnn.model.bases",
+                  "smallcnn.model.efficientnet_lite", "smallcnn.model.modelfile"),
+    "scans": ("smallcnn.data.images", "smallcnn.data.check"),
 }
 _LIBRARIES = {
     "features": ("numpy", "pillow", "keras", "tensorflow", "ai-edge-litert"),

@@ -46,7 +46,7 @@ class TFLiteRuntime:
         return Interpreter
 
     def __init__(self, path):
-        from smallcnn.quiet import native_stderr_silenced
+        from smallcnn.runtime.quiet import native_stderr_silenced
 
         with native_stderr_silenced():  # "INFO: Created TensorFlow Lite XNNPACK delegate"
             self._interpreter = self._interpreter_class()(model_path=str(path),

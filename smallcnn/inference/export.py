@@ -22,11 +22,18 @@ from pathlib import Path
 
 import numpy as np
 
-from smallcnn import __version__, runs
-from smallcnn.bases import BASES
+from smallcnn import __version__
 from smallcnn.errors import DataError, ModelError, UsageError
+from smallcnn.model import runs
+from smallcnn.model.bases import BASES
 from smallcnn.progress import Reporter
-from smallcnn.formats import FORMATS, LABELS_FILE, contract_path, open_model, run_batches
+from smallcnn.runtime.formats import (
+    FORMATS,
+    LABELS_FILE,
+    contract_path,
+    open_model,
+    run_batches,
+)
 
 QUANTIZATIONS = ("none", "float16", "int8")
 # Which quantizations each format offers.
@@ -62,7 +69,7 @@ def standard_preprocessing(mode):
     """A function from a uint8 image tensor to the base's input, in standard layers."""
     from keras import layers
 
-    from smallcnn.layers import PREPROCESSING_MODES, preprocessing_layer
+    from smallcnn.model.layers import PREPROCESSING_MODES, preprocessing_layer
 
     if mode not in PREPROCESSING_MODES:
         raise ModelError(f"Unknown preprocessing {mode!r} in the run's smallcnn.json.")
@@ -75,7 +82,7 @@ def portable_model(model, config):
     """The run's model with a uint8 input and standard preprocessing layers only."""
     import keras
 
-    from smallcnn.models import HEAD_NAME
+    from smallcnn.model.networks import HEAD_NAME
 
     size = int(config["image_size"])
     try:
@@ -138,8 +145,8 @@ def _labels_text(class_names):
 
 def _verification_images(config, data, reporter):
     """(validation images, their labels, calibration images) decoded at the model's size."""
-    from smallcnn.data import dataset_of_run
-    from smallcnn.images import load_readable
+    from smallcnn.data.dataset import dataset_of_run
+    from smallcnn.data.images import load_readable
 
     dataset = dataset_of_run(config, data)
     size = int(config["image_size"])
@@ -160,7 +167,7 @@ def _write_onnx(model, path, quantize, calibration):
         raise UsageError(
             "ONNX export needs tf2onnx and onnx: pip install 'smallcnn[onnx]'."
         ) from None
-    from smallcnn.quiet import native_stderr_silenced
+    from smallcnn.runtime.quiet import native_stderr_silenced
 
     if quantize == "none":
         with native_stderr_silenced():
@@ -212,12 +219,12 @@ def _write(model, path, format, quantize, calibration):
     if format == "keras":
         model.save(str(path))
     elif format == "savedmodel":
-        from smallcnn.quiet import native_stderr_silenced
+        from smallcnn.runtime.quiet import native_stderr_silenced
 
         with native_stderr_silenced():
             model.export(str(path), format="tf_saved_model", verbose=False)
     elif format == "tflite":
-        from smallcnn.engine import convert_to_litert
+        from smallcnn.runtime.engine import convert_to_litert
 
         convert_to_litert(model, Path(path), quantize, calibration)
     else:

@@ -5,7 +5,7 @@ Two layouts are accepted:
     DATA/train/<class>/*.jpg  DATA/val/<class>/... (or validation/)  [DATA/test/<class>/...]
     DATA/<class>/*.jpg        (split into train and validation by a stratified --val-split)
 
-and a table of labels (`smallcnn.table`): DATA is a CSV file, or a folder of images with
+and a table of labels (`smallcnn.data.table`): DATA is a CSV file, or a folder of images with
 --labels FILE; without a split column (or without val rows), validation is drawn as for
 class folders.
 """
@@ -17,9 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
+from smallcnn.data.images import IMAGE_EXTENSIONS, is_image_file
+from smallcnn.data.table import TABLE_SUFFIXES, TableOptions, read_table, split_rows
 from smallcnn.errors import DataError, UsageError
-from smallcnn.images import IMAGE_EXTENSIONS, is_image_file
-from smallcnn.table import TABLE_SUFFIXES, TableOptions, read_table, split_rows
 
 VAL_FOLDER_NAMES = ("val", "validation")
 SPLITS = ("train", "val", "test")
@@ -135,7 +135,7 @@ def find_dataset(data_dir, val_split=0.2, seed=42, table=TableOptions()):
         val_split: the fraction of each class held out for validation when the data
             has no validation folder (or rows).
         seed: seeds the stratified validation split.
-        table: where the table is and how its columns are named (`smallcnn.table`).
+        table: where the table is and how its columns are named (`smallcnn.data.table`).
 
     Returns:
         A `Dataset`.

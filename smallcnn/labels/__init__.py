@@ -1,0 +1,6 @@
+"""The labels themselves: likely label errors, outliers, and the review page and fix.
+
+Owns confident learning on out-of-fold predictions (`label_issues`) and the review page and
+corrected copy of `check --label-issues` (`label_review`). It may import everything below
+it (`runtime`, `data`, `model`, `train`'s feature source); not the CLI or the server.
+"""
