@@ -238,6 +238,21 @@ def test_a_helper_that_cannot_start_is_said_in_one_line(base_weights_file, monke
                     "Cannot allocate memory); preparing it in this process."]
 
 
+def test_a_helper_that_cannot_write_the_template_says_so(tmp_path, monkeypatch):
+    from smallcnn.model.bases import get_base
+    from smallcnn.train import warmup
+
+    blocked = tmp_path / "a-file-not-a-folder"
+    blocked.write_text("")
+    monkeypatch.setenv("SMALLCNN_CACHE", str(blocked))  # no entry can be written under it
+    spec = get_base("small")
+    job = {"base": spec.name, "image_size": 32, "seed": 1, "weights": "none",
+           "template": {"key": "0" * 64, "feature_width": spec.feature_width,
+                        "num_classes": 2, "hidden": 0, "dropout": 0.0}}
+    with pytest.raises(RuntimeError, match=warmup.TEMPLATE_NOT_WRITTEN):
+        warmup.run(job)
+
+
 def test_a_cancelled_helper_stops_and_leaves_nothing_in_the_cache(base_weights_file):
     from smallcnn.runtime import cache
     from smallcnn.model.bases import get_base

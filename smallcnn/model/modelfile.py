@@ -59,6 +59,19 @@ def load_template(key, warn=None):
     return cache.load("templates", f"{key}.json", _read_template, warn=warn)
 
 
+def classifier_template(spec, base, image_size, key, feature_width, num_classes, hidden,
+                        dropout, warn=None):
+    """Builds the classifier extract saves (this base, a new head of this shape) and, with
+    a `key`, caches it as a template. Returns `(model, head, template)`; the template is
+    None without a key or when the cache could not be written."""
+    from smallcnn.model.networks import build_classifier, build_head
+
+    head = build_head(feature_width, num_classes, dropout, hidden)
+    model = build_classifier(spec, base, head, image_size)
+    template = None if key is None else save_template(model, head, base.name, key, warn=warn)
+    return model, head, template
+
+
 def save_template(model, head, base_layer, key, warn=None):
     """Saves `model` (whose head layer is `head`) as the template named `key`.
 

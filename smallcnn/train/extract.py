@@ -96,8 +96,8 @@ def _classifier(session, head_weights):
     if template is not None:
         return modelfile.AssembledClassifier(template, head_weights), template.base_layer
     base = session.base or session.build_base()
-    model, head, template = save_template(session.spec, base, s.image_size, key, **shape,
-                                          warn=session.reporter.warning)
+    model, head, template = modelfile.classifier_template(session.spec, base, s.image_size, key,
+                                                          **shape, warn=session.reporter.warning)
     if template is not None:
         return modelfile.AssembledClassifier(template, head_weights), base.name
     head.set_weights(head_weights)  # random base weights, or no cache: this model is the one
@@ -111,20 +111,6 @@ def template_shape(session):
     return {"feature_width": session.spec.feature_width,
             "num_classes": len(session.dataset.class_names),
             "hidden": s.hidden * s.heads, "dropout": s.dropout}
-
-
-def save_template(spec, base, image_size, key, feature_width, num_classes, hidden, dropout,
-                  warn=None):
-    """Builds the classifier extract saves (this base, a new head of this shape) and, with
-    a `key`, caches it as a template. Returns `(model, head, template or None)`."""
-    from smallcnn.model import modelfile
-    from smallcnn.model.networks import build_classifier, build_head
-
-    head = build_head(feature_width, num_classes, dropout, hidden)
-    model = build_classifier(spec, base, head, image_size)
-    template = None if key is None else modelfile.save_template(model, head, base.name, key,
-                                                                warn=warn)
-    return model, head, template
 
 
 def _write_tensorboard(folder, rows):

@@ -25,6 +25,10 @@ from pathlib import Path
 
 from smallcnn.runtime import cache
 
+# What the helper says (its last line, which the run repeats) when the cache refused an entry.
+ENGINE_NOT_WRITTEN = "could not write the base's LiteRT conversion to the cache"
+TEMPLATE_NOT_WRITTEN = "could not write the model template to the cache"
+
 
 class Warmup:
     """A running helper process; `wait()` for its end, `cancel()` to stop it."""
@@ -131,9 +135,9 @@ def run(job):
     import keras
 
     from smallcnn.model.bases import build_base, get_base
+    from smallcnn.model.modelfile import classifier_template
     from smallcnn.model.networks import feature_extractor
     from smallcnn.runtime.engine import convert_to_litert
-    from smallcnn.train.extract import save_template
 
     keras.utils.set_random_seed(job["seed"])
     spec, size = get_base(job["base"]), job["image_size"]
@@ -143,11 +147,12 @@ def run(job):
         stored = cache.store("engines", job["engine"],
                              lambda temp: convert_to_litert(model, Path(temp)), checksum=True)
         if stored is None:
-            raise RuntimeError("could not write the base's LiteRT conversion to the cache")
+            raise RuntimeError(ENGINE_NOT_WRITTEN)
     if "template" in job:
         template = dict(job["template"])
-        if save_template(spec, base, size, template.pop("key"), **template) is None:
-            raise RuntimeError("could not write the model template to the cache")
+        _, _, saved = classifier_template(spec, base, size, template.pop("key"), **template)
+        if saved is None:
+            raise RuntimeError(TEMPLATE_NOT_WRITTEN)
 
 
 def main(argv):
