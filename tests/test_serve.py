@@ -155,7 +155,7 @@ def test_a_full_queue_answers_503_and_a_request_larger_than_it_413(trained, monk
 
 
 def test_more_files_than_max_files_are_refused_before_any_is_decoded(trained, monkeypatch):
-    from smallcnn.serve import app as served
+    from smallcnn.serve import uploads as served
 
     run, data = trained
     images = sorted((data / "val" / "red").iterdir())[:3]
@@ -173,7 +173,7 @@ def test_more_files_than_max_files_are_refused_before_any_is_decoded(trained, mo
 def test_decoding_runs_at_most_one_image_per_core_at_once(trained, monkeypatch):
     import threading
 
-    from smallcnn.serve import app as served
+    from smallcnn.serve import uploads as served
 
     run, data = trained
     images = sorted((data / "val" / "red").iterdir())[:2]
@@ -221,8 +221,9 @@ def test_an_unexpected_error_is_a_logged_json_500_and_invalid_parameters_one_lin
     from fastapi.testclient import TestClient
 
     from smallcnn.errors import DataError
-    from smallcnn.serve import app as served
     from smallcnn.serve import build_app
+    from smallcnn.serve import uploads as served
+    from smallcnn.serve.app import INTERNAL_ERROR
 
     run, data = trained
     image = sorted((data / "val" / "red").iterdir())[0]
@@ -233,7 +234,7 @@ def test_an_unexpected_error_is_a_logged_json_500_and_invalid_parameters_one_lin
 
         monkeypatch.setattr(served, "decode_image", broken)
         answer = api.post("/predict", files=files(image))
-        assert answer.status_code == 500 and answer.json() == {"detail": served.INTERNAL_ERROR}
+        assert answer.status_code == 500 and answer.json() == {"detail": INTERNAL_ERROR}
         assert any(r.exc_info and "a bug" in str(r.exc_info[1]) for r in caplog.records)
         assert 'endpoint="/predict",status="500"' in api.get("/metrics").text
 
@@ -255,7 +256,7 @@ def test_an_unexpected_error_is_a_logged_json_500_and_invalid_parameters_one_lin
 
 
 def test_gradcam_has_a_limit_of_its_own_and_does_not_hold_up_predictions(trained, monkeypatch):
-    from smallcnn.serve import app as served
+    from smallcnn.serve import routes as served
 
     run, data = trained
     image = sorted((data / "val" / "red").iterdir())[0]

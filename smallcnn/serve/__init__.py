@@ -5,10 +5,12 @@
 The limits each request meets (body, files, pixels, queue, Grad-CAM) are `ServeSettings`;
 docs/serve.md lists them with the status code of each refusal.
 
-`app.py` holds the routes (POST /predict, POST /gradcam, GET /health, /model, /metrics, the
-page at /), `batcher.py` gathers concurrent requests into batches for the engine,
-`stats.py` counts what the server did, `page.html` is the web page (plain JavaScript, no
-external requests).
+`settings.py` declares the options, `app.py` builds the FastAPI app and what every request
+passes through (the token, counts, refusals), `routes.py` holds the routes (POST /predict,
+POST /gradcam, GET /health, /model, /metrics, the page at /) and the state they share,
+`uploads.py` reads and decodes a request's images, `batcher.py` gathers concurrent requests
+into batches for the engine, `stats.py` counts what the server did, `page.html` is the web
+page (plain JavaScript, no external requests).
 """
 
 import ipaddress
