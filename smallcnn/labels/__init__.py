@@ -1,6 +1,7 @@
 """The labels themselves: likely label errors, outliers, and the review page and fix.
 
 Owns confident learning on out-of-fold predictions (`label_issues`) and the review page and
-corrected copy of `check --label-issues` (`label_review`). It may import everything below
-it (`runtime`, `data`, `model`, `train`'s feature source); not the CLI or the server.
+corrected copy of `check --label-issues` (`label_review`, which runs `review_page` and
+`corrected_copy`). It may import everything below it (`runtime`, `data`, `model`, `train`'s
+feature source); not the CLI or the server.
 """
