@@ -7,7 +7,8 @@ the same head as Keras would: Glorot-uniform kernels, inverted dropout, softmax
 cross-entropy with optional class weights, Keras' Adam, SGD, RMSprop and Adagrad
 update rules and learning-rate schedules, EarlyStopping on val_loss with the best
 weights restored, ReduceLROnPlateau (tests check it against Keras step by step).
-A second `extract` on cached features therefore needs no TensorFlow at all.
+A second `extract` on cached features therefore needs no TensorFlow at all. The update
+rules, schedules and ReduceLROnPlateau are `smallcnn.model.optimizers`'.
 
 Weights are a list of arrays in Keras' order, `[kernel, bias]` per Dense layer, so
 `keras_head.set_weights(weights)` takes them.
@@ -20,30 +21,12 @@ import time
 import numpy as np
 
 from smallcnn.errors import UsageError
+from smallcnn.model.optimizers import (LR_SCHEDULES, OPTIMIZERS, PLATEAU, Optimizer, Plateau,
+                                       check_optimizer, plateau_patience, scheduled_rate)
 
-OPTIMIZERS = ("adam", "sgd", "rmsprop", "adagrad")
-LR_SCHEDULES = ("constant", "plateau", "exponential", "cosine")
-EPSILON = 1e-7  # Keras' default for every optimizer here
-# --lr-schedule plateau: keras.callbacks.ReduceLROnPlateau with these arguments (min_delta
-# is Keras' default), its patience half the early-stopping patience (`plateau_patience`).
-PLATEAU = dict(factor=0.2, min_lr=1e-7, min_delta=1e-4)
-
-
-def plateau_patience(patience):
-    """Epochs without a better val_loss before the plateau schedule lowers the rate."""
-    return max(1, patience // 2)
-
-
-def check_optimizer(name, learning_rate, schedule="constant"):
-    """Refuses an unknown optimizer or schedule, or a rate that is not positive."""
-    if name not in OPTIMIZERS:
-        raise UsageError(f"Unknown --optimizer {name!r}. Choose one of: {', '.join(OPTIMIZERS)}.")
-    if schedule not in LR_SCHEDULES:
-        raise UsageError(
-            f"Unknown --lr-schedule {schedule!r}. Choose one of: {', '.join(LR_SCHEDULES)}."
-        )
-    if learning_rate <= 0:
-        raise UsageError(f"--learning-rate must be positive. Received: {learning_rate}")
+# The optimizers' names and constants are the head's too (the settings and the loop read them).
+__all__ = ["LR_SCHEDULES", "OPTIMIZERS", "PLATEAU", "Optimizer", "check_optimizer", "evaluate",
+           "init_weights", "merge", "plateau_patience", "probabilities", "scheduled_rate", "train"]
 
 
 def init_weights(feature_width, num_classes, hidden=0, seed=0):
@@ -174,86 +157,6 @@ def merge(members):
             last_bias.mean(axis=0)]
 
 
-class Optimizer:
-    """Keras' update rules (keras.optimizers.Adam, SGD, RMSprop, Adagrad, default options)."""
-
-    def __init__(self, name, weights, momentum=0.9, nesterov=False):
-        self.name = name
-        self.momentum = momentum
-        self.nesterov = nesterov
-        self.iterations = 0
-        self.scratch = None
-        zeros = [np.zeros_like(w) for w in weights]
-        if name == "adam":
-            self.m, self.v = zeros, [np.zeros_like(w) for w in weights]
-        elif name == "sgd":
-            self.m = zeros
-        elif name == "rmsprop":
-            self.v = zeros
-        elif name == "adagrad":
-            self.accumulators = [np.full_like(w, 0.1) for w in weights]
-        else:
-            check_optimizer(name, 1.0)
-
-    def apply(self, weights, grads, learning_rate):
-        """Updates `weights` in place, one step."""
-        lr = np.float32(learning_rate)
-        self.iterations += 1
-        if self.name == "adam":
-            beta_1, beta_2, t = 0.9, 0.999, self.iterations
-            alpha = np.float32(lr * math.sqrt(1 - beta_2**t) / (1 - beta_1**t))
-            if self.scratch is None:  # in place: the updates are most of a wide head's step
-                self.scratch = [np.empty_like(w) for w in weights]
-            for w, g, m, v, tmp in zip(weights, grads, self.m, self.v, self.scratch):
-                np.subtract(g, m, out=tmp)
-                tmp *= np.float32(1 - beta_1)
-                m += tmp
-                np.multiply(g, g, out=tmp)
-                tmp -= v
-                tmp *= np.float32(1 - beta_2)
-                v += tmp
-                np.sqrt(v, out=tmp)
-                tmp += np.float32(EPSILON)
-                np.divide(m, tmp, out=tmp)
-                tmp *= alpha
-                w -= tmp
-        elif self.name == "sgd":
-            for w, g, m in zip(weights, grads, self.m):
-                if not self.momentum:
-                    w -= g * lr
-                    continue
-                m *= np.float32(self.momentum)
-                m -= g * lr
-                if self.nesterov:
-                    w += m * np.float32(self.momentum) - g * lr
-                else:
-                    w += m
-        elif self.name == "rmsprop":
-            rho = np.float32(0.9)
-            for w, g, v in zip(weights, grads, self.v):
-                v *= rho
-                v += (1 - rho) * g * g
-                w -= lr * g / np.sqrt(v + np.float32(EPSILON))
-        else:
-            for w, g, a in zip(weights, grads, self.accumulators):
-                a += g * g
-                w -= lr * g / np.sqrt(a + np.float32(EPSILON))
-
-
-def scheduled_rate(learning_rate, schedule, step, steps_per_epoch, epochs):
-    """The learning rate at `step` (counted from 0), as Keras' decay schedules give it.
-
-    'exponential' reaches a tenth of the rate after 20 epochs; 'cosine' decays to 0
-    over the run; 'constant' and 'plateau' keep it (plateau lowers it between epochs).
-    """
-    if schedule == "exponential":
-        return learning_rate * (0.1 ** (1 / 20)) ** (step / max(1, steps_per_epoch))
-    if schedule == "cosine":
-        decay_steps = max(1, steps_per_epoch * epochs)
-        return learning_rate * 0.5 * (1 + math.cos(math.pi * min(step, decay_steps) / decay_steps))
-    return learning_rate
-
-
 def train(train_x, train_y, val, settings, num_classes, class_weights=None, weights=None,
           members=1, shuffle=True, on_epoch=None, progress=None, stop=None):
     """Trains the head; returns `(weights, history)` with the best epoch's weights.
@@ -295,101 +198,144 @@ def train(train_x, train_y, val, settings, num_classes, class_weights=None, weig
     if members < 1 or (weights is not None and members != 1):
         raise UsageError(f"members must be 1 or more, and 1 with initial weights. Received: {members}")
     train_x = np.asarray(train_x, np.float32)
-    train_y = np.asarray(train_y, np.int64)
     val_x, val_y = np.asarray(val[0], np.float32), np.asarray(val[1], np.int64)
-    rngs = [np.random.default_rng(s.seed + k) for k in range(members)]
-    if weights is None:
-        starts = [init_weights(train_x.shape[1], num_classes, s.hidden, s.seed + k)
-                  for k in range(members)]
-    else:
-        starts = [weights]
-    # Every array gets a leading member axis; the arithmetic is the same for one or many.
-    stacked = [np.stack([np.asarray(w[i], np.float32) for w in starts]) for i in range(len(starts[0]))]
-    optimizer = Optimizer(s.optimizer, stacked, s.momentum, s.nesterov)
-    dropout = _Dropout(s.dropout, rngs) if s.dropout else None
-    lookup = None
-    if class_weights:
-        lookup = np.array([class_weights.get(i, 0.0) for i in range(num_classes)], np.float32)
-    steps = math.ceil(len(train_x) / s.batch_size)
-    rate = s.learning_rate  # what ReduceLROnPlateau lowers
-    best, kept, wait, done = [math.inf] * members, [None] * members, [0] * members, [False] * members
-    stopped_members = []
-    plateau_best, plateau_wait, plateau_after = math.inf, 0, plateau_patience(s.patience)
+    starts = [weights] if weights is not None else [
+        init_weights(train_x.shape[1], num_classes, s.hidden, s.seed + k) for k in range(members)]
+    fit = _Fit(starts, train_x, np.asarray(train_y, np.int64), s,
+               _class_weight_lookup(class_weights, num_classes))
+    plateau = Plateau(s.learning_rate, s.patience)
     history = []
     for epoch in range(s.epochs):
         started = time.perf_counter()
-        orders = np.stack([rng.permutation(len(train_x)) if shuffle else np.arange(len(train_x))
-                           for rng in rngs])
-        loss_sum, correct, seen = 0.0, 0, 0
-        stopped = False
         reporting = progress(epoch + 1) if progress else contextlib.nullcontext(lambda done: None)
         with reporting as advance:
-            for step in range(steps):
-                batch = orders[:, step * s.batch_size : (step + 1) * s.batch_size]
-                x, y = train_x[batch], train_y[batch]
-                sample_weight = lookup[y] if lookup is not None else None
-                loss, right, grads = _gradients(stacked, x, y, sample_weight, dropout)
-                lr = scheduled_rate(rate, s.lr_schedule, optimizer.iterations, steps, s.epochs)
-                optimizer.apply(stacked, grads, lr)
-                for k in stopped_members:  # a member that stopped keeps its best weights
-                    for w, best_w in zip(stacked, kept[k]):
-                        w[k] = best_w
-                loss_sum += loss * y.shape[1]
-                correct += right
-                seen += y.size
-                advance(step + 1)
-                if stop is not None and stop():
-                    stopped = True
-                    break
-        weights = merge(stacked)
-        val_loss, val_accuracy = evaluate(weights, val_x, val_y)
-        # EarlyStopping(monitor="val_loss", patience, restore_best_weights=True), for
-        # each member on its own val_loss: a member that stops keeps its best weights.
-        improved = 0
-        for k in range(members):
-            if done[k]:
-                continue
-            member = [w[k] for w in stacked]
-            loss_k = val_loss if members == 1 else evaluate(member, val_x, val_y)[0]
-            if kept[k] is None:
-                kept[k] = [w.copy() for w in member]
-            wait[k] += 1
-            if loss_k < best[k]:
-                best[k], kept[k], wait[k] = loss_k, [w.copy() for w in member], 0
-                improved += 1
-            elif wait[k] >= s.patience and epoch > 0:
-                done[k] = True
-                stopped_members.append(k)
-                for w, best_w in zip(stacked, kept[k]):
-                    w[k] = best_w
-                if members > 1:  # the merge to describe is the one with its best weights
-                    val_loss, val_accuracy = evaluate(merge(stacked), val_x, val_y)
-        logs = {
-            "accuracy": correct / seen,
-            "loss": loss_sum * members / seen,
-            "val_accuracy": val_accuracy,
-            "val_loss": val_loss,
-            "learning_rate": float(np.float32(scheduled_rate(
-                rate, s.lr_schedule, optimizer.iterations, steps, s.epochs))),
-            "seconds": time.perf_counter() - started,
-        }
+            loss, accuracy, stopped = fit.epoch(shuffle, plateau.rate, advance, stop)
+        val_loss, val_accuracy, improved = fit.validate(val_x, val_y, epoch)
+        logs = {"accuracy": accuracy, "loss": loss, "val_accuracy": val_accuracy,
+                "val_loss": val_loss,
+                "learning_rate": float(np.float32(fit.learning_rate(plateau.rate))),
+                "seconds": time.perf_counter() - started}
         if members > 1:
             logs["heads_improved"] = improved
         history.append(logs)
         if on_epoch is not None:
             on_epoch(epoch + 1, logs)
-        if all(done):
-            stopped = True
-        # ReduceLROnPlateau(monitor="val_loss", **PLATEAU)
         if s.lr_schedule == "plateau":
-            if val_loss < plateau_best - PLATEAU["min_delta"]:
-                plateau_best, plateau_wait = val_loss, 0
-            else:
-                plateau_wait += 1
-                if plateau_wait >= plateau_after and rate > PLATEAU["min_lr"]:
-                    rate, plateau_wait = max(rate * PLATEAU["factor"], PLATEAU["min_lr"]), 0
-        if stopped:
+            plateau.update(val_loss)
+        if stopped or all(fit.early.done):
             break
-    if any(k is None for k in kept):  # no epoch ran
-        return merge(stacked), history
-    return merge([np.stack(arrays) for arrays in zip(*kept)]), history
+    return fit.early.best_weights(fit.weights), history
+
+
+def _class_weight_lookup(class_weights, num_classes):
+    """Each class's weight by index, or None without class weights."""
+    if not class_weights:
+        return None
+    return np.array([class_weights.get(i, 0.0) for i in range(num_classes)], np.float32)
+
+
+class _Fit:
+    """The heads trained side by side: every array of their weights with a leading member
+    axis (the arithmetic is the same for one or many), their optimizer, dropout masks and
+    early stopping."""
+
+    def __init__(self, starts, train_x, train_y, settings, class_weight_lookup):
+        s = self.settings = settings
+        self.x, self.y, self.lookup = train_x, train_y, class_weight_lookup
+        self.members = len(starts)
+        self.rngs = [np.random.default_rng(s.seed + k) for k in range(self.members)]
+        self.weights = [np.stack([np.asarray(w[i], np.float32) for w in starts])
+                        for i in range(len(starts[0]))]
+        self.optimizer = Optimizer(s.optimizer, self.weights, s.momentum, s.nesterov)
+        self.dropout = _Dropout(s.dropout, self.rngs) if s.dropout else None
+        self.steps = math.ceil(len(train_x) / s.batch_size)
+        self.early = _EarlyStopping(self.members, s.patience)
+
+    def learning_rate(self, rate):
+        """The rate of the next step, `rate` as the schedule has it then."""
+        s = self.settings
+        return scheduled_rate(rate, s.lr_schedule, self.optimizer.iterations, self.steps, s.epochs)
+
+    def epoch(self, shuffle, rate, advance, stop):
+        """One pass over the training rows: `(loss, accuracy, stopped)`, the members' mean
+        with dropout, and whether `stop` ended it early."""
+        size, rows = self.settings.batch_size, len(self.x)
+        orders = np.stack([rng.permutation(rows) if shuffle else np.arange(rows)
+                           for rng in self.rngs])
+        loss_sum, correct, seen = 0.0, 0, 0
+        stopped = False
+        for step in range(self.steps):
+            batch = orders[:, step * size : (step + 1) * size]
+            x, y = self.x[batch], self.y[batch]
+            sample_weight = self.lookup[y] if self.lookup is not None else None
+            loss, right, grads = _gradients(self.weights, x, y, sample_weight, self.dropout)
+            self.optimizer.apply(self.weights, grads, self.learning_rate(rate))
+            self.early.restore_stopped(self.weights)
+            loss_sum += loss * y.shape[1]
+            correct += right
+            seen += y.size
+            advance(step + 1)
+            if stop is not None and stop():
+                stopped = True
+                break
+        return loss_sum * self.members / seen, correct / seen, stopped
+
+    def validate(self, val_x, val_y, epoch):
+        """Early stopping at the end of `epoch` (counted from 0): `(val_loss, val_accuracy,
+        members improved)`, the first two of the merge as it stands after it."""
+        val_loss, val_accuracy = evaluate(merge(self.weights), val_x, val_y)
+        if self.members == 1:
+            improved, stopped = self.early.update(self.weights, epoch, lambda member: val_loss)
+        else:
+            improved, stopped = self.early.update(
+                self.weights, epoch, lambda member: evaluate(member, val_x, val_y)[0])
+            if stopped:  # the merge to describe is the one with their best weights
+                val_loss, val_accuracy = evaluate(merge(self.weights), val_x, val_y)
+        return val_loss, val_accuracy, improved
+
+
+class _EarlyStopping:
+    """keras.callbacks.EarlyStopping(monitor="val_loss", patience, restore_best_weights=True)
+    for each member on its own val_loss: a member that stops keeps its best weights."""
+
+    def __init__(self, members, patience):
+        self.patience = patience
+        self.best, self.wait = [math.inf] * members, [0] * members
+        self.kept, self.done = [None] * members, [False] * members
+        self.stopped = []  # in the order they stopped
+
+    def update(self, weights, epoch, loss_of):
+        """Takes the members' val_loss (`loss_of(member's weights)`) at the end of `epoch`;
+        returns `(how many improved, whether one stopped)`."""
+        improved, stopped = 0, False
+        for k, done in enumerate(self.done):
+            if done:
+                continue
+            member = [w[k] for w in weights]
+            loss = loss_of(member)
+            if self.kept[k] is None:
+                self.kept[k] = [w.copy() for w in member]
+            self.wait[k] += 1
+            if loss < self.best[k]:
+                self.best[k], self.kept[k], self.wait[k] = loss, [w.copy() for w in member], 0
+                improved += 1
+            elif self.wait[k] >= self.patience and epoch > 0:
+                self.done[k], stopped = True, True
+                self.stopped.append(k)
+                self._restore(weights, k)
+        return improved, stopped
+
+    def restore_stopped(self, weights):
+        """Puts back the best weights of the members that stopped (a step changed them)."""
+        for k in self.stopped:
+            self._restore(weights, k)
+
+    def _restore(self, weights, k):
+        for w, best in zip(weights, self.kept[k]):
+            w[k] = best
+
+    def best_weights(self, weights):
+        """The merge of the members' kept weights (of `weights` when no epoch ran)."""
+        if any(kept is None for kept in self.kept):
+            return merge(weights)
+        return merge([np.stack(arrays) for arrays in zip(*self.kept)])
