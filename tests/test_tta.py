@@ -1,10 +1,11 @@
 """Test-time augmentation: the views, their average, and the commands that take it."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import invoke
+from conftest import COLORS, invoke, make_dataset, make_image
 
 from smallcnn.inference.tta import DEFAULT_VIEWS, VIEWS, view
 
@@ -44,14 +45,59 @@ def test_predict_averages_the_views(trained):
         [classifier.probabilities(view(pixels, i))[0] for i in range(2)], axis=0).max()), abs=1e-5)
 
 
-def test_the_commands_take_tta(trained):
-    run, data = trained
-    images = sorted((data / "val" / "red").iterdir())[:2]
-    result = invoke("predict", *images, "--model", run, "--json", "--tta")
-    assert result.exit_code == 0, result.output
-    assert [p["label"] for p in json.loads(result.stdout)] == ["red", "red"]
-    evaluated = invoke("evaluate", run, "--tta-views", "8", "--json")
-    assert evaluated.exit_code == 0, evaluated.output
-    assert json.loads(evaluated.stdout)["accuracy"] >= 0.9
-    refused = invoke("predict", *images, "--model", run, "--tta-views", "9")
-    assert refused.exit_code == 2 and "--tta-views must be between 1 and 8" in refused.output
+def mixed_pictures(root):
+    """A data set of the run's classes whose val/red pictures are red on the left and blue
+    on the right, split at a different column each: each view sees other shares of the two."""
+    from PIL import Image
+
+    make_dataset(root, per_class=2, classes=tuple(COLORS))
+    rng = np.random.default_rng(1)
+    for column in range(6, 34, 4):
+        red, blue = (np.asarray(make_image(rng, COLORS[name], 40)) for name in ("red", "blue"))
+        Image.fromarray(np.concatenate([red[:, :column], blue[:, column:]], axis=1)).save(
+            root / "val" / "red" / f"mixed_{column:02d}.png")
+    return sorted((root / "val" / "red").glob("mixed_*.png"))
+
+
+def test_the_commands_take_tta(trained, tmp_path):
+    """predict --tta and evaluate --tta-views give the views' average, which differs here
+    from a single view's probabilities."""
+    from smallcnn.inference.predict import load
+
+    run, _ = trained
+    mixed = mixed_pictures(tmp_path / "mixed")
+    classifier = load(run)
+    classes = classifier.class_names
+
+    def predicted(*args):
+        result = invoke("predict", *mixed, "--model", run, "--json", "--top-k", len(classes), *args)
+        assert result.exit_code == 0, result.output
+        tops = [{entry["label"]: entry["probability"] for entry in p["top"]}
+                for p in json.loads(result.stdout)]
+        return np.array([[top[name] for name in classes] for top in tops])
+
+    def expected(views):
+        tops = [{entry["label"]: entry["probability"] for entry in p.top}
+                for p in classifier.predict(mixed, top_k=len(classes), tta=views)]
+        return np.array([[top[name] for name in classes] for top in tops])
+
+    plain, averaged = predicted(), predicted("--tta")
+    np.testing.assert_allclose(plain, expected(False), atol=1e-5)
+    np.testing.assert_allclose(averaged, expected(True), atol=1e-5)
+    assert np.abs(averaged - plain).max() > 0.01  # so the views did run
+
+    def wrong(*args):  # evaluate's wrong answers, by file name: (label, probability)
+        evaluated = invoke("evaluate", run, tmp_path / "mixed", "--json", *args)
+        assert evaluated.exit_code == 0, evaluated.output
+        return {Path(w["path"]).name: (w["predicted"], w["probability"])
+                for w in json.loads(evaluated.stdout)["wrong"]}
+
+    by_name = {path.name: row for path, row in zip(mixed, expected(len(VIEWS)))}
+    with_views = wrong("--tta-views", len(VIEWS))
+    assert with_views and set(with_views) <= set(by_name)
+    for name, (label, probability) in with_views.items():
+        assert probability == pytest.approx(by_name[name][classes.index(label)], abs=1e-5)
+    assert with_views != wrong()
+    refused = invoke("predict", *mixed, "--model", run, "--tta-views", len(VIEWS) + 1)
+    assert refused.exit_code == 2
+    assert f"--tta-views must be between 1 and {len(VIEWS)}" in refused.output
