@@ -151,80 +151,95 @@ def check_dataset(dataset, reporter=None):
     from smallcnn.progress import Reporter
 
     reporter = reporter or Reporter()
-    entries = []  # (path, split, class index)
-    for name, split in dataset.splits.items():
-        entries.extend((p, name, int(label)) for p, label in zip(split.paths, split.labels))
+    entries = [(path, name, int(label)) for name, split in dataset.splits.items()
+               for path, label in zip(split.paths, split.labels)]  # (path, split, class index)
     with reporter.progress("Checking images", len(entries)) as advance:
         facts = scan_files([e[0] for e in entries], dataset.root, advance, reporter.warning)
-
-    unreadable = []
-    counts = {name: [0] * len(dataset.class_names) for name in dataset.splits}
-    modes, formats = collections.Counter(), collections.Counter()
-    widths, heights = [], []
-    tiny = []
+    tally = _Tally(dataset)
     for path, split, label in entries:
-        f = facts[path]
-        if not f["ok"]:
-            unreadable.append({"path": path, "split": split, "class": dataset.class_names[label],
-                               "reason": f["reason"]})
-            continue
-        counts[split][label] += 1
-        modes[f["mode"]] += 1
-        formats[f["format"]] += 1
-        widths.append(f["width"])
-        heights.append(f["height"])
-        if min(f["width"], f["height"]) < TINY_SIDE:
-            tiny.append(path)
+        tally.add(path, split, label, facts[path])
+    reason = _untrainable_reason(tally.counts, dataset.class_names)
+    report = CheckReport(
+        root=dataset.root, layout=dataset.layout, class_names=dataset.class_names,
+        counts=tally.counts, files=len(entries), sizes=tally.sizes(), modes=dict(tally.modes),
+        formats=dict(tally.formats), unreadable=tally.unreadable,
+        duplicates=_duplicates(entries, facts), warnings=[], trainable=reason is None,
+        reason=reason, digests={path: facts[path].get("sha1") for path, _, _ in entries},
+    )
+    report.warnings = _warnings(report, tally.tiny)
+    return report
 
-    duplicates = _duplicates(entries, facts)
-    sizes = {}
-    if widths:
-        sizes = {"min_width": min(widths), "max_width": max(widths),
-                 "min_height": min(heights), "max_height": max(heights)}
 
-    trainable, reason = True, None
+class _Tally:
+    """What the readable images of a data set are (per class and split, modes, formats,
+    sizes), and which files are unreadable, as `add` is given each file's facts."""
+
+    def __init__(self, dataset):
+        self.class_names = dataset.class_names
+        self.counts = {name: [0] * len(dataset.class_names) for name in dataset.splits}
+        self.modes, self.formats = collections.Counter(), collections.Counter()
+        self.widths, self.heights, self.tiny, self.unreadable = [], [], [], []
+
+    def add(self, path, split, label, facts):
+        if not facts["ok"]:
+            self.unreadable.append({"path": path, "split": split,
+                                    "class": self.class_names[label], "reason": facts["reason"]})
+            return
+        self.counts[split][label] += 1
+        self.modes[facts["mode"]] += 1
+        self.formats[facts["format"]] += 1
+        self.widths.append(facts["width"])
+        self.heights.append(facts["height"])
+        if min(facts["width"], facts["height"]) < TINY_SIDE:
+            self.tiny.append(path)
+
+    def sizes(self):
+        """The smallest and largest width and height, or {} without a readable image."""
+        if not self.widths:
+            return {}
+        return {"min_width": min(self.widths), "max_width": max(self.widths),
+                "min_height": min(self.heights), "max_height": max(self.heights)}
+
+
+def _untrainable_reason(counts, class_names):
+    """Why the data set cannot train (a class without a readable image in a split), or None."""
     for split, per_class in counts.items():
-        for name, n in zip(dataset.class_names, per_class):
+        for name, n in zip(class_names, per_class):
             if n == 0:
-                trainable = False
-                reason = (f"Class {name!r} has no readable images in the {split} split "
-                          f"(see the unreadable files above); add images that open.")
-                break
-        if not trainable:
-            break
+                return (f"Class {name!r} has no readable images in the {split} split "
+                        f"(see the unreadable files above); add images that open.")
+    return None
 
+
+def _warnings(report, tiny):
+    """What is worth knowing before training on the data set of `report`: imbalance, small
+    classes, `tiny` images, unreadable files, duplicates."""
     warnings = []
-    train = counts["train"]
+    train = report.counts["train"]
     if min(train) and max(train) / min(train) > IMBALANCE_RATIO:
         warnings.append(
             f"Classes are imbalanced: {max(train)} vs {min(train)} training images "
             f"(ratio {max(train) / min(train):.1f}); consider --class-weight balanced."
         )
-    small = [n for n, c in zip(dataset.class_names, train) if 0 < c < SMALL_CLASS]
+    small = [n for n, c in zip(report.class_names, train) if 0 < c < SMALL_CLASS]
     if small:
-        warnings.append(f"Classes with fewer than {SMALL_CLASS} training images: {', '.join(small)}.")
+        warnings.append(f"Classes with fewer than {SMALL_CLASS} training images: "
+                        f"{', '.join(small)}.")
     if tiny:
         warnings.append(f"{len(tiny)} image(s) smaller than {TINY_SIDE} px on a side, "
                         f"e.g. {tiny[0]}.")
-    if unreadable:
-        warnings.append(f"{len(unreadable)} unreadable file(s) will be skipped.")
-    leaks = [d for d in duplicates if d["split_a"] != d["split_b"]]
+    if report.unreadable:
+        warnings.append(f"{len(report.unreadable)} unreadable file(s) will be skipped.")
+    leaks = report.leaks
     if leaks:
         warnings.append(
             f"{len(leaks)} duplicate pair(s) across splits (leakage: validation/test accuracy "
             f"is inflated), e.g. {leaks[0]['a']} and {leaks[0]['b']}."
         )
-    within = len(duplicates) - len(leaks)
+    within = len(report.duplicates) - len(leaks)
     if within:
         warnings.append(f"{within} duplicate pair(s) within a split.")
-
-    return CheckReport(
-        root=dataset.root, layout=dataset.layout, class_names=dataset.class_names,
-        counts=counts, files=len(entries), sizes=sizes, modes=dict(modes),
-        formats=dict(formats), unreadable=unreadable, duplicates=duplicates,
-        warnings=warnings, trainable=trainable, reason=reason,
-        digests={path: facts[path].get("sha1") for path, _, _ in entries},
-    )
+    return warnings
 
 
 def _duplicates(entries, facts):
