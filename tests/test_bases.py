@@ -1,11 +1,15 @@
 """The registry: every entry builds, and the names and widths it stores are real."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
 from conftest import SHARED
 from smallcnn.model.bases import BASES, PACKAGED_WEIGHTS, build_base, get_base, resolve_weights
 from smallcnn.errors import UsageError, WeightsError
+
+SAMPLE = Path(__file__).resolve().parents[1] / "datasets" / "ants-bees"
 
 
 @pytest.mark.parametrize("name", sorted(BASES))
@@ -33,10 +37,39 @@ def test_resolve_weights():
         resolve_weights(get_base("vgg16"), "missing.h5")
 
 
-def test_packaged_mobilenet_v2_weights_load_offline():
-    base = build_base(get_base("mobilenet_v2"), 96, "imagenet")
-    kernel = base.get_layer("Conv1").get_weights()[0]
-    assert kernel.shape == (3, 3, 3, 32) and np.abs(kernel).sum() > 0
+@pytest.fixture
+def offline(monkeypatch, tmp_path):
+    """No connection can be made, and Keras' download folder is empty."""
+    import socket
+
+    def refuse(*args, **kwargs):
+        raise OSError("the network is blocked in this test")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
+
+
+def test_packaged_mobilenet_v2_weights_load_offline(offline):
+    """Offline, ImageNet features of the bundled sample tell ants from bees: 20 of each,
+    each put with the nearer mean of the others' features (random weights: about half)."""
+    from smallcnn.data.images import load_images
+    from smallcnn.model.networks import feature_extractor
+
+    spec, per_class = get_base("mobilenet_v2"), 20
+    paths = [str(path) for name in ("ants", "bees")
+             for path in sorted((SAMPLE / "val" / name).iterdir())[:per_class]]
+    pixels = load_images(paths, spec.default_size)[0].astype("float32")
+    features = feature_extractor(spec, build_base(spec, spec.default_size, "imagenet"),
+                                 spec.default_size)(pixels).numpy()
+    features /= np.linalg.norm(features, axis=1, keepdims=True)
+    labels = np.repeat([0, 1], per_class)
+    right = 0
+    for i, feature in enumerate(features):
+        others = np.arange(len(features)) != i
+        means = [features[others & (labels == label)].mean(axis=0) for label in (0, 1)]
+        right += int(np.argmax([feature @ mean for mean in means]) == labels[i])
+    assert right / len(features) >= 0.8
 
 
 def test_failed_download_says_what_to_do(monkeypatch, tmp_path):
@@ -60,6 +93,7 @@ def test_weights_file_that_does_not_fit(base_weights_file):
 MOBILENET_V1 = SHARED / "weights" / "mobilenet_1.0_224_imagenet_notop.weights.h5"
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not MOBILENET_V1.exists(), reason=f"real weights not found at {MOBILENET_V1}")
 def test_real_mobilenet_weights_from_a_path():
     import h5py
@@ -76,10 +110,11 @@ REFERENCE = SHARED / "weights" / "reference"
 PACKAGED = sorted(name for name, spec in BASES.items() if spec.packaged_imagenet)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not REFERENCE.exists(), reason=f"reference features not found at {REFERENCE}")
 @pytest.mark.parametrize("name", PACKAGED)
-def test_packaged_weights_give_the_reference_features(name):
-    """The packaged weights (float16 for the EfficientNets) through smallcnn's own
+def test_packaged_weights_give_the_reference_features(name, offline):
+    """Offline, the packaged weights (float16 for the EfficientNets) through smallcnn's own
     preprocessing give the features the original float32 weights give, to cosine 0.9999."""
     import json
 
@@ -122,6 +157,7 @@ def test_efficientnet_lite_is_exact_at_any_size():
 LITE2_TENSORS = SHARED / "weights" / "efficientnet_lite2_imagenet_torch_names.npz"
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not LITE2_TENSORS.exists(), reason=f"original tensors not at {LITE2_TENSORS}")
 def test_efficientnet_lite_mapping_uses_every_original_tensor():
     """Every layer with weights gets its tensors, in Keras shapes, and every original
