@@ -1,11 +1,13 @@
 """The NumPy head trains as Keras would: same updates, same history, same early stopping."""
 
 import dataclasses
+import re
 
 import keras
 import numpy as np
 import pytest
 
+from smallcnn.errors import UsageError
 from smallcnn.model import head as numpy_head
 from smallcnn.model.networks import build_head, compile_model, make_optimizer
 from smallcnn.train import Settings
@@ -193,7 +195,9 @@ def test_a_stop_request_ends_training_after_the_step():
 
 def test_unknown_optimizer_is_refused():
     x, y = features()
-    with pytest.raises(Exception, match="Unknown --optimizer 'lamb'"):
+    choices = ", ".join(numpy_head.OPTIMIZERS)
+    refusal = f"Unknown --optimizer 'lamb'. Choose one of: {choices}."
+    with pytest.raises(UsageError, match=re.escape(refusal)):
         numpy_head.train(x, y, (x, y), Settings(optimizer="lamb", learning_rate=1.0), 3)
 
 
