@@ -55,11 +55,29 @@ def test_every_default_in_help_is_the_one_the_code_uses(command):
         assert Settings(freeze=False).resolve("train").learning_rate == FULL_LEARNING_RATE
 
 
-def test_choices_come_from_the_registries():
-    declared = dict(options("train"))
-    assert declared["base"]["choices"] == tuple(BASES)
-    with pytest.raises(Exception, match="Choose one of: " + ", ".join(BASES)):
-        Settings(base="vgg17").resolve("train")
+@pytest.mark.parametrize("command", COMMANDS)
+def test_choices_come_from_the_registries(command, tiny_data):
+    """Each option with choices lists its registry's entries in --help, and a value outside
+    them is refused on the command line, naming them."""
+    from smallcnn.data.augment import FLIP_MODES, PRESETS
+    from smallcnn.model.head import LR_SCHEDULES, OPTIMIZERS
+    from smallcnn.runtime.devices import PRECISIONS
+    from smallcnn.runtime.engine import ENGINES
+    from smallcnn.train.settings import CLASS_WEIGHTS
+
+    registries = {"base": BASES, "optimizer": OPTIMIZERS, "lr_schedule": LR_SCHEDULES,
+                  "augment": PRESETS, "flip": FLIP_MODES, "engine": ENGINES,
+                  "precision": PRECISIONS, "class_weight": CLASS_WEIGHTS}
+    assert {name for name, declared in options(command) if declared["choices"]} == set(registries)
+    shown = invoke(command, "--help")
+    assert shown.exit_code == 0, shown.output
+    shown = " ".join(shown.output.replace("│", " ").split())
+    for name, registry in registries.items():
+        choices = ", ".join(registry)
+        assert f"One of: {choices}." in shown, name
+        refused = invoke(command, tiny_data, f"--{name.replace('_', '-')}", "bogus")
+        assert refused.exit_code == 2, refused.output
+        assert "'bogus'" in refused.output and f"Choose one of: {choices}." in refused.output
 
 
 @pytest.mark.parametrize("base", ["mobilenet_v2", "small"])
