@@ -30,6 +30,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/overheads.py
 	$(BIN)/python bench/pictures.py
 	$(BIN)/python bench/serve.py
+	$(BIN)/python bench/soak.py
 	$(BIN)/python bench/label_issues.py
 	$(BIN)/python bench/tta.py
 	$(BIN)/python bench/predict_stream.py

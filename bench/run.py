@@ -357,11 +357,12 @@ def main():
         shutil.rmtree(work, ignore_errors=True)
     sys.path.insert(0, str(ROOT))
     from bench import (bases, devices, ideas, label_issues, overheads,  # as last run
-                       pictures, precision, predict_stream, serve, tta)
+                       pictures, precision, predict_stream, serve, soak, tta)
 
     lines += (bases.summary(bases.load()) + ideas.summary(ideas.load())
               + overheads.summary(overheads.load()) + pictures.summary(pictures.load())
-              + serve.summary(serve.load()) + label_issues.summary(label_issues.load())
+              + serve.summary(serve.load()) + soak.summary(soak.load())
+              + label_issues.summary(label_issues.load())
               + tta.summary(tta.load()) + predict_stream.summary(predict_stream.load())
               + precision.summary(precision.load()) + devices.summary(devices.load()))
     (ROOT / "docs").mkdir(exist_ok=True)
