@@ -92,7 +92,7 @@ def build_augmenter(settings, seed=0):
         if settings.flip != "none" or settings.rotation or settings.shift or settings.shear or (
             settings.zoom
         ):
-            images = _affine(images, n, height, width, uniform)
+            images = _affine(images, settings, n, height, width, uniform)
         if settings.brightness:
             delta = uniform([n, 1, 1, 1], -settings.brightness, settings.brightness) * 255.0
             images = images + delta
@@ -104,38 +104,47 @@ def build_augmenter(settings, seed=0):
             images = tf.clip_by_value(images, 0.0, 255.0)
         return images
 
-    def _flip_sign(n, enabled, uniform):
-        if not enabled:
-            return tf.ones([n])
-        return tf.where(uniform([n], 0, 1) < 0.5, -1.0, 1.0)
-
-    def _affine(images, n, height, width, uniform):
-        angle = uniform([n], -1, 1) * settings.rotation * (3.141592653589793 / 180.0)
-        shear_x = uniform([n], -settings.shear, settings.shear)
-        shear_y = uniform([n], -settings.shear, settings.shear)
-        scale = uniform([n], 1 - settings.zoom, 1 + settings.zoom)  # >1: zoom out
-        shift_x = uniform([n], -settings.shift, settings.shift) * width
-        shift_y = uniform([n], -settings.shift, settings.shift) * height
-        flip_x = _flip_sign(n, settings.flip in ("horizontal", "both"), uniform)
-        flip_y = _flip_sign(n, settings.flip in ("vertical", "both"), uniform)
-        cos, sin = tf.cos(angle), tf.sin(angle)
-        # Output -> input coordinates about the centre: rotation @ shear @ scale @ flip.
-        a00 = (cos - sin * shear_y) * scale * flip_x
-        a01 = (cos * shear_x - sin) * scale * flip_y
-        a10 = (sin + cos * shear_y) * scale * flip_x
-        a11 = (sin * shear_x + cos) * scale * flip_y
-        cx, cy = (width - 1) / 2, (height - 1) / 2
-        a02 = cx - a00 * cx - a01 * cy + shift_x
-        a12 = cy - a10 * cx - a11 * cy + shift_y
-        zeros = tf.zeros_like(a00)
-        transforms = tf.stack([a00, a01, a02, a10, a11, a12, zeros, zeros], axis=1)
-        return tf.raw_ops.ImageProjectiveTransformV3(
-            images=images,
-            transforms=transforms,
-            output_shape=tf.shape(images)[1:3],
-            fill_value=0.0,
-            interpolation="BILINEAR",
-            fill_mode="REFLECT",
-        )
-
     return augment
+
+
+def _flip_sign(n, enabled, uniform):
+    """-1 (flip) or 1 for each of `n` images: a flip with probability 1/2 when `enabled`."""
+    import tensorflow as tf
+
+    if not enabled:
+        return tf.ones([n])
+    return tf.where(uniform([n], 0, 1) < 0.5, -1.0, 1.0)
+
+
+def _affine(images, settings, n, height, width, uniform):
+    """The flips, rotation, shift, shear and zoom of `settings` (an Augmentation), drawn
+    by `uniform`, as one affine resampling per image."""
+    import tensorflow as tf
+
+    angle = uniform([n], -1, 1) * settings.rotation * (3.141592653589793 / 180.0)
+    shear_x = uniform([n], -settings.shear, settings.shear)
+    shear_y = uniform([n], -settings.shear, settings.shear)
+    scale = uniform([n], 1 - settings.zoom, 1 + settings.zoom)  # >1: zoom out
+    shift_x = uniform([n], -settings.shift, settings.shift) * width
+    shift_y = uniform([n], -settings.shift, settings.shift) * height
+    flip_x = _flip_sign(n, settings.flip in ("horizontal", "both"), uniform)
+    flip_y = _flip_sign(n, settings.flip in ("vertical", "both"), uniform)
+    cos, sin = tf.cos(angle), tf.sin(angle)
+    # Output -> input coordinates about the centre: rotation @ shear @ scale @ flip.
+    a00 = (cos - sin * shear_y) * scale * flip_x
+    a01 = (cos * shear_x - sin) * scale * flip_y
+    a10 = (sin + cos * shear_y) * scale * flip_x
+    a11 = (sin * shear_x + cos) * scale * flip_y
+    cx, cy = (width - 1) / 2, (height - 1) / 2
+    a02 = cx - a00 * cx - a01 * cy + shift_x
+    a12 = cy - a10 * cx - a11 * cy + shift_y
+    zeros = tf.zeros_like(a00)
+    transforms = tf.stack([a00, a01, a02, a10, a11, a12, zeros, zeros], axis=1)
+    return tf.raw_ops.ImageProjectiveTransformV3(
+        images=images,
+        transforms=transforms,
+        output_shape=tf.shape(images)[1:3],
+        fill_value=0.0,
+        interpolation="BILINEAR",
+        fill_mode="REFLECT",
+    )
