@@ -5,6 +5,7 @@ import json
 import sys
 from pathlib import Path
 
+import pytest
 from conftest import invoke
 
 from smallcnn.serve import ServeSettings
@@ -17,6 +18,7 @@ CLIENTS = 4
 MOST = 1_500  # requests in all, whichever bound comes first
 
 
+@pytest.mark.heavy  # a server in a process of its own, 30 s or more on 2 cores
 def test_a_short_soak_answers_every_request_as_promised(trained, tmp_path):
     run, data = trained
     photos = sorted((data / "val").rglob("*.png"))
