@@ -73,7 +73,8 @@ def test_predict_json_and_table(tiny_data):
 
 
 def test_a_folder_predicts_a_chunk_at_a_time_with_the_same_results(tiny_data, monkeypatch):
-    from smallcnn.inference.predict import Classifier, load, load_readable
+    from smallcnn.inference.classifier import load_readable
+    from smallcnn.inference.predict import Classifier, load
 
     invoke("extract", tiny_data, "--base", "small", "--image-size", "32", *FAST, "--out", "runs/x")
     (tiny_data / "val" / "red" / "red_0035.png").write_bytes(b"")  # sorted among the reds
@@ -81,7 +82,7 @@ def test_a_folder_predicts_a_chunk_at_a_time_with_the_same_results(tiny_data, mo
     whole_evaluation = json.loads(invoke("evaluate", "runs/x", "--json").stdout)
     monkeypatch.setattr(Classifier, "chunk_images", 5)
     decoded = []
-    monkeypatch.setattr("smallcnn.inference.predict.load_readable",
+    monkeypatch.setattr("smallcnn.inference.classifier.load_readable",
                         lambda paths, size, _real=load_readable: decoded.append(len(paths))
                         or _real(paths, size))
     chunked, failures = load("runs/x").predict_paths([tiny_data / "val"])

@@ -247,3 +247,67 @@ def test_files_written_for_the_user_get_the_usual_permissions(tiny_data, base_we
     usual = 0o666 & ~umask
     assert {str(p): oct(stat.S_IMODE(p.stat().st_mode)) for p in written
             if stat.S_IMODE(p.stat().st_mode) != usual} == {}
+
+
+def _self_attributes(function, context):
+    """The names of `self.NAME` that `function`'s source reads (`ast.Load`) or sets."""
+    import ast
+    import inspect
+
+    tree = ast.parse(textwrap.dedent(inspect.getsource(function)))
+    return {node.attr for node in ast.walk(tree) if isinstance(node, ast.Attribute)
+            and isinstance(node.value, ast.Name) and node.value.id == "self"
+            and isinstance(node.ctx, context)}
+
+
+def _set_by_init(cls):
+    """What `cls()` sets on the object: its __init__'s `self.x = ...`, and its base's
+    while each calls `super().__init__`."""
+    import ast
+    import inspect
+
+    names = set()
+    for owner in cls.__mro__[:-1]:
+        if "__init__" not in vars(owner):
+            continue
+        init = vars(owner)["__init__"]
+        names |= _self_attributes(init, ast.Store)
+        if "super().__init__(" not in inspect.getsource(init):
+            break
+    return names
+
+
+@pytest.mark.parametrize("name", ["predict.Classifier", "exported.ExportedClassifier"])
+def test_a_classifier_sets_in_its_init_everything_its_methods_use(name):
+    """An exported model's classifier inherits no method that needs what it never sets
+    (it inherited the run's engine choice, reading attributes only the run's sets)."""
+    import ast
+    import importlib
+    import inspect
+
+    module, _, class_name = name.rpartition(".")
+    cls = getattr(importlib.import_module(f"smallcnn.inference.{module}"), class_name)
+    available = _set_by_init(cls) | set(dir(cls))
+    unset = {}
+    for attribute in dir(cls):
+        member = inspect.getattr_static(cls, attribute)
+        function = getattr(member, "fget", member)
+        if inspect.isfunction(function) and function.__module__.startswith("smallcnn."):
+            missing = _self_attributes(function, ast.Load) - available
+            if missing:
+                unset[attribute] = sorted(missing)
+    assert unset == {}
+
+
+def test_the_exported_classifier_needs_nothing_of_the_run_folders():
+    """No import cycle: the classifier of an exported file imports the shared base, never
+    the run folder's classifier (deferred imports included)."""
+    import ast
+    import inspect
+
+    import smallcnn.inference.exported as exported
+
+    imported = {node.module for node in ast.walk(ast.parse(inspect.getsource(exported)))
+                if isinstance(node, ast.ImportFrom)}
+    assert "smallcnn.inference.predict" not in imported
+    assert "smallcnn.inference.classifier" in imported

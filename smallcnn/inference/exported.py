@@ -6,25 +6,28 @@ from pathlib import Path
 import numpy as np
 
 from smallcnn.errors import ModelError
-from smallcnn.inference.predict import Classifier
+from smallcnn.inference.classifier import BATCH_SIZE, ImageClassifier
+from smallcnn.model import runs
 
 
-class ExportedClassifier(Classifier):
+class ExportedClassifier(ImageClassifier):
     """An exported model (`smallcnn export`) run in its own runtime: LiteRT, ONNX Runtime,
-    TensorFlow (SavedModel) or Keras."""
+    TensorFlow (SavedModel) or Keras.
+
+    Attributes:
+        runtime: the opened model (`smallcnn.runtime.formats`).
+        path: the exported file or folder.
+    """
 
     def __init__(self, runtime, class_names, path):
-        self._model = None
+        size = int(runtime.input_shape[1])
+        super().__init__({"class_names": list(class_names), "image_size": size,
+                          "format": runtime.format},
+                         engine=f"{runtime.format} file in its own runtime")
         self.runtime = runtime
         self.path = str(path)
-        self.run_dir = None
-        self.class_names = list(class_names)
-        self.image_size = int(runtime.input_shape[1])
-        self.config = {"class_names": self.class_names, "image_size": self.image_size,
-                       "format": runtime.format}
-        self.engine = f"{runtime.format} file in its own runtime"
 
-    def _runner(self, count, batch_size=32):
+    def _runner(self, count, batch_size=BATCH_SIZE):
         from smallcnn.runtime.formats import run_batches
 
         def run(images):
@@ -34,6 +37,15 @@ class ExportedClassifier(Classifier):
 
         return run
 
+
+def is_exported(path):
+    """Whether `path` names an exported model rather than a run folder (or a run's model)."""
+    from smallcnn.runtime.formats import format_of
+
+    path = Path(path).expanduser()
+    if format_of(path) is None:
+        return False
+    return not (path.parent / runs.CONFIG_FILE).is_file() or path.name != runs.MODEL_FILE
 
 
 def load_exported(path):

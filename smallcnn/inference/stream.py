@@ -20,7 +20,13 @@ import stat
 from pathlib import Path
 
 from smallcnn.errors import UsageError
-from smallcnn.inference.predict import Prediction
+from smallcnn.inference.classifier import (
+    BATCH_SIZE,
+    TOP_K,
+    Prediction,
+    check_counts,
+    expand_paths,
+)
 
 PREDICTION_KEYS = tuple(field.name for field in dataclasses.fields(Prediction))
 ERROR_KEYS = ("path", "error")  # the line of an image that cannot be read
@@ -46,8 +52,6 @@ def image_key(path):
 def images_of(images, listing=None):
     """The image files of `images` (files and folders) and of the list file `listing`,
     each once: the first way it is written, as pathlib writes it (`./a.jpg` is `a.jpg`)."""
-    from smallcnn.inference.predict import expand_paths
-
     listed = [str(Path(path)) for path in read_paths(listing)] if listing else []
     unique = {}
     for path in expand_paths(images) + listed:
@@ -240,7 +244,8 @@ def _same_file(a, b):
         return image_key(os.path.realpath(a)) == image_key(os.path.realpath(b))
 
 
-def predict_jsonl(classifier, paths, out, top_k=3, batch_size=32, tta=False, progress=None):
+def predict_jsonl(classifier, paths, out, top_k=TOP_K, batch_size=BATCH_SIZE, tta=False,
+                  progress=None):
     """Appends a line per image of `paths` not yet in `out` (a path or a checked
     `PredictionsFile`); `progress`, if given, is called with the number of `paths` done
     (those skipped included).
@@ -267,11 +272,11 @@ def predict_jsonl(classifier, paths, out, top_k=3, batch_size=32, tta=False, pro
     return counts
 
 
-def predict_to_file(images, out, model=None, listing=None, top_k=3, batch_size=32, tta=False,
-                    reporter=None):
+def predict_to_file(images, out, model=None, listing=None, top_k=TOP_K, batch_size=BATCH_SIZE,
+                    tta=False, reporter=None):
     """`smallcnn predict IMAGES... [--list FILE] --jsonl OUT`: the images (files and
     folders) and those of the list file, predicted into `out`."""
-    from smallcnn.inference.predict import check_counts, load
+    from smallcnn.inference.predict import load
     from smallcnn.progress import Reporter
 
     check_counts(top_k, batch_size)
