@@ -5,6 +5,7 @@ import numbers
 
 from smallcnn.data.images import PIXEL_LIMIT
 from smallcnn.errors import UsageError
+from smallcnn.inference.classifier import TOP_K
 from smallcnn.runtime.ranges import Range
 
 
@@ -19,7 +20,7 @@ class ServeSettings:
     max_pixels: int = 40_000_000  # pixels of one image, from its header; beyond, 422
     max_gradcam: int = 4  # Grad-CAM requests waiting or running; beyond, 503 with Retry-After
     max_upload_mb: float = 20.0  # one request's body; beyond, 413
-    top_k: int = 3
+    top_k: int = TOP_K
     cors: str = None  # an origin allowed to call the API from a browser; None: no CORS headers
     token: str = None  # a bearer token the API requires; None: no authentication
 
