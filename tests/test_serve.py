@@ -283,6 +283,27 @@ def test_gradcam_has_a_limit_of_its_own_and_does_not_hold_up_predictions(trained
         assert two.status_code == 413 and "at most 1 image per request" in two.json()["detail"]
 
 
+def test_predictions_do_not_wait_while_the_first_gradcam_loads_tensorflow(trained, monkeypatch):
+    """A first Grad-CAM loads TensorFlow and the Keras model (17-33 s in the soak) outside
+    the engine's thread; predictions asked meanwhile are answered at once."""
+    from smallcnn.serve import routes as served
+
+    run, data = trained
+    image = sorted((data / "val" / "red").iterdir())[0]
+    loading = 2.0  # seconds of the (fake) first load
+    monkeypatch.setattr(served, "load_gradcam", lambda classifier: time.sleep(loading))
+    monkeypatch.setattr(served, "gradcam_png", lambda *args: b"png")
+    with client(run) as api:
+        def late_predict():
+            time.sleep(loading / 4)  # once the Grad-CAM is loading
+            return timed(lambda: api.post("/predict", files=files(image)))
+
+        cam, (predicted, seconds) = concurrently(
+            lambda: api.post("/gradcam", files=files(image)), late_predict)
+        assert cam.status_code == 200 and predicted.status_code == 200
+        assert seconds < loading / 2
+
+
 def test_options_out_of_range_are_refused_at_start_in_one_line(trained):
     from smallcnn.errors import UsageError
     from smallcnn.serve import build_app

@@ -65,8 +65,9 @@ class MicroBatcher:
         as Grad-CAM), awaitable."""
         return asyncio.get_running_loop().run_in_executor(self.engine_thread, function, *args)
 
-    async def run_task(self, function, *args):
-        """`function(*args)` in the engine's thread, after the tasks before it.
+    async def run_task(self, function, *args, ready=None):
+        """`function(*args)` in the engine's thread, after the tasks before it; first, if
+        given, `await ready()` (outside the engine's thread: what the task needs loaded).
 
         Raises:
             QueueFull: `max_tasks` tasks are already waiting or running.
@@ -76,6 +77,8 @@ class MicroBatcher:
                             f"{self.max_tasks})")
         self._tasks += 1
         try:
+            if ready is not None:
+                await ready()
             async with self._task_turn:
                 return await self.in_engine(function, *args)
         finally:

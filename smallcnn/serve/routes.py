@@ -3,6 +3,7 @@
 (`image_routes`: POST /predict, /gradcam). Each route gets the state the server shares, a
 `Served`, from the `served` dependency."""
 
+import asyncio
 import contextlib
 import dataclasses
 import importlib.util
@@ -40,6 +41,17 @@ class Served:
     decoder: Decoder
     stats: Stats
     ready: bool = False  # once the engine has run one batch
+    # load_gradcam's future, from the first Grad-CAM on
+    _gradcam_loaded: object = dataclasses.field(default=None, init=False, repr=False)
+
+    async def gradcam_loaded(self):
+        """Loads what Grad-CAM needs once, in a thread of its own: TensorFlow and the Keras
+        model take tens of seconds on a first call, which predictions must not wait behind
+        in the engine's thread."""
+        if self._gradcam_loaded is None:
+            loop = asyncio.get_running_loop()
+            self._gradcam_loaded = loop.run_in_executor(None, load_gradcam, self.classifier)
+        await asyncio.shield(self._gradcam_loaded)
 
     @classmethod
     def build(cls, classifier, run, settings):
@@ -89,6 +101,14 @@ def model_info(classifier):
 
 def gradcam_available(classifier):
     return classifier.run_dir is not None and importlib.util.find_spec("tensorflow") is not None
+
+
+def load_gradcam(classifier):
+    """Imports and loads what `gradcam_png` uses (TensorFlow, the run's Keras model)."""
+    import smallcnn.runtime.plots  # noqa: F401  (matplotlib, for the overlay)
+    import smallcnn.visualize  # noqa: F401
+
+    return classifier.model
 
 
 def gradcam_png(classifier, pixels, class_name):
@@ -164,7 +184,8 @@ async def gradcam(request: Request, server: Served = Depends(served),
                                 f"{', '.join(classifier.class_names)}.")
     _, images = await server.decoder.images(request, None, 1, "one overlay per request")
     try:
-        png = await server.batcher.run_task(gradcam_png, classifier, images[0], class_name)
+        png = await server.batcher.run_task(gradcam_png, classifier, images[0], class_name,
+                                            ready=server.gradcam_loaded)
     except QueueFull:
         raise RequestError(503, f"The server is busy: {server.settings.max_gradcam} Grad-CAM "
                                 f"requests are waiting or running (--max-gradcam). Retry "
