@@ -20,18 +20,18 @@ WORKER = """
 import hashlib, json, sys
 import numpy as np
 from smallcnn import train as api
-from smallcnn.train import Settings, session
+from smallcnn.train import Settings, runfolder
 
-finish = session.Session.finish
+finish = runfolder.RunWriter.finish
 def finish_and_digest(self, run_dir, model, *args, **kwargs):
     weights = np.concatenate([w.ravel() for w in model.get_weights()])
     decoded = {"/".join(map(str, k if isinstance(k, tuple) else (k,))): list(map(str, v.paths))
-               for k, v in self._decoded.items()}
+               for k, v in self.source._decoded.items()}
     with open(sys.argv[2], "w") as f:
         json.dump({"sha256": hashlib.sha256(weights.tobytes()).hexdigest(),
                    "decoded": decoded}, f)
     return finish(self, run_dir, model, *args, **kwargs)
-session.Session.finish = finish_and_digest
+runfolder.RunWriter.finish = finish_and_digest
 values = json.loads(sys.argv[3])
 command = getattr(api, values.pop("command", "train"))
 result = command(sys.argv[1], settings=Settings(**values),

@@ -119,6 +119,20 @@ def test_the_command_finds_them_and_fixes_only_what_is_accepted(noisy, tmp_path)
     assert lone.exit_code == 2 and "go with --label-issues" in lone.output
 
 
+def test_label_issues_ask_the_feature_source_not_a_training_session(noisy, monkeypatch):
+    from smallcnn.labels.label_issues import find_label_issues
+    from smallcnn.train import Settings
+    from smallcnn.train.session import Session
+
+    def no_session(*args, **kwargs):
+        raise AssertionError("a training session was built")
+
+    monkeypatch.setattr(Session, "__init__", no_session)
+    root, _ = noisy
+    report, dataset = find_label_issues(root, Settings(base="small", image_size=32))
+    assert report.images == sum(len(dataset.splits[name]) for name in ("train", "val"))
+
+
 def test_a_table_gets_a_corrected_table(noisy, tmp_path):
     from smallcnn.data.dataset import find_dataset
 
@@ -234,12 +248,12 @@ def test_a_failed_copy_leaves_nothing_behind(tmp_path, monkeypatch):
 @pytest.fixture
 def never_analysed(monkeypatch):
     """The out-of-fold analysis fails the test if it starts."""
-    from smallcnn.train.session import Session
+    from smallcnn.train.feature_store import FeatureSource
 
     def analysis(*args, **kwargs):
         raise AssertionError("the analysis started")
 
-    monkeypatch.setattr(Session, "features", analysis)
+    monkeypatch.setattr(FeatureSource, "features", analysis)
 
 
 def test_every_refusal_of_fix_comes_before_the_analysis_and_leaves_no_folder(tmp_path,

@@ -186,14 +186,18 @@ def find_label_issues(data, settings=None, table=None, folds=FOLDS, neighbours=N
         settings: a `smallcnn.train.Settings` (base, image size, head options); unset
             values take extract's defaults. The features come from extract's cache.
         table: table options, as `find_dataset` takes them (or in `settings`).
-        before_data: called with the `Session` once the data set is found, before any
-            image is read: for refusals that need no analysis.
+        before_data: called with the run's `smallcnn.train.session.RunPlan` (its
+            settings and data set) once the data set is found, before any image is
+            read: for refusals that need no analysis.
 
     Returns:
         `(report, dataset)`: a `LabelReport` and the `smallcnn.data.dataset.Dataset` it is about.
     """
+    from smallcnn.progress import Reporter
+    from smallcnn.runtime.timings import Timings
     from smallcnn.train import Settings
-    from smallcnn.train.session import Session
+    from smallcnn.train.feature_store import FeatureSource
+    from smallcnn.train.session import plan_run, scan
 
     if folds < 2:
         raise DataError(f"--folds must be at least 2. Received: {folds}")
@@ -201,24 +205,29 @@ def find_label_issues(data, settings=None, table=None, folds=FOLDS, neighbours=N
     if table is not None:
         settings = dataclasses.replace(settings, **{k: v for k, v in
                                                     dataclasses.asdict(table).items() if v})
-    session = Session("extract", data, settings, reporter, before_data=before_data)
-    s = session.settings
+    # The features are extract's (and its cache's): asked of a source of features alone.
+    reporter, timings = reporter or Reporter(), Timings()
+    plan = plan_run("extract", data, settings, reporter, timings)
+    source = FeatureSource(plan, reporter, timings)
+    if before_data is not None:
+        before_data(plan)
+    scan(plan, source, reporter, timings)
+    s = plan.settings
     features, labels, paths, splits = [], [], [], []
     for name in ("train", "val"):
-        x, y = session.features(name)
-        kept = [p for p in session.dataset.splits[name].paths if p not in session.skipped]
+        x, y = source.features(name)
+        kept = [p for p in plan.dataset.splits[name].paths if p not in source.skipped]
         features.append(x)
         labels.append(y)
         paths += kept
         splits += [name] * len(kept)
     features, labels = np.concatenate(features), np.concatenate(labels).astype(np.int64)
-    names = session.dataset.class_names
+    names = plan.dataset.class_names
     counts = np.bincount(labels, minlength=len(names))
     if counts.min() < folds:
         raise DataError(f"Class {names[int(counts.argmin())]!r} has {int(counts.min())} images; "
                         f"finding label errors with {folds} folds needs at least {folds} per class.")
-    with session.reporter.progress(f"Out-of-fold probabilities ({folds} folds)",
-                                   folds) as advance:
+    with reporter.progress(f"Out-of-fold probabilities ({folds} folds)", folds) as advance:
         probabilities = out_of_fold_probabilities(features, labels, len(names), s, folds,
                                                   advance)
     flagged, suggested = label_issue_indices(probabilities, labels)
@@ -236,4 +245,4 @@ def find_label_issues(data, settings=None, table=None, folds=FOLDS, neighbours=N
     accuracy = float((probabilities.argmax(1) == labels).mean())
     return LabelReport(names, len(labels), issues, outliers,
                        {c: float(t) for c, t in zip(names, thresholds)}, accuracy, paths, labels,
-                       probabilities, features), session.dataset
+                       probabilities, features), plan.dataset

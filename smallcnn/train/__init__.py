@@ -1,12 +1,17 @@
 """The three ways to train: `extract`, `train` and `finetune`.
 
     settings.py       every option, declared once (the CLI is derived from it)
-    session.py        what a command starts from (settings, data, check) and the run it writes
-    feature_store.py  the frozen base's features of each split, cached
+    session.py        a run's plan (settings, base, devices, data set; immutable) and a
+                      Session joining it to its feature source and run-folder writer
+    feature_store.py  the decoded images and the frozen base's features, cached
+    runfolder.py      the writer of the run folder, and the RunResult
+    warmup.py         the base prepared in a helper process while images are read
     extract.py        extract: features once, a head trained in NumPy
-    keras_loop.py     training through Keras' fit, its callbacks, evaluation
+    epochs.py         the one epoch loop, its callbacks, a phase
+    keras_loop.py     the phases through Keras (one process), evaluation
+    distributed.py    the train step on a cluster of machines (same epoch loop)
     callbacks.py      progress, an atomic checkpoint, Ctrl-C
-    commands.py       train, finetune, --resume
+    commands.py       train, finetune, --resume: a plan of phases each
 
 Each command checks its inputs, trains, writes a run folder and returns a `RunResult`;
 none of them prints (progress goes to a `smallcnn.progress.Reporter`).

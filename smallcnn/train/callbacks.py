@@ -168,10 +168,12 @@ class StopOnSignal(keras.callbacks.Callback):
         # Whether a signal stops the model itself; a cluster's loop turns this off and
         # stops every worker at once instead (see `smallcnn.train.distributed`).
         self.stops_model = True
+        self.elsewhere = None  # set by a cluster's loop when another worker was stopped
 
     @property
     def received(self):
-        return self._request.received
+        """The signal that asked training to stop (or why another worker stopped), if any."""
+        return self._request.received or self.elsewhere
 
     def _stop_model(self):
         if self.model is not None and self.stops_model:
@@ -188,6 +190,6 @@ class StopOnSignal(keras.callbacks.Callback):
         self.uninstall()
 
     def uninstall(self):
-        """Puts the previous handlers back (`keras_loop.fit` also calls this when `fit`
-        raises, since Keras then skips `on_train_end`)."""
+        """Puts the previous handlers back (`epochs.uninstall_signal_handlers` also does when
+        training raises, since Keras then skips `on_train_end`)."""
         self._request.uninstall()

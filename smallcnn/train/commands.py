@@ -1,4 +1,8 @@
-"""`train` and `finetune` (through Keras' fit), and `--resume` of either."""
+"""`train` and `finetune` (through Keras' fit), and `--resume` of either.
+
+A run is a plan of phases (`remaining_phases`): train's one phase, or finetune's head
+phase and fine-tuning; a new run trains them all, `--resume` those with epochs left.
+"""
 
 import dataclasses
 import json
@@ -8,6 +12,7 @@ from smallcnn.data.dataset import run_data_folder
 from smallcnn.errors import DataError, UsageError
 from smallcnn.model import runs
 from smallcnn.train import keras_loop as loop
+from smallcnn.train.epochs import Phase
 from smallcnn.train.session import Session, seed_keras
 from smallcnn.train.settings import Settings
 
@@ -35,32 +40,118 @@ def train(data_dir=None, settings=None, out=None, overwrite=False, reporter=None
     def before_data(session):
         _refuse_existing(session, out, overwrite)
         if session.settings.freeze:  # the frozen base runs in LiteRT: convert it meanwhile
-            session.start_warmup()
+            session.source.start_warmup()
 
     session = Session("train", data_dir, settings or Settings(), reporter, command_line,
                       before_data=before_data)
     from smallcnn.model.networks import build_classifier
+    from smallcnn.train.callbacks import StopOnSignal
 
-    s = session.settings
-    base = session.build_base()
+    s, writer, stop = session.settings, session.writer, StopOnSignal()
+    base = session.source.build_base()
     base.trainable = not s.freeze
-    run_dir = session.new_run_dir(out, overwrite)
-    head = loop.new_head(session)
+    run_dir = writer.new_run_dir(out, overwrite)
+    head = loop.new_head(session.plan)
     model = build_classifier(session.spec, base, head, s.image_size)
-    config = session.config(base.name)
+    config = writer.config(base.name)
     runs.write_json(run_dir / runs.CONFIG_FILE, config)  # the checkpoint is usable at once
+    rows = run_phases(session, stop, remaining_phases("train", s, []), model, base, run_dir)[0]
     head_weights = None
     if s.freeze:
-        rows = loop.train_head_frozen(session, model, head, run_dir, "frozen", s.epochs,
-                                      s.learning_rate)
         evaluations = loop.evaluate_head(head, session)
         head_weights = head.get_weights()  # the base is as pretrained: predict needs no TF
     else:
-        rows, evaluations = loop.train_end_to_end(session, model, run_dir, "full", s.epochs,
-                                                  s.learning_rate)
-    metrics = session.finish(run_dir, model, config, rows, evaluations,
-                             head_weights=head_weights)
-    return session.result(run_dir, metrics, rows)
+        evaluations = loop.evaluate_model(model, session)
+    metrics = writer.finish(run_dir, model, config, rows, evaluations,
+                            head_weights=head_weights, interrupted=stop.received)
+    return writer.result(run_dir, metrics, rows, interrupted=stop.received)
+
+
+def remaining_phases(command, settings, rows, from_run=False):
+    """The phases a `train` or `finetune` run has left after the epochs of `rows`.
+
+    Train has one phase. Finetune has a head phase (not when it starts from a run, nor
+    once fine-tuning began) and fine-tuning, always listed: it unfreezes the base, even
+    with no epoch left. A phase's first epoch is set as it starts (`run_phases`).
+    """
+    s, done = settings, [r["phase"] for r in rows]
+    if command == "train":
+        return [Phase("frozen" if s.freeze else "full", s.epochs - len(rows), s.learning_rate)]
+    phases = []
+    if "finetune" not in done and done.count("frozen") < s.head_epochs and not from_run:
+        phases.append(Phase("frozen", s.head_epochs - done.count("frozen"),
+                            s.head_learning_rate))
+    return phases + [Phase("finetune", s.epochs - done.count("finetune"), s.learning_rate)]
+
+
+def run_phases(session, stop, phases, model, base, run_dir, rows=None):
+    """Trains `phases` in turn after the epochs of `rows`, adding theirs; none starts
+    once `stop` was received. Fine-tuning first unfreezes the top of `base`.
+
+    Returns `(rows, extra metrics)`: with fine-tuning, the unfrozen layers, the
+    parameters that train and the epoch fine-tuning started with.
+    """
+    from smallcnn.model.networks import HEAD_NAME
+
+    rows = [] if rows is None else rows
+    extra = {}
+    for phase in phases:
+        if stop.received:
+            break
+        phase = dataclasses.replace(phase, initial_epoch=len(rows))
+        if phase.name == "finetune":
+            extra = _unfreeze(session, model, base)
+            extra["finetune_start_epoch"] = next(
+                (r["epoch"] for r in rows if r["phase"] == "finetune"), len(rows) + 1)
+        if phase.epochs <= 0:
+            continue
+        if phase.name == "frozen":
+            rows += loop.train_head_frozen(session, stop, phase, model,
+                                           model.get_layer(HEAD_NAME), run_dir)
+        else:
+            rows += loop.train_end_to_end(session, stop, phase, model, run_dir)
+    return rows, extra
+
+
+def _unfreeze(session, model, base):
+    """Unfreezes the top of the base (--unfreeze, --unfreeze-blocks) and says which."""
+    from smallcnn.model.networks import count_params, unfreeze_top
+
+    unfrozen = unfreeze_top(base, *_unfreeze_args(session))
+    trainable = count_params(model.trainable_weights)
+    session.reporter.note(
+        f"Unfroze {len(unfrozen)} base layer(s): {', '.join(unfrozen)}; "
+        f"{trainable:,} parameters now train (head included)."
+    )
+    return {"unfrozen_layers": unfrozen, "trainable_params": trainable}
+
+
+def _keep_better(session, model, earlier, evaluations, what, than):
+    """`(evaluations, kept)`: the model's, or those of the `earlier` `(weights, val)`
+    put back when the model ended worse on val (`keras_loop.worse_than`)."""
+    weights, val = earlier
+    if not loop.worse_than(evaluations["val"], val):
+        return evaluations, False
+    session.reporter.note(f"{what} ended worse on val ({_val_text(evaluations['val'])}) "
+                          f"than {than} ({_val_text(val)}); kept the model from before it.")
+    model.set_weights(weights)
+    return loop.evaluate_model(model, session), True
+
+
+def _source_run(from_run, settings):
+    """`(run folder, its config, settings)` of the run a finetune starts from."""
+    from_run = runs.resolve_run(from_run)
+    config = runs.read_config(from_run)
+    if settings.base is not None and settings.base != config["base"]:
+        raise UsageError(
+            f"--base {settings.base} does not match the run {str(from_run)!r}, "
+            f"which uses {config['base']}; leave --base out."
+        )
+    # The base comes with the run's model: nothing is built, so no weights are loaded.
+    settings = dataclasses.replace(settings, base=config["base"],
+                                   image_size=config["image_size"], weights="none",
+                                   freeze=True)
+    return from_run, config, settings
 
 
 def finetune(data_dir=None, from_run=None, settings=None, out=None, overwrite=False,
@@ -80,19 +171,9 @@ def finetune(data_dir=None, from_run=None, settings=None, out=None, overwrite=Fa
     settings = settings or Settings()
     source_config = None
     if from_run is not None:
-        from_run = runs.resolve_run(from_run)
-        source_config = runs.read_config(from_run)
-        if settings.base is not None and settings.base != source_config["base"]:
-            raise UsageError(
-                f"--base {settings.base} does not match the run {str(from_run)!r}, "
-                f"which uses {source_config['base']}; leave --base out."
-            )
-        # The base comes with the run's model: nothing is built, so no weights are loaded.
-        settings = dataclasses.replace(
-            settings, base=source_config["base"], image_size=source_config["image_size"],
-            weights="none", freeze=True,
-        )
-        data_dir = data_dir or run_data_folder(source_config, f"smallcnn finetune DATA --from {from_run}")
+        from_run, source_config, settings = _source_run(from_run, settings)
+        data_dir = data_dir or run_data_folder(source_config,
+                                               f"smallcnn finetune DATA --from {from_run}")
     if data_dir is None:
         raise UsageError("finetune needs DATA, or a run to start from: --from RUN.")
     loaded = {}
@@ -114,73 +195,60 @@ def finetune(data_dir=None, from_run=None, settings=None, out=None, overwrite=Fa
                 loaded["model"] = runs.load_model(from_run)
             loaded["base"] = find_base(loaded["model"], source_config["base_layer"])
         else:
-            session.start_warmup()  # its head phase runs the frozen base in LiteRT
-            loaded["base"] = session.build_base()
+            session.source.start_warmup()  # its head phase runs the frozen base in LiteRT
+            loaded["base"] = session.source.build_base()
         layers_to_unfreeze(loaded["base"], *_unfreeze_args(session))
 
     session = Session("finetune", data_dir, settings, reporter, command_line,
                       before_data=prepare_model)
-    from smallcnn.model.networks import (
-        HEAD_NAME,
-        build_classifier,
-        count_params,
-        unfreeze_top,
-    )
+    return _finetune(session, loaded["base"], loaded.get("model"), out, overwrite,
+                     from_run, source_config)
 
-    s, base, model = session.settings, loaded["base"], loaded.get("model")
-    rows = []
+
+def _finetune(session, base, model, out, overwrite, from_run, source_config):
+    """Finetune's phases: the head's (without `from_run`), then fine-tuning, whose model
+    is kept only if it is no worse on val than the one it started from."""
+    from smallcnn.model.networks import HEAD_NAME, build_classifier
+    from smallcnn.train.callbacks import StopOnSignal
+
+    s, writer, stop = session.settings, session.writer, StopOnSignal()
+    run_dir = writer.new_run_dir(out, overwrite)
     if source_config is not None:
-        session.weights_source = source_config["weights"]
-        run_dir = session.new_run_dir(out, overwrite)
-        config = session.config(base.name, {"from_run": str(from_run)})
+        # The weights the run's base came with (this run loads none).
+        config = writer.config(base.name, {"weights": source_config["weights"],
+                                           "from_run": str(from_run)})
     else:
         base.trainable = False
-        run_dir = session.new_run_dir(out, overwrite)
-        head = loop.new_head(session)
-        model = build_classifier(session.spec, base, head, s.image_size)
-        config = session.config(base.name)
-        runs.write_json(run_dir / runs.CONFIG_FILE, config)
-        rows = loop.train_head_frozen(session, model, head, run_dir, "frozen", s.head_epochs,
-                                      s.head_learning_rate)
-    runs.write_json(run_dir / runs.CONFIG_FILE, config)
-    if session.interrupted:  # stopped while training the head: save that, tune nothing
+        model = build_classifier(session.spec, base, loop.new_head(session.plan), s.image_size)
+        config = writer.config(base.name)
+    runs.write_json(run_dir / runs.CONFIG_FILE, config)  # the checkpoint is usable at once
+    *head_phases, tuning = remaining_phases("finetune", s, [], from_run=from_run is not None)
+    rows = run_phases(session, stop, head_phases, model, base, run_dir)[0]
+    if stop.received:  # stopped while training the head: save that, tune nothing
         evaluations = loop.evaluate_head(model.get_layer(HEAD_NAME), session)
-        metrics = session.finish(run_dir, model, config, rows, evaluations)
-        return session.result(run_dir, metrics, rows)
-
-    unfrozen = unfreeze_top(base, *_unfreeze_args(session))
-    trainable = count_params(model.trainable_weights)
-    session.reporter.note(
-        f"Unfroze {len(unfrozen)} base layer(s): {', '.join(unfrozen)}; "
-        f"{trainable:,} parameters now train (head included)."
-    )
-    before_weights = model.get_weights()
+        metrics = writer.finish(run_dir, model, config, rows, evaluations,
+                                interrupted=stop.received)
+        return writer.result(run_dir, metrics, rows, interrupted=stop.received)
     # The head phase restored its epoch of lowest val_loss; a run records its own.
     before = loop.best_val(rows)
     if source_config is not None:
         before = _recorded_val(from_run)
-        loop.start_checkpoint(session, run_dir, model, before, saved=False)
-    tuned, evaluations = loop.train_end_to_end(session, model, run_dir, "finetune", s.epochs,
-                                               s.learning_rate, initial_epoch=len(rows))
-    rows += tuned
-    kept_earlier = loop.worse_than(evaluations["val"], before)
-    if kept_earlier:
-        session.reporter.note(f"Fine-tuning ended worse on val ({_val_text(evaluations['val'])}) "
-                              f"than the model it started from ({_val_text(before)}); "
-                              "kept the model from before it.")
-        model.set_weights(before_weights)
-        evaluations = loop.evaluate_model(model, session)
-    metrics = session.finish(run_dir, model, config, rows, evaluations,
-                             {"finetune_start_epoch": len(rows) - len(tuned) + 1,
-                              "unfrozen_layers": unfrozen, "trainable_params": trainable,
-                              "kept_earlier_model": kept_earlier})
-    return session.result(run_dir, metrics, rows, unfrozen=unfrozen, trainable_params=trainable)
+        writer.start_checkpoint(run_dir, model, before, saved=False)
+    earlier = (model.get_weights(), before)
+    rows, extra = run_phases(session, stop, [tuning], model, base, run_dir, rows)
+    evaluations, kept = _keep_better(session, model, earlier, loop.evaluate_model(model, session),
+                                     "Fine-tuning", "the model it started from")
+    metrics = writer.finish(run_dir, model, config, rows, evaluations,
+                            {**extra, "kept_earlier_model": kept}, interrupted=stop.received)
+    return writer.result(run_dir, metrics, rows, interrupted=stop.received,
+                         unfrozen=extra["unfrozen_layers"],
+                         trainable_params=extra["trainable_params"])
 
 
 def _refuse_existing(session, out, overwrite):
     """An existing --out without --overwrite, refused (in a `before_data` hook: before any
     image is read); by the chief alone in a cluster (the others write no run)."""
-    if out is not None and session.placement.is_chief:
+    if out is not None and session.plan.placement.is_chief:
         runs.check_out(out, overwrite)
 
 
@@ -205,14 +273,9 @@ def _val_text(val):
                                      else "")
 
 
-def _resume(command, run, data_dir, reporter, command_line):
-    """Continues an interrupted `train` or `finetune` run in its own folder.
-
-    The run's recorded settings are used; training starts from its saved (best) model
-    and epoch count; the earlier model comes back when the new one is clearly worse
-    (`keras_loop.worse_than`).
-    """
-    run_dir = runs.resolve_run(run)
+def _resumed_session(command, run_dir, data_dir, reporter, command_line):
+    """`(session, config)` of a run to resume: its recorded settings, its data (or
+    `data_dir`), refused unless it is a `command` run with the same classes."""
     config = runs.read_config(run_dir)
     if config.get("command") != command:
         raise UsageError(
@@ -226,76 +289,49 @@ def _resume(command, run, data_dir, reporter, command_line):
     settings = dataclasses.replace(Settings(**recorded), weights="none")
     data_dir = data_dir or run_data_folder(config, f"smallcnn {command} DATA --resume {run_dir}")
     session = Session(command, data_dir, settings, reporter, command_line)
-    session.weights_source = config["weights"]
     if config["class_names"] != session.dataset.class_names:
         raise DataError(
             f"The data now has classes {session.dataset.class_names}, but the run "
             f"{str(run_dir)!r} was trained on {config['class_names']}."
         )
-    from smallcnn.model.networks import (
-        HEAD_NAME,
-        count_params,
-        feature_extractor,
-        find_base,
-        unfreeze_top,
-    )
+    return session, config
 
-    s = session.settings
+
+def _resume(command, run, data_dir, reporter, command_line):
+    """Continues an interrupted `train` or `finetune` run in its own folder.
+
+    The run's recorded settings are used; training starts from its saved (best) model
+    and epoch count, with the phases it has left; the earlier model comes back when the
+    new one is clearly worse (`keras_loop.worse_than`).
+    """
+    from smallcnn.model.networks import find_base
+    from smallcnn.train.callbacks import StopOnSignal
+
+    run_dir = runs.resolve_run(run)
+    session, config = _resumed_session(command, run_dir, data_dir, reporter, command_line)
+    writer, stop = session.writer, StopOnSignal()
     model = runs.load_model(run_dir)
     base = find_base(model, config["base_layer"])
-    head = model.get_layer(HEAD_NAME)
-    session.base = base
-    session.extractor = feature_extractor(session.spec, base, s.image_size)
-
+    session.source.use_base(base)
     rows = runs.read_history(run_dir)
     # A killed run has no metrics.json: the history its checkpoint wrote tells instead.
     previous = _recorded_val(run_dir) or loop.best_val(rows)
-    loop.start_checkpoint(session, run_dir, model, previous, rows)
-    previous_weights = model.get_weights()
-    done = len(rows)
-    phases = [r["phase"] for r in rows]
-    session.reporter.note(f"Resuming {run_dir} after {done} epoch(s).")
-
-    extra = {}
-    if command == "train" and s.freeze:
-        if s.epochs > done:
-            rows += loop.train_head_frozen(session, model, head, run_dir, "frozen",
-                                           s.epochs - done, s.learning_rate, initial_epoch=done)
-    elif command == "train":
-        if s.epochs > done:
-            rows += loop.train_end_to_end(session, model, run_dir, "full", s.epochs - done,
-                                          s.learning_rate, initial_epoch=done)[0]
-    else:
-        head_done = phases.count("frozen")
-        if "finetune" not in phases and head_done < s.head_epochs and not config.get("from_run"):
-            rows += loop.train_head_frozen(session, model, head, run_dir, "frozen",
-                                           s.head_epochs - head_done, s.head_learning_rate,
-                                           initial_epoch=done)
-        if not session.interrupted:
-            unfrozen = unfreeze_top(base, *_unfreeze_args(session))
-            extra = {"unfrozen_layers": unfrozen,
-                     "trainable_params": count_params(model.trainable_weights)}
-            left = s.epochs - (len(rows) - [r["phase"] for r in rows].count("frozen"))
-            start = len(rows)
-            if left > 0:
-                rows += loop.train_end_to_end(session, model, run_dir, "finetune", left,
-                                              s.learning_rate, initial_epoch=start)[0]
-            extra["finetune_start_epoch"] = next(
-                (r["epoch"] for r in rows if r["phase"] == "finetune"), start + 1)
-
-    evaluations = loop.evaluate_model(model, session)
-    if loop.worse_than(evaluations["val"], previous):
-        session.reporter.note(f"The resumed training ended worse on val "
-                              f"({_val_text(evaluations['val'])}) than the run before it "
-                              f"({_val_text(previous)}); kept the model from before it.")
-        model.set_weights(previous_weights)  # the run before the interruption was better
-        evaluations = loop.evaluate_model(model, session)
-    config["resumed"] = config.get("resumed", []) + [session.command_line]
+    writer.start_checkpoint(run_dir, model, previous, rows)
+    earlier = (model.get_weights(), previous)
+    session.reporter.note(f"Resuming {run_dir} after {len(rows)} epoch(s).")
+    phases = remaining_phases(command, session.settings, rows,
+                              from_run=bool(config.get("from_run")))
+    rows, extra = run_phases(session, stop, phases, model, base, run_dir, list(rows))
+    evaluations, _ = _keep_better(session, model, earlier, loop.evaluate_model(model, session),
+                                  "The resumed training", "the run before it")
+    config["resumed"] = config.get("resumed", []) + [session.plan.command_line]
     if data_dir is not None:  # the data moved: record where it is now
         config["data"] = os.path.abspath(session.dataset.data)
-    metrics = session.finish(run_dir, model, config, rows, evaluations, extra)
-    return session.result(run_dir, metrics, rows, unfrozen=extra.get("unfrozen_layers", []),
-                          trainable_params=extra.get("trainable_params"))
+    metrics = writer.finish(run_dir, model, config, rows, evaluations, extra,
+                            interrupted=stop.received)
+    return writer.result(run_dir, metrics, rows, interrupted=stop.received,
+                         unfrozen=extra.get("unfrozen_layers", []),
+                         trainable_params=extra.get("trainable_params"))
 
 
 def _a(word):

@@ -5,8 +5,8 @@ Keras 3's `fit` does not run under this strategy (keras-team/keras#20585: "PerRe
 ... to a Tensor"), so each step is written out as TensorFlow's custom-loop guide has it:
 `strategy.run` of a GradientTape step on each replica's share of the global batch, the
 loss averaged over the global batch (`tf.nn.compute_average_loss`), the gradients
-summed across workers by the Keras optimizer. Keras' callbacks run around it as in
-`fit` (early stopping, progress, the plateau schedule, the chief's checkpoint).
+summed across workers by the Keras optimizer. The epochs and Keras' callbacks around
+the step are the single-process loop's (`epochs.run_epochs`).
 
 Every worker validates on the whole validation split, so all take the same decisions
 (early stopping, the restored best epoch); a stop request on any worker (Ctrl-C,
@@ -17,36 +17,88 @@ else may stop one worker alone, or the others would wait for it forever.
 
 import numpy as np
 
+from smallcnn.train import epochs as loop
 
-def fit(session, model, stream, steps, epochs, validation, phase, checkpoint, learning_rate,
-        initial_epoch=0):
+PEER_STOPPED = "a stop request on another worker"
+
+
+def fit(session, stop, phase, model, stream, steps, validation, checkpoint):
     """Trains `model` (the head on features, or the whole classifier on images) on this
-    worker's batches from `stream`; returns the history dict, as Keras' History has it.
+    worker's batches from `stream`; returns `(history dict, seconds of each epoch)`.
 
-    A copy of the model trains in the strategy's scope (in the session's precision);
-    its weights come back into `model` at the end and before each checkpoint.
+    A copy of the model trains in the strategy's scope (in the plan's precision); its
+    weights come back into `model` at the end and before each checkpoint.
 
     Args:
+        stop: the run's `StopOnSignal`; a request on another worker is recorded in it.
+        phase: an `epochs.Phase`.
         stream: endless `(x, y[, sample weight])` batches, this worker's share of each
             global batch (`keras_loop._augmented_features`).
         validation: `(x, y)` arrays of the whole validation split.
-        checkpoint: `(path, model to save)`, written by the chief.
+        checkpoint: the run's `AtomicCheckpoint` (None but on the chief).
     """
-    import keras
     import tensorflow as tf
 
     from smallcnn.model.networks import compile_model
-    from smallcnn.train import keras_loop as loop
 
-    placement = session.placement
-    strategy = placement.strategy()
-    local = len(placement.devices)
-    total = loop.global_batch(session)
+    plan = session.plan
+    strategy = plan.placement.strategy()
+    local = len(plan.placement.devices)
+    total = loop.global_batch(plan)
     with strategy.scope():
-        working = placement.working_copy(model)
-        optimizer = loop.optimizer(session, learning_rate, steps, epochs, mixed=True)
+        working = plan.placement.working_copy(model)
+        optimizer = loop.optimizer(plan, phase.learning_rate, steps, phase.epochs, mixed=True)
         compile_model(working, optimizer)  # callbacks read working.optimizer
         optimizer.build(working.trainable_variables)
+    train_step = _train_step(strategy, working, optimizer, total)
+
+    def distribute(array, dtype):
+        parts = np.array_split(np.asarray(array), local)
+        return strategy.experimental_distribute_values_from_function(
+            lambda context: tf.constant(parts[context.replica_id_in_sync_group % local], dtype))
+
+    sums = {}
+
+    def step(index):
+        if index == 0:
+            sums.update(loss=0.0, correct=0.0, seen=0.0)
+        x, y, *weight = next(stream)
+        weight = weight[0] if weight else np.ones(len(y), np.float32)
+        asked = stop.received is not None  # Ctrl-C or SIGTERM here
+        loss, correct, stops = train_step(
+            distribute(x, tf.float32), distribute(y, tf.int32),
+            distribute(weight, tf.float32), tf.constant(float(asked), tf.float32))
+        sums["loss"] += float(loss)
+        sums["correct"] += float(correct)
+        sums["seen"] += total
+        if float(stops) > 0:  # this worker or another was asked to stop
+            if not asked:
+                stop.elsewhere = PEER_STOPPED
+            working.stop_training = True
+        return {"loss": sums["loss"] / sums["seen"], "accuracy": sums["correct"] / sums["seen"]}
+
+    predict = tf.function(lambda x: tf.cast(working(x, training=False), tf.float32),
+                          reduce_retracing=True)
+    chosen, report = loop.callbacks(plan.settings, session.reporter, stop, phase.name,
+                                    phase.epochs, steps, checkpoint,
+                                    before_save=lambda: model.set_weights(working.get_weights()))
+    stop.stops_model = False  # a signal stops every worker at once, in `step`
+    try:
+        history = loop.run_epochs(
+            working, chosen, steps, phase.end, step,
+            lambda: _evaluate(predict, *validation, plan.settings.batch_size),
+            initial_epoch=phase.initial_epoch)
+    finally:
+        stop.stops_model = True
+    model.set_weights(working.get_weights())
+    return history, report.seconds
+
+
+def _train_step(strategy, working, optimizer, total):
+    """The step on every replica: `(x, y, weight, stop) -> (loss sum, correct, stops)`,
+    each summed over all the cluster's replicas."""
+    import keras
+    import tensorflow as tf
 
     def replica_step(x, y, weight):
         with tf.GradientTape() as tape:
@@ -69,53 +121,7 @@ def fit(session, model, stream, steps, epochs, validation, phase, checkpoint, le
         return (strategy.reduce(add, losses, axis=None), strategy.reduce(add, correct, axis=None),
                 strategy.reduce(add, stops, axis=None))
 
-    def distribute(array, dtype):
-        parts = np.array_split(np.asarray(array), local)
-        return strategy.experimental_distribute_values_from_function(
-            lambda context: tf.constant(parts[context.replica_id_in_sync_group % local], dtype))
-
-    predict = tf.function(lambda x: tf.cast(working(x, training=False), tf.float32),
-                          reduce_retracing=True)
-    chosen = loop.callbacks(session, phase, epochs, steps, checkpoint + (
-        lambda: model.set_weights(working.get_weights()),))
-    callback_list = keras.callbacks.CallbackList(chosen, add_history=True, model=working,
-                                                 epochs=initial_epoch + epochs, steps=steps,
-                                                 verbose=0)
-    working.stop_training = False
-    session._stop.stops_model = False  # a signal stops every worker at once, below
-    logs = {}
-    try:
-        callback_list.on_train_begin()
-        for epoch in range(initial_epoch, initial_epoch + epochs):
-            callback_list.on_epoch_begin(epoch)
-            loss_sum = correct_sum = seen = 0.0
-            for step in range(steps):
-                callback_list.on_train_batch_begin(step)
-                x, y, *weight = next(stream)
-                weight = weight[0] if weight else np.ones(len(y), np.float32)
-                asked = session._stop.received is not None  # Ctrl-C or SIGTERM here
-                loss, correct, stops = train_step(
-                    distribute(x, tf.float32), distribute(y, tf.int32),
-                    distribute(weight, tf.float32), tf.constant(float(asked), tf.float32))
-                loss_sum, correct_sum = loss_sum + float(loss), correct_sum + float(correct)
-                seen += total
-                logs = {"loss": loss_sum / seen, "accuracy": correct_sum / seen}
-                callback_list.on_train_batch_end(step, logs)
-                if float(stops) > 0:  # this worker or another was asked to stop
-                    if not asked:
-                        session.peer_interrupted = "a stop request on another worker"
-                    working.stop_training = True
-                    break
-            logs.update(_evaluate(predict, *validation, session.settings.batch_size))
-            callback_list.on_epoch_end(epoch, logs)
-            if working.stop_training:
-                break
-        callback_list.on_train_end(logs)
-    finally:
-        session._stop.stops_model = True
-        loop._uninstall_signal_handlers(chosen)
-    model.set_weights(working.get_weights())
-    return working.history.history
+    return train_step
 
 
 def _evaluate(predict, x, y, batch_size):

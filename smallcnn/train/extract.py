@@ -33,47 +33,46 @@ def extract(data_dir, settings=None, out=None, overwrite=False, reporter=None,
         if session.settings.views and session.settings.augmentation() == Augmentation():
             raise UsageError("--views needs an augmentation; drop --augment none, or pass "
                              "--augment light|standard|strong.")
-        session.start_warmup(template=template_shape(session))  # while the images are read
+        session.source.start_warmup(template=template_shape(session))  # while images are read
 
     session = Session("extract", data_dir, settings or Settings(), reporter, command_line,
                       before_data=refuse_early)
-    s, reporter = session.settings, session.reporter
-    train_x, train_y = session.features("train")
+    s, reporter, source, writer = session.settings, session.reporter, session.source, \
+        session.writer
+    train_x, train_y = source.features("train")
     if s.views:  # the head also trains on features of augmented copies
-        from smallcnn.train.feature_store import augmented_views
-
-        views = augmented_views(session, s.views)
+        views = source.augmented_views(s.views)
         train_x = np.concatenate([train_x, *views])
         train_y = np.tile(train_y, s.views + 1)
     # The head trains in NumPy (see smallcnn.model.head): with the features cached, the whole
     # run needs no TensorFlow.
     steps = int(np.ceil(len(train_x) / s.batch_size))
-    stop = session._stop = StopRequest()  # Ctrl-C ends training; session.interrupted says so
+    stop = StopRequest()  # Ctrl-C ends training; the run records it
     with stop, session.timings("head"):
         weights, history = numpy_head.train(
-            train_x, train_y, session.features("val"), s, len(session.dataset.class_names),
-            class_weights=session.class_weights(), members=s.heads, stop=stop,
+            train_x, train_y, source.features("val"), s, len(session.dataset.class_names),
+            class_weights=session.plan.class_weights(), members=s.heads, stop=stop,
             on_epoch=lambda epoch, logs: reporter.epoch("head", epoch, s.epochs, logs),
             progress=lambda epoch: reporter.progress(f"head epoch {epoch}/{s.epochs}", steps))
     rows = [{"epoch": i + 1, "phase": "head",
              **{k: (round(v, 3) if k == "seconds" else v) for k, v in logs.items()}}
             for i, logs in enumerate(history)]
     with session.timings("evaluate"):
-        evaluations = {name: list(numpy_head.evaluate(weights, *session.features(name)))
-                       for name in session.eval_splits()}
+        evaluations = {name: list(numpy_head.evaluate(weights, *source.features(name)))
+                       for name in session.plan.eval_splits()}
     with session.timings("model"):
         model, base_layer = _classifier(session, weights)
-    run_dir = session.new_run_dir(out, overwrite)
-    config = session.config(base_layer)
+    run_dir = writer.new_run_dir(out, overwrite)
+    config = writer.config(base_layer)
     if s.tensorboard:
         _write_tensorboard(run_dir / "tensorboard" / "head", rows)
     extra = {"views": s.views, "heads": s.heads, "head_training_rows": len(train_x)}
     if s.heads > 1:  # each head kept its own best epoch; the ensemble is final as of the last
         improved = [r["epoch"] for r in rows if r.get("heads_improved")]
         extra["best_epoch"] = improved[-1] if improved else 1
-    metrics = session.finish(run_dir, model, config, rows, evaluations, extra,
-                             head_weights=weights)
-    return session.result(run_dir, metrics, rows)
+    metrics = writer.finish(run_dir, model, config, rows, evaluations, extra,
+                            head_weights=weights, interrupted=stop.received)
+    return writer.result(run_dir, metrics, rows, interrupted=stop.received)
 
 
 def _classifier(session, head_weights):
@@ -90,12 +89,13 @@ def _classifier(session, head_weights):
     shape = {"feature_width": head_weights[0].shape[0], "num_classes": head_weights[-1].shape[0],
              "hidden": head_weights[0].shape[1] if len(head_weights) == 4 else 0,
              "dropout": s.dropout}
-    key = modelfile.template_key(session.spec, session.weights, s.image_size, **shape)
-    session.wait_for_warmup()
+    key = modelfile.template_key(session.spec, session.plan.weights, s.image_size, **shape)
+    source = session.source
+    source.wait_for_warmup()
     template = modelfile.load_template(key, warn=session.reporter.warning)
     if template is not None:
         return modelfile.AssembledClassifier(template, head_weights), template.base_layer
-    base = session.base or session.build_base()
+    base = source.base or source.build_base()
     model, head, template = modelfile.classifier_template(session.spec, base, s.image_size, key,
                                                           **shape, warn=session.reporter.warning)
     if template is not None:

@@ -1,12 +1,15 @@
-"""The frozen base's pooled features of each split, computed once and cached on disk.
+"""The images and the frozen base's features of a run's data set: `FeatureSource`.
 
-An entry is named by the base, its weights, the image size, and the content (SHA-1,
-from the check that starts every run) and label of every file of the split, so a
-second `extract` over the same images skips decoding and the base entirely, even
-from a copy of the data in another folder; a file whose content changed is never
-served stale features.
+Each image is decoded once and each split's pooled features computed once per run, and
+the features are cached on disk. An entry is named by the base, its weights, the image
+size, and the content (SHA-1, from the check that starts every run) and label of every
+file of the split, so a second `extract` over the same images skips decoding and the
+base entirely, even from a copy of the data in another folder; a file whose content
+changed is never served stale features.
 """
 
+import contextlib
+import dataclasses
 import json
 import time
 
@@ -14,33 +17,37 @@ import numpy as np
 
 from smallcnn.runtime import cache
 
+AUGMENT_BATCH = 32  # images augmented and run through the base at a time, for a view
 
-def features_key(session, split, view=None):
+
+def seed_keras(seed):
+    """Imports TensorFlow (quietly) and seeds Keras, NumPy and Python."""
+    from smallcnn.runtime.quiet import import_tensorflow
+
+    import_tensorflow()
+    import keras
+
+    keras.utils.set_random_seed(seed)
+
+
+def features_key(plan, digests, split, view=None):
     """The cache key of a split's features (or of one augmented view), or None with
-    random base weights (they differ each run: nothing to reuse)."""
-    if session.weights == "none":
+    random base weights (they differ each run: nothing to reuse). `digests`: {path:
+    SHA-1} from the data check."""
+    if plan.weights == "none":
         return None
-    s = session.settings
-    files = [[session.check.digests.get(path), int(label)]
-             for path, label in zip(split.paths, split.labels)]
+    s = plan.settings
+    files = [[digests.get(path), int(label)] for path, label in zip(split.paths, split.labels)]
     augmentation = None
     if view is not None:
-        import dataclasses
-
         augmentation = [dataclasses.asdict(s.augmentation()), s.seed, view]
     # Features computed in mixed precision differ in the third digit: kept apart (float32's
     # keys are as they were before precisions existed).
-    precision = session.placement.precision
+    precision = plan.placement.precision
     mixed = {"precision": precision} if precision != "float32" else {}
-    return cache.key("features", base=session.spec.name, preprocessing=session.spec.preprocessing,
-                     weights=cache.weights_identity(session.weights), image_size=s.image_size,
+    return cache.key("features", base=plan.spec.name, preprocessing=plan.spec.preprocessing,
+                     weights=cache.weights_identity(plan.weights), image_size=s.image_size,
                      files=files, augmentation=augmentation, **mixed)
-
-
-def is_cached(session, name):
-    """Whether the features of split `name` are in the cache."""
-    key = features_key(session, session.dataset.splits[name])
-    return key is not None and cache.is_stored("features", f"{key}.npz")
 
 
 def _read(path):
@@ -65,65 +72,203 @@ def store(key, features, labels, skipped, warn=None):
     cache.store("features", f"{key}.npz", write, warn=warn)
 
 
-def split_features(session, name):
-    """`(features, labels)` of one split: from the cache, or through the base's engine."""
-    from smallcnn.runtime.engine import compute_features
+class FeatureSource:
+    """Decoded images and base features of a run's splits, each made once; the base and
+    its inference engine, prepared on first need (in a helper process where that
+    overlaps reading the images: `start_warmup`).
 
-    split = session.dataset.splits[name]
-    key = features_key(session, split)
-    cached = load(key, session.reporter.warning)
-    if cached is not None:
-        values, labels, skipped = cached
-        session.skipped.update((path, reason) for path, reason in skipped)
-        session.reporter.note(f"{name}: {len(values)} feature vectors from the cache")
-        return values, np.asarray(labels, dtype=np.int32)
-    decoded = session.decoded(name)
-    engine = session.engine()
-    started = time.perf_counter()
-    with session.reporter.progress(f"Extracting {name} features ({engine.name})",
-                                   len(decoded)) as advance, session.timings("base"):
-        values = compute_features(engine, decoded.images, progress=advance)
-    session.base_seconds += time.perf_counter() - started
-    session.base_images += len(decoded)
-    store(key, values, decoded.labels, [[f.path, f.reason] for f in decoded.skipped],
-          session.reporter.warning)
-    return values, np.asarray(decoded.labels, dtype=np.int32)
-
-
-def augmented_views(session, count):
-    """Base features of `count` augmented copies of each training image (cached).
-
-    Each view is one pass over the training images with the run's augmentation and its
-    own seed, so the same settings give the same views, and a cache hit.
+    `skipped` is {path: reason} of the unreadable images left out so far.
     """
-    import tensorflow as tf
 
-    from smallcnn.data.augment import build_augmenter
+    def __init__(self, plan, reporter, timings):
+        self.plan, self.reporter, self.timings = plan, reporter, timings
+        self.skipped = {}
+        self.base = self.extractor = None
+        self._digests = {}
+        self._decoded = {}
+        self._features = {}
+        self._engine = None
+        self._warmup = None  # a helper process preparing the base (see `start_warmup`)
+        self._base_seconds = 0.0  # time in the base's forward pass
+        self._base_images = 0
 
-    s = session.settings
-    views = []
-    for view in range(count):
-        key = features_key(session, session.dataset.train, view)
-        cached = load(key, session.reporter.warning)
+    def use_check(self, check):
+        """The data check's findings: the files' digests (they name cached features) and
+        the unreadable files (left out)."""
+        self._digests = check.digests
+        self.skipped.update((bad["path"], bad["reason"]) for bad in check.unreadable)
+
+    def decoded(self, name, shard=None):
+        """The decoded images of one split (decoded on first use only); with `shard`,
+        `(index, count)`, of every count-th image from the index-th only (a worker's)."""
+        from smallcnn.data.pipeline import decode_split
+
+        key = name if shard is None else (name, *shard)
+        if key not in self._decoded:
+            split = self.plan.dataset.splits[name]
+            if shard is not None:
+                index, count = shard
+                split = split.without(set(split.paths) - set(split.paths[index::count]))
+            with self.timings("decode"):
+                decoded = decode_split(split, self.plan.settings.image_size, self.reporter)
+            self.skipped.update((f.path, f.reason) for f in decoded.skipped)
+            self._decoded[key] = decoded
+        return self._decoded[key]
+
+    def is_cached(self, name):
+        """Whether the features of split `name` are in the cache."""
+        key = features_key(self.plan, self._digests, self.plan.dataset.splits[name])
+        return key is not None and cache.is_stored("features", f"{key}.npz")
+
+    def features(self, name):
+        """`(features, labels)` of one split: computed once, from the cache or the base."""
+        if name not in self._features:
+            self._features[name] = self._split_features(name)
+        return self._features[name]
+
+    def _split_features(self, name):
+        from smallcnn.runtime.engine import compute_features
+
+        key = features_key(self.plan, self._digests, self.plan.dataset.splits[name])
+        cached = load(key, self.reporter.warning)
         if cached is not None:
-            views.append(cached[0])
-            session.reporter.note(f"train: augmented view {view + 1} from the cache")
-            continue
-        decoded = session.decoded("train")
-        engine = session.engine()
+            values, labels, skipped = cached
+            self.skipped.update((path, reason) for path, reason in skipped)
+            self.reporter.note(f"{name}: {len(values)} feature vectors from the cache")
+            return values, np.asarray(labels, dtype=np.int32)
+        decoded = self.decoded(name)
+        engine = self.engine()
+        with self.reporter.progress(f"Extracting {name} features ({engine.name})",
+                                    len(decoded)) as advance, self._through_base(len(decoded)):
+            values = compute_features(engine, decoded.images, progress=advance)
+        store(key, values, decoded.labels, [[f.path, f.reason] for f in decoded.skipped],
+              self.reporter.warning)
+        return values, np.asarray(decoded.labels, dtype=np.int32)
+
+    def augmented_views(self, count):
+        """Base features of `count` augmented copies of each training image (cached).
+
+        Each view is one pass over the training images with the run's augmentation and its
+        own seed, so the same settings give the same views, and a cache hit.
+        """
+        views = []
+        for view in range(count):
+            key = features_key(self.plan, self._digests, self.plan.dataset.train, view)
+            cached = load(key, self.reporter.warning)
+            if cached is not None:
+                views.append(cached[0])
+                self.reporter.note(f"train: augmented view {view + 1} from the cache")
+                continue
+            decoded = self.decoded("train")
+            values = self._augmented_view(decoded, view, count)
+            store(key, values, decoded.labels, [], self.reporter.warning)
+            views.append(values)
+        return views
+
+    def _augmented_view(self, decoded, view, count):
+        import tensorflow as tf
+
+        from smallcnn.data.augment import build_augmenter
+
+        s = self.plan.settings
+        engine = self.engine()
         augmenter = build_augmenter(s.augmentation(), seed=s.seed * 1000 + view)
-        started = time.perf_counter()
-        with session.reporter.progress(f"Extracting augmented view {view + 1}/{count} "
-                                       f"({engine.name})", len(decoded)) as advance, \
-                session.timings("base"):
-            values = []
-            for batch, start in enumerate(range(0, len(decoded), 32)):
-                pixels = tf.cast(decoded.images[start : start + 32], tf.float32)
+        values = []
+        with self.reporter.progress(f"Extracting augmented view {view + 1}/{count} "
+                                    f"({engine.name})", len(decoded)) as advance, \
+                self._through_base(len(decoded)):
+            for batch, start in enumerate(range(0, len(decoded), AUGMENT_BATCH)):
+                pixels = tf.cast(decoded.images[start : start + AUGMENT_BATCH], tf.float32)
                 values.append(engine(augmenter(pixels, batch).numpy()))
                 advance(start + len(values[-1]))
-            values = np.concatenate(values)
-        session.base_seconds += time.perf_counter() - started
-        session.base_images += len(decoded)
-        store(key, values, decoded.labels, [], session.reporter.warning)
-        views.append(values)
-    return views
+        return np.concatenate(values)
+
+    @contextlib.contextmanager
+    def _through_base(self, count):
+        """Times the base's forward pass over `count` images (metrics' images per second)."""
+        started = time.perf_counter()
+        with self.timings("base"):
+            yield
+        self._base_seconds += time.perf_counter() - started
+        self._base_images += count
+
+    def base_images_per_second(self):
+        return round(self._base_images / self._base_seconds, 1) if self._base_seconds else None
+
+    def engine_name(self):
+        return self._engine.name if self._engine is not None else None
+
+    def build_base(self):
+        """Builds the base (and its feature extractor) with the plan's weights."""
+        from smallcnn.model.bases import build_base
+
+        s = self.plan.settings
+        with self.timings("import"):
+            seed_keras(s.seed)  # before Keras is first imported, to import TensorFlow quietly
+            from smallcnn.model.networks import feature_extractor
+        with self.timings("build"):
+            self.base = build_base(self.plan.spec, s.image_size, self.plan.weights)
+            self.extractor = feature_extractor(self.plan.spec, self.base, s.image_size)
+        return self.base
+
+    def use_base(self, base):
+        """Runs the features through `base` (a loaded model's) instead of building one."""
+        from smallcnn.model.networks import feature_extractor
+
+        self.base = base
+        self.extractor = feature_extractor(self.plan.spec, base, self.plan.settings.image_size)
+
+    def start_warmup(self, template=None):
+        """Starts preparing the base's LiteRT conversion (and, with `template`, extract's
+        model template) in a helper process, if the cache lacks them: see
+        `smallcnn.train.warmup`. Called before the images are read, to overlap them."""
+        from smallcnn.runtime.engine import chosen_engine
+        from smallcnn.train import warmup
+
+        plan = self.plan
+        # (A cluster's worker decodes only its shard: nothing to overlap.)
+        if chosen_engine(plan.settings.engine, plan.placement) != "tf" and \
+                not plan.placement.multi_worker:
+            self._warmup = warmup.start(plan.spec, plan.weights, plan.settings.image_size,
+                                        plan.settings.seed, template, self.reporter.warning)
+
+    def wait_for_warmup(self, engine_only=False):
+        """Waits for the helper process, if one runs (with `engine_only`, only until the
+        base's conversion is cached); says in one line if it failed (the run then prepares
+        the base itself)."""
+        warmup = self._warmup
+        if warmup is not None:
+            for name in self.plan.dataset.splits:  # decode what the base will run on meanwhile
+                if warmup.running() and not self.is_cached(name):
+                    self.decoded(name)
+            with self.timings("prepare"):
+                failed = warmup.wait(engine_only)
+            if failed or not warmup.running():
+                self._warmup = None
+            if failed:
+                self.reporter.warning(f"Preparing the base in a helper process failed "
+                                      f"({failed}); preparing it here instead.")
+
+    def engine(self):
+        """The inference engine for the frozen base (see `smallcnn.runtime.engine`)."""
+        from smallcnn.runtime.engine import feature_engine
+
+        def extractor():  # built only when needed: a cached conversion needs no TensorFlow
+            if self.extractor is None:
+                self.build_base()
+            return self.extractor
+
+        if self._engine is None:
+            self.wait_for_warmup(engine_only=True)
+            s = self.plan.settings
+            with self.timings("convert"):
+                self._engine = feature_engine(self.plan.spec, self.plan.weights, s.image_size,
+                                              extractor, s.engine, self.reporter,
+                                              self.plan.placement)
+        return self._engine
+
+    def close(self):
+        """Stops the helper process if it still runs (not needed after all)."""
+        if self._warmup is not None:
+            self._warmup.cancel()
+            self._warmup = None

@@ -1,10 +1,16 @@
-"""Training through Keras' `fit`: the head on augmented images with the base frozen, or
-every trainable layer end to end; the callbacks around it; evaluation.
+"""A phase trained through Keras: the head on augmented images with the base frozen, or
+every trainable layer end to end (on a cluster through `distributed`); evaluation.
 """
 
 import numpy as np
 
-from smallcnn.model import runs
+from smallcnn.train.epochs import (
+    callbacks,
+    global_batch,
+    optimizer,
+    run_epochs,
+    uninstall_signal_handlers,
+)
 
 # A model that fine-tuning or a resumed run leaves with a val_loss higher than this
 # above the earlier model's is undone: within it, the difference is noise.
@@ -33,7 +39,7 @@ def fit(model, data, callbacks, **kwargs):
     try:
         return model.fit(data, callbacks=callbacks, verbose=0, **kwargs).history
     finally:
-        _uninstall_signal_handlers(callbacks)
+        uninstall_signal_handlers(callbacks)
 
 
 def fit_stream(model, stream, callbacks, steps, epochs, validation, batch_size,
@@ -47,63 +53,20 @@ def fit_stream(model, stream, callbacks, steps, epochs, validation, batch_size,
     destroying that thread's iterator as `fit` returned stalled for 5 to 39 s in about
     one run in two (measured: train --freeze on cats-dogs-small).
     """
-    import keras
-
-    callback_list = keras.callbacks.CallbackList(callbacks, add_history=True, model=model,
-                                                 epochs=epochs, steps=steps, verbose=0)
-    model.stop_training = False
     model.make_train_function()
-    logs = {}
-    try:
-        callback_list.on_train_begin()
-        for epoch in range(initial_epoch, epochs):
+
+    def step(index):
+        if index == 0:
             model.reset_metrics()
-            callback_list.on_epoch_begin(epoch)
-            for step in range(steps):
-                callback_list.on_train_batch_begin(step)
-                logs = {k: float(v) for k, v in model.train_function(iter([next(stream)])).items()}
-                callback_list.on_train_batch_end(step, logs)
-                if model.stop_training:
-                    break
-            val = model.evaluate(*validation, batch_size=batch_size, verbose=0,
-                                 return_dict=True)
-            logs = {**logs, **{f"val_{k}": float(v) for k, v in val.items()}}
-            callback_list.on_epoch_end(epoch, logs)
-            if model.stop_training:
-                break
-        model.optimizer.finalize_variable_values(model.trainable_weights)
-        callback_list.on_train_end(logs)
-    finally:
-        _uninstall_signal_handlers(callbacks)
-    return model.history.history  # the History callback's, which CallbackList added
+        return {k: float(v) for k, v in model.train_function(iter([next(stream)])).items()}
 
+    def validate():
+        val = model.evaluate(*validation, batch_size=batch_size, verbose=0, return_dict=True)
+        return {f"val_{k}": float(v) for k, v in val.items()}
 
-def _uninstall_signal_handlers(callbacks):
-    from smallcnn.train.callbacks import StopOnSignal
-
-    for callback in callbacks:
-        if isinstance(callback, StopOnSignal):
-            callback.uninstall()
-
-
-def run_checkpoint(session, path, model):
-    """The run's checkpoint of `model` at `path`: one for all its phases, made on first
-    use (see `callbacks.AtomicCheckpoint`)."""
-    from smallcnn.train.callbacks import AtomicCheckpoint
-
-    if session.checkpoint is None:
-        session.checkpoint = AtomicCheckpoint(path, model)
-    return session.checkpoint
-
-
-def start_checkpoint(session, run_dir, model, val, rows=(), saved=True):
-    """Tells the run's checkpoint what training starts from: `model` as it is now, its
-    `(val_loss, val_accuracy)` `val` (or None), after the epochs of `rows`; `saved`: it is
-    the run's model.keras already (a resumed run), else it is written within the interval
-    unless a better one comes (fine-tuning from another run)."""
-    if session.placement.is_chief:
-        run_checkpoint(session, run_dir / runs.MODEL_FILE, model).start_from(
-            val and val[0], rows, saved)
+    return run_epochs(model, callbacks, steps, epochs, step, validate, initial_epoch,
+                      before_end=lambda: model.optimizer.finalize_variable_values(
+                          model.trainable_weights))
 
 
 def best_val(rows):
@@ -113,62 +76,7 @@ def best_val(rows):
     return (best["val_loss"], best.get("val_accuracy")) if best else None
 
 
-def callbacks(session, phase, epochs, steps, checkpoint=None):
-    """Ctrl-C, early stopping, progress, the plateau schedule, the checkpoint, TensorBoard.
-
-    `checkpoint` is `(path, model to save[, function called before saving])`; on a
-    worker other than a cluster's chief there is none (the chief writes the run)."""
-    import keras
-
-    from smallcnn.train.callbacks import ReportEpochs, StopOnSignal
-
-    s = session.settings
-    if session._stop is None:
-        session._stop = StopOnSignal()
-    session.epoch_report = ReportEpochs(session.reporter, phase, epochs, steps)
-    chosen = [
-        session._stop,
-        keras.callbacks.EarlyStopping(monitor="val_loss", patience=s.patience,
-                                      restore_best_weights=True),
-        session.epoch_report,
-    ]
-    if s.lr_schedule == "plateau":
-        from smallcnn.model.head import PLATEAU, plateau_patience
-
-        chosen.append(keras.callbacks.ReduceLROnPlateau(
-            monitor="val_loss", patience=plateau_patience(s.patience), **PLATEAU))
-    if checkpoint is not None and session.placement.is_chief:
-        path, model, *before_save = checkpoint
-        saver = run_checkpoint(session, path, model)
-        saver.begin_phase(phase, (before_save or [None])[0])
-        chosen.append(saver)
-        if s.tensorboard:
-            folder = path.parent / "tensorboard" / phase
-            chosen.append(keras.callbacks.TensorBoard(log_dir=str(folder)))
-    return chosen
-
-
-def optimizer(session, learning_rate, steps, epochs, mixed=False):
-    """The Keras optimizer of the settings; with `mixed` (a model computing in the
-    session's precision), wrapped in loss scaling for mixed_float16, as Keras advises."""
-    from smallcnn.model.networks import make_optimizer
-
-    s = session.settings
-    chosen = make_optimizer(s.optimizer, learning_rate, s.momentum, s.nesterov, s.lr_schedule,
-                            steps, epochs)
-    if mixed and session.placement.precision == "mixed_float16":
-        import keras
-
-        chosen = keras.optimizers.LossScaleOptimizer(chosen)
-    return chosen
-
-
-def global_batch(session):
-    """Images per training step over every replica: --batch-size is per device."""
-    return session.settings.batch_size * session.placement.replicas
-
-
-def _augmented_features(session, through_base=True):
+def _augmented_features(plan, source, through_base=True):
     """An endless stream of (features, labels) batches of augmented training images (or,
     without `through_base`, of the augmented images themselves).
 
@@ -188,20 +96,20 @@ def _augmented_features(session, through_base=True):
 
     from smallcnn.data.augment import build_augmenter
 
-    s, placement = session.settings, session.placement
+    s, placement = plan.settings, plan.placement
     if placement.multi_worker:
-        train = session.decoded("train", shard=(placement.worker_index, placement.workers))
+        train = source.decoded("train", shard=(placement.worker_index, placement.workers))
         size = s.batch_size * len(placement.devices)
     else:
-        train, size = session.decoded("train"), global_batch(session)
+        train, size = source.decoded("train"), global_batch(plan)
     augment = build_augmenter(s.augmentation(), seed=s.seed + placement.worker_index)
     augmenter = None
     if augment is not None:  # traced once for full batches, once for a shorter last one
         augmenter = tf.function(lambda x, i: augment(tf.cast(x, tf.float32), i),
                                 reduce_retracing=True)
-    engine = session.engine() if through_base else np.asarray
-    weights = session.class_weights()
-    lookup = np.array([weights.get(i, 0.0) for i in range(len(session.dataset.class_names))],
+    engine = source.engine() if through_base else np.asarray
+    weights = plan.class_weights()
+    lookup = np.array([weights.get(i, 0.0) for i in range(len(plan.dataset.class_names))],
                       dtype=np.float32) if weights else None
     labels = np.asarray(train.labels, dtype=np.int32)
     rng = np.random.default_rng(s.seed + placement.worker_index)
@@ -235,91 +143,93 @@ def _index_batches(n, size, rng, full=False):
             pending = pending[size:]
 
 
-def _steps(session):
+def _steps(plan, source):
     """Steps per epoch: the training images over the global batch (on a cluster counted
     from the file list: no worker decodes every image)."""
-    count = len(session.dataset.train) if session.placement.multi_worker else \
-        len(session.decoded("train"))
-    return int(np.ceil(count / global_batch(session)))
+    count = len(plan.dataset.train) if plan.placement.multi_worker else \
+        len(source.decoded("train"))
+    return int(np.ceil(count / global_batch(plan)))
 
 
-def train_head_frozen(session, model, head, run_dir, phase, epochs, learning_rate,
-                      initial_epoch=0):
-    """Trains the head on augmented images with the base frozen; returns history rows."""
+def train_head_frozen(session, stop, phase, model, head, run_dir):
+    """Trains the head on augmented images with the base frozen, for `phase` (an
+    `epochs.Phase`); returns history rows. `stop`: the run's `StopOnSignal`."""
     from smallcnn.model.networks import compile_model
 
-    steps = _steps(session)
-    val = session.features("val")
-    checkpoint = (run_dir / runs.MODEL_FILE, model)
+    plan, source = session.plan, session.source
+    steps = _steps(plan, source)
+    val = source.features("val")
+    checkpoint = session.writer.checkpoint(run_dir, model)
     with session.timings("head"):  # the base's forward pass on augmented batches included
-        if session.placement.multi_worker:
+        if plan.placement.multi_worker:
             from smallcnn.train import distributed
 
-            history = distributed.fit(session, head, _augmented_features(session), steps,
-                                      epochs, val, phase, checkpoint, learning_rate,
-                                      initial_epoch)
+            history, seconds = distributed.fit(session, stop, phase, head,
+                                               _augmented_features(plan, source), steps, val,
+                                               checkpoint)
         else:
-            compile_model(head, optimizer(session, learning_rate, steps, epochs))
-            history = fit_stream(head, _augmented_features(session),
-                                 callbacks(session, phase, epochs, steps, checkpoint),
-                                 steps, initial_epoch + epochs, val,
-                                 session.settings.batch_size, initial_epoch=initial_epoch)
-    return history_rows(history, phase, first_epoch=initial_epoch + 1,
-                        seconds=session.epoch_report.seconds)
+            compile_model(head, optimizer(plan, phase.learning_rate, steps, phase.epochs))
+            chosen, report = callbacks(plan.settings, session.reporter, stop, phase.name,
+                                       phase.epochs, steps, checkpoint)
+            history = fit_stream(head, _augmented_features(plan, source), chosen, steps,
+                                 phase.end, val, plan.settings.batch_size,
+                                 initial_epoch=phase.initial_epoch)
+            seconds = report.seconds
+    return history_rows(history, phase, seconds)
 
 
-def train_end_to_end(session, model, run_dir, phase, epochs, learning_rate, initial_epoch=0):
-    """Trains every trainable layer of the model on augmented images; returns history rows
-    and the evaluations of the restored best model.
+def train_end_to_end(session, stop, phase, model, run_dir):
+    """Trains every trainable layer of the model on augmented images, for `phase`;
+    returns history rows (the best epoch's weights restored in `model`).
 
     In mixed precision or on several devices, a copy of the model trains (in the
     precision, in the strategy's scope) and its weights come back into `model`, which
     stays float32 (what is saved)."""
+    plan, source = session.plan, session.source
+    steps = _steps(plan, source)
+    checkpoint = session.writer.checkpoint(run_dir, model)
+    with session.timings("train"):  # building the pipeline traces the augmentation: timed
+        if plan.placement.multi_worker:
+            from smallcnn.train import distributed
+
+            val = source.decoded("val")
+            history, seconds = distributed.fit(
+                session, stop, phase, model,
+                _augmented_features(plan, source, through_base=False), steps,
+                (val.images, val.labels), checkpoint)
+        else:
+            history, seconds = _fit_images(session, stop, phase, model, steps, checkpoint)
+    return history_rows(history, phase, seconds)
+
+
+def _fit_images(session, stop, phase, model, steps, checkpoint):
+    """Keras' `fit` of the whole model on a tf.data pipeline of augmented images (a
+    working copy in the plan's precision and devices); returns `(history, seconds)`."""
     from smallcnn.data.augment import build_augmenter
     from smallcnn.data.pipeline import batches
     from smallcnn.model.networks import compile_model
 
-    s, placement = session.settings, session.placement
-    steps = _steps(session)
-    if placement.multi_worker:
-        from smallcnn.train import distributed
-
-        val = session.decoded("val")
-        with session.timings("train"):
-            history = distributed.fit(
-                session, model, _augmented_features(session, through_base=False), steps,
-                epochs, (val.images, val.labels), phase, (run_dir / runs.MODEL_FILE, model),
-                learning_rate, initial_epoch)
-        rows = history_rows(history, phase, first_epoch=initial_epoch + 1,
-                            seconds=session.epoch_report.seconds)
-        return rows, evaluate_model(model, session)
-    train = session.decoded("train")
-    val = session.decoded("val")
-    size = global_batch(session)
-    with session.timings("train"):  # building the pipeline traces the augmentation: timed
-        working = placement.working_copy(model)
-        train_ds = batches(train.images, train.labels, size, shuffle=True, seed=s.seed,
-                           augmenter=build_augmenter(s.augmentation(), seed=s.seed), repeat=True)
-        with placement.scope():
-            compile_model(working, optimizer(session, learning_rate, steps, epochs, mixed=True))
-        checkpoint = (run_dir / runs.MODEL_FILE, model)
-        if working is not model:
-            checkpoint += (lambda: model.set_weights(working.get_weights()),)
-        history = fit(
-            working, train_ds,
-            callbacks(session, phase, epochs, steps, checkpoint),
-            steps_per_epoch=steps,
-            validation_data=batches(val.images, val.labels, size),
-            epochs=initial_epoch + epochs,
-            initial_epoch=initial_epoch,
-            shuffle=False,  # the tf.data pipeline shuffles
-            class_weight=session.class_weights(),
-        )
-        if working is not model:
-            model.set_weights(working.get_weights())
-    rows = history_rows(history, phase, first_epoch=initial_epoch + 1,
-                        seconds=session.epoch_report.seconds)
-    return rows, evaluate_model(model, session)
+    plan, source = session.plan, session.source
+    s, placement = plan.settings, plan.placement
+    train, val = source.decoded("train"), source.decoded("val")
+    size = global_batch(plan)
+    working = placement.working_copy(model)
+    train_ds = batches(train.images, train.labels, size, shuffle=True, seed=s.seed,
+                       augmenter=build_augmenter(s.augmentation(), seed=s.seed), repeat=True)
+    with placement.scope():
+        compile_model(working, optimizer(plan, phase.learning_rate, steps, phase.epochs,
+                                         mixed=True))
+    copy_back = None if working is model else (lambda: model.set_weights(working.get_weights()))
+    chosen, report = callbacks(s, session.reporter, stop, phase.name, phase.epochs, steps,
+                               checkpoint, before_save=copy_back)
+    history = fit(working, train_ds, chosen, steps_per_epoch=steps,
+                  validation_data=batches(val.images, val.labels, size),
+                  epochs=phase.end, initial_epoch=phase.initial_epoch,
+                  shuffle=False,  # the tf.data pipeline shuffles
+                  class_weight=plan.class_weights())
+    if copy_back is not None:
+        copy_back()
+    return history, report.seconds
 
 
 def evaluate_model(model, session):
@@ -330,9 +240,9 @@ def evaluate_model(model, session):
     if getattr(model, "optimizer", None) is None:  # a model loaded without compiling
         compile_model(model, "adam")
     evaluations = {}
-    for name in session.eval_splits():
-        split = session.decoded(name)
-        dataset = batches(split.images, split.labels, session.settings.batch_size)
+    for name in session.plan.eval_splits():
+        split = session.source.decoded(name)
+        dataset = batches(split.images, split.labels, session.plan.settings.batch_size)
         with session.timings("evaluate"):
             evaluations[name] = [float(v) for v in model.evaluate(dataset, verbose=0)]
     return evaluations
@@ -344,16 +254,17 @@ def evaluate_head(head, session):
 
     if getattr(head, "optimizer", None) is None:  # a copy of it trained (on a cluster)
         compile_model(head, "adam")
-    features = {name: session.features(name) for name in session.eval_splits()}
+    features = {name: session.source.features(name) for name in session.plan.eval_splits()}
     with session.timings("evaluate"):
         return {name: [float(v) for v in head.evaluate(*split, batch_size=256, verbose=0)]
                 for name, split in features.items()}
 
 
-def history_rows(history, phase, first_epoch=1, seconds=()):
+def history_rows(history, phase, seconds=()):
+    """history.csv's rows of one phase's History dict (epochs counted over the run)."""
     rows = []
     for i in range(len(history.get("loss", []))):
-        row = {"epoch": first_epoch + i, "phase": phase}
+        row = {"epoch": phase.initial_epoch + 1 + i, "phase": phase.name}
         for key, values in history.items():
             row[key] = float(values[i])
         if i < len(seconds):
@@ -362,10 +273,10 @@ def history_rows(history, phase, first_epoch=1, seconds=()):
     return rows
 
 
-def new_head(session, feature_width=None, hidden=None):
+def new_head(plan, feature_width=None, hidden=None):
     from smallcnn.model.networks import build_head
 
-    s = session.settings
-    return build_head(feature_width or session.spec.feature_width,
-                      len(session.dataset.class_names), s.dropout,
+    s = plan.settings
+    return build_head(feature_width or plan.spec.feature_width,
+                      len(plan.dataset.class_names), s.dropout,
                       s.hidden if hidden is None else hidden)
