@@ -314,3 +314,24 @@ def test_a_checkpoint_interval_that_is_no_number_of_seconds_is_refused(value, mo
     monkeypatch.setenv(CHECKPOINT_VARIABLE, value)
     with pytest.raises(UsageError, match=f"{CHECKPOINT_VARIABLE} must be between 0 and "):
         checkpoint_seconds()
+
+
+def test_a_resumed_run_trains_only_the_epochs_each_phase_has_left():
+    from smallcnn.train import Settings
+    from smallcnn.train.commands import remaining_phases
+
+    s = Settings(base="small", epochs=4, head_epochs=3, weights="imagenet").resolve("finetune")
+
+    def plan(command, phases_done, from_run=False):
+        rows = [{"epoch": i + 1, "phase": p} for i, p in enumerate(phases_done)]
+        return [(p.name, p.epochs) for p in remaining_phases(command, s, rows, from_run)]
+
+    assert plan("finetune", []) == [("frozen", s.head_epochs), ("finetune", s.epochs)]
+    assert plan("finetune", ["frozen"] * 2) == [("frozen", s.head_epochs - 2),
+                                                ("finetune", s.epochs)]
+    assert plan("finetune", ["frozen"] * s.head_epochs + ["finetune"]) == [
+        ("finetune", s.epochs - 1)]
+    # Stopped early in its head phase, then fine-tuned: the head phase is over.
+    assert plan("finetune", ["frozen", "finetune"]) == [("finetune", s.epochs - 1)]
+    assert plan("finetune", [], from_run=True) == [("finetune", s.epochs)]
+    assert plan("train", ["frozen"] * 3) == [("frozen", s.epochs - 3)]
