@@ -172,3 +172,16 @@ def test_an_out_that_is_a_link_is_refused_where_it_would_mislead(tmp_path, tiny_
     dangling.symlink_to(tmp_path / "nowhere")
     result = invoke("extract", tiny_data, *EXTRACT, "--out", dangling)
     assert result.exit_code == 2 and "which is not a folder" in result.output, result.output
+
+
+def test_finetune_over_the_run_it_starts_from_keeps_it_when_worse(tiny_data):
+    run = extract_run(tiny_data)
+    before = json.loads((run / runs.METRICS_FILE).read_text())
+    # Fine-tuning that ruins the model: the run it started from (set aside) is the one kept.
+    ruined = invoke("finetune", "--from", run, "--unfreeze", "2", "--epochs", "1",
+                    "--batch-size", "8", "--learning-rate", "1000", "--out", run, "--overwrite")
+    assert ruined.exit_code == 0, ruined.output
+    assert "kept the model from before it" in ruined.output
+    after = json.loads((run / runs.METRICS_FILE).read_text())
+    assert after["kept_earlier_model"] and after["val_accuracy"] >= before["val_accuracy"]
+    assert asides(run) == [] and assert_one_run(run)["command"] == "finetune"

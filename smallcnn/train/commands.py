@@ -17,6 +17,7 @@ from smallcnn.train.session import Session, seed_keras
 from smallcnn.train.settings import Settings
 
 
+@runs.overwriting()
 def train(data_dir=None, settings=None, out=None, overwrite=False, reporter=None,
           command_line=None, resume=None):
     """Trains the classifier on augmented images, with early stopping.
@@ -154,6 +155,7 @@ def _source_run(from_run, settings):
     return from_run, config, settings
 
 
+@runs.overwriting()
 def finetune(data_dir=None, from_run=None, settings=None, out=None, overwrite=False,
              reporter=None, command_line=None, resume=None):
     """Fine-tunes the top layers of the base together with the head, at a low learning rate.
@@ -212,6 +214,8 @@ def _finetune(session, base, model, out, overwrite, from_run, source_config):
     from smallcnn.train.callbacks import StopOnSignal
 
     s, writer, stop = session.settings, session.writer, StopOnSignal()
+    # Read first: an --out of the run it starts from sets that run aside.
+    recorded = _recorded_val(from_run) if source_config is not None else None
     run_dir = writer.new_run_dir(out, overwrite)
     if source_config is not None:
         # The weights the run's base came with (this run loads none).
@@ -232,7 +236,7 @@ def _finetune(session, base, model, out, overwrite, from_run, source_config):
     # The head phase restored its epoch of lowest val_loss; a run records its own.
     before = loop.best_val(rows)
     if source_config is not None:
-        before = _recorded_val(from_run)
+        before = recorded
         writer.start_checkpoint(run_dir, model, before, saved=False)
     earlier = (model.get_weights(), before)
     rows, extra = run_phases(session, stop, [tuning], model, base, run_dir, rows)
@@ -249,7 +253,7 @@ def _refuse_existing(session, out, overwrite):
     """An existing --out without --overwrite, refused (in a `before_data` hook: before any
     image is read); by the chief alone in a cluster (the others write no run)."""
     if out is not None and session.plan.placement.is_chief:
-        runs.check_out(out, overwrite)
+        runs.check_out(out, overwrite, session.data_paths())
 
 
 def _unfreeze_args(session):

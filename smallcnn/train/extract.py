@@ -10,6 +10,7 @@ from smallcnn.train.session import Session
 from smallcnn.train.settings import Settings
 
 
+@runs.overwriting()
 def extract(data_dir, settings=None, out=None, overwrite=False, reporter=None,
             command_line=None):
     """Feature extraction: run the base once, cache the features, train a dense head.
@@ -29,7 +30,7 @@ def extract(data_dir, settings=None, out=None, overwrite=False, reporter=None,
 
     def refuse_early(session):
         if out is not None:  # refused now, before the work; the folder is made at the end
-            runs.check_out(out, overwrite)
+            runs.check_out(out, overwrite, session.data_paths())
         if session.settings.views and session.settings.augmentation() == Augmentation():
             raise UsageError("--views needs an augmentation; drop --augment none, or pass "
                              "--augment light|standard|strong.")

@@ -55,7 +55,9 @@ class RunWriter:
         """The run folder; on a worker other than the chief, a scratch folder that
         `finish` deletes (only the chief writes the run)."""
         if self.plan.placement.is_chief:
-            return runs.new_run_dir(self.plan.command, out, overwrite=overwrite)
+            return runs.new_run_dir(self.plan.command, out, overwrite=overwrite,
+                                    data=self.plan.data_paths(), note=self.reporter.note,
+                                    warn=self.reporter.warning)
         import tempfile
 
         self._worker_dir = Path(tempfile.mkdtemp(prefix="smallcnn-worker-"))
