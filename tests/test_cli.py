@@ -564,4 +564,95 @@ def test_help_shows_the_defaults_it_describes():
     assert "[default: the most recent run in ./runs]" in text("predict")
     extract = text("extract")
     assert "[default: 100]" in extract and "\\[default" not in extract  # derived options
+    assert "folders [and test/], each" in extract  # not taken for markup either
     assert "[default: the first of filename, file, path, image, id]" in text("check")
+
+
+def _library_defaults():
+    """{command words: {option: the default of what the command calls}}, read from the
+    library (a settings dataclass, or the library function's own default)."""
+    import dataclasses
+    import inspect
+
+    from smallcnn.inference.evaluate import evaluate
+    from smallcnn.inference.export import export
+    from smallcnn.inference.predict import Classifier
+    from smallcnn.inference.stream import predict_to_file
+    from smallcnn.labels.label_issues import find_label_issues
+    from smallcnn.model.bases import DEFAULT_BASE
+    from smallcnn.serve.app import ServeSettings
+    from smallcnn.train.settings import Settings
+    from smallcnn.visualize import activations, filters
+    from smallcnn.visualize.dream import DreamSettings
+    from smallcnn.visualize.style import StyleSettings
+
+    def of(function, **names):  # option: the function's parameter
+        parameters = inspect.signature(function).parameters
+        return {option: parameters[name].default for option, name in names.items()}
+
+    def fields(settings):
+        return {f.name: getattr(settings(), f.name) for f in dataclasses.fields(settings)}
+
+    predict = of(Classifier.predict_paths, top_k="top_k", batch_size="batch_size")
+    assert predict == of(predict_to_file, top_k="top_k", batch_size="batch_size")  # --jsonl
+    return {
+        ("check",): {"seed": Settings().seed, "val_split": Settings().val_split,
+                     "base": DEFAULT_BASE, **of(find_label_issues, folds="folds")},
+        ("predict",): predict,
+        ("evaluate",): of(evaluate, split="split", top="top_wrong"),
+        ("export",): of(export, format="format", quantize="quantize"),
+        ("serve",): fields(ServeSettings),
+        ("visualize", "activations"): of(activations, channels="channels"),
+        ("visualize", "filters"): of(filters, filters="count", steps="steps"),
+        ("visualize", "dream"): fields(DreamSettings),
+        ("visualize", "style"): fields(StyleSettings),
+    }
+
+
+def _commands():
+    """{command words: its click command}, every command and subcommand."""
+    import typer
+
+    from smallcnn.cli import app
+
+    def walk(command, words):
+        if hasattr(command, "commands"):
+            for name, sub in command.commands.items():
+                yield from walk(sub, (*words, name))
+        else:
+            yield words, command
+
+    return dict(walk(typer.main.get_command(app), ()))
+
+
+@pytest.mark.parametrize("words", sorted(_commands()), ids=" ".join)
+def test_every_command_shows_the_default_its_library_uses(words, monkeypatch):
+    """What `--help` says an option's default is, is the one the library uses when the
+    option is not given (the training commands: tests/test_settings.py)."""
+    import re
+
+    from smallcnn.train.settings import COMMANDS
+
+    if words[0] in COMMANDS:
+        pytest.skip("derived from smallcnn.train.settings, checked in test_settings.py")
+    monkeypatch.setenv("COLUMNS", "1000")
+    monkeypatch.setenv("TERMINAL_WIDTH", "1000")
+    help_text = invoke(*words, "--help").output
+    shown = {}
+    for line in help_text.splitlines():
+        option, default = re.search(r"│ (--[a-z-]+)", line), re.search(r"\[default: (.*?)\]\s*│",
+                                                                         line)
+        if option and default:
+            shown[option.group(1)[2:].replace("-", "_")] = default.group(1)
+    expected = _library_defaults().get(words, {})
+    for parameter in _commands()[words].params:
+        if parameter.param_type_name != "option" or parameter.default in (None, False):
+            continue
+        name = max(parameter.opts, key=len)[2:].replace("-", "_")
+        assert name in shown, (name, "shows no [default: ...]")
+        assert name in expected, (name, "has a default of its own, not the library's")
+    for name, value in expected.items():
+        if value is not None:
+            text = shown[name]
+            assert (float(text) == value if isinstance(value, float) else text == str(value)), \
+                (name, text, value)

@@ -26,12 +26,30 @@ app = typer.Typer(
 _state = {"debug": False}
 
 
+# Library calls that report on stderr: stdout holds what the command prints itself.
+_REPORTING_ON_STDERR = {"check_labels": "labels.label_review.check_labels",
+                        "predict_to_file": "inference.stream.predict_to_file",
+                        "serve": "serve.serve"}
+# Library calls that report on stdout, or on stderr with --json (stdout holds the JSON alone).
+_REPORTING = {"evaluate": "inference.evaluate.evaluate", "report": "visualize.report.build_report",
+              "export": "inference.export.export"}
+
+
+def _library_function(dotted):
+    """`smallcnn.MODULE.NAME` from 'MODULE.NAME'."""
+    import importlib
+
+    module, _, name = dotted.rpartition(".")
+    return getattr(importlib.import_module(f"smallcnn.{module}"), name)
+
+
 def _library_call(name):
     """The library function behind a command, imported only once TensorFlow is quiet."""
     if callable(name):
         return name
+    from smallcnn.cli.console import RichReporter, stderr, stdout
+
     if name == "check":
-        from smallcnn.cli.console import RichReporter
         from smallcnn.data.check import check_dataset
         from smallcnn.data.dataset import find_dataset
 
@@ -39,64 +57,34 @@ def _library_call(name):
             return check_dataset(find_dataset(data, val_split, seed, table), RichReporter())
 
         return check
-    if name in ("evaluate", "report", "export"):
-        import importlib
+    if name == "predict":
+        from smallcnn.inference.predict import load
+        from smallcnn.inference.stream import images_of
 
-        from smallcnn.cli.console import RichReporter, stderr, stdout
+        def predict(paths, model=None, listing=None, **kwargs):
+            return load(model).predict_paths(images_of(paths, listing), **kwargs)
 
-        module, function = {"evaluate": ("inference.evaluate", "evaluate"),
-                            "report": ("visualize.report", "build_report"),
-                            "export": ("inference.export", "export")}[name]
-        function = getattr(importlib.import_module(f"smallcnn.{module}"), function)
+        return predict
+    if name in _REPORTING_ON_STDERR:
+        function = _library_function(_REPORTING_ON_STDERR[name])
+        return lambda *args, **kwargs: function(*args, reporter=RichReporter(stderr), **kwargs)
+    if name in _REPORTING:
+        function = _library_function(_REPORTING[name])
 
-        def with_reporter(*args, as_json=False, **kwargs):  # --json: stdout holds the JSON alone
+        def with_reporter(*args, as_json=False, **kwargs):
             return function(*args, reporter=RichReporter(stderr if as_json else stdout), **kwargs)
 
         return with_reporter
     if name.startswith("cache."):
-        from smallcnn.runtime import cache
-
-        return getattr(cache, name.split(".", 1)[1])
+        return _library_function(f"runtime.{name}")
     if name.startswith("visualize."):
         import inspect
 
-        from smallcnn import visualize as pictures
-        from smallcnn.cli.console import RichReporter
-
-        function = getattr(pictures, name.split(".", 1)[1])
+        function = _library_function(name)
         if "reporter" not in inspect.signature(function).parameters:
             return function
         return lambda *args, **kwargs: function(*args, reporter=RichReporter(), **kwargs)
-    if name == "check_labels":
-        from smallcnn.cli.console import RichReporter, stderr
-        from smallcnn.labels.label_review import check_labels
-
-        return lambda *args, **kwargs: check_labels(*args, reporter=RichReporter(stderr),
-                                                    **kwargs)
-    if name == "predict_to_file":
-        from smallcnn.cli.console import RichReporter, stderr
-        from smallcnn.inference.stream import predict_to_file
-
-        return lambda *args, **kwargs: predict_to_file(*args, reporter=RichReporter(stderr),
-                                                       **kwargs)
-    if name == "serve":
-        from smallcnn.cli.console import RichReporter, stderr
-        from smallcnn.serve import serve
-
-        return lambda *args, **kwargs: serve(*args, reporter=RichReporter(stderr), **kwargs)
-    if name == "predict":
-        from smallcnn.inference.predict import load
-
-        def predict(paths, model=None, listing=None, **kwargs):
-            from smallcnn.inference.stream import images_of
-
-            return load(model).predict_paths(images_of(paths, listing), **kwargs)
-
-        return predict
-    from smallcnn import train
-    from smallcnn.cli.console import RichReporter
-
-    function = getattr(train, name)
+    function = _library_function(f"train.{name}")
     return lambda *args, **kwargs: function(*args, reporter=RichReporter(), **kwargs)
 
 

@@ -7,66 +7,12 @@ import typer
 from typing_extensions import Annotated
 
 from smallcnn.cli import _run, app
+from smallcnn.cli.options import Data, settings_command, shown_default
 
-Data = Annotated[
-    Path,
-    typer.Argument(
-        help="A folder of class folders, or of train/ and val/ (or validation/) folders "
-        "[and test/], each holding one folder per class; or a CSV table of labels (file "
-        "name, label, optional split).",
-        show_default=False,
-    ),
-]
-Out = Annotated[Optional[Path], typer.Option(help="Run folder to write.  \\[default: runs/<command>-<time>]", show_default=False)]
+Out = Annotated[Optional[Path], typer.Option(help="Run folder to write." + shown_default("runs/<command>-<time>"), show_default=False)]
 Overwrite = Annotated[bool, typer.Option(help="Replace a run already in --out.")]
 Resume = Annotated[Optional[Path], typer.Option(help="Continue an interrupted run in its folder, with its settings (DATA: where its data is now, if it moved).", show_default=False)]
 DataOrRun = Annotated[Optional[Path], typer.Argument(help="As for extract; with --resume, the run's data if it moved.", show_default=False)]
-
-
-def _setting_parameters(command):
-    """The command-line options of `command`, derived from the declarations in
-    `smallcnn.train.settings` (help, choices, and the default the code uses)."""
-    import inspect
-
-    from rich.markup import escape
-
-    from smallcnn.train.settings import default_text, options
-
-    parameters = []
-    for name, declared in options(command):
-        help_text = declared["help"]
-        if declared["choices"]:
-            help_text += f" One of: {', '.join(declared['choices'])}."
-        help_text += escape(f"  [default: {default_text(command, name)}]")
-        names = [declared["flag"]] if declared["flag"] else [f"--{name.replace('_', '-')}"]
-        annotation = Annotated[Optional[declared["type"]],
-                               typer.Option(*names, help=help_text, show_default=False)]
-        parameters.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY,
-                                            default=declared["default"], annotation=annotation))
-    return parameters
-
-
-def _training_command(command, run):
-    """Registers `command`: the parameters of `run(settings, **others)` that are not
-    settings, then every setting the command takes."""
-    import inspect
-
-    from smallcnn.train.settings import Settings, options
-
-    names = [name for name, _ in options(command)]
-    own = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY)
-           for p in list(inspect.signature(run).parameters.values())[1:]]
-
-    def function(**values):
-        settings = Settings(**{name: values.pop(name) for name in names})
-        run(settings, **values)
-
-    parameters = own + _setting_parameters(command)
-    function.__signature__ = inspect.Signature(parameters)
-    function.__annotations__ = {p.name: p.annotation for p in parameters}
-    function.__doc__ = run.__doc__
-    function.__name__ = command
-    app.command(command)(function)
 
 
 def _report(result):
@@ -131,4 +77,4 @@ def finetune(
 
 
 for _command, _function in (("extract", extract), ("train", train), ("finetune", finetune)):
-    _training_command(_command, _function)
+    settings_command(app, _command, _function)

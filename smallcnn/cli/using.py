@@ -9,53 +9,44 @@ import typer
 from typing_extensions import Annotated
 
 from smallcnn.cli import _run, app
-from smallcnn.cli.training import Data
-from smallcnn.data.table import TABLE_DEFAULTS, TABLE_HELP, TableOptions
-from smallcnn.inference.export import QUANTIZATIONS, SUPPORTED
-from smallcnn.inference.tta import DEFAULT_VIEWS, VIEWS
+from smallcnn.cli.options import (
+    AsJson,
+    Data,
+    Images,
+    LabelColumn,
+    Labels,
+    ModelArgument,
+    ModelOption,
+    PathColumn,
+    RunArgument,
+    SplitColumn,
+    Tta,
+    TtaViews,
+    settings_command,
+    shown_default,
+    tta_of,
+)
+from smallcnn.data.table import TableOptions
+from smallcnn.inference.classifier import BATCH_SIZE, TOP_K
+from smallcnn.inference.evaluate import SPLITS, TOP_WRONG
+from smallcnn.inference.export import DEFAULT_FORMAT, DEFAULT_QUANTIZE, QUANTIZATIONS, SUPPORTED
 from smallcnn.labels.label_issues import FOLDS
-from smallcnn.model.bases import BASES, DEFAULT_BASE
 from smallcnn.runtime.formats import FORMATS
-from smallcnn.serve.app import ServeSettings
+from smallcnn.serve.settings import ServeSettings
+from smallcnn.visualize.report import REPORT_FILE
 
 SERVE = ServeSettings()
-
-Seed = Annotated[int, typer.Option(help="Random seed of the validation split.")]
-ValSplit = Annotated[float, typer.Option(help="Fraction of each class held out for validation when DATA has no validation folder.")]
-BatchSize = Annotated[int, typer.Option(help="Images per batch.")]
-Tta = Annotated[bool, typer.Option("--tta", help=f"Average the probabilities over {DEFAULT_VIEWS} views of each image: {', '.join(VIEWS[:DEFAULT_VIEWS])} (test-time augmentation).")]
-TtaViews = Annotated[Optional[int], typer.Option("--tta-views", help=f"Test-time augmentation over this many views (1-{len(VIEWS)}: {', '.join(VIEWS)}, in that order).", show_default=False)]
-
-
-def _tta(tta, views):
-    return views if views is not None else tta
+# What check takes of the training settings: the split, and the base of --label-issues.
+CHECK_SETTINGS = ("val_split", "seed", "labels", "images", "path_column", "label_column",
+                  "split_column", "base")
 _BY_FORMAT = ", ".join(f"{format} {'/'.join(kinds)}" for format, kinds in SUPPORTED.items())
 
 
-def _table_option(name):
-    return Annotated[Optional[str], typer.Option(
-        f"--{name.replace('_', '-')}", show_default=False,
-        help=f"{TABLE_HELP[name]}  \\[default: {TABLE_DEFAULTS[name]}]")]
-
-
-Labels, Images = _table_option("labels"), _table_option("images")
-PathColumn, LabelColumn = _table_option("path_column"), _table_option("label_column")
-SplitColumn = _table_option("split_column")
-
-
-@app.command()
 def check(
+    settings,
     data: Data,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the report as one JSON document on stdout.")] = False,
-    val_split: ValSplit = 0.2,
-    seed: Seed = 42,
-    labels: Labels = None,
-    images: Images = None,
-    path_column: PathColumn = None,
-    label_column: LabelColumn = None,
-    split_column: SplitColumn = None,
-    label_issues: Annotated[bool, typer.Option("--label-issues", help="Also find likely label errors and outliers among train and val, from out-of-fold predictions of extract's head on the base's features (computed and cached as extract does).")] = False,
-    base: Annotated[Optional[str], typer.Option(help=f"Conv base for --label-issues. One of: {', '.join(BASES)}.  \\[default: {DEFAULT_BASE}]", show_default=False)] = None,
+    as_json: AsJson = False,
+    label_issues: Annotated[bool, typer.Option("--label-issues", help="Also find likely label errors and outliers among train and val, from out-of-fold predictions of extract's head on the base's features (computed and cached as extract does; --base chooses the base).")] = False,
     folds: Annotated[int, typer.Option(help="Folds of the out-of-fold predictions (--label-issues).")] = FOLDS,
     html_out: Annotated[Optional[Path], typer.Option("--html", help="With --label-issues: write a page showing each flagged image beside its nearest images of the given and the suggested class.", show_default=False)] = None,
     fix: Annotated[Optional[Path], typer.Option(help="With --label-issues and --accept: write a corrected copy of the data set (or table) into this new folder; DATA is never changed.", show_default=False)] = None,
@@ -68,12 +59,12 @@ def check(
     """
     from smallcnn.cli.console import check_tables, label_issue_tables, stderr, stdout
 
-    table = TableOptions(labels, images, path_column, label_column, split_column)
+    table = TableOptions.of(settings)
     if (html_out or fix or accept) and not label_issues:
         stderr.print("[bold red]error:[/bold red] --html, --fix and --accept go with "
                      "--label-issues.", soft_wrap=True)
         raise typer.Exit(2)
-    report = _run("check", data, val_split, seed, table, tensorflow=False)
+    report = _run("check", data, settings.val_split, settings.seed, table, tensorflow=False)
     document = report.to_dict()
     if not as_json:
         stdout.print(check_tables(report))
@@ -83,9 +74,6 @@ def check(
         stderr.print(f"[bold red]error:[/bold red] {report.reason}", soft_wrap=True)
         raise typer.Exit(3)
     if label_issues:
-        from smallcnn.train import Settings
-
-        settings = Settings(base=base, val_split=val_split, seed=seed)
         found, dataset, written = _run("check_labels", data, settings, table, folds,
                                        html_out=html_out, fix=fix, accept=accept,
                                        tensorflow=False)
@@ -98,15 +86,18 @@ def check(
         sys.stdout.write(json.dumps(document, indent=2) + "\n")
 
 
+settings_command(app, "check", check, CHECK_SETTINGS)
+
+
 @app.command()
 def predict(
     images: Annotated[Optional[List[Path]], typer.Argument(help="Image files or folders.", show_default=False)] = None,
-    model: Annotated[Optional[Path], typer.Option("--model", help="Run folder (or its model.keras), or an exported .tflite, .onnx, .keras file or SavedModel folder.  \\[default: the most recent run in ./runs]", show_default=False)] = None,
-    top_k: Annotated[int, typer.Option("--top-k", help="Classes to show per image.")] = 3,
-    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout.")] = False,
+    model: ModelOption = None,
+    top_k: Annotated[int, typer.Option("--top-k", help="Classes to show per image.")] = TOP_K,
+    as_json: AsJson = False,
     jsonl: Annotated[Optional[Path], typer.Option("--jsonl", help="Write one JSON line per image to this file as it goes (any number of images, in the memory of a few hundred); a rerun predicts only the images it has no line for. A file of anything else, a damaged line, another model's lines, the --list file or an image are refused and left as they are.", show_default=False)] = None,
     listing: Annotated[Optional[Path], typer.Option("--list", help="Also predict the images listed in this file, one path per line; an image named twice (a.jpg, ./a.jpg) is predicted once.", show_default=False)] = None,
-    batch_size: BatchSize = 32,
+    batch_size: Annotated[int, typer.Option(help="Images per batch.")] = BATCH_SIZE,
     tta: Tta = False,
     tta_views: TtaViews = None,
 ):
@@ -116,7 +107,7 @@ def predict(
     images = [str(p) for p in images or []]
     if jsonl is not None:
         counts, engine = _run("predict_to_file", images, jsonl, model=model, listing=listing,
-                              top_k=top_k, batch_size=batch_size, tta=_tta(tta, tta_views),
+                              top_k=top_k, batch_size=batch_size, tta=tta_of(tta, tta_views),
                               tensorflow=False)
         stderr.print(f"{jsonl}: {counts['written']} predicted, {counts['unreadable']} unreadable "
                      f"(error lines), {counts['skipped']} already there; engine: {engine}",
@@ -125,7 +116,7 @@ def predict(
     # TensorFlow is imported only if the model needs it: not for .tflite or .onnx files,
     # nor for a run whose LiteRT conversion is cached.
     predictions, failures = _run("predict", images, model=model, listing=listing,
-                                 top_k=top_k, batch_size=batch_size, tta=_tta(tta, tta_views),
+                                 top_k=top_k, batch_size=batch_size, tta=tta_of(tta, tta_views),
                                  tensorflow=False)
     if as_json:
         sys.stdout.write(json.dumps([p.to_dict() for p in predictions], indent=2) + "\n")
@@ -139,16 +130,13 @@ def predict(
         raise typer.Exit(failures[0].exit_code)
 
 
-RunArgument = Annotated[Optional[Path], typer.Argument(help="Run folder.  \\[default: the most recent run in ./runs]", show_default=False)]
-
-
 @app.command()
 def evaluate(
     run: RunArgument = None,
-    data: Annotated[Optional[Path], typer.Argument(help="A data folder with the model's classes.  \\[default: the run's]", show_default=False)] = None,
-    split: Annotated[str, typer.Option("--split", help="val, test or train.")] = "val",
-    top: Annotated[int, typer.Option("--top", help="How many of the most confidently wrong images to list.")] = 10,
-    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout.")] = False,
+    data: Annotated[Optional[Path], typer.Argument(help="A data folder with the model's classes." + shown_default("the run's"), show_default=False)] = None,
+    split: Annotated[str, typer.Option("--split", help=f"One of: {', '.join(SPLITS)}.")] = SPLITS[0],
+    top: Annotated[int, typer.Option("--top", help="How many of the most confidently wrong images to list.")] = TOP_WRONG,
+    as_json: AsJson = False,
     labels: Labels = None,
     images: Images = None,
     path_column: PathColumn = None,
@@ -162,7 +150,7 @@ def evaluate(
 
     table = TableOptions(labels, images, path_column, label_column, split_column)
     result = _run("evaluate", run, data, split=split, top_wrong=top, as_json=as_json,
-                  table=table, tta=_tta(tta, tta_views))
+                  table=table, tta=tta_of(tta, tta_views))
     if as_json:
         sys.stdout.write(json.dumps(result.to_dict(), indent=2) + "\n")
         return
@@ -174,7 +162,7 @@ def evaluate(
 def report(
     run: RunArgument = None,
     data: Annotated[Optional[Path], typer.Option("--data", help="The run's data folder, if it has moved.", show_default=False)] = None,
-    out: Annotated[Optional[Path], typer.Option("--out", help="HTML file to write.  \\[default: RUN/report.html]", show_default=False)] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", help="HTML file to write." + shown_default(f"RUN/{REPORT_FILE}"), show_default=False)] = None,
 ):
     """One self-contained HTML page: data, curves, per-class metrics, confusion matrix, mistakes with Grad-CAM."""
     from smallcnn.cli.console import stdout
@@ -185,7 +173,7 @@ def report(
 
 @app.command()
 def serve(
-    model: Annotated[Optional[Path], typer.Argument(help="Run folder (or its model.keras), or an exported .tflite, .onnx, .keras file or SavedModel folder.  \\[default: the most recent run in ./runs]", show_default=False)] = None,
+    model: ModelArgument = None,
     host: Annotated[str, typer.Option(help="Address to listen on; another than this machine's own is served without authentication unless --token is given.")] = SERVE.host,
     port: Annotated[int, typer.Option(help="Port to listen on.")] = SERVE.port,
     token: Annotated[Optional[str], typer.Option(help="Require 'Authorization: Bearer TOKEN' on the API (not on the page or /health); printable ASCII, no spaces.", show_default=False)] = None,
@@ -214,13 +202,13 @@ def serve(
 
 @app.command("export")
 def export_command(
-    run: Annotated[Optional[Path], typer.Argument(help="Run folder.  \\[default: the most recent run in ./runs]", show_default=False)] = None,
-    format: Annotated[str, typer.Option("--format", help=f"One of: {', '.join(FORMATS)}.")] = "tflite",
-    quantize: Annotated[str, typer.Option("--quantize", help=f"One of: {', '.join(QUANTIZATIONS)} (by format: {_BY_FORMAT}); int8 calibrates on training images.")] = "none",
-    out: Annotated[Optional[Path], typer.Option("--out", help="File (or folder) to write.  \\[default: RUN/export/model[-QUANTIZE].EXT]", show_default=False)] = None,
+    run: RunArgument = None,
+    format: Annotated[str, typer.Option("--format", help=f"One of: {', '.join(FORMATS)}.")] = DEFAULT_FORMAT,
+    quantize: Annotated[str, typer.Option("--quantize", help=f"One of: {', '.join(QUANTIZATIONS)} (by format: {_BY_FORMAT}); int8 calibrates on training images.")] = DEFAULT_QUANTIZE,
+    out: Annotated[Optional[Path], typer.Option("--out", help="File (or folder) to write." + shown_default("RUN/export/model[-QUANTIZE].EXT"), show_default=False)] = None,
     data: Annotated[Optional[Path], typer.Option("--data", help="The run's data folder, if it has moved (the export is checked on its validation images).", show_default=False)] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing export.")] = False,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the result as one JSON document on stdout.")] = False,
+    as_json: AsJson = False,
 ):
     """Export a trained model (raw RGB pixels in, probabilities out), checked against the run's model.
 
@@ -248,7 +236,7 @@ app.add_typer(cache_app, name="cache")
 
 @cache_app.command("info")
 def cache_info(
-    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout.")] = False,
+    as_json: AsJson = False,
 ):
     """Where the cache is, what each part holds, and its cap (SMALLCNN_CACHE_MAX_GB, default 5)."""
     from smallcnn.cli.console import cache_table, stdout
@@ -262,7 +250,7 @@ def cache_info(
 
 @cache_app.command("clear")
 def cache_clear(
-    part: Annotated[Optional[str], typer.Argument(help="Clear only this part: features, engines, templates or scans.  \\[default: all]", show_default=False)] = None,
+    part: Annotated[Optional[str], typer.Argument(help="Clear only this part: features, engines, templates or scans." + shown_default("all"), show_default=False)] = None,
 ):
     """Delete the cache (or one part of it); everything in it is rebuilt when needed."""
     from smallcnn.cli.console import stdout

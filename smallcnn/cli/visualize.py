@@ -7,15 +7,16 @@ import typer
 from typing_extensions import Annotated
 
 from smallcnn.cli import _run, app
-from smallcnn.visualize.common import PICTURE_BASE
+from smallcnn.cli.options import RunOption, shown_default
+from smallcnn.visualize.common import PICTURE_BASE, VISUALIZE_DIR
+from smallcnn.visualize.maps import CHANNELS, FILTER_STEPS, FILTERS, LAYERS
 from smallcnn.visualize.dream import DreamSettings
 from smallcnn.visualize.style import StyleSettings
 
-ModelOption = Annotated[Optional[Path], typer.Option("--model", help="Run folder.  \\[default: the most recent run in ./runs]", show_default=False)]
-VisualizeOut = Annotated[Optional[Path], typer.Option("--out", help="Folder for the pictures.  \\[default: RUN/visualize]", show_default=False)]
+VisualizeOut = Annotated[Optional[Path], typer.Option("--out", help="Folder for the pictures." + shown_default(f"RUN/{VISUALIZE_DIR}"), show_default=False)]
 RunModel = Annotated[Optional[Path], typer.Option("--model", help="A run folder: use its base, with the run's (fine-tuned) weights.", show_default=False)]
-PictureBase = Annotated[Optional[str], typer.Option("--base", help=f"A base of the registry, with its ImageNet weights.  \\[default: {PICTURE_BASE}, when no --model]", show_default=False)]
-PictureWeights = Annotated[Optional[str], typer.Option("--weights", help="'imagenet' or a weights file of --base.  \\[default: imagenet]", show_default=False)]
+PictureBase = Annotated[Optional[str], typer.Option("--base", help="A base of the registry, with its ImageNet weights." + shown_default(f"{PICTURE_BASE}, when no --model"), show_default=False)]
+PictureWeights = Annotated[Optional[str], typer.Option("--weights", help="'imagenet' or a weights file of --base." + shown_default("imagenet"), show_default=False)]
 DREAM, STYLE = DreamSettings(), StyleSettings()
 
 visualize_app = typer.Typer(help="Pictures of what a convnet learned: Grad-CAM, activations, filters, "
@@ -32,8 +33,8 @@ def _pictures(pictures):
 @visualize_app.command("gradcam")
 def visualize_gradcam(
     images: Annotated[List[Path], typer.Argument(help="Image files or folders.", show_default=False)],
-    model: ModelOption = None,
-    class_name: Annotated[Optional[str], typer.Option("--class", help="Class to explain.  \\[default: the predicted one]", show_default=False)] = None,
+    model: RunOption = None,
+    class_name: Annotated[Optional[str], typer.Option("--class", help="Class to explain." + shown_default("the predicted one"), show_default=False)] = None,
     out: VisualizeOut = None,
 ):
     """Grad-CAM heatmap over each image: which part made the decision (from the base's last conv layer)."""
@@ -44,9 +45,9 @@ def visualize_gradcam(
 @visualize_app.command("activations")
 def visualize_activations(
     image: Annotated[Path, typer.Argument(help="An image file.", show_default=False)],
-    model: ModelOption = None,
-    layer: Annotated[Optional[List[str]], typer.Option("--layer", help="Base layer to show (repeatable).  \\[default: 4 conv layers from first to last]", show_default=False)] = None,
-    channels: Annotated[int, typer.Option("--channels", help="Feature maps to show per layer.")] = 32,
+    model: RunOption = None,
+    layer: Annotated[Optional[List[str]], typer.Option("--layer", help="Base layer to show (repeatable)." + shown_default(f"{LAYERS} conv layers from first to last"), show_default=False)] = None,
+    channels: Annotated[int, typer.Option("--channels", help="Feature maps to show per layer.")] = CHANNELS,
     out: VisualizeOut = None,
 ):
     """A grid of the feature maps that chosen layers of the base compute for one image."""
@@ -56,10 +57,10 @@ def visualize_activations(
 
 @visualize_app.command("filters")
 def visualize_filters(
-    model: ModelOption = None,
+    model: RunOption = None,
     layer: Annotated[Optional[str], typer.Option("--layer", help="A conv layer of the base.", show_default=False)] = None,
-    count: Annotated[int, typer.Option("--filters", help="How many filters (the first N).")] = 16,
-    steps: Annotated[int, typer.Option("--steps", help="Gradient-ascent steps.")] = 30,
+    count: Annotated[int, typer.Option("--filters", help="How many filters (the first N).")] = FILTERS,
+    steps: Annotated[int, typer.Option("--steps", help="Gradient-ascent steps.")] = FILTER_STEPS,
     out: VisualizeOut = None,
 ):
     """The input patterns that maximise each filter of a conv layer (gradient ascent on the input)."""
@@ -75,7 +76,7 @@ def visualize_dream(
     model: RunModel = None,
     base: PictureBase = None,
     weights: PictureWeights = None,
-    layer: Annotated[Optional[List[str]], typer.Option("--layer", help="Base layer whose activations to maximise (repeatable).  \\[default: the base's dream layers in the registry]", show_default=False)] = None,
+    layer: Annotated[Optional[List[str]], typer.Option("--layer", help="Base layer whose activations to maximise (repeatable)." + shown_default("the base's dream layers in the registry"), show_default=False)] = None,
     octaves: Annotated[int, typer.Option(help="Scales to dream at, smallest first.")] = DREAM.octaves,
     octave_scale: Annotated[float, typer.Option(help="Size ratio between octaves.")] = DREAM.octave_scale,
     steps: Annotated[int, typer.Option(help="Gradient-ascent steps per octave.")] = DREAM.steps,
@@ -83,7 +84,7 @@ def visualize_dream(
     size: Annotated[int, typer.Option(help="Longer side of the dream, in pixels.")] = DREAM.size,
     seed: Annotated[int, typer.Option(help="Seed of the random shifts.")] = DREAM.seed,
     frames: Annotated[bool, typer.Option("--frames", help="Also save the image at the end of each octave.")] = False,
-    out: Annotated[Optional[Path], typer.Option("--out", help="Picture to write (.png, .jpg, .webp).  \\[default: IMAGE-dream.png here]", show_default=False)] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", help="Picture to write (.png, .jpg, .webp)." + shown_default("IMAGE-dream.png here"), show_default=False)] = None,
 ):
     """DeepDream: gradient ascent on the image to maximise whole layers' activations, octave by octave."""
     from smallcnn.cli.console import stdout
@@ -105,15 +106,15 @@ def visualize_style(
     model: RunModel = None,
     base: PictureBase = None,
     weights: PictureWeights = None,
-    content_layer: Annotated[Optional[str], typer.Option(help="Base layer that holds the content.  \\[default: the registry's, per base]", show_default=False)] = None,
-    style_layer: Annotated[Optional[List[str]], typer.Option("--style-layer", help="Base layer whose Gram matrix is part of the style (repeatable).  \\[default: the registry's, per base]", show_default=False)] = None,
+    content_layer: Annotated[Optional[str], typer.Option(help="Base layer that holds the content." + shown_default("the registry's, per base"), show_default=False)] = None,
+    style_layer: Annotated[Optional[List[str]], typer.Option("--style-layer", help="Base layer whose Gram matrix is part of the style (repeatable)." + shown_default("the registry's, per base"), show_default=False)] = None,
     steps: Annotated[int, typer.Option(help="Optimisation steps.")] = STYLE.steps,
     size: Annotated[int, typer.Option(help="Longer side of the result (and of the style image), in pixels.")] = STYLE.size,
     content_weight: Annotated[float, typer.Option(help="Weight of the content loss (relative to the content image's features).")] = STYLE.content_weight,
     style_weight: Annotated[float, typer.Option(help="Weight of the style loss (relative to the style image's Gram matrices).")] = STYLE.style_weight,
     tv_weight: Annotated[float, typer.Option(help="Weight of the total variation (relative to the content image's): smoothness.")] = STYLE.tv_weight,
     learning_rate: Annotated[float, typer.Option(help="Adam's step size.")] = STYLE.learning_rate,
-    out: Annotated[Optional[Path], typer.Option("--out", help="Picture to write (.png, .jpg, .webp).  \\[default: CONTENT-in-STYLE.png here]", show_default=False)] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", help="Picture to write (.png, .jpg, .webp)." + shown_default("CONTENT-in-STYLE.png here"), show_default=False)] = None,
 ):
     """Neural style transfer (Gatys et al.): CONTENT rendered in the style of STYLE."""
     from smallcnn.cli.console import stdout

@@ -11,6 +11,8 @@ from smallcnn.model import runs
 from smallcnn.progress import Reporter
 
 CONFUSION_FILE = "confusion.png"
+SPLITS = ("val", "test", "train")  # what --split takes; the first is the default
+TOP_WRONG = 10  # the most confidently wrong images listed
 
 
 @dataclasses.dataclass
@@ -55,7 +57,7 @@ def scores(true, predicted, num_classes):
     return matrix, rows
 
 
-def split_of(config, data=None, split="val", table=None):
+def split_of(config, data=None, split=SPLITS[0], table=None):
     """The data set of a run (or `data`) and its split to evaluate on."""
     from smallcnn.data.dataset import dataset_of_run
 
@@ -66,14 +68,14 @@ def split_of(config, data=None, split="val", table=None):
     return dataset, dataset.splits[split]
 
 
-def evaluate(run=None, data=None, split="val", top_wrong=12, out=None, reporter=None,
-             classifier=None, table=None, tta=False):
+def evaluate(run=None, data=None, split=SPLITS[0], top_wrong=TOP_WRONG, out=None,
+             reporter=None, classifier=None, table=None, tta=False):
     """Evaluates a run's model on a split of its data set (or of `data`).
 
     Args:
         run: a run folder; default the most recent run.
         data: a data folder with the model's classes; default the one the run trained on.
-        split: 'val', 'test' or 'train'.
+        split: one of `SPLITS`: 'val', 'test' or 'train'.
         top_wrong: how many of the most confidently wrong images to list.
         out: folder for confusion.png; default the run folder.
         table: a `smallcnn.data.table.TableOptions` for `data` given as a table (or a folder
@@ -89,8 +91,8 @@ def evaluate(run=None, data=None, split="val", top_wrong=12, out=None, reporter=
     from smallcnn.runtime.plots import confusion_figure, save_figure
 
     reporter = reporter or Reporter()
-    if split not in ("train", "val", "test"):
-        raise UsageError(f"--split must be val, test or train. Received: {split!r}")
+    if split not in SPLITS:
+        raise UsageError(f"--split must be one of: {', '.join(SPLITS)}. Received: {split!r}")
     if classifier is None:
         classifier = load_run(run)
     run_dir = classifier.run_dir

@@ -36,6 +36,8 @@ from smallcnn.runtime.formats import (
 )
 
 QUANTIZATIONS = ("none", "float16", "int8")
+DEFAULT_FORMAT = "tflite"  # runs anywhere LiteRT does, without TensorFlow
+DEFAULT_QUANTIZE = QUANTIZATIONS[0]
 # Which quantizations each format offers.
 SUPPORTED = {"keras": ("none",), "savedmodel": ("none",), "tflite": QUANTIZATIONS,
              "onnx": QUANTIZATIONS}
@@ -275,8 +277,8 @@ def _latency_ms(runtime, image, repeats=20):
     return float(np.median(times) * 1000)
 
 
-def export(run=None, format="tflite", quantize="none", out=None, data=None, overwrite=False,
-           reporter=None):
+def export(run=None, format=DEFAULT_FORMAT, quantize=DEFAULT_QUANTIZE, out=None, data=None,
+           overwrite=False, reporter=None):
     """Exports a run's model, checks it against the Keras model, and writes its contract.
 
     Args:

@@ -19,6 +19,10 @@ from smallcnn.visualize.common import (
     out_dir,
 )
 
+LAYERS = 4  # conv layers shown without --layer, spread from the first to the last
+CHANNELS = 32  # feature maps shown per layer (visualize activations --channels)
+FILTERS, FILTER_STEPS = 16, 30  # visualize filters --filters and --steps
+
 
 def _conv_layers(base):
     """The base's convolutions and activations, in order."""
@@ -26,7 +30,7 @@ def _conv_layers(base):
             ("Conv2D", "DepthwiseConv2D", "SeparableConv2D", "ReLU", "Activation")]
 
 
-def default_layers(base, count=4):
+def default_layers(base, count=LAYERS):
     """`count` conv layers spread evenly from the first to the last."""
     layers = [l for l in _conv_layers(base) if type(l).__name__ != "Activation"] or \
         _conv_layers(base)
@@ -36,7 +40,7 @@ def default_layers(base, count=4):
     return [layers[i].name for i in picks]
 
 
-def activations(path, model=None, layers=None, channels=32, out=None):
+def activations(path, model=None, layers=None, channels=CHANNELS, out=None):
     """Writes one grid per layer of the feature maps of one image (each map scaled alone).
 
     Returns:
@@ -74,7 +78,7 @@ def activations(path, model=None, layers=None, channels=32, out=None):
     return pictures
 
 
-def filter_patterns(classifier, layer_name, filters=16, steps=30, seed=0):
+def filter_patterns(classifier, layer_name, filters=FILTERS, steps=FILTER_STEPS, seed=0):
     """Input patterns that maximise each of the first `filters` filters of a layer, found
     by gradient ascent on the pixels (all filters at once, one image each).
 
@@ -121,7 +125,7 @@ def filter_patterns(classifier, layer_name, filters=16, steps=30, seed=0):
     return images, reached.numpy()
 
 
-def filters(model=None, layer=None, count=16, steps=30, out=None):
+def filters(model=None, layer=None, count=FILTERS, steps=FILTER_STEPS, out=None):
     """Writes a grid of the patterns that maximise the first `count` filters of a layer."""
     from smallcnn.inference.predict import load_run
     from smallcnn.runtime.plots import grid_figure, save_figure
