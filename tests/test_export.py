@@ -11,7 +11,13 @@ import numpy as np
 import pytest
 from conftest import invoke
 
-from smallcnn.inference.export import MIN_AGREEMENT, SUPPORTED
+from smallcnn.inference.export import (
+    DEFAULT_FORMAT,
+    DEFAULT_QUANTIZE,
+    MIN_AGREEMENT,
+    SUPPORTED,
+    default_output,
+)
 
 CASES = [(f, q) for f, quantizations in SUPPORTED.items() for q in quantizations]
 
@@ -62,7 +68,8 @@ def test_default_output_and_predict_with_a_tflite_file(trained, tmp_path):
     shutil.copytree(run, copy)
     result = invoke("export", copy)
     assert result.exit_code == 0, result.output
-    model = copy / "export" / "model.tflite"
+    model = default_output(copy, DEFAULT_FORMAT, DEFAULT_QUANTIZE)
+    assert model.parent == copy / "export"
     assert model.is_file() and "agreement" in result.output
     images = sorted((data / "val" / "green").iterdir())[:4]
     predicted = invoke("predict", *images, "--model", model, "--json")
