@@ -24,6 +24,7 @@ import numpy as np
 
 from smallcnn import __version__
 from smallcnn.errors import DataError, ModelError, UsageError
+from smallcnn.inference.classifier import BATCH_SIZE
 from smallcnn.model import runs
 from smallcnn.model.bases import BASES
 from smallcnn.progress import Reporter
@@ -239,7 +240,7 @@ def _write_checked(model, temp, format, quantize, calibration, val, reference):
     model's probabilities, too rarely. Returns what it measured."""
     _write(model, temp, format, quantize, calibration)
     runtime = open_model(temp, format)
-    exported = run_batches(runtime, val, batch_size=8 if format == "tflite" else 32)
+    exported = run_batches(runtime, val, batch_size=8 if format == "tflite" else BATCH_SIZE)
     agreement = float(np.mean(exported.argmax(1) == reference.argmax(1)))
     difference = float(np.abs(exported - reference).max())
     latency = _latency_ms(runtime, val[:1])
@@ -321,9 +322,9 @@ def export(run=None, format=DEFAULT_FORMAT, quantize=DEFAULT_QUANTIZE, out=None,
     val, val_labels, calibration = _verification_images(config, data, reporter)
     if not len(val):
         raise DataError("The run's validation split has no readable image to check the export on.")
-    reference = np.concatenate([np.asarray(model(val[i : i + 32].astype("float32"),
+    reference = np.concatenate([np.asarray(model(val[i : i + BATCH_SIZE].astype("float32"),
                                                  training=False))
-                                for i in range(0, len(val), 32)])
+                                for i in range(0, len(val), BATCH_SIZE)])
     portable = portable_model(model, config)
 
     reporter.note(f"Exporting {format}" + ("" if quantize == "none" else f" ({quantize})")
