@@ -1,7 +1,8 @@
 """The `smallcnn` command: parse, call one library function, print.
 
 Library errors (`SmallcnnError`) become one line on stderr and the exit code of
-their class; a traceback is shown only with --debug.
+their class; a traceback is shown only with --debug. The CLI is the top of the package: it
+may import every other part, and none imports it.
 """
 
 import warnings

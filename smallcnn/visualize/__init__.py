@@ -7,7 +7,8 @@
     smallcnn visualize style CONTENT STYLE               neural style transfer (style.py)
 
 Each module computes arrays (usable from a notebook) and has a function that writes the
-pictures for its command.
+pictures for its command; `report.py` is the HTML report of a run. It may import
+`inference` (a run's classifier, evaluation), `model`, `data` and `runtime`.
 """
 
 from smallcnn.visualize.common import Picture, open_backbone
