@@ -1,4 +1,4 @@
-"""Writes the ImageNet weights that smallcnn ships (smallcnn/weights/*.f16.npz) from the
+"""Writes the ImageNet weights that smallcnn ships (smallcnn/model/weights/*.f16.npz) from the
 originals in ../shared/weights (see their README for provenance and licences).
 
 Each file holds, for every layer of the base with weights, in the model's order, the

@@ -4,7 +4,7 @@ Each entry carries its own defaults, the way timm's model registry does: the
 constructor, the preprocessing its weights expect, its default image size, the width
 of its pooled features, the name of its last convolutional layer (for Grad-CAM) and
 where its ImageNet weights come from. Three bases ship their ImageNet weights in the
-package (smallcnn/weights, provenance in the README) and work offline.
+package (smallcnn/model/weights, provenance in the README) and work offline.
 """
 
 import dataclasses
