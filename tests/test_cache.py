@@ -5,6 +5,7 @@ import os
 import time
 
 import numpy as np
+import pytest
 
 from conftest import invoke
 from smallcnn.runtime import cache
@@ -81,6 +82,7 @@ def test_cache_info_and_clear_from_the_command_line():
     assert refused.exit_code == 2 and "Unknown cache part 'everything'" in refused.output
 
 
+@pytest.mark.heavy
 def test_extract_heals_damaged_features_templates_and_engines(tiny_data, base_weights_file):
     args = ["extract", tiny_data, "--base", "mobilenet_v2", "--weights", base_weights_file, "--image-size", "32", *FAST]
     first = invoke(*args)

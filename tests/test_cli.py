@@ -117,6 +117,7 @@ def test_predict_with_a_cached_conversion_needs_no_tensorflow(tmp_path):
     assert got["probability"] == pytest.approx(expected[str(image)]["probability"], abs=1e-5)
 
 
+@pytest.mark.heavy
 def test_a_train_run_predicts_without_tensorflow_from_the_first_image(tiny_data, monkeypatch):
     from smallcnn.data.images import load_image
     from smallcnn.inference.predict import load
@@ -183,6 +184,7 @@ def test_extract_features_follow_the_files_content(tmp_path, base_weights_file):
     assert "val: 24 feature vectors from the cache" in fourth.output
 
 
+@pytest.mark.heavy
 def test_a_cold_extract_prepares_the_base_in_a_helper_and_imports_no_tensorflow(
         tiny_data, base_weights_file, monkeypatch, tmp_path):
     """With an empty cache, a helper process imports TensorFlow and converts the base while
@@ -204,6 +206,7 @@ def test_a_cold_extract_prepares_the_base_in_a_helper_and_imports_no_tensorflow(
     assert helped["val_accuracy"] == itself["val_accuracy"]
 
 
+@pytest.mark.heavy
 def test_a_failed_helper_is_reported_and_the_run_prepares_the_base_itself(tiny_data,
                                                                          base_weights_file,
                                                                          monkeypatch):
@@ -280,6 +283,7 @@ def test_a_missing_data_folder_is_refused_before_tensorflow_is_imported(command,
     assert imported == []  # told in a second, not after TensorFlow's start-up
 
 
+@pytest.mark.heavy
 def test_a_new_data_set_with_the_base_cached_needs_no_tensorflow(tiny_data, base_weights_file,
                                                                   tmp_path):
     """The base's conversion and the model template are cached by the first data set: a
@@ -295,6 +299,7 @@ def test_a_new_data_set_with_the_base_cached_needs_no_tensorflow(tiny_data, base
     assert metrics["engine"] == "litert" and "import" not in metrics["timings"]
 
 
+@pytest.mark.heavy
 def test_a_warm_extract_needs_no_tensorflow_and_saves_the_same_model(tiny_data, base_weights_file):
     import keras
     from PIL import Image
@@ -336,6 +341,7 @@ def test_a_warm_extract_needs_no_tensorflow_and_saves_the_same_model(tiny_data, 
     assert done.stdout.split("\n")[-2] == "(1, 2) False"
 
 
+@pytest.mark.heavy
 @pytest.mark.parametrize("command", [["extract"], ["train", "--freeze"]])
 def test_a_frozen_base_run_predicts_without_tensorflow_until_its_model_changes(
         command, tiny_data, base_weights_file, monkeypatch):
@@ -388,6 +394,7 @@ def _file_weights(path):
     return base.name, {l.name: [w.numpy() for w in l.weights] for l in base.layers if l.weights}
 
 
+@pytest.mark.heavy
 def test_train_freeze_keeps_base_and_finetune_changes_only_unfrozen_layers(
     tiny_data, base_weights_file
 ):

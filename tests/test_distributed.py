@@ -11,6 +11,8 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from smallcnn.model import runs
 from smallcnn.train import Settings
 
@@ -41,6 +43,7 @@ print(json.dumps({"run_dir": str(result.run_dir) if result.run_dir else None,
                   "interrupted": result.interrupted}))
 """
 SMALL = dict(base="small", image_size=32, batch_size=8, seed=3)
+pytestmark = pytest.mark.cluster  # fresh processes each, minutes in all
 
 
 def free_ports(count):

@@ -80,6 +80,7 @@ def test_same_seed_same_dream(backbone):
     assert not np.array_equal(first, other)
 
 
+@pytest.mark.heavy
 def test_style_transfer_moves_the_gram_matrices_to_the_style(backbone):
     import tensorflow as tf
 
@@ -176,6 +177,7 @@ def test_dream_and_style_refuse_bad_input_before_any_work(tmp_path):
 
 
 
+@pytest.mark.heavy
 def test_the_python_api_returns_arrays_for_files_and_arrays(tmp_path):
     from smallcnn import visualize
 

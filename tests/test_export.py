@@ -87,6 +87,7 @@ def _fresh_python(code):
     return process.stdout.strip().splitlines()[-1]
 
 
+@pytest.mark.heavy
 @pytest.mark.parametrize("format, runtime_code", [
     ("tflite", """
         from ai_edge_litert.interpreter import Interpreter
@@ -231,6 +232,7 @@ def test_predict_refuses_an_exported_model_without_labels(trained, tmp_path):
     assert result.exit_code == 4 and "labels.txt" in result.output
 
 
+@pytest.mark.heavy
 @pytest.mark.parametrize("umask", [0o022, 0o077])
 def test_files_written_for_the_user_get_the_usual_permissions(tiny_data, base_weights_file,
                                                               tmp_path, umask):

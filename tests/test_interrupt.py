@@ -17,6 +17,7 @@ from conftest import invoke, make_dataset
 from smallcnn.model import runs
 
 
+@pytest.mark.heavy
 def test_sigint_saves_a_loadable_model_and_the_run_resumes(tmp_path):
     data = make_dataset(tmp_path / "d", per_class=40, size=32)
     env = {**os.environ, "COLUMNS": "200"}
@@ -75,6 +76,7 @@ def test_sigint_saves_a_loadable_model_and_the_run_resumes(tmp_path):
     assert json.loads((run / "smallcnn.json").read_text())["data"] == str(tmp_path / "moved")
 
 
+@pytest.mark.heavy
 def test_a_run_killed_at_once_keeps_its_best_model_and_predicts(tmp_path):
     from smallcnn.train.callbacks import CHECKPOINT_VARIABLE
 

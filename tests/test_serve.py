@@ -426,6 +426,7 @@ def test_listening_beyond_this_machine_without_a_token_is_warned_about():
     assert exposure_warning(ServeSettings(host="0.0.0.0", token="t")) is None
 
 
+@pytest.mark.heavy
 def test_an_exported_tflite_serves_and_a_converted_run_needs_no_tensorflow(trained, tmp_path):
     from smallcnn.inference.export import export
 
@@ -487,6 +488,7 @@ def test_sigterm_answers_and_exits_0(trained):
     assert f"at http://127.0.0.1:{port}" in output
 
 
+@pytest.mark.browser
 @pytest.mark.skipif(not shutil.which("chromium") or not shutil.which("chromedriver"),
                     reason="needs Debian's chromium and chromium-driver packages")
 def test_the_page_classifies_two_uploads_in_headless_chromium(trained, tmp_path):

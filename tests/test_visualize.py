@@ -274,6 +274,7 @@ def test_report_is_one_self_contained_page(objects, hard, tmp_path):
         assert_picture(base64.b64decode(encoded), 30, 30)
 
 
+@pytest.mark.browser
 @pytest.mark.skipif(not shutil.which("chromium"), reason="needs Debian's chromium package")
 def test_report_renders_in_headless_chromium(objects, hard, tmp_path):
     run, _, _ = objects
