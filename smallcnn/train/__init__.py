@@ -14,7 +14,8 @@
     commands.py       train, finetune, --resume: a plan of phases each
 
 Each command checks its inputs, trains, writes a run folder and returns a `RunResult`;
-none of them prints (progress goes to a `smallcnn.progress.Reporter`).
+none of them prints (progress goes to a `smallcnn.progress.Reporter`). The package may
+import `model`, `data` and `runtime`; never inference, the server or the CLI.
 """
 
 from smallcnn.train.commands import finetune, train
