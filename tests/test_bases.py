@@ -6,13 +6,21 @@ import numpy as np
 import pytest
 
 from conftest import SHARED
-from smallcnn.model.bases import BASES, PACKAGED_WEIGHTS, build_base, get_base, resolve_weights
+from smallcnn.model.bases import (BASES, DEFAULT_BASE, PACKAGED_WEIGHTS, build_base, get_base,
+                                   resolve_weights)
 from smallcnn.errors import UsageError, WeightsError
 
 SAMPLE = Path(__file__).resolve().parents[1] / "datasets" / "ants-bees"
 
 
-@pytest.mark.parametrize("name", sorted(BASES))
+# The default base, the fastest and the classic convnet in the quick tier; building the
+# other seven (about 20 s on 2 cores) in the full run.
+QUICK_BASES = {DEFAULT_BASE, "mobilenet_v2", "small"}
+
+
+@pytest.mark.parametrize("name", [
+    pytest.param(name, marks=[] if name in QUICK_BASES else [pytest.mark.heavy])
+    for name in sorted(BASES)])
 def test_entry_matches_the_real_model(name):
     spec = BASES[name]
     size = max(spec.min_size, 32)
@@ -138,6 +146,7 @@ def test_packaged_weights_give_the_reference_features(name, offline):
     assert cosine.min() >= 0.9999
 
 
+@pytest.mark.heavy
 def test_efficientnet_lite_is_exact_at_any_size():
     """One model built for any size gives what a model built for that size gives, odd
     feature maps included (where keras.applications' fixed padding goes wrong)."""

@@ -133,6 +133,7 @@ def _payload(i):
     return bytes([i % 251]) * RACE_SIZE
 
 
+@pytest.mark.heavy
 def test_a_reader_never_removes_an_entry_that_another_process_is_storing():
     import subprocess
     import sys

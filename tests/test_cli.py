@@ -135,6 +135,7 @@ def test_a_train_run_predicts_without_tensorflow_from_the_first_image(tiny_data,
     assert got["probability"] == pytest.approx(float(expected.max()), abs=1e-5)
 
 
+@pytest.mark.heavy
 def test_extract_views_train_the_head_on_augmented_copies(tiny_data, base_weights_file):
     args = ["extract", tiny_data, "--base", "mobilenet_v2", "--weights", base_weights_file, "--image-size", "32", *FAST,
             "--views", "2"]
@@ -158,6 +159,7 @@ def test_extract_views_train_the_head_on_augmented_copies(tiny_data, base_weight
     assert refused.exit_code == 2 and "--dropout must be at least 0 and below 1" in refused.output
 
 
+@pytest.mark.heavy
 def test_extract_features_follow_the_files_content(tmp_path, base_weights_file):
     data = make_dataset(tmp_path / "d", ext=".bmp")  # BMP: same size whatever the pixels
     args = ["extract", data, "--base", "mobilenet_v2", "--weights", base_weights_file, "--image-size", "32", *FAST]
@@ -433,6 +435,7 @@ def test_train_freeze_keeps_base_and_finetune_changes_only_unfrozen_layers(
     assert after["val_accuracy"] >= before["val_accuracy"] and after["kept_earlier_model"]
 
 
+@pytest.mark.heavy
 def test_finetune_without_a_run_trains_the_head_first_then_whole_blocks(tiny_data, base_weights_file,
                                                                       monkeypatch):
     import smallcnn.data.pipeline
@@ -478,6 +481,7 @@ def test_finetune_accepts_a_run_folder_as_argument(tiny_data):
     assert "Unfroze 1 base layer(s): block4_conv" in result.output
 
 
+@pytest.mark.heavy
 def test_train_small_from_scratch_beats_chance(tmp_path):
     data = make_dataset(tmp_path / "d", per_class=20, classes=("red", "green", "blue"))
     result = invoke("train", data, "--base", "small", "--image-size", "32", "--epochs", "15",

@@ -114,6 +114,7 @@ def test_a_mixed_precision_copy_computes_in_it_but_gives_float32_probabilities(p
     np.testing.assert_allclose(back.predict(pixels, verbose=0), expected, atol=1e-5)
 
 
+@pytest.mark.heavy
 def test_a_model_trained_in_mixed_precision_is_saved_in_float32_with_the_same_probabilities(
         tiny_data):
     """The run trains a bfloat16 copy; its model.keras is float32, takes the same raw

@@ -39,6 +39,7 @@ def backbone():
     return open_backbone(base="mobilenet_v2")  # its ImageNet weights ship in the package
 
 
+@pytest.mark.heavy
 @pytest.mark.parametrize("name", sorted(BASES))
 def test_every_base_names_layers_it_has(name):
     """The registry's dream, style and content layers exist in the real base, with
@@ -119,6 +120,7 @@ def test_a_layer_the_base_lacks_is_refused_with_the_valid_names(backbone):
         assert "block_6_expand_relu" in message and "out_relu" in message
 
 
+@pytest.mark.heavy
 def test_dream_and_style_commands_write_their_pictures(tmp_path):
     Image.fromarray(photo(80)).save(tmp_path / "photo.png")
     Image.fromarray(painting(80)).save(tmp_path / "painting.jpg")

@@ -29,8 +29,10 @@ class CtrlC(Reporter):
             signal.raise_signal(signal.SIGINT)
 
 
-@pytest.mark.parametrize("phase, epoch", [("frozen", 1), ("finetune", 1)],
-                         ids=["in-the-head-phase", "in-fine-tuning"])
+@pytest.mark.parametrize("phase, epoch", [
+    pytest.param("frozen", 1, id="in-the-head-phase"),  # both phases' arithmetic
+    pytest.param("finetune", 1, id="in-fine-tuning", marks=pytest.mark.heavy),
+])
 def test_finetune_resumes_each_phase_with_the_epochs_it_has_left(tiny_data, phase, epoch):
     stopped = finetune(tiny_data, settings=SETTINGS, out="runs/f", reporter=CtrlC(phase, epoch))
     assert stopped.interrupted == "SIGINT"

@@ -133,6 +133,7 @@ def test_label_issues_ask_the_feature_source_not_a_training_session(noisy, monke
     assert report.images == sum(len(dataset.splits[name]) for name in ("train", "val"))
 
 
+@pytest.mark.heavy
 def test_a_table_gets_a_corrected_table(noisy, tmp_path):
     from smallcnn.data.dataset import find_dataset
 

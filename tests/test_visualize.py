@@ -227,6 +227,7 @@ def test_filter_patterns_raise_their_filter():
     assert np.all(after_many >= after_one) and after_many.mean() > after_one.mean()
 
 
+@pytest.mark.heavy
 @pytest.mark.parametrize("name", ["mobilenet_v2", "mobilenet", "vgg16", "resnet50",
                                   "efficientnet_b0", "efficientnet_lite2", "inception_v3",
                                   "xception", "small"])
