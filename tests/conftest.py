@@ -87,10 +87,9 @@ def base_weights_file(tmp_path_factory):
     return path
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    """A small 3-class model that has learned its (easy) data: (run folder, data folder);
-    trained once per test module that uses it."""
+@pytest.fixture(scope="session")
+def trained_once(tmp_path_factory):
+    """The model of `trained`, trained once per session: (run folder, data folder)."""
     from smallcnn import train as training
     from smallcnn.train import Settings
 
@@ -103,6 +102,24 @@ def trained(tmp_path_factory):
                                   out=root / "run")
     assert result.metrics["val_accuracy"] == 1.0
     return result.run_dir, data
+
+
+@pytest.fixture(scope="module")
+def trained(trained_once, tmp_path_factory):
+    """A small 3-class model that has learned its (easy) data: (run folder, data folder),
+    a copy of both for each test module that uses it (tests write into them), the copied
+    run recording the copied data."""
+    import shutil
+
+    from smallcnn.model import runs
+
+    run, data = trained_once
+    root = tmp_path_factory.mktemp("trained-copy")
+    run, data = (Path(shutil.copytree(folder, root / folder.name)) for folder in (run, data))
+    config = runs.read_config(run)
+    config["data"] = str(data)
+    runs.write_json(run / runs.CONFIG_FILE, config)
+    return run, data
 
 
 def invoke(*args):
