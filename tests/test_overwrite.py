@@ -85,6 +85,7 @@ def test_the_first_model_saved_deletes_the_replaced_run(tmp_path):
     assert json.loads((run / runs.CONFIG_FILE).read_text()) == {"old": False}
 
 
+@pytest.mark.heavy
 def test_a_run_killed_before_its_first_save_keeps_the_old_beside_it(tmp_path, tiny_data):
     from smallcnn.train.callbacks import CHECKPOINT_VARIABLE
 
