@@ -1,4 +1,5 @@
-"""Real data, real weights: slow, so `make test` skips them (run: pytest -m slow)."""
+"""Real data, real weights: slow, so `make test` leaves them out; `make test-all` (CI) and
+`pytest -m slow` run them."""
 
 import json
 from pathlib import Path
