@@ -9,11 +9,13 @@ from pathlib import Path
 import numpy as np
 
 from smallcnn.data.images import is_image_file, load_readable
-from smallcnn.errors import DataError, UsageError
+from smallcnn.errors import DataError, UsageError, described
 from smallcnn.inference.tta import averaged, check_views, views_of
 
 TOP_K = 3  # classes shown per image (predict --top-k, serve's --top-k)
 BATCH_SIZE = 32  # images the model runs at once (predict --batch-size)
+# numpy's kinds of arrays whose values are pixels: unsigned and signed integers, floats.
+PIXEL_KINDS = "uif"
 
 
 @dataclasses.dataclass
@@ -66,19 +68,30 @@ class ImageClassifier:
     def probabilities(self, images, batch_size=BATCH_SIZE, tta_views=1):
         """Class probabilities for a `(n, size, size, 3)` array of RGB pixels in [0, 255],
         averaged over `tta_views` views of each image (see `smallcnn.inference.tta`)."""
+        check_counts(batch_size=batch_size)
+        views = check_views(tta_views)
         images = self._checked(images)
-        run = self._runner(len(images) * check_views(tta_views), batch_size)
-        return averaged(run, images, tta_views)
+        if not len(images):  # no engine runs an empty batch (LiteRT's XNNPack refuses it)
+            return self._no_probabilities()
+        return averaged(self._runner(len(images) * views, batch_size), images, views)
 
     def _checked(self, images):
-        images = np.asarray(images)
-        expected = (self.image_size, self.image_size, 3)
-        if images.ndim != 4 or images.shape[1:] != expected:
-            raise UsageError(
-                f"Images must be an array of shape (n, {self.image_size}, {self.image_size}, 3). "
-                f"Received: shape={images.shape}"
-            )
+        """`images` as an array the engines can run, or a UsageError saying why not."""
+        side = self.image_size
+        expected = (f"Images must be an array of shape (n, {side}, {side}, 3) of integers or "
+                    "floats (RGB pixels in [0, 255]).")
+        try:
+            images = np.asarray(images)
+        except (ValueError, TypeError) as error:  # a ragged list, items of several kinds
+            raise UsageError(f"{expected} Received: a {type(images).__name__} that numpy "
+                             f"cannot make one array of ({described(error)}).") from None
+        if images.shape[1:] != (side, side, 3) or images.dtype.kind not in PIXEL_KINDS:
+            raise UsageError(f"{expected} Received: shape={images.shape}, dtype={images.dtype}")
         return images
+
+    def _no_probabilities(self):
+        """The probabilities of no image: an empty `(0, classes)` array."""
+        return np.zeros((0, len(self.class_names)), np.float32)
 
     def predict(self, images, top_k=TOP_K, batch_size=BATCH_SIZE, tta=False):
         """Predicts classes for image paths (files or folders) or for a pixel array.
@@ -139,7 +152,7 @@ class ImageClassifier:
             kept.append(chunk_kept)
             failures += chunk_failures
         if not rows:
-            return np.zeros((0, len(self.class_names)), np.float32), np.zeros(0, int), failures
+            return self._no_probabilities(), np.zeros(0, int), failures
         return np.concatenate(rows), np.concatenate(kept), failures
 
     def iter_probabilities(self, paths, batch_size=BATCH_SIZE, progress=None, tta_views=1):
@@ -150,7 +163,7 @@ class ImageClassifier:
         for start in range(0, len(paths), self.chunk_images):
             chunk = paths[start : start + self.chunk_images]
             pixels, chunk_kept, failed = load_readable(chunk, self.image_size)
-            rows = np.zeros((0, len(self.class_names)), np.float32)
+            rows = self._no_probabilities()
             if len(chunk_kept):
                 # One engine for every chunk: LiteRT and Keras differ in the last digits.
                 run = run or self._runner(len(paths) * check_views(tta_views), batch_size)
@@ -166,7 +179,7 @@ class ImageClassifier:
         return Prediction(path, top[0]["label"], top[0]["probability"], top, self.engine)
 
 
-def check_counts(top_k, batch_size):
+def check_counts(top_k=TOP_K, batch_size=BATCH_SIZE):
     """Refuses a --top-k or --batch-size below 1."""
     for name, value in (("top-k", top_k), ("batch-size", batch_size)):
         if value < 1:
