@@ -2,6 +2,7 @@
 
 import json
 
+import pytest
 from conftest import invoke
 
 
@@ -10,6 +11,7 @@ def lines(path):
 
 
 def test_jsonl_streams_resumes_and_matches_json(trained, tmp_path, monkeypatch):
+    from smallcnn.data.images import UnreadableImage
     from smallcnn.inference.predict import Classifier
 
     run, data = trained
@@ -20,7 +22,7 @@ def test_jsonl_streams_resumes_and_matches_json(trained, tmp_path, monkeypatch):
     out = tmp_path / "predictions.jsonl"
 
     result = invoke("predict", data / "val", broken, "--model", run, "--jsonl", out)
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == UnreadableImage.exit_code, result.output
     written = lines(out)
     assert sorted(line["path"] for line in written) == sorted(images + [str(broken)])
     [error] = [line for line in written if "error" in line]
@@ -42,7 +44,7 @@ def test_jsonl_streams_resumes_and_matches_json(trained, tmp_path, monkeypatch):
     text = out.read_text().splitlines(keepends=True)
     out.write_text("".join(text[:5]) + text[5][:20])
     resumed = invoke("predict", data / "val", broken, "--model", run, "--jsonl", out)
-    assert resumed.exit_code == 0, resumed.output
+    assert resumed.exit_code == UnreadableImage.exit_code, resumed.output  # its line was cut
     final = lines(out)
     assert sorted(line["path"] for line in final) == sorted(images + [str(broken)])
 
@@ -215,3 +217,75 @@ def test_a_device_is_written_to_and_never_read(trained):
     result = invoke("predict", *images, "--model", run, "--jsonl", "/dev/null")
     assert result.exit_code == 0, result.output
     assert f"{len(images)} predicted" in result.output
+
+
+def test_unreadable_images_of_this_run_set_the_exit_code(trained, tmp_path):
+    from smallcnn.data.images import UnreadableImage
+
+    run, data = trained
+    image = data / "val" / "red" / "red_000.png"
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"not a png")
+    out = tmp_path / "predictions.jsonl"
+    plain = invoke("predict", image, broken, "--model", run)
+    result = invoke("predict", image, broken, "--model", run, "--jsonl", out)
+    assert result.exit_code == plain.exit_code == UnreadableImage.exit_code, result.output
+    assert result.output.count("error:") == 1 and "Traceback" not in result.output
+    assert "1 unreadable" in result.output and str(out) in " ".join(result.output.split())
+    assert [line["path"] for line in lines(out)] == [str(image), str(broken)]
+
+    # The error line was written by an earlier run: this one has nothing left to predict.
+    again = invoke("predict", image, broken, "--model", run, "--jsonl", out)
+    assert again.exit_code == 0, again.output
+    assert "None" not in again.output and "nothing left to predict" in again.output
+
+
+def test_a_second_run_on_a_file_being_written_is_refused(trained, tmp_path, monkeypatch):
+    from conftest import invoke_in_subprocess
+
+    from smallcnn.errors import UsageError
+    from smallcnn.inference.predict import Classifier
+
+    run, data = trained
+    images = sorted(str(p) for p in (data / "val").rglob("*.png"))
+    out = tmp_path / "predictions.jsonl"
+    second = {}
+    iter_probabilities = Classifier.iter_probabilities
+
+    def first_chunk_then_a_second_run(self, *args, **kwargs):
+        for index, chunk in enumerate(iter_probabilities(self, *args, **kwargs)):
+            if index == 1:  # the first chunk is written: another process runs the same command
+                second["before"] = checksum(out)
+                second["result"] = invoke_in_subprocess(
+                    "predict", *images, "--model", run, "--jsonl", out,
+                    exit_code=UsageError.exit_code)
+                second["after"] = checksum(out)
+            yield chunk
+
+    monkeypatch.setattr(Classifier, "chunk_images", 4)
+    monkeypatch.setattr(Classifier, "iter_probabilities", first_chunk_then_a_second_run)
+    result = invoke("predict", *images, "--model", run, "--jsonl", out)
+    assert result.exit_code == 0, result.output
+    assert sorted(line["path"] for line in lines(out)) == images  # each image once
+
+    stdout, stderr, imported = second["result"]
+    assert second["before"] == second["after"] and imported == []  # refused before the model loads
+    assert stderr.count("error:") == 1 and "Traceback" not in stderr
+    assert "another run" in " ".join(stderr.split()) and str(out) in " ".join(stderr.split())
+
+
+def test_two_runs_making_the_same_file_are_kept_apart(tmp_path):
+    from smallcnn.errors import UsageError
+    from smallcnn.inference.stream import ERROR_KEYS, PredictionsFile
+
+    out = tmp_path / "new.jsonl"
+    line = dict(zip(ERROR_KEYS, ("a.png", "unreadable")))
+    first, second, third = (PredictionsFile(out) for _ in range(3))  # each finds no file
+    with first.appending() as append:  # the first makes it, and holds it while it writes
+        append([line])
+        with pytest.raises(UsageError, match="another run"), second.appending() as other:
+            other([line])
+    with pytest.raises(UsageError, match="changed while this run read it"):
+        with third.appending() as other:  # the first is done: the file is not as it was read
+            other([line])
+    assert lines(out) == [line]

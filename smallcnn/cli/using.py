@@ -106,12 +106,21 @@ def predict(
 
     images = [str(p) for p in images or []]
     if jsonl is not None:
+        from smallcnn.data.images import UnreadableImage
+
         counts, engine = _run("predict_to_file", images, jsonl, model=model, listing=listing,
                               top_k=top_k, batch_size=batch_size, tta=tta_of(tta, tta_views),
                               tensorflow=False)
+        ran = (f"engine: {engine}" if counts["written"] else
+               "no image could be read" if counts["unreadable"] else "nothing left to predict")
         stderr.print(f"{jsonl}: {counts['written']} predicted, {counts['unreadable']} unreadable "
-                     f"(error lines), {counts['skipped']} already there; engine: {engine}",
+                     f"(error lines), {counts['skipped']} already there; {ran}",
                      soft_wrap=True, highlight=False)
+        if counts["unreadable"]:  # as predict without --jsonl exits; earlier runs' lines aside
+            stderr.print(f"[bold red]error:[/bold red] {counts['unreadable']} image(s) of this "
+                         f"run could not be read: their error lines are in {jsonl}.",
+                         soft_wrap=True)
+            raise typer.Exit(UnreadableImage.exit_code)
         return
     # TensorFlow is imported only if the model needs it: not for .tflite or .onnx files,
     # nor for a run whose LiteRT conversion is cached.

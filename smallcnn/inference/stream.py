@@ -9,15 +9,23 @@ The file is checked whole before anything is written, and a file that is not thi
 command's lines, a damaged line, lines of classes the model lacks, the --list file or an
 image to predict are refused with the file left as it was. The one thing ever cut off is
 a last line without its end of line that is the beginning of a line this command writes:
-what a run killed while writing leaves.
+what a run killed while writing leaves. A run holds an advisory lock on the file (flock,
+where the system has it) from reading it, or from making it, to its end: a second run on
+the same file meanwhile is refused.
 """
 
 import contextlib
 import dataclasses
+import errno
 import json
 import os
 import stat
 from pathlib import Path
+
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks, so runs on one file are not kept apart
+    fcntl = None
 
 from smallcnn.errors import UsageError
 from smallcnn.inference.classifier import (
@@ -32,6 +40,8 @@ PREDICTION_KEYS = tuple(field.name for field in dataclasses.fields(Prediction))
 ERROR_KEYS = ("path", "error")  # the line of an image that cannot be read
 # Far beyond any line this command writes; bounds what reading a file of something else costs.
 MAX_LINE_BYTES = 16 * 2**20
+# flock's answers on a file system that has no locks (some network ones): go on without.
+NO_LOCKS = {errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOTSUP}
 
 
 def read_paths(listing):
@@ -117,12 +127,14 @@ def _half_written(fragment):
 
 class PredictionsFile:
     """A --jsonl file as this run finds it, checked whole on creation: the images it has
-    a line for (`done`) and the classes its lines name. Nothing is written before `appending`."""
+    a line for (`done`) and the classes its lines name. Nothing is written before `appending`.
+    The file's lock is held until `close` (or the end of a `with` block)."""
 
     def __init__(self, path, images=(), listing=None):
         self.path = Path(path)
         self.done, self.labels = set(), set()
         self.size, self.cut = 0, b""  # bytes of whole lines; a half-written last line
+        self._held = None  # the open file that holds the lock
         self._refuse_inputs(images, listing)
         try:
             mode = self.path.stat().st_mode
@@ -136,7 +148,44 @@ class PredictionsFile:
         # A device or a pipe (/dev/stdout) is written to, never read: nothing to resume.
         self.regular = mode is None or stat.S_ISREG(mode)
         if mode is not None and self.regular:
-            self._read()
+            try:
+                self._lock(open(self.path, "rb"))
+            except OSError as error:
+                raise UsageError(f"Cannot read --jsonl {str(path)!r} ({error}).") from None
+            try:
+                self._read()
+            except BaseException:
+                self.close()
+                raise
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        self.close()
+
+    def close(self):
+        """Lets go of the file's lock."""
+        if self._held is not None:
+            self._held.close()
+            self._held = None
+
+    def _lock(self, f):
+        """Holds an exclusive lock on the open file `f` (closed if another run has it)."""
+        if fcntl is not None:
+            try:
+                fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                f.close()
+                raise UsageError(f"--jsonl {str(self.path)!r} is being written by another run "
+                                 "(it holds the file's lock); it is left as it is: wait for "
+                                 "that run to end, or give --jsonl another file.") from None
+            except OSError as error:
+                if error.errno not in NO_LOCKS:
+                    f.close()
+                    raise UsageError(f"Cannot lock --jsonl {str(self.path)!r} "
+                                     f"({error}).") from None
+        self._held = f
 
     def _refuse_inputs(self, images, listing):
         if listing is not None and _same_file(listing, self.path):
@@ -226,15 +275,26 @@ class PredictionsFile:
                 f.close()
 
     def _open(self):
+        """The file opened to append to, locked (a new file is locked as it is made) and
+        still as it was read, a half-written last line cut off."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        if self.cut:
-            with open(self.path, "r+b") as f:
+        appending = open(self.path, "a", encoding="utf-8")
+        try:
+            if self._held is None:
+                self._lock(appending)
+            with open(self.path, "r+b" if self.cut else "rb") as f:
                 f.seek(self.size)
-                if f.read() != self.cut:  # another run wrote to it since it was read
+                # Another run that does not lock (or that made the file first) wrote to it.
+                size = os.fstat(f.fileno()).st_size
+                if size != self.size + len(self.cut) or f.read() != self.cut:
                     raise UsageError(f"--jsonl {str(self.path)!r} changed while this run read it "
                                      "(another run writing to it?); it is left as it is.")
-                f.truncate(self.size)
-        return open(self.path, "a", encoding="utf-8")
+                if self.cut:
+                    f.truncate(self.size)
+        except BaseException:
+            appending.close()
+            raise
+        return appending
 
 
 def _same_file(a, b):
@@ -255,7 +315,10 @@ def predict_jsonl(classifier, paths, out, top_k=TOP_K, batch_size=BATCH_SIZE, tt
     """
     from smallcnn.inference.tta import views_of
 
-    file = out if isinstance(out, PredictionsFile) else PredictionsFile(out, paths)
+    if not isinstance(out, PredictionsFile):
+        with PredictionsFile(out, paths) as file:
+            return predict_jsonl(classifier, paths, file, top_k, batch_size, tta, progress)
+    file = out
     file.check_classes(classifier.class_names)
     todo = [str(p) for p in paths if image_key(p) not in file.done]
     counts = {"written": 0, "skipped": len(paths) - len(todo), "unreadable": 0}
@@ -281,9 +344,9 @@ def predict_to_file(images, out, model=None, listing=None, top_k=TOP_K, batch_si
 
     check_counts(top_k, batch_size)
     paths = images_of(images, listing)
-    file = PredictionsFile(out, paths, listing)  # checked before the model loads
-    classifier = load(model)
-    reporter = reporter or Reporter()
-    with reporter.progress(f"Predicting into {out}", len(paths)) as advance:
-        counts = predict_jsonl(classifier, paths, file, top_k, batch_size, tta, advance)
+    with PredictionsFile(out, paths, listing) as file:  # checked before the model loads
+        classifier = load(model)
+        reporter = reporter or Reporter()
+        with reporter.progress(f"Predicting into {out}", len(paths)) as advance:
+            counts = predict_jsonl(classifier, paths, file, top_k, batch_size, tta, advance)
     return counts, classifier.engine
