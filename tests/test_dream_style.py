@@ -143,6 +143,7 @@ def test_dream_and_style_commands_write_their_pictures(tmp_path):
 def test_dream_and_style_refuse_bad_input_before_any_work(tmp_path):
     from smallcnn.errors import DataError, UsageError
     from smallcnn.data.images import load_image
+    from smallcnn.visualize.style import WEIGHT
 
     Image.fromarray(photo(40)).save(tmp_path / "photo.png")
     before = (tmp_path / "photo.png").read_bytes()
@@ -162,7 +163,7 @@ def test_dream_and_style_refuse_bad_input_before_any_work(tmp_path):
         (["dream", tmp_path / "photo.png", "--out", tmp_path / "dream.gif"], "must end with"),
         (["dream", tmp_path / "photo.png", "--octave-scale", "1"], "--octave-scale must be above 1"),
         (["style", tmp_path / "photo.png", tmp_path / "photo.png", "--tv-weight", "-1"],
-         "--tv-weight must be 0 or more"),
+         f"--tv-weight must be {WEIGHT.describe()}"),
         (["dream", tmp_path / "photo.png", "--model", tmp_path, "--base", "mobilenet_v2"],
          "not both"),
         (["dream", tmp_path / "photo.png", "--base", "vgg99"], "Unknown base: 'vgg99'"),
@@ -176,6 +177,33 @@ def test_dream_and_style_refuse_bad_input_before_any_work(tmp_path):
         assert expected_text in result.output, (args, result.output)
     assert (tmp_path / "photo.png").read_bytes() == before
     assert not list(tmp_path.glob("*dream*")) and not list(tmp_path.glob("*-in-*"))
+
+
+def test_huge_loss_weights_are_refused_in_one_line(tmp_path):
+    from smallcnn.visualize.style import WEIGHT, WEIGHTS
+
+    Image.fromarray(photo(64)).save(tmp_path / "photo.png")
+    for name in WEIGHTS:
+        flag = "--" + name.replace("_", "-")
+        for value in (1e308, 1e300, WEIGHT.high * 2.0):
+            result = invoke("visualize", "style", tmp_path / "photo.png", tmp_path / "photo.png",
+                            "--steps", "1", "--size", "64", flag, repr(value))
+            assert result.exit_code == 2, (flag, value, result.output)
+            assert result.output == f"error: {flag} must be {WEIGHT.describe()}. Received: " \
+                                    f"{value}\n"
+    assert not list(tmp_path.glob("*-in-*"))
+
+
+def test_a_style_transfer_whose_loss_overflows_gives_no_black_picture(backbone):
+    """Whatever makes the loss non-finite (here a weight set past every check) is refused
+    in one line, rather than returned as an all-black picture."""
+    from smallcnn.errors import UsageError
+    from smallcnn.visualize.style import StyleSettings, StyleTransfer
+
+    settings = StyleSettings(steps=2)
+    object.__setattr__(settings, "style_weight", 1e308)  # float32: inf, and the loss NaN
+    with pytest.raises(UsageError, match="overflowed .* so its picture would be black"):
+        StyleTransfer(backbone)(photo(64), painting(64), settings)
 
 
 

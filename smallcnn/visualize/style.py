@@ -29,6 +29,7 @@ import numpy as np
 
 from smallcnn.errors import UsageError
 from smallcnn.progress import Reporter
+from smallcnn.runtime.ranges import Range
 from smallcnn.visualize.common import (
     Picture,
     open_backbone,
@@ -43,6 +44,10 @@ MARGIN = 8  # the hidden margin of `render`: 1/8 of the longer side
 # Adam's moment decay rates and the smallest step denominator
 BETAS = (0.9, 0.999)
 EPSILON = 1e-8
+# The weight of a loss term: each term is relative (about 1 at the start), so a weight
+# beyond this only drowns the others, and near float32's top the loss overflows.
+WEIGHT = Range(0, 10_000)
+WEIGHTS = ("content_weight", "style_weight", "tv_weight")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,10 +65,8 @@ class StyleSettings:
         if self.steps < 1 or self.size < 1:
             raise UsageError(f"--steps and --size must be at least 1. Received: "
                              f"steps={self.steps}, size={self.size}")
-        for name in ("content_weight", "style_weight", "tv_weight"):
-            if getattr(self, name) < 0:
-                raise UsageError(f"--{name.replace('_', '-')} must be 0 or more. "
-                                 f"Received: {getattr(self, name)}")
+        for name in WEIGHTS:
+            WEIGHT.check(f"--{name.replace('_', '-')}", getattr(self, name))
         if self.learning_rate <= 0:
             raise UsageError(f"--learning-rate must be positive. Received: {self.learning_rate}")
 
@@ -131,6 +134,13 @@ def render(start, spectrum):
                                fft_length=[rows, cols])
     change = tf.transpose(change[:, margin:margin + height, margin:margin + width], [1, 2, 0])
     return tf.clip_by_value(start + change[None], 0.0, 255.0)
+
+
+def _check_finite(values, what):
+    """Refuses a style transfer that overflowed: its picture would be black."""
+    if not np.all(np.isfinite(values)):
+        raise UsageError(f"The style transfer overflowed ({what} is not finite), so its picture "
+                         "would be black; use smaller weights or a smaller --learning-rate.")
 
 
 class StyleTransfer:
@@ -232,13 +242,15 @@ class StyleTransfer:
                 image, spectrum, first, second, tf.constant(count, tf.float32),
                 tf.cast(content_target, tf.float32), style_targets, content_variation, weights,
                 rate)
+            _check_finite(float(total), f"its loss at step {count}")
             losses["total"].append(float(total))
             for name, value in zip(LOSS_TERMS, terms.numpy()):
                 losses[name].append(float(value))
             if progress is not None:
                 progress(count)
-        image = self.render(image, spectrum)
-        return Styled(to_uint8(image.numpy()[0]), losses, self.content_layer, self.style_layers)
+        image = self.render(image, spectrum).numpy()[0]
+        _check_finite(image, "its picture")
+        return Styled(to_uint8(image), losses, self.content_layer, self.style_layers)
 
 
 def style_transfer(content, style, model=None, base=None, weights=None, content_layer=None,
