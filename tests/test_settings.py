@@ -7,7 +7,8 @@ import pytest
 from conftest import invoke
 from smallcnn.model.bases import BASES, DEFAULT_BASE, get_base
 from smallcnn.data.table import TABLE_DEFAULTS
-from smallcnn.train.settings import COMMANDS, FROZEN_LEARNING_RATE, FULL_LEARNING_RATE, Settings, options
+from smallcnn.train.settings import (CHECKPOINT_VARIABLE, COMMANDS, FROZEN_LEARNING_RATE,
+                                     FULL_LEARNING_RATE, Settings, options)
 
 
 def _help_defaults(command):
@@ -232,7 +233,8 @@ def test_bad_numbers_are_refused_in_one_line_before_any_work(words, tmp_path):
     assert not (tmp_path / "runs").exists()  # refused before anything was written
 
 
-@pytest.mark.parametrize("variable", ["SMALLCNN_CACHE_MAX_GB", "SMALLCNN_MEMORY_BUDGET_GB"])
+@pytest.mark.parametrize("variable", ["SMALLCNN_CACHE_MAX_GB", "SMALLCNN_MEMORY_BUDGET_GB",
+                                      CHECKPOINT_VARIABLE])
 @pytest.mark.parametrize("value", ["inf", "nan", "-1", "1e308", "lots"])
 def test_bad_numbers_in_environment_variables_are_refused_in_one_line(variable, value,
                                                                        monkeypatch):
@@ -247,9 +249,54 @@ def test_bad_numbers_in_environment_variables_are_refused_in_one_line(variable, 
 def _range_of(variable):
     from smallcnn.runtime import cache
     from smallcnn.data import pipeline
+    from smallcnn.train import settings
 
     return {"SMALLCNN_CACHE_MAX_GB": cache.MAX_GB,
-            "SMALLCNN_MEMORY_BUDGET_GB": pipeline.MEMORY_BUDGET_GB}[variable]
+            "SMALLCNN_MEMORY_BUDGET_GB": pipeline.MEMORY_BUDGET_GB,
+            CHECKPOINT_VARIABLE: settings.CHECKPOINT_INTERVAL}[variable]
+
+
+@pytest.mark.parametrize("value", ["inf", "nan", "-1"])
+def test_a_bad_variable_is_refused_before_the_data_check_or_a_run_folder(value, tiny_data,
+                                                                        monkeypatch):
+    monkeypatch.setenv(CHECKPOINT_VARIABLE, value)
+    result = invoke("train", tiny_data, "--freeze", "--base", "small", "--out", "OUTX")
+    assert result.exit_code == 2, result.output
+    assert result.output == f"error: {CHECKPOINT_VARIABLE} must be " \
+                            f"{_range_of(CHECKPOINT_VARIABLE).describe()}. Received: {value!r}\n"
+    assert not (tiny_data.parent / "OUTX").exists()
+
+
+def test_every_numeric_variable_the_library_reads_is_checked_as_a_command_starts(monkeypatch):
+    """Each `from_environment` in the package reads a variable that `cli.ranges.variables`
+    checks before a command does any work."""
+    import re
+    from pathlib import Path
+
+    import smallcnn
+    from smallcnn.cli.ranges import variables
+    from smallcnn.errors import UsageError
+
+    source = "\n".join(path.read_text() for path in Path(smallcnn.__file__).parent.rglob("*.py"))
+    calls = re.findall(r"(?<!def )\bfrom_environment\(", source)
+    for name in set(re.findall(r"SMALLCNN_[A-Z_]+", source)):
+        monkeypatch.setenv(name, "nan")
+    checked = set()
+    for read in variables():
+        with pytest.raises(UsageError) as refused:
+            read()
+        checked.add(str(refused.value).split()[0])
+    assert len(checked) == len(calls), (checked, len(calls))
+
+
+def test_every_float_option_has_a_top():
+    """A float option without an upper bound takes 1e308, which overflows what it feeds."""
+    from smallcnn.cli.ranges import allowed
+
+    unbounded = [(" ".join(words), p.opts) for words, p in _numeric_options()
+                 if words != ["serve"] and _number_kind(p) is float and
+                 allowed(p.name).high is None]
+    assert unbounded == []
 
 
 def test_a_range_holds_finite_numbers_between_its_bounds_only():

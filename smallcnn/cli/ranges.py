@@ -12,8 +12,7 @@ from typer.core import TyperCommand
 
 from smallcnn.inference.tta import VIEWS
 from smallcnn.runtime.ranges import Range
-
-WEIGHT = Range(0)  # of a loss term
+from smallcnn.visualize.style import WEIGHT
 
 # By parameter name (the option may be spelled otherwise: `count` is --filters).
 RANGES = {
@@ -47,8 +46,9 @@ def variables():
     them as it starts."""
     from smallcnn.data.pipeline import default_memory_budget
     from smallcnn.runtime.cache import max_bytes
+    from smallcnn.train.settings import checkpoint_seconds
 
-    return (max_bytes, default_memory_budget)
+    return (max_bytes, default_memory_budget, checkpoint_seconds)
 
 
 def check_options(parameters, values):

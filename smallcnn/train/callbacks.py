@@ -7,8 +7,9 @@ from pathlib import Path
 import keras
 
 from smallcnn.model import runs
-from smallcnn.runtime.ranges import Range, from_environment
 from smallcnn.runtime.signals import StopRequest
+# The interval between saves is declared with the settings (checked as a command starts).
+from smallcnn.train.settings import CHECKPOINT_VARIABLE, checkpoint_seconds  # noqa: F401
 
 
 class ReportEpochs(keras.callbacks.Callback):
@@ -59,17 +60,6 @@ class ReportEpochs(keras.callbacks.Callback):
         if self._progress is not None:
             self._progress.__exit__(None, None, None)
             self._progress = self._advance = None
-
-
-# Seconds between two saves of the checkpoint (saving a classifier takes about a second);
-# the environment variable sets another (the tests use a few seconds).
-CHECKPOINT_SECONDS = 30.0
-CHECKPOINT_VARIABLE = "SMALLCNN_CHECKPOINT_SECONDS"
-
-
-def checkpoint_seconds():
-    """`$SMALLCNN_CHECKPOINT_SECONDS` (up to a day), else `CHECKPOINT_SECONDS`."""
-    return from_environment(CHECKPOINT_VARIABLE, CHECKPOINT_SECONDS, Range(0, 24 * 3600))
 
 
 class AtomicCheckpoint(keras.callbacks.Callback):

@@ -30,7 +30,7 @@ from smallcnn.runtime.devices import (
     check_devices,
 )
 from smallcnn.runtime.engine import ENGINES
-from smallcnn.runtime.ranges import Range
+from smallcnn.runtime.ranges import Range, from_environment
 
 COMMANDS = ("extract", "train", "finetune")
 CLASS_WEIGHTS = ("none", "balanced")
@@ -58,6 +58,17 @@ SEED = Range(0, 2**32 - 1)
 HEADS = Range(1, 32)
 AUGMENTED_VIEWS = Range(0, 100)
 HIDDEN = Range(0, 16384)
+# Seconds between two saves of the checkpoint (saving a classifier takes about a second);
+# the environment variable sets another (the tests use a few), up to a day. Declared here,
+# not with the checkpoint (which imports Keras), so that a command checks it as it starts.
+CHECKPOINT_SECONDS = 30.0
+CHECKPOINT_VARIABLE = "SMALLCNN_CHECKPOINT_SECONDS"
+CHECKPOINT_INTERVAL = Range(0, 24 * 3600)
+
+
+def checkpoint_seconds():
+    """`$SMALLCNN_CHECKPOINT_SECONDS`, else `CHECKPOINT_SECONDS`."""
+    return from_environment(CHECKPOINT_VARIABLE, CHECKPOINT_SECONDS, CHECKPOINT_INTERVAL)
 
 
 def option(default, help, type, commands=COMMANDS, choices=None, flag=None, allowed=None):
