@@ -111,6 +111,53 @@ def test_bad_uploads_get_one_clear_sentence_each(trained, tmp_path):
         assert api.get("/files/etc/passwd").status_code == 404  # no path parameters
 
 
+def test_every_malformed_multipart_body_is_a_422_with_its_reason(trained, monkeypatch):
+    from python_multipart import exceptions
+    from python_multipart import multipart as parser
+    from python_multipart.multipart import MAX_BOUNDARY_LENGTH
+
+    from smallcnn.serve.uploads import MALFORMED_MULTIPART, RequestError, uploads
+
+    run, data = trained
+    image = sorted((data / "val" / "red").iterdir())[0].read_bytes()
+    long = b"a" * (MAX_BOUNDARY_LENGTH + 1)
+    disposition = b'Content-Disposition: form-data; name="files"; filename="a.png"\r\n\r\n'
+    part = disposition + image
+    bodies = {  # what python-multipart refuses: (the Content-Type's boundary, the body)
+        "boundary": (long, b"--" + long + b"\r\n" + part + b"\r\n--" + long + b"--\r\n"),
+        "body": (b"x", b"--y\r\n" + part),
+        "field name": (b"x", b"--x\r\nContent-Disposition: form-data\r\n\r\nhi\r\n--x--\r\n"),
+        "base64": (b"x", b"--x\r\nContent-Transfer-Encoding: base64\r\n" + disposition +
+                   b"abcde\r\n--x--\r\n"),
+    }
+    with client(run) as api:
+        for path in ("/predict", "/gradcam"):
+            for what, (boundary, body) in bodies.items():
+                answer = api.post(path, content=body, headers={
+                    "content-type": "multipart/form-data; boundary=" + boundary.decode()})
+                assert answer.status_code == 422, (path, what, answer.text)
+                detail = answer.json()["detail"]
+                assert detail.startswith(MALFORMED_MULTIPART.split("{")[0]), detail
+                assert "\n" not in detail and len(detail) > len(MALFORMED_MULTIPART), detail
+                assert what != "boundary" or f"{MAX_BOUNDARY_LENGTH}" in detail, detail
+
+    # Every error class python-multipart has, wherever it is raised, is the client's.
+    classes = [c for c in vars(exceptions).values()
+               if isinstance(c, type) and issubclass(c, Exception)]
+    for error in classes:
+        def refuse(*args, **kwargs):
+            raise error(f"{error.__name__} here")
+
+        monkeypatch.setattr(parser.FormParser, "__init__", refuse)
+        with pytest.raises(RequestError) as refused:
+            uploads("multipart/form-data; boundary=x", b"--x--\r\n", None)
+        assert refused.value.status == 422 and f"{error.__name__} here" in refused.value.detail
+    monkeypatch.undo()
+    with pytest.raises(RequestError) as refused:  # a header python-multipart cannot encode
+        uploads("multipart/form-data; boundary=\u2603", b"--x--\r\n", None)
+    assert refused.value.status == 422
+
+
 def concurrently(*calls):
     """The results of calling each function in a thread of its own, all at once."""
     from concurrent.futures import ThreadPoolExecutor

@@ -9,6 +9,7 @@ from smallcnn.data.images import UnreadableImage, decode_image
 
 NOT_AN_IMAGE = "not an image"  # the start of `UnreadableImage.reason` for a foreign file
 UPLOAD_NAME = "upload"  # the `path` of an image sent as a raw body without ?name=
+MALFORMED_MULTIPART = "The multipart body cannot be read ({})."  # with python-multipart's reason
 # Images decoded at once, one per core: decoding is the server's largest use of memory.
 DECODE_SLOTS = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (
     os.cpu_count() or 1)
@@ -43,6 +44,18 @@ async def read_body(request, settings):
 def uploads(content_type, body, name):
     """`(file name, bytes)` of each image in a request: multipart parts with a file name,
     or the whole body when it is sent as an image. Nothing is written to disk."""
+    from python_multipart.exceptions import FormParserError
+
+    try:
+        return _uploads(content_type, body, name)
+    # Whatever python-multipart refuses (the header, its boundary, the body), at any step,
+    # is the client's malformed request; a header it cannot encode is one too.
+    except (FormParserError, UnicodeError) as error:
+        reason = " ".join(str(error).split()) or type(error).__name__
+        raise RequestError(422, MALFORMED_MULTIPART.format(reason)) from None
+
+
+def _uploads(content_type, body, name):
     from python_multipart.multipart import FormParser, parse_options_header
 
     kind, options = parse_options_header(content_type or "")
@@ -63,11 +76,8 @@ def uploads(content_type, body, name):
     # Files stay in memory up to the body's size (the body limit has already been checked).
     parser = FormParser("multipart/form-data", None, on_file, boundary=options[b"boundary"],
                         config={"MAX_MEMORY_FILE_SIZE": len(body) + 1})
-    try:
-        parser.write(body)
-        parser.finalize()
-    except Exception as error:  # python-multipart's own errors: a malformed body
-        raise RequestError(422, f"The multipart body cannot be read ({error}).") from None
+    parser.write(body)
+    parser.finalize()
     return files
 
 
