@@ -667,3 +667,62 @@ def test_every_command_shows_the_default_its_library_uses(words, monkeypatch):
             text = shown[name]
             assert (float(text) == value if isinstance(value, float) else text == str(value)), \
                 (name, text, value)
+
+
+def _parse_errors(words, command):
+    """What a user may mistype for `smallcnn WORDS`: an unknown option, a missing argument,
+    a word that is no integer for each integer option."""
+    from test_settings import _number_kind
+
+    arguments = ["x" for p in command.params if p.param_type_name == "argument" and p.required]
+    mistakes = [[*arguments, "--no-such-option"]]
+    if arguments:
+        mistakes.append([])
+    for parameter in command.params:
+        if parameter.param_type_name == "option" and _number_kind(parameter) is int:
+            flag = max(parameter.opts, key=len)
+            mistakes += [[*arguments, flag, value] for value in ("inf", "nan", "1e308", "two")]
+    return [[*words, *mistake] for mistake in mistakes]
+
+
+@pytest.mark.parametrize("words", sorted(_commands()), ids=" ".join)
+def test_every_parse_error_is_one_line_with_exit_2(words):
+    cases = _parse_errors(words, _commands()[words])
+    if words[0] == "visualize":
+        cases.append(["visualize", "no-such-picture"])
+    cases += [["no-such-command"], ["--no-such-option"]]
+    for case in cases:
+        result = invoke(*case)
+        assert result.exit_code == 2, (case, result.output)
+        assert len(result.output.strip().splitlines()) == 1, (case, result.output)
+        assert result.output.startswith("error: ") and result.output.endswith(
+            "--help'.\n"), (case, result.output)
+    shown = invoke(*words, "--help")
+    assert shown.exit_code == 0 and "Usage: smallcnn" in shown.output
+
+
+def _truncated_tiff():
+    """The first 100 bytes of a TIFF: Pillow warns 'Truncated File Read' on opening it."""
+    import io
+
+    written = io.BytesIO()
+    Image.fromarray(np.zeros((40, 40, 3), np.uint8)).save(written, "TIFF")
+    return written.getvalue()[:100]
+
+
+def test_a_file_pillow_warns_about_is_skipped_with_one_line(tiny_data, trained):
+    """In the CLI a Pillow warning is the file's error: its reason in one line, no warning."""
+    import warnings
+
+    bad = tiny_data / "train" / "red" / "bad.jpg"
+    bad.write_bytes(_truncated_tiff())
+    good = tiny_data / "val" / "red" / "red_000.png"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        checked = invoke("check", tiny_data)
+        predicted = invoke("predict", bad, good, "--model", trained[0])
+    assert [str(w.message) for w in caught if "PIL" in w.filename] == []
+    assert checked.exit_code == 0 and "bad.jpg" in checked.output, checked.output
+    assert "the file is truncated" in checked.output
+    assert predicted.exit_code == 3, predicted.output
+    assert f"Cannot read image '{bad}': the file is truncated." in predicted.output

@@ -1,23 +1,68 @@
 """The `smallcnn` command: parse, call one library function, print.
 
 Library errors (`SmallcnnError`) become one line on stderr and the exit code of
-their class; a traceback is shown only with --debug. The CLI is the top of the package: it
+their class; a traceback is shown only with --debug. So do click's parse errors (exit 2),
+and Pillow's warnings are errors (its damaged files skipped with a one-line reason). The CLI is the top of the package: it
 may import every other part, and none imports it.
 """
 
+import contextlib
 import warnings
 from typing import Optional
 
 import typer
+from typer.core import TyperGroup
 from typing_extensions import Annotated
+
+try:  # typer 0.2x parses with a copy of click of its own
+    from typer._click.exceptions import ClickException
+except ImportError:
+    from click.exceptions import ClickException
 
 from smallcnn import __version__
 from smallcnn.errors import EXIT_CODES, SmallcnnError
 from smallcnn.runtime.cache import CacheWarning
 from smallcnn.runtime.quiet import import_tensorflow
 
+
+@contextlib.contextmanager
+def _one_line_parse_errors():
+    """Click's errors (an unknown option or command, a missing argument, a value that is
+    no number or no choice) as one line on stderr and their exit code (2), as the library's
+    errors are; the help that a bare command shows stays as it is."""
+    try:
+        yield
+    except ClickException as error:
+        if type(error).__name__ == "NoArgsIsHelpError":
+            raise
+        from rich.markup import escape
+
+        from smallcnn.cli.console import stderr
+
+        context = getattr(error, "ctx", None)
+        hint = f" Try '{context.command_path} --help'." if context is not None else ""
+        message = " ".join(error.format_message().split())
+        message += "" if message.endswith((".", "?")) else "."
+        stderr.print(f"[bold red]error:[/bold red] {escape(message)}{hint}", soft_wrap=True,
+                     highlight=False)
+        raise typer.Exit(error.exit_code) from None
+
+
+class _Commands(TyperGroup):
+    """The app: every command of it parses its words with `_one_line_parse_errors`."""
+
+    def make_context(self, *args, **kwargs):
+        with _one_line_parse_errors():
+            return super().make_context(*args, **kwargs)
+
+    def invoke(self, ctx):  # a command's words are parsed here, and a group's
+        with _one_line_parse_errors():
+            return super().invoke(ctx)
+
+
 app = typer.Typer(
     name="smallcnn",
+    cls=_Commands,
     help="Accurate image classifiers from a few hundred labelled images, by transfer learning.",
     no_args_is_help=True,
     add_completion=False,
@@ -25,6 +70,8 @@ app = typer.Typer(
     rich_markup_mode="rich",
 )
 _state = {"debug": False}
+# The modules whose warnings are errors in this process (see `_run`).
+PILLOW_MODULES = r"PIL(\.|$)"
 
 
 # Library calls that report on stderr: stdout holds what the command prints itself.
@@ -111,6 +158,9 @@ def _run(command, *args, tensorflow=True, **kwargs):
 
             warnings.showwarning = one_line
             warnings.simplefilter("always", CacheWarning)
+            # Pillow warns of a damaged file (a truncated TIFF) and goes on: as an error,
+            # `data.images.decoding` skips the file with a one-line reason in its words.
+            warnings.filterwarnings("error", module=PILLOW_MODULES)
             return _library_call(command)(*args, **kwargs)
     except SmallcnnError as error:
         if _state["debug"]:
