@@ -726,3 +726,26 @@ def test_a_file_pillow_warns_about_is_skipped_with_one_line(tiny_data, trained):
     assert "the file is truncated" in checked.output
     assert predicted.exit_code == 3, predicted.output
     assert f"Cannot read image '{bad}': the file is truncated." in predicted.output
+
+
+def _jpeg_with_corrupt_exif():
+    """A good JPEG whose EXIF block names more tag data than it holds: Pillow warns 'Tag data
+    larger than file' while reading it, and the pixels decode well."""
+    import io
+    import struct
+
+    entry = struct.pack("<HHII", 0x010F, 2, 1000, 0x1000)  # Make: 1000 bytes, far past the end
+    tiff = b"II*\x00" + struct.pack("<IH", 8, 1) + entry + struct.pack("<I", 0)
+    written = io.BytesIO()
+    Image.fromarray(np.full((40, 40, 3), (210, 50, 40), np.uint8)).save(
+        written, "JPEG", exif=b"Exif\x00\x00" + tiff)
+    return written.getvalue()
+
+
+def test_a_photo_whose_metadata_pillow_warns_about_is_used(tmp_path, trained):
+    """Only a truncation skips a file: a warning about metadata beside good pixels does not."""
+    photo = tmp_path / "photo.jpg"
+    photo.write_bytes(_jpeg_with_corrupt_exif())
+    predicted = invoke("predict", photo, "--model", trained[0])
+    assert predicted.exit_code == 0, predicted.output
+    assert "Cannot read" not in predicted.output and "Warning" not in predicted.output

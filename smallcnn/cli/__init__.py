@@ -2,8 +2,8 @@
 
 Library errors (`SmallcnnError`) become one line on stderr and the exit code of
 their class; a traceback is shown only with --debug. So do click's parse errors (exit 2),
-and Pillow's warnings are errors (its damaged files skipped with a one-line reason). The CLI is the top of the package: it
-may import every other part, and none imports it.
+and a file Pillow warns is truncated is skipped with a one-line reason. The CLI is the top
+of the package: it may import every other part, and none imports it.
 """
 
 import contextlib
@@ -158,9 +158,12 @@ def _run(command, *args, tensorflow=True, **kwargs):
 
             warnings.showwarning = one_line
             warnings.simplefilter("always", CacheWarning)
-            # Pillow warns of a damaged file (a truncated TIFF) and goes on: as an error,
+            # Pillow warns of a truncated file (a TIFF) and goes on: as an error,
             # `data.images.decoding` skips the file with a one-line reason in its words.
-            warnings.filterwarnings("error", module=PILLOW_MODULES)
+            # Its other warnings are of metadata (a corrupt EXIF block, an odd palette)
+            # beside pixels that decode well: such a photo is used, not skipped.
+            warnings.filterwarnings("ignore", module=PILLOW_MODULES)
+            warnings.filterwarnings("error", message=".*truncated", module=PILLOW_MODULES)
             return _library_call(command)(*args, **kwargs)
     except SmallcnnError as error:
         if _state["debug"]:
