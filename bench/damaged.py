@@ -26,8 +26,8 @@ from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 SOURCE = ROOT.parent / "shared" / "datasets" / "ants-bees"
-sys.path.insert(0, str(ROOT / "tests"))
-from corpus import _png_claiming  # noqa: E402
+sys.path.insert(0, str(ROOT))
+from tools.corpus import png_claiming  # noqa: E402
 
 
 def plant(data):
@@ -39,7 +39,7 @@ def plant(data):
         "val/ants/download.jpg": b"<!doctype html><html><body>403 Forbidden</body></html>",
         "val/bees/noise.png": rng.bytes(5000),
         "train/ants/signature.png": b"\x89PNG\r\n\x1a\n",
-        "train/bees/huge-scan.png": _png_claiming(20_000, 20_000),
+        "train/bees/huge-scan.png": png_claiming(20_000, 20_000),
         "val/ants/zero.png": b"",
         "val/bees/notes.jpeg": b"field notes, not a photo\n",
     }

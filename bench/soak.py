@@ -3,7 +3,7 @@
 A run (smallcnn extract of ants-bees, --base mobilenet_v2) serves in its own process on
 127.0.0.1. CLIENTS threads each send, for --seconds and at most --requests in all, a
 seeded random mix of KINDS: good images (one, several, a raw body; photos and the odd
-but readable files of tests/corpus.py), the corpus's damaged files, a BOMB_SIDE-square
+but readable files of tools/corpus.py), the corpus's damaged files, a BOMB_SIDE-square
 RGBA PNG (above --max-pixels), a body above --max-upload-mb, more files than --max-files,
 malformed multipart bodies, a wrong content type, bad ?top_k=, and Grad-CAMs. A thread of
 its own polls /health every HEALTH_EVERY s; another reads the server's VmRSS and VmHWM.
@@ -37,10 +37,9 @@ from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests"))
 
 from bench.run import PYTHON, SHARED, load_results, save_results, smallcnn  # noqa: E402
-from corpus import CASES  # noqa: E402
+from tools.corpus import CASES  # noqa: E402
 
 from smallcnn.serve import ServeSettings  # noqa: E402
 from smallcnn.serve.settings import option  # noqa: E402
@@ -104,7 +103,7 @@ def bomb_png(side=BOMB_SIDE):
 
 
 def corpus_files(folder):
-    """tests/corpus.py's files written to `folder`: `(readable paths, {damaged path: status})`,
+    """tools/corpus.py's files written to `folder`: `(readable paths, {damaged path: status})`,
     the status docs/serve.md gives (415 for what is not an image, 422 for a damaged one)."""
     folder.mkdir(parents=True, exist_ok=True)
     readable, damaged = [], {}

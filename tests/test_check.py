@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from conftest import invoke, make_dataset
-from corpus import CASES, write_case
+from tools.corpus import CASES, write_case
 from smallcnn.data.check import check_dataset, scan_file
 from smallcnn.data.dataset import find_dataset
 from smallcnn.data.images import UnreadableImage, load_image

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from conftest import invoke
-from corpus import DAMAGED, write_case
+from tools.corpus import DAMAGED, write_case
 from smallcnn.data.images import UnreadableImage, decode_image
 
 SIZE = 16

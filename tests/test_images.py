@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from corpus import _png_claiming
+from tools.corpus import png_claiming
 from smallcnn.data.images import (PIXEL_LIMIT, STRIP_PIXELS, UnreadableImage, decode_image, load_image,
                              load_images)
 
@@ -123,18 +123,18 @@ def test_the_limit_named_is_the_limit_that_refuses():
     height = 9_459
     width = PIXEL_LIMIT // height
     with pytest.raises(UnreadableImage, match="truncated"):
-        decode_image(_png_claiming(width, height), "scan.png", 16)
+        decode_image(png_claiming(width, height), "scan.png", 16)
     refused = f"{width + 1}x{height} is larger than the limit of {PIXEL_LIMIT:,} pixels"
     with pytest.raises(UnreadableImage, match=refused):
-        decode_image(_png_claiming(width + 1, height), "scan.png", 16)
+        decode_image(png_claiming(width + 1, height), "scan.png", 16)
 
 
 def test_an_image_pillow_refuses_by_itself_names_the_limit_in_force():
     """Pillow refuses beyond twice its threshold before the header's size is known."""
     with pytest.raises(UnreadableImage, match=f"larger than the limit of {PIXEL_LIMIT:,} pixels"):
-        decode_image(_png_claiming(20_000, 20_000), "scan.png", 16)
+        decode_image(png_claiming(20_000, 20_000), "scan.png", 16)
     with pytest.raises(UnreadableImage, match="larger than the limit of 1,000 pixels"):
-        decode_image(_png_claiming(20_000, 20_000), "scan.png", 16, max_pixels=1_000)
+        decode_image(png_claiming(20_000, 20_000), "scan.png", 16, max_pixels=1_000)
 
 
 def test_max_pixels_is_the_limit_in_force(tmp_path):

@@ -28,7 +28,7 @@ def _png_chunk(kind, data):
             + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
 
 
-def _png_claiming(width, height):
+def png_claiming(width, height):
     """A PNG whose header claims a size, with a tiny bogus body."""
     header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
     return (b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", header)
@@ -111,7 +111,7 @@ CASES = [
     ("html-named-jpg", "page.jpg", lambda: b"<!doctype html><html>404</html>", "not an image"),
     ("random-bytes", "noise.png", lambda: np.random.default_rng(1).bytes(2000), "not an image"),
     ("png-signature-only", "sig.png", lambda: b"\x89PNG\r\n\x1a\n", "not an image"),
-    ("bomb-40000px", "scan.png", lambda: _png_claiming(20_000, 20_000), "limit"),
+    ("bomb-40000px", "scan.png", lambda: png_claiming(20_000, 20_000), "limit"),
     ("png-named-jpg", "really-png.jpg", lambda: _encoded(_noise(), "PNG"), None),
     ("cmyk-jpeg", "cmyk.jpg", lambda: _encoded(_noise().convert("CMYK"), "JPEG"), None),
     ("grey-jpeg", "grey.JPG", lambda: _encoded(_noise().convert("L"), "JPEG"), None),
