@@ -14,14 +14,13 @@ extract) records a tried idea (e.g. `--variant blocks2 --phases finetune --
     .venv/bin/python bench/bases.py [--bases ...] [--datasets ...] [--phases ...] [--epochs 2]
     .venv/bin/python bench/bases.py --summarize      # print the tables only
 
-The default base is chosen by the rule in the README (DEFAULT_RULE below), from these
-figures; `rule()` prints what it gives.
+The default base is chosen by the rule in the README (tools/default_base.py), from these
+figures; the summary says what it gives.
 """
 
 import argparse
 import json
 import shutil
-import statistics
 import sys
 import tempfile
 import time
@@ -29,19 +28,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.run import ROOT, SHARED, run_metrics, smallcnn  # noqa: E402
-from smallcnn.model.bases import BASES  # noqa: E402
+from bench.run import SHARED, run_metrics, smallcnn  # noqa: E402
+from tools.default_base import (BUNDLED, DATASETS, DEFAULT_RULE, FASTEST, RESULTS,  # noqa: E402
+                                load, rule)
 
-RESULTS = ROOT / "bench" / "results" / "bases.json"
-DATASETS = ("ants-bees", "cats-dogs-small", "food101-10")
 PHASES = ("extract", "train", "finetune")
-BUNDLED = tuple(name for name, spec in BASES.items() if spec.packaged_imagenet)
-FASTEST = "mobilenet_v2"
-SPEED_DATASET = "cats-dogs-small"
-MAX_SLOWDOWN = 2.0
-DEFAULT_RULE = (f"the bundled base with the best mean extract accuracy over the bench data sets "
-                f"whose cold extract on {SPEED_DATASET} takes at most {MAX_SLOWDOWN:g}x "
-                f"{FASTEST}'s")
 
 
 def accuracy(metrics):
@@ -76,32 +67,6 @@ def measure(base, dataset, phase, epochs, extra, work):
             "kept_earlier": metrics.get("kept_earlier_model", False),
             "timings": metrics.get("timings"),
             "date": time.strftime("%Y-%m-%d %H:%M")}
-
-
-def load():
-    return json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
-
-
-def cell(results, base, dataset, phase, variant=""):
-    return results.get("/".join(filter(None, (base + (f"@{variant}" if variant else ""),
-                                              dataset, phase))))
-
-
-def rule(results):
-    """The default base by DEFAULT_RULE, with the figures it used (None where cells are missing)."""
-    fastest = cell(results, FASTEST, SPEED_DATASET, "extract")
-    candidates = {}
-    for base in BUNDLED:
-        cells = [cell(results, base, d, "extract") for d in DATASETS]
-        speed = cell(results, base, SPEED_DATASET, "extract")
-        if None in cells or fastest is None:
-            continue
-        slowdown = speed["wall_seconds"] / fastest["wall_seconds"]
-        candidates[base] = {"mean_accuracy": statistics.mean(c["accuracy"] for c in cells),
-                            "slowdown": slowdown, "eligible": slowdown <= MAX_SLOWDOWN}
-    eligible = {b: c for b, c in candidates.items() if c["eligible"]}
-    chosen = max(eligible, key=lambda b: eligible[b]["mean_accuracy"]) if eligible else None
-    return chosen, candidates
 
 
 def summary(results):

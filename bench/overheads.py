@@ -31,6 +31,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.run import ROOT, SHARED, peer, run_metrics, smallcnn  # noqa: E402
+from tools import default_base  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "overheads.json"
 DATASET = "cats-dogs-small"
@@ -147,11 +148,9 @@ def summary(results):
 
 def per_base_overheads():
     """Every bundled base's cold extract on DATASET: wall, forward pass, the rest."""
-    from bench import bases
-
     rows = []
-    for base in bases.BUNDLED:
-        cell = bases.cell(bases.load(), base, DATASET, "extract")
+    for base in default_base.BUNDLED:
+        cell = default_base.cell(default_base.load(), base, DATASET, "extract")
         if cell and (cell.get("timings") or {}).get("base"):
             forward = cell["timings"]["base"]
             rows.append(f"| {base} | {cell['wall_seconds']:.1f} | {forward:.1f} | "

@@ -228,14 +228,9 @@ def test_top_blocks_of_efficientnet_and_mobilenet_v2():
 
 def test_the_default_base_is_the_one_the_bench_chooses():
     """The README's rule, applied to the recorded bench/bases.py results, names the default."""
-    import sys
-    from pathlib import Path
+    from tools import default_base
 
-    from smallcnn.model.bases import DEFAULT_BASE
-
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from bench import bases as bench
-
-    chosen, candidates = bench.rule(bench.load())
-    assert set(candidates) == set(bench.BUNDLED), "bench/results/bases.json lacks an extract cell"
+    chosen, candidates = default_base.rule(default_base.load())
+    assert set(candidates) == set(default_base.BUNDLED), \
+        f"{default_base.RESULTS} lacks an extract cell"
     assert chosen == DEFAULT_BASE
