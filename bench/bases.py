@@ -28,7 +28,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.run import SHARED, run_metrics, smallcnn  # noqa: E402
+from bench.common import SHARED, run_metrics, smallcnn  # noqa: E402
 from tools.default_base import (BUNDLED, DATASETS, DEFAULT_RULE, FASTEST, RESULTS,  # noqa: E402
                                 load, rule)
 

@@ -27,7 +27,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.run import (BASE, PYTHON, ROOT, SHARED, load_results, run_metrics,  # noqa: E402
+from bench.common import (BASE, PYTHON, ROOT, SHARED, load_results, run_metrics,  # noqa: E402
                        save_results, smallcnn, timed)
 
 RESULTS = ROOT / "bench" / "results" / "devices.json"

@@ -10,7 +10,7 @@ trained on them for several groups of seeds, so each figure comes with its sprea
 
     .venv/bin/python bench/ideas.py [--data food101-10] [--variants ...] [--groups 4]
 
-Records bench/results/ideas.json; bench/run.py --summarize puts it in docs/benchmarks.md.
+Records bench/results/ideas.json; bench/report.py puts it in docs/benchmarks.md.
 """
 
 import argparse

@@ -11,6 +11,7 @@ probabilities, side by side. food101-10 is only linked from a temporary folder.
     .venv/bin/python bench/label_issues.py
 """
 
+import argparse
 import json
 import random
 import sys
@@ -20,7 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.run import ROOT, SHARED, load_results, save_results  # noqa: E402
+from bench.common import ROOT, SHARED, load_results, save_results  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "label_issues.json"
 SETS = {"cats-dogs-small": 0.05, "ants-bees": 0.10}
@@ -122,6 +123,8 @@ def summary(results):
 
 
 def main():
+    # No options; --help says what the bench does (and runs nothing).
+    argparse.ArgumentParser(description=__doc__.splitlines()[0]).parse_args()
     import os
 
     results = {"date": time.strftime("%Y-%m-%d"), "cells": []}

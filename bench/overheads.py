@@ -11,7 +11,7 @@ times:
 Each records wall seconds and peak memory (/usr/bin/time), the run's timings and epochs;
 overhead = wall minus the forward pass for features (extract) or minus the epochs (train,
 recipe). The overhead of every bundled base's cold extract comes from bench/bases.py's
-results. Results: bench/results/overheads.json; bench/run.py puts the tables in
+results. Results: bench/results/overheads.json; bench/report.py puts the tables in
 docs/benchmarks.md.
 
     .venv/bin/python bench/overheads.py [--baseline ../smallcnn-old] [--rounds 2]
@@ -30,7 +30,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.run import ROOT, SHARED, peer, run_metrics, smallcnn  # noqa: E402
+from bench.common import ROOT, SHARED, peer, run_metrics, smallcnn  # noqa: E402
 from tools import default_base  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "overheads.json"

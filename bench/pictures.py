@@ -6,7 +6,7 @@ fresh process (TensorFlow's import and the base's build included), --rounds time
 
 PHOTO is a bee from the bundled sample, PAINTING the Van Gogh in docs/images. Records wall
 seconds and peak memory (/usr/bin/time) and what the command printed at its end (the
-objective, the losses). Results: bench/results/pictures.json; bench/run.py puts the table
+objective, the losses). Results: bench/results/pictures.json; bench/report.py puts the table
 in docs/benchmarks.md.
 
     .venv/bin/python bench/pictures.py [--rounds 2]
@@ -22,7 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.run import ROOT, load_results, save_results, smallcnn  # noqa: E402
+from bench.common import ROOT, load_results, save_results, smallcnn  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "pictures.json"
 PHOTO = ROOT / "datasets" / "ants-bees" / "val" / "bees" / "10870992_eebeeb3a12.jpg"

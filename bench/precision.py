@@ -20,7 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.run import PYTHON, ROOT, load_results, save_results  # noqa: E402
+from bench.common import PYTHON, ROOT, load_results, save_results  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "precision.json"
 BASES = ("mobilenet_v2", "efficientnet_b0")

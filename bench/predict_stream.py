@@ -8,6 +8,7 @@ run of cats-dogs-small (the default base). Each command runs in a fresh process 
     .venv/bin/python bench/predict_stream.py
 """
 
+import argparse
 import json
 import sys
 import tempfile
@@ -16,7 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.run import ROOT, SHARED, load_results, save_results, smallcnn  # noqa: E402
+from bench.common import ROOT, SHARED, load_results, save_results, smallcnn  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "predict_stream.json"
 SIZES = (2_000, 20_000)
@@ -52,6 +53,8 @@ def summary(results):
 
 
 def main():
+    # No options; --help says what the bench does (and runs nothing).
+    argparse.ArgumentParser(description=__doc__.splitlines()[0]).parse_args()
     data = SHARED / "cats-dogs-small"
     images = sorted(data.rglob("*.jpg"))
     results = {"date": time.strftime("%Y-%m-%d"), "rows": []}

@@ -16,71 +16,26 @@ Wall time and peak memory of every command come from /usr/bin/time.
 
     .venv/bin/python bench/run.py [--datasets ants-bees cats-dogs-small] [--epochs 2]
 
-Prints a table per data set and writes docs/benchmarks.md and bench/results/*.json.
+Prints a table per data set and records it in bench/results/<data set>.json;
+bench/report.py writes docs/benchmarks.md from those (and the other benches').
 """
 
 import argparse
-import csv
 import json
-import os
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared" / "datasets"
-PYTHON = sys.executable
-# The peer's base (bench/peer.py): smallcnn runs the same one here. Every bundled base on
-# every data set is bench/bases.py's job.
-BASE = ["--base", "mobilenet_v2"]
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.common import (BASE, PYTHON, ROOT, SHARED, peer, run_metrics, smallcnn,  # noqa: E402
+                          timed)
 
-def timed(args, env=None, cwd=None):
-    """Runs a command; returns wall seconds, peak RSS in MB, exit code and output."""
-    with tempfile.NamedTemporaryFile("r", suffix=".time") as stats:
-        process = subprocess.run(
-            ["/usr/bin/time", "-f", "%e %M", "-o", stats.name, *map(str, args)],
-            env={**os.environ, **(env or {})}, cwd=cwd, capture_output=True, text=True,
-        )
-        wall, peak_kb = stats.read().split()[-2:]
-    if process.returncode != 0:
-        print(process.stdout[-3000:], process.stderr[-3000:], file=sys.stderr)
-        raise SystemExit(f"failed ({process.returncode}): {' '.join(map(str, args))}")
-    return {"wall_seconds": float(wall), "peak_mb": int(peak_kb) / 1024, "output": process.stdout}
-
-
-def load_results(path):
-    """A bench's recorded results, or {} when it has not run."""
-    return json.loads(path.read_text()) if path.exists() else {}
-
-
-def save_results(path, results, summary):
-    """Records a bench's results and prints its table (`summary(results)`'s lines)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(results, indent=2))
-    print("\n".join(summary(results)))
-
-
-def smallcnn(*args, env=None, cwd=None):
-    return timed([PYTHON, "-m", "smallcnn", *args], env=env, cwd=cwd)
-
-
-def peer(phase, data, epochs, work):
-    out = work / f"peer-{phase}.json"
-    run = timed([PYTHON, ROOT / "bench" / "peer.py", phase, data, "--epochs", epochs,
-                 "--out", out])
-    return {**json.loads(out.read_text()), **run}
-
-
-def run_metrics(run_dir):
-    metrics = json.loads((run_dir / "metrics.json").read_text())
-    with open(run_dir / "history.csv") as f:
-        metrics["history"] = list(csv.DictReader(f))
-    return metrics
+DATASETS = ("ants-bees", "cats-dogs-small")
+EPOCHS = 2
 
 
 def limit(data):
@@ -327,46 +282,24 @@ def summary(r):
     return rows
 
 
+def results_path(name):
+    """Where the comparison on data set NAME is recorded."""
+    return ROOT / "bench" / "results" / f"{name}.json"
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--datasets", nargs="+", default=["ants-bees", "cats-dogs-small"])
-    parser.add_argument("--epochs", type=int, default=2)
-    parser.add_argument("--summarize", action="store_true",
-                        help="rewrite docs/benchmarks.md from bench/results/*.json; run nothing")
+    parser.add_argument("--datasets", nargs="+", default=list(DATASETS))
+    parser.add_argument("--epochs", type=int, default=EPOCHS)
     args = parser.parse_args()
-    results_dir = ROOT / "bench" / "results"
-    results_dir.mkdir(parents=True, exist_ok=True)
-    lines = ["# Benchmarks", "",
-             f"`make bench` ({' '.join(a for a in sys.argv[1:] if a != '--summarize') or 'defaults'}), "
-             f"{time.strftime('%Y-%m-%d')}, on this project's 2-core, no-GPU machine. "
-             "Every figure comes from one run of bench/run.py; the tools alternate.", ""]
     for name in args.datasets:
-        if args.summarize:
-            result = json.loads((results_dir / f"{name}.json").read_text())
-            lines[2] = lines[2].replace(time.strftime("%Y-%m-%d"), result.get("date", "?"))
-            print("\n".join(summary(result)))
-            lines += summary(result) + [""]
-            continue
         work = Path(tempfile.mkdtemp(prefix=f"smallcnn-bench-{name}-"))
         result = bench(name, args.epochs, work, scaling=name == "cats-dogs-small")
         result["date"] = time.strftime("%Y-%m-%d")
-        (results_dir / f"{name}.json").write_text(json.dumps(result, indent=2, default=str))
-        table = summary(result)
-        print("\n".join(table), flush=True)
-        lines += table + [""]
+        results_path(name).parent.mkdir(parents=True, exist_ok=True)
+        results_path(name).write_text(json.dumps(result, indent=2, default=str))
+        print("\n".join(summary(result)), flush=True)
         shutil.rmtree(work, ignore_errors=True)
-    sys.path.insert(0, str(ROOT))
-    from bench import (bases, devices, ideas, label_issues, overheads,  # as last run
-                       pictures, precision, predict_stream, serve, soak, tta)
-
-    lines += (bases.summary(bases.load()) + ideas.summary(ideas.load())
-              + overheads.summary(overheads.load()) + pictures.summary(pictures.load())
-              + serve.summary(serve.load()) + soak.summary(soak.load())
-              + label_issues.summary(label_issues.load())
-              + tta.summary(tta.load()) + predict_stream.summary(predict_stream.load())
-              + precision.summary(precision.load()) + devices.summary(devices.load()))
-    (ROOT / "docs").mkdir(exist_ok=True)
-    (ROOT / "docs" / "benchmarks.md").write_text("\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":

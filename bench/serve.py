@@ -26,7 +26,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.run import PYTHON, ROOT, SHARED, load_results, save_results, smallcnn  # noqa: E402
+from bench.common import PYTHON, ROOT, SHARED, load_results, save_results, smallcnn  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "serve.json"
 DATASET = "cats-dogs-small"

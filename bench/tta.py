@@ -10,6 +10,7 @@ where b and c count the images it turns right and wrong (McNemar's).
     .venv/bin/python bench/tta.py
 """
 
+import argparse
 import json
 import math
 import sys
@@ -19,7 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.run import ROOT, SHARED, load_results, save_results  # noqa: E402
+from bench.common import ROOT, SHARED, load_results, save_results  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "tta.json"
 VIEW_COUNTS = (1, 2, 4, 8)
@@ -94,6 +95,8 @@ def summary(results):
 
 
 def main():
+    # No options; --help says what the bench does (and runs nothing).
+    argparse.ArgumentParser(description=__doc__.splitlines()[0]).parse_args()
     import os
 
     results = {"date": time.strftime("%Y-%m-%d"), "cells": []}

@@ -1,17 +1,13 @@
-"""A short soak of `smallcnn serve` (bench/soak.py's, for seconds instead of a minute):
-ordinary and hostile clients at once, and nothing gets through (issue 26)."""
+"""A short soak of `smallcnn serve` (bench/soak.py's harness, tools/soak.py, for seconds
+instead of a minute): ordinary and hostile clients at once, and nothing gets through (issue 26)."""
 
 import json
-import sys
-from pathlib import Path
 
 import pytest
 from conftest import invoke
 
 from smallcnn.serve import ServeSettings
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench import soak  # noqa: E402
+from tools import soak, soak_requests
 
 SECONDS = 6
 CLIENTS = 4
@@ -22,7 +18,7 @@ MOST = 1_500  # requests in all, whichever bound comes first
 def test_a_short_soak_answers_every_request_as_promised(trained, tmp_path):
     run, data = trained
     photos = sorted((data / "val").rglob("*.png"))
-    readable, damaged = soak.corpus_files(tmp_path / "corpus")
+    readable, damaged = soak_requests.corpus_files(tmp_path / "corpus")
     good = [*photos, *readable]
     classes = len(json.loads((run / "smallcnn.json").read_text())["class_names"])
     # Small limits: refusing a body or a list of files costs the clients little, and two
@@ -32,13 +28,15 @@ def test_a_short_soak_answers_every_request_as_promised(trained, tmp_path):
     def predicted():
         done = invoke("predict", *good, "--model", run, "--json", "--top-k", classes)
         assert done.exit_code == 0, done.output
-        return soak.expected_probabilities(json.loads(done.stdout))
+        return soak_requests.expected_probabilities(json.loads(done.stdout))
 
-    results = soak.run_soak(run, settings, soak.materials(good, damaged, settings, classes),
-                            predicted, tmp_path / "server.log", CLIENTS, SECONDS, MOST)
+    m = soak_requests.materials(good, damaged, settings, classes)
+    results = soak.run_soak(run, settings, m, predicted, tmp_path / "server.log", CLIENTS,
+                            SECONDS, MOST)
     assert soak.failures(results) == []
     sent = {row["kind"] for row in results["rows"]}
-    assert sent == {soak.FIRST_GRADCAM, *soak.KINDS, soak.HEALTH}, "every kind, and /health"
+    every = {soak.FIRST_GRADCAM, *soak_requests.KINDS, soak.HEALTH}
+    assert sent == every, "every kind, and /health"
     answered = sum(row["statuses"].get("200", 0) for row in results["rows"]
                    if row["kind"].startswith("good"))
     assert answered >= 10  # good images whose probabilities were compared with predict's
