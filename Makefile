@@ -43,6 +43,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/precision.py
 	$(BIN)/python bench/devices.py
 	$(BIN)/python bench/run.py
+	$(BIN)/python bench/report.py  # docs/benchmarks.md from bench/results/
 
 clean:
 	rm -rf runs .pytest_cache
