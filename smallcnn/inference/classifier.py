@@ -3,6 +3,7 @@ probabilities -> `Prediction` objects, top-k, test-time augmentation, a chunk of
 a time. A run folder's `Classifier` (`predict`) and an exported file's
 `ExportedClassifier` (`exported`) each say how they run a batch of pixels (`_runner`)."""
 
+import abc
 import dataclasses
 from pathlib import Path
 
@@ -32,7 +33,7 @@ class Prediction:
                 "top": [dict(entry) for entry in self.top], "engine": self.engine}
 
 
-class ImageClassifier:
+class ImageClassifier(abc.ABC):
     """A model with its class names and input size, ready to predict; a subclass says how
     it runs pixels (`_runner`).
 
@@ -55,10 +56,10 @@ class ImageClassifier:
         self.image_size = int(config["image_size"])
         self.engine = engine
 
+    @abc.abstractmethod
     def _runner(self, count, batch_size):
         """A function of a `(n, size, size, 3)` pixel array that returns probabilities,
         for `count` images in all; sets `self.engine`."""
-        raise NotImplementedError
 
     def batch_runner(self, batch_size=BATCH_SIZE):
         """The engine for a stream of images (a server): a function of `(n, size, size, 3)`
