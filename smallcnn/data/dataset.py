@@ -23,6 +23,10 @@ from smallcnn.errors import DataError, UsageError
 
 VAL_FOLDER_NAMES = ("val", "validation")
 SPLITS = ("train", "val", "test")
+# Without a val/ folder, this fraction of each class is drawn for validation, with this seed
+# (the training commands' --val-split and --seed default to them).
+VAL_SPLIT = 0.2
+SEED = 42
 
 
 @dataclasses.dataclass
@@ -126,7 +130,7 @@ def _stratified_split(by_class, val_split, seed):
     return train, val
 
 
-def find_dataset(data_dir, val_split=0.2, seed=42, table=TableOptions()):
+def find_dataset(data_dir, val_split=VAL_SPLIT, seed=SEED, table=TableOptions()):
     """Finds the splits, classes and image files of a data folder or table.
 
     Args:
@@ -277,7 +281,7 @@ def dataset_of_run(config, data=None, table=None):
     if table is not None:
         options = dataclasses.replace(options, **{name: value for name, value in
                                                   dataclasses.asdict(table).items() if value})
-    dataset = find_dataset(root, settings.get("val_split", 0.2), settings.get("seed", 42),
+    dataset = find_dataset(root, settings.get("val_split", VAL_SPLIT), settings.get("seed", SEED),
                            options)
     classes = list(config["class_names"])
     if dataset.class_names != classes:

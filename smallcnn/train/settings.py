@@ -12,6 +12,7 @@ import importlib.util
 import os
 from typing import Optional
 
+from smallcnn.data import dataset
 from smallcnn.data.augment import (
     DEFAULT_PRESET,
     FLIP_MODES,
@@ -120,10 +121,10 @@ class Settings:
                          allowed=HIDDEN)
     patience: Optional[int] = option(None, "Epochs without a better val_loss before stopping.",
                                      int, allowed=Range(0, EPOCHS.high))
-    seed: int = option(42, "Random seed (split, shuffling, augmentation, init).", int,
+    seed: int = option(dataset.SEED, "Random seed (split, shuffling, augmentation, init).", int,
                        allowed=SEED)
-    val_split: float = option(0.2, "Fraction of each class held out for validation when DATA "
-                              "has no validation folder.", float,
+    val_split: float = option(dataset.VAL_SPLIT, "Fraction of each class held out for validation "
+                              "when DATA has no validation folder.", float,
                               allowed=Range(0, 1, above=True, below=True))
     labels: Optional[str] = option(None, TABLE_HELP["labels"], str)
     images: Optional[str] = option(None, TABLE_HELP["images"], str)
