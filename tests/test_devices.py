@@ -75,9 +75,9 @@ def test_the_engine_is_tensorflow_on_several_devices_or_in_mixed_precision(monke
     monkeypatch.delenv("SMALLCNN_ENGINE", raising=False)
     one = devices.Placement(["/cpu:0"], "float32")
     assert chosen_engine("auto", one) == "auto"  # LiteRT where it runs, as before
-    assert chosen_engine("auto", devices.Placement(["/cpu:0", "/cpu:1"], "float32")) == "tf"
-    assert chosen_engine("auto", devices.Placement(["/gpu:0"], "float32", "gpu")) == "tf"
-    assert chosen_engine("auto", devices.Placement(["/cpu:0"], "mixed_bfloat16")) == "tf"
+    assert chosen_engine("auto", devices.Placement(["/cpu:0", "/cpu:1"], "float32")) == "tensorflow"
+    assert chosen_engine("auto", devices.Placement(["/gpu:0"], "float32", "gpu")) == "tensorflow"
+    assert chosen_engine("auto", devices.Placement(["/cpu:0"], "mixed_bfloat16")) == "tensorflow"
     assert chosen_engine("litert", devices.Placement(["/gpu:0"], "float32", "gpu")) == "litert"
 
 

@@ -63,7 +63,7 @@ def test_choices_come_from_the_registries(command, tiny_data):
     from smallcnn.data.augment import FLIP_MODES, PRESETS
     from smallcnn.model.head import LR_SCHEDULES, OPTIMIZERS
     from smallcnn.runtime.devices import PRECISIONS
-    from smallcnn.runtime.engine import ENGINES
+    from smallcnn.runtime.engine import CHOICES as ENGINES
     from smallcnn.train.settings import CLASS_WEIGHTS
 
     registries = {"base": BASES, "optimizer": OPTIMIZERS, "lr_schedule": LR_SCHEDULES,
@@ -127,7 +127,7 @@ def test_an_explicit_engine_wins_over_the_environment(monkeypatch):
 
     monkeypatch.setenv("SMALLCNN_ENGINE", "tf")
     assert chosen_engine("litert") == "litert"
-    assert chosen_engine("auto") == "tf"
+    assert chosen_engine("auto") == "tensorflow"  # tf: its alias
     monkeypatch.setenv("SMALLCNN_ENGINE", "gpu")
     with pytest.raises(UsageError, match="Unknown SMALLCNN_ENGINE 'gpu'"):
         chosen_engine("auto")

@@ -110,8 +110,8 @@ class Classifier(ImageClassifier):
         route = self.config.get("prediction")
         if not route or self.run_dir is None:
             return None
-        if chosen_engine() == "tf":
-            self._not_litert = "SMALLCNN_ENGINE=tf"
+        if chosen_engine() == "tensorflow":
+            self._not_litert = "SMALLCNN_ENGINE=tensorflow"
             return None
         from smallcnn.model import head, modelfile
         from smallcnn.runtime import cache
@@ -148,7 +148,7 @@ class Classifier(ImageClassifier):
             return None
         name = runs.converted_model_name(self.run_dir)
         if name is None:
-            self._not_litert = "SMALLCNN_ENGINE=tf"
+            self._not_litert = "SMALLCNN_ENGINE=tensorflow"
         return name
 
     def _litert_path_cached(self):

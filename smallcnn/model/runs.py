@@ -294,11 +294,11 @@ def load_model(run_dir):
 
 def converted_model_name(run_dir):
     """The cache entry (in `engines`) of a run's whole model in LiteRT, keyed by the model
-    file's stamp, or None where LiteRT is not to be used (SMALLCNN_ENGINE=tf)."""
+    file's stamp, or None where LiteRT is not to be used (SMALLCNN_ENGINE=tensorflow)."""
     from smallcnn.runtime import cache
     from smallcnn.runtime.engine import chosen_engine
 
-    if chosen_engine() == "tf":
+    if chosen_engine() == "tensorflow":
         return None
     stamp = cache.file_stamp(Path(run_dir) / MODEL_FILE)
     return f"model-{cache.key('engines', model_file=stamp)[:32]}.tflite"

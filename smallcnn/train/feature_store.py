@@ -227,7 +227,7 @@ class FeatureSource:
 
         plan = self.plan
         # (A cluster's worker decodes only its shard: nothing to overlap.)
-        if chosen_engine(plan.settings.engine, plan.placement) != "tf" and \
+        if chosen_engine(plan.settings.engine, plan.placement) != "tensorflow" and \
                 not plan.placement.multi_worker:
             self._warmup = warmup.start(plan.spec, plan.weights, plan.settings.image_size,
                                         plan.settings.seed, template, self.reporter.warning)

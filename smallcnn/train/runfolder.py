@@ -189,7 +189,7 @@ class RunWriter:
 
         plan = self.plan
         if head_weights is None or plan.weights == "none" or \
-                chosen_engine(plan.settings.engine, plan.placement) == "tf":
+                chosen_engine(plan.settings.engine, plan.placement) == "tensorflow":
             return None
         name = litert_name(plan.spec, plan.weights, plan.settings.image_size)
         if not cache.is_stored("engines", name):
@@ -203,9 +203,10 @@ class RunWriter:
         import importlib.util
 
         from smallcnn.runtime import cache
+        from smallcnn.runtime.engine import canonical
 
         name = runs.converted_model_name(run_dir)
-        if name is None or self.plan.settings.engine == "tf" or \
+        if name is None or canonical(self.plan.settings.engine) == "tensorflow" or \
                 os.environ.get("SMALLCNN_CONVERT_RUNS") == "0" or \
                 importlib.util.find_spec("ai_edge_litert") is None:
             return

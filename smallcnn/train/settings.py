@@ -30,7 +30,7 @@ from smallcnn.runtime.devices import (
     PRECISIONS,
     check_devices,
 )
-from smallcnn.runtime.engine import ENGINES
+from smallcnn.runtime.engine import CHOICES as ENGINES
 from smallcnn.runtime.ranges import Range, from_environment
 
 COMMANDS = ("extract", "train", "finetune")
@@ -147,8 +147,9 @@ class Settings:
     contrast: Optional[float] = option(None, f"Random contrast change factor {_AUGMENT_HELP}.",
                                        float, allowed=_AUGMENT["contrast"])
     engine: str = option("auto", "Engine for the frozen base's forward pass (auto: TensorFlow "
-                         "on GPUs or several devices, else LiteRT where it runs; "
-                         "$SMALLCNN_ENGINE sets it when this is auto).", str, choices=ENGINES)
+                         "on GPUs or several devices, else OpenVINO where it runs, in bfloat16 "
+                         "on CPUs with BF16, else LiteRT; tf is tensorflow; $SMALLCNN_ENGINE "
+                         "sets it when this is auto).", str, choices=ENGINES)
     devices: str = option("auto", f"Devices to run on: {DEVICES_HELP}", str)
     precision: str = option("auto", PRECISION_HELP, str, choices=PRECISIONS)
     class_weight: str = option("none", "balanced: weight each class by the inverse of its "
