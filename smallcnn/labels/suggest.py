@@ -1,0 +1,346 @@
+"""`smallcnn suggest POOL`: the unlabelled images most worth labelling next, as a table
+to correct and append to the data set's.
+
+    smallcnn suggest unlabelled/ --model runs/extract-... --n 50 --out next.csv
+    smallcnn suggest unlabelled/ --classes ants,bees         (no model yet: coverage)
+
+The pool's features come from the run's frozen base (or the default base, without a
+model) through the same engine and feature cache as extract's; its probabilities from
+the run's head; the labelled images' features from the run's data set, cached as
+extract cached them. The ranking is `strategies.rank`'s. The labelling page starts from
+`pool_features` and `labelled_features`.
+"""
+
+import csv
+import dataclasses
+import io
+import os
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from smallcnn.errors import DataError, UsageError
+from smallcnn.labels.strategies import STRATEGIES, N, chosen_strategy, rank
+from smallcnn.progress import Reporter
+
+# The table's columns: the label for a person to fill in, then the model's guess.
+COLUMNS = ("filename", "label", "guess", "probability")
+FEATURE_CHUNK = 256  # pool images decoded at a time: memory of a chunk, any pool size
+NO_LABEL = -1  # the label of a pool image in its cached features' entry
+
+
+@dataclasses.dataclass
+class PoolFeatures:
+    """The base's features of a pool of unlabelled images, and a model's view of them."""
+
+    paths: list  # the readable images, one per feature row
+    features: np.ndarray  # float32, (images, feature width)
+    skipped: list  # [(path, reason)] of the images that could not be read
+    class_names: list
+    head_weights: Optional[list] = None  # the run's head (NumPy, Keras' order), if it has one
+    probabilities: Optional[np.ndarray] = None  # (images, classes), None without a model
+    digests: dict = dataclasses.field(default_factory=dict, repr=False)  # path -> SHA-1
+
+
+@dataclasses.dataclass
+class LabelledSet:
+    """A run's labelled training images: features, labels, paths and their SHA-1s."""
+
+    features: np.ndarray
+    labels: np.ndarray
+    paths: list
+    digests: set
+
+
+@dataclasses.dataclass
+class Suggestion:
+    path: str
+    guess: Optional[str]  # the model's most probable class; None without a model
+    probability: Optional[float]
+
+    def to_dict(self):
+        return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass
+class Suggestions:
+    strategy: str  # the strategy that ran (auto's and mix's rule resolved)
+    suggestions: list  # Suggestion, best first
+    skipped: list  # [(path, reason)]
+    class_names: list
+    pool: int  # images ranked
+    written: list = dataclasses.field(default_factory=list)
+
+    def to_dict(self):
+        return {"strategy": self.strategy, "pool": self.pool,
+                "suggestions": [s.to_dict() for s in self.suggestions],
+                "skipped": [{"path": p, "reason": r} for p, r in self.skipped],
+                "written": self.written}
+
+
+def class_list(classes):
+    """`--classes a,b` (or a list) as a list of distinct names, refused when fewer than 2."""
+    names = classes.split(",") if isinstance(classes, str) else list(classes or [])
+    names = [name.strip() for name in names if name.strip()]
+    if len(names) < 2 or len(set(names)) != len(names):
+        raise UsageError(f"--classes needs two or more distinct class names, separated by "
+                         f"commas (ants,bees). Received: {classes!r}")
+    return names
+
+
+def _base_of(run, classes):
+    """`(spec, weights, image size, class names, config, run folder)`: the run's base,
+    or the default base with `classes` when there is no run."""
+    from smallcnn.model import runs
+    from smallcnn.model.bases import DEFAULT_BASE, get_base, resolve_weights
+
+    if run is None:
+        if classes is None:
+            raise UsageError("Without --model, name the classes to label: --classes ants,bees.")
+        spec = get_base(DEFAULT_BASE)
+        return spec, resolve_weights(spec, None), spec.default_size, class_list(classes), \
+            None, None
+    if classes is not None:
+        raise UsageError("--classes goes without --model: a run's classes are its own.")
+    run_dir = runs.resolve_run(run)
+    config = runs.read_config(run_dir)
+    spec = get_base(config["base"])
+    weights = resolve_weights(spec, config.get("settings", {}).get("weights"))
+    return spec, weights, int(config["image_size"]), list(config["class_names"]), config, \
+        run_dir
+
+
+def _engine(spec, weights, image_size, reporter):
+    """The frozen base's engine, as extract's (its LiteRT conversion cached)."""
+    from smallcnn.runtime.engine import feature_engine
+    from smallcnn.train.feature_store import seed_keras
+
+    def extractor():  # built only if the conversion is not cached
+        seed_keras(0)
+        from smallcnn.model.bases import build_base
+        from smallcnn.model.networks import feature_extractor
+
+        return feature_extractor(spec, build_base(spec, image_size, weights), image_size)
+
+    return feature_engine(spec, weights, image_size, extractor, reporter=reporter)
+
+
+def _scanned(paths, reporter):
+    """`(readable paths, digests, skipped)` from the data check's cached file scan."""
+    from smallcnn.data.check import scan_files
+
+    root = os.path.commonpath([os.path.abspath(p) for p in paths])
+    with reporter.progress("Scanning the pool", len(paths)) as advance:
+        facts = scan_files(paths, root, advance, reporter.warning)
+    readable = [p for p in paths if facts[p]["ok"]]
+    skipped = [(p, facts[p]["reason"]) for p in paths if not facts[p]["ok"]]
+    return readable, {p: facts[p]["sha1"] for p in readable}, skipped
+
+
+def _features(paths, spec, weights, image_size, reporter):
+    """`(features, kept paths, skipped, digests)` of the pool, from the feature cache
+    where an entry names the same base and the same file contents."""
+    from smallcnn.data.images import load_readable
+    from smallcnn.runtime import cache
+    from smallcnn.runtime.engine import compute_features
+    from smallcnn.train import feature_store
+
+    readable, digests, skipped = _scanned(paths, reporter)
+    key = None if weights == "none" else cache.key(
+        "features", base=spec.name, preprocessing=spec.preprocessing,
+        weights=cache.weights_identity(weights), image_size=image_size,
+        files=[[digests[p], NO_LABEL] for p in readable])
+    cached = feature_store.load(key, reporter.warning)
+    if cached is not None:
+        values, _, failed = cached
+        bad = {path for path, _ in failed}
+        reporter.note(f"pool: {len(values)} feature vectors from the cache")
+        return values, [p for p in readable if p not in bad], skipped + \
+            [tuple(f) for f in failed], digests
+    engine = _engine(spec, weights, image_size, reporter)
+    rows, kept, failed = [], [], []
+    with reporter.progress(f"Extracting pool features ({engine.name})", len(readable)) as advance:
+        for start in range(0, len(readable), FEATURE_CHUNK):
+            chunk = readable[start : start + FEATURE_CHUNK]
+            pixels, chunk_kept, failures = load_readable(chunk, image_size)
+            if len(chunk_kept):
+                rows.append(compute_features(engine, pixels))
+            kept += [chunk[i] for i in chunk_kept]
+            failed += [[f.path, f.reason] for f in failures]
+            advance(start + len(chunk))
+    width = rows[0].shape[1] if rows else 0
+    values = np.concatenate(rows) if rows else np.zeros((0, width), np.float32)
+    feature_store.store(key, values, np.full(len(kept), NO_LABEL, np.int32), failed,
+                        reporter.warning)
+    return values, kept, skipped + [tuple(f) for f in failed], digests
+
+
+def _head_weights(config, run_dir):
+    """The run's head (Keras' order) where the run recorded it over its frozen base (see
+    `Session.prediction_route`) and model.keras is still the file it wrote; else None."""
+    from smallcnn.model import modelfile, runs
+
+    route = config.get("prediction")
+    model_file = Path(run_dir) / runs.MODEL_FILE
+    if not route or runs.file_sha256(model_file) != config.get("model_sha256"):
+        return None
+    return modelfile.read_head_weights(model_file, route["head_datasets"])
+
+
+def pool_features(pool_paths, run=None, classes=None, reporter=None):
+    """The base's features of a pool of images, and the run's probabilities for them.
+
+    Args:
+        pool_paths: image files and folders (searched recursively).
+        run: a run folder, or None (no model yet: the default base, with `classes`).
+        classes: the class names when there is no run (a list, or "a,b").
+
+    Returns:
+        A `PoolFeatures`; unreadable images are in its `skipped`, with their reasons.
+    """
+    from smallcnn.inference.classifier import expand_paths
+
+    reporter = reporter or Reporter()
+    spec, weights, size, names, config, run_dir = _base_of(run, classes)
+    paths = expand_paths(pool_paths)
+    if not paths:
+        raise UsageError("The pool holds no image; give a folder or a list of images.")
+    features, kept, skipped, digests = _features(paths, spec, weights, size, reporter)
+    pool = PoolFeatures(kept, features, skipped, names, digests=digests)
+    if run_dir is None or not kept:
+        return pool
+    pool.head_weights = _head_weights(config, run_dir)
+    if pool.head_weights is not None:
+        from smallcnn.model import head
+
+        pool.probabilities = head.probabilities(pool.head_weights, features)
+        return pool
+    # Fine-tuned or unfrozen: the base's features are the pretrained one's, not the
+    # model's; its probabilities come from the whole model.
+    from smallcnn.inference.predict import load
+
+    probabilities, rows, failures = load(run_dir).probabilities_of_files(kept)
+    pool.skipped += [(f.path, f.reason) for f in failures]
+    pool.paths = [kept[i] for i in rows]
+    pool.features, pool.probabilities = features[rows], probabilities
+    return pool
+
+
+def labelled_set(run, reporter=None):
+    """The `LabelledSet` of a run's training split, from extract's feature cache (its
+    features computed and cached if missing)."""
+    from smallcnn.data.dataset import run_data_folder
+    from smallcnn.data.table import TableOptions
+    from smallcnn.labels.label_review import _AfterCheck
+    from smallcnn.model import runs
+    from smallcnn.runtime.timings import Timings
+    from smallcnn.train import Settings
+    from smallcnn.train.feature_store import FeatureSource
+    from smallcnn.train.session import plan_run, scan
+
+    reporter, timings = reporter or Reporter(), Timings()
+    config = runs.read_config(runs.resolve_run(run))
+    recorded = config.get("settings", {})
+    table = dataclasses.asdict(TableOptions.of(recorded))
+    settings = Settings(base=config["base"], image_size=int(config["image_size"]),
+                        weights=recorded.get("weights"), val_split=recorded.get("val_split"),
+                        seed=recorded.get("seed"), **table)
+    data = run_data_folder(config, "train a run on the data where it is now")
+    plan = plan_run("extract", data, settings, reporter, timings)
+    source = FeatureSource(plan, _AfterCheck(reporter), timings)
+    check = scan(plan, source, _AfterCheck(reporter), timings)
+    features, labels = source.features("train")
+    paths = [p for p in plan.dataset.train.paths if p not in source.skipped]
+    return LabelledSet(features, labels, paths, set(check.digests.values()))
+
+
+def labelled_features(run, reporter=None):
+    """`(features, labels)` of a run's training split (see `labelled_set`)."""
+    labelled = labelled_set(run, reporter)
+    return labelled.features, labelled.labels
+
+
+def suggest(pool, run=None, classes=None, n=N, strategy="auto", listing=None, out=None,
+            html_out=None, seed=0, reporter=None):
+    """`smallcnn suggest`: ranks the pool (`strategies.rank`) and writes the top `n` as a
+    table (`out`) and a page (`html_out`), each if asked.
+
+    Args:
+        pool: image files and folders; `listing`: a file listing more, one per line.
+        run: a run folder (its base, head and data set), or None with `classes`.
+
+    Returns:
+        `Suggestions`.
+    """
+    from smallcnn.inference.stream import images_of
+
+    reporter = reporter or Reporter()
+    for option, path in (("--out", out), ("--html", html_out)):
+        if path is not None and Path(path).is_dir():
+            raise UsageError(f"{option} {str(path)!r} is a folder; name a file.")
+    if n < 1:
+        raise UsageError(f"--n must be at least 1. Received: {n}")
+    if run is None or strategy not in STRATEGIES:  # an unknown name; margin without a model
+        chosen_strategy(strategy, 0, None)
+    paths = images_of([str(p) for p in pool], listing)
+    found = pool_features(paths, run, classes, reporter)
+    labelled = labelled_set(run, reporter) if run is not None else None
+    found = _without_labelled(found, labelled, reporter)
+    if not found.paths:
+        raise DataError("No image of the pool could be read, or all are labelled already.")
+    ranked = rank(found.features, strategy, n, None if labelled is None else labelled.features,
+                  found.probabilities, seed)
+    used = chosen_strategy(strategy, 0 if labelled is None else len(labelled.labels),
+                           found.probabilities)
+    result = Suggestions(used, [_suggestion(found, i) for i in ranked], found.skipped,
+                         found.class_names, len(found.paths))
+    if out is not None:
+        result.written.append(write_table(result.suggestions, out))
+    if html_out is not None:
+        from smallcnn.labels.suggest_page import suggest_page
+
+        result.written.append(suggest_page(result, found, ranked, labelled, html_out))
+    return result
+
+
+def _without_labelled(found, labelled, reporter):
+    """The pool without the images whose content is already in the run's data set."""
+    if labelled is None:
+        return found
+    keep = [i for i, p in enumerate(found.paths) if found.digests.get(p) not in labelled.digests]
+    if len(keep) < len(found.paths):
+        reporter.note(f"{len(found.paths) - len(keep)} pool image(s) are in the run's data "
+                      "set already: not suggested.")
+        found = dataclasses.replace(
+            found, paths=[found.paths[i] for i in keep], features=found.features[keep],
+            probabilities=None if found.probabilities is None else found.probabilities[keep])
+    return found
+
+
+def _suggestion(found, index):
+    if found.probabilities is None:
+        return Suggestion(found.paths[index], None, None)
+    row = found.probabilities[index]
+    best = int(np.argmax(row))
+    return Suggestion(found.paths[index], found.class_names[best], round(float(row[best]), 4))
+
+
+def write_table(suggestions, out):
+    """Writes the suggestions as a table of labels (`COLUMNS`) with the label left empty;
+    file names relative to the table's folder where they are inside it, else absolute."""
+    from smallcnn.data.table import is_inside
+    from smallcnn.runtime.files import write_text
+
+    out = Path(out)
+    folder = out.parent.resolve()
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(COLUMNS)
+    for s in suggestions:
+        path = os.path.abspath(s.path)
+        name = os.path.relpath(path, folder) if is_inside(path, folder) else path
+        writer.writerow([name, "", s.guess or "", "" if s.probability is None else s.probability])
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_text(out, buffer.getvalue())
+    return str(out)
