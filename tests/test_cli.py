@@ -10,6 +10,8 @@ from PIL import Image
 
 from conftest import invoke, invoke_in_subprocess, make_dataset
 
+from smallcnn.runtime.engine import expected_engine
+
 FAST = ["--epochs", "3", "--batch-size", "8"]
 
 
@@ -197,7 +199,7 @@ def test_a_cold_extract_prepares_the_base_in_a_helper_and_imports_no_tensorflow(
     output, _, imported = invoke_in_subprocess(*args, "--out", "runs/helper")
     assert imported == []
     helped = json.loads(open("runs/helper/metrics.json").read())
-    assert "prepare" in helped["timings"] and helped["engine"] == "litert"
+    assert "prepare" in helped["timings"] and helped["engine"] == expected_engine()[0]
 
     monkeypatch.setenv("SMALLCNN_CACHE", str(tmp_path / "other-cache"))
     alone = invoke(*args, "--out", "runs/alone")  # TensorFlow is imported here: no helper
@@ -225,7 +227,7 @@ def test_a_failed_helper_is_reported_and_the_run_prepares_the_base_itself(tiny_d
     said = " ".join(result.output.split())
     assert "Preparing the base in a helper process failed (UsageError: Unknown base: " \
         "'no_such_base'" in said and "preparing it here instead." in said
-    assert json.loads(open("runs/x/metrics.json").read())["engine"] == "litert"
+    assert json.loads(open("runs/x/metrics.json").read())["engine"] == expected_engine()[0]
 
 
 def test_a_helper_that_cannot_start_is_said_in_one_line(base_weights_file, monkeypatch):
@@ -298,7 +300,7 @@ def test_a_new_data_set_with_the_base_cached_needs_no_tensorflow(tiny_data, base
     assert "feature vectors from the cache" not in output  # new images: computed
     assert imported == []
     metrics = json.loads(open("runs/second/metrics.json").read())
-    assert metrics["engine"] == "litert" and "import" not in metrics["timings"]
+    assert metrics["engine"] == expected_engine()[0] and "import" not in metrics["timings"]
 
 
 @pytest.mark.heavy

@@ -115,7 +115,6 @@ class Classifier(ImageClassifier):
             return None
         from smallcnn.model import head, modelfile
         from smallcnn.runtime import cache
-        from smallcnn.runtime.engine import open_litert
 
         model_file = Path(self.run_dir) / runs.MODEL_FILE
         if runs.file_sha256(model_file) != self.config.get("model_sha256"):
@@ -126,15 +125,44 @@ class Classifier(ImageClassifier):
             return None
         try:
             weights = modelfile.read_head_weights(model_file, route["head_datasets"])
-            engine = open_litert(route["feature_engine"], warn=self._warn)
+            engine, why = self._base_engine(route)
         except (ImportError, *cache.DAMAGE) as error:
             self._not_litert = f"LiteRT is not usable here ({described(error)})"
             return None
         if engine is None:
             self._not_litert = "the base's LiteRT conversion was damaged"
             return None
-        self.engine = "litert base + numpy head (the run's cached base conversion)"
+        self.engine = (f"{engine.name} {engine.precision} base + numpy head "
+                       f"(the run's cached base conversion{why})")
         return lambda images: head.probabilities(weights, engine(images))
+
+    def _base_engine(self, route):
+        """The base's cached conversion opened in the engine and precision its features
+        were computed in (a run before OpenVINO: LiteRT), unless $SMALLCNN_ENGINE forces
+        another; and, where it is not that one, why (for `self.engine`)."""
+        from smallcnn.progress import Reporter
+        from smallcnn.runtime import cache
+        from smallcnn.runtime.engine import chosen_engine, open_engine
+
+        trained = (route.get("engine", "litert"), route.get("precision", "float32"))
+        requested = chosen_engine()
+        if requested == "auto":  # OpenVINO's, or LiteRT (saying why) where it cannot run
+            requested = "auto" if trained[0] == "openvino" else trained[0]
+        engine = requested
+        lines = []
+
+        class Said(Reporter):
+            def note(self, text):
+                lines.append(text)
+
+        opened = cache.load("engines", route["feature_engine"],
+                            lambda path: open_engine(path, engine, Said(), precision=trained[1]),
+                            warn=self._warn, checksum=True)
+        why = ""
+        if opened is not None and (opened.name, opened.precision) != trained:
+            why = (f"; its features came from {' '.join(trained)}: "
+                   f"{lines[-1] if lines else 'SMALLCNN_ENGINE=' + engine}")
+        return opened, why
 
     def _warn(self, message):
         import warnings

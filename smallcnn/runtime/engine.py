@@ -211,6 +211,17 @@ def expected_engine(requested="auto", placement=None):
     return "litert", LiteRTEngine.precision
 
 
+def engine_identity(engine, precision):
+    """What a feature cache key records of the engine that made the features: nothing for
+    LiteRT and TensorFlow (their float32 agree to ~1e-5, and keys stay as they were);
+    OpenVINO's name, precision and version."""
+    if engine != "openvino":
+        return {}
+    import importlib.metadata
+
+    return {"engine": [engine, precision, importlib.metadata.version("openvino")]}
+
+
 def open_engine(tflite_path, engine="auto", reporter=None, placement=None, precision=None):
     """A .tflite model (a cached base conversion, or any other) opened in the engine
     chosen: a callable from a uint8/float batch to float32 outputs, with `.name` and
@@ -229,6 +240,10 @@ def open_engine(tflite_path, engine="auto", reporter=None, placement=None, preci
         from smallcnn.runtime import openvino
 
         why = openvino.unavailable()
+        if why is None and precision == "bfloat16" and openvino.best_precision() != precision:
+            reporter.note(f"OpenVINO runs in {openvino.best_precision()} on this CPU, "
+                          f"not {precision}.")
+            precision = None
         if why is None:
             try:
                 opened = openvino.OpenVINOEngine(tflite_path, precision)

@@ -30,10 +30,11 @@ def seed_keras(seed):
     keras.utils.set_random_seed(seed)
 
 
-def features_key(plan, digests, split, view=None):
+def features_key(plan, digests, split, view=None, engine=None):
     """The cache key of a split's features (or of one augmented view), or None with
     random base weights (they differ each run: nothing to reuse). `digests`: {path:
-    SHA-1} from the data check."""
+    SHA-1} from the data check; `engine`: `(name, precision)` of the engine that computes
+    them (default: the one the plan's settings choose, `engine.expected_engine`)."""
     if plan.weights == "none":
         return None
     s = plan.settings
@@ -45,9 +46,14 @@ def features_key(plan, digests, split, view=None):
     # keys are as they were before precisions existed).
     precision = plan.placement.precision
     mixed = {"precision": precision} if precision != "float32" else {}
+    # OpenVINO's features (bf16 differs in the third digit) are kept apart, by precision
+    # and version; LiteRT's and TensorFlow's float32 keys are as they were before it.
+    from smallcnn.runtime.engine import engine_identity, expected_engine
+
+    identity = engine_identity(*(engine or expected_engine(s.engine, plan.placement)))
     return cache.key("features", base=plan.spec.name, preprocessing=plan.spec.preprocessing,
                      weights=cache.weights_identity(plan.weights), image_size=s.image_size,
-                     files=files, augmentation=augmentation, **mixed)
+                     files=files, augmentation=augmentation, **mixed, **identity)
 
 
 def _read(path):
@@ -141,6 +147,8 @@ class FeatureSource:
         with self.reporter.progress(f"Extracting {name} features ({engine.name})",
                                     len(decoded)) as advance, self._through_base(len(decoded)):
             values = compute_features(engine, decoded.images, progress=advance)
+        key = key and self._key_of_engine(key, lambda identity: features_key(
+            self.plan, self._digests, self.plan.dataset.splits[name], engine=identity))
         store(key, values, decoded.labels, [[f.path, f.reason] for f in decoded.skipped],
               self.reporter.warning)
         return values, np.asarray(decoded.labels, dtype=np.int32)
@@ -161,6 +169,8 @@ class FeatureSource:
                 continue
             decoded = self.decoded("train")
             values = self._augmented_view(decoded, view, count)
+            key = key and self._key_of_engine(key, lambda identity: features_key(
+                self.plan, self._digests, self.plan.dataset.train, view, identity))
             store(key, values, decoded.labels, [], self.reporter.warning)
             views.append(values)
         return views
@@ -197,6 +207,28 @@ class FeatureSource:
 
     def engine_name(self):
         return self._engine.name if self._engine is not None else None
+
+    def engine_precision(self):
+        return getattr(self._engine, "precision", None)
+
+    def engine_used(self):
+        """`(name, precision)` of the engine of the features: the one that ran, else the
+        one the settings choose (all came from the cache)."""
+        from smallcnn.runtime.engine import expected_engine
+
+        if self._engine is not None:
+            return self.engine_name(), self.engine_precision()
+        return expected_engine(self.plan.settings.engine, self.plan.placement)
+
+    def _key_of_engine(self, key, key_for):
+        """The key of features computed now: `key` (the expected engine's), or
+        `key_for((name, precision))` of the engine that ran where that is another (auto
+        fell back), so no features are cached under another engine's name."""
+        from smallcnn.runtime.engine import expected_engine
+
+        ran = (self.engine_name(), self.engine_precision())
+        s = self.plan.settings
+        return key if ran == expected_engine(s.engine, self.plan.placement) else key_for(ran)
 
     def build_base(self):
         """Builds the base (and its feature extractor) with the plan's weights."""

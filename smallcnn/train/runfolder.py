@@ -124,6 +124,7 @@ class RunWriter:
             "class_weights": plan.class_weights(),
             "class_imbalance": _imbalance(plan.dataset),
             "engine": source.engine_name(),
+            "engine_precision": source.engine_precision(),
             "base_images_per_second": source.base_images_per_second(),
             "ran_on": plan.placement.describe(),
             **(extra_metrics or {}),
@@ -195,7 +196,11 @@ class RunWriter:
         if not cache.is_stored("engines", name):
             return None
         datasets = modelfile.find_datasets(model_file, head_weights)
-        return None if datasets is None else {"feature_engine": name, "head_datasets": datasets}
+        if datasets is None:
+            return None
+        engine, precision = self.source.engine_used()  # predict runs the base as they ran
+        return {"feature_engine": name, "head_datasets": datasets, "engine": engine,
+                "precision": precision}
 
     def convert_for_predict(self, run_dir, model):
         """Caches the saved model's LiteRT conversion (about 2 s for MobileNetV2), so that
