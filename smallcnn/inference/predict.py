@@ -29,6 +29,7 @@ class Classifier(ImageClassifier):
         self._without_tensorflow_engine = None
         self._not_litert = None  # why the model cannot run in LiteRT, once known
         self._on_gpus = None  # the model on the GPUs (False: none here), once known
+        self._said = []  # what opening an engine said (which one, and why)
 
     @property
     def model(self):
@@ -140,7 +141,6 @@ class Classifier(ImageClassifier):
         """The base's cached conversion opened in the engine and precision its features
         were computed in (a run before OpenVINO: LiteRT), unless $SMALLCNN_ENGINE forces
         another; and, where it is not that one, why (for `self.engine`)."""
-        from smallcnn.progress import Reporter
         from smallcnn.runtime import cache
         from smallcnn.runtime.engine import chosen_engine, open_engine
 
@@ -149,20 +149,19 @@ class Classifier(ImageClassifier):
         if requested == "auto":  # OpenVINO's, or LiteRT (saying why) where it cannot run
             requested = "auto" if trained[0] == "openvino" else trained[0]
         engine = requested
-        lines = []
-
-        class Said(Reporter):
-            def note(self, text):
-                lines.append(text)
-
         opened = cache.load("engines", route["feature_engine"],
-                            lambda path: open_engine(path, engine, Said(), precision=trained[1]),
+                            lambda path: open_engine(path, engine, _Lines(self._said),
+                                                     precision=trained[1]),
                             warn=self._warn, checksum=True)
         why = ""
         if opened is not None and (opened.name, opened.precision) != trained:
             why = (f"; its features came from {' '.join(trained)}: "
-                   f"{lines[-1] if lines else 'SMALLCNN_ENGINE=' + engine}")
+                   f"{self._said[-1] if self._said else 'SMALLCNN_ENGINE=' + engine}")
         return opened, why
+
+    def _said_why(self):
+        """Why OpenVINO was not used, where the engine said so (for `self.engine`)."""
+        return "".join(f"; {line}" for line in self._said[-1:] if "not used" in line)
 
     def _warn(self, message):
         import warnings
@@ -191,26 +190,41 @@ class Classifier(ImageClassifier):
 
         name = self._litert_name()
         if self._litert is None and name is not None:
-            from smallcnn.runtime.engine import (
-                LiteRTEngine,
-                convert_to_litert,
-                open_litert,
-            )
+            from smallcnn.runtime.engine import chosen_engine, convert_to_litert, open_engine
+
+            def opened(path):  # OpenVINO where it runs (auto), else LiteRT
+                return open_engine(path, chosen_engine(), _Lines(self._said))
 
             try:
-                self._litert = open_litert(name, warn=self._warn)
-                self.engine = "litert (the run's cached conversion)"
+                self._litert = cache.load("engines", name, opened, warn=self._warn,
+                                          checksum=True)
+                how = "the run's cached conversion"
                 if self._litert is None:
                     stored = cache.store("engines", name,
                                          lambda temp: convert_to_litert(self.model, Path(temp),
                                                                         warn=self._warn),
                                          warn=self._warn, checksum=True)
-                    self._litert = LiteRTEngine(stored) if stored else False
-                    self.engine = "litert (converted now, cached)"
+                    self._litert = opened(stored) if stored else False
+                    how = "converted now, cached"
+                if self._litert:
+                    self.engine = (f"{self._litert.name} {self._litert.precision} "
+                                   f"({how}{self._said_why()})")
             except (ImportError, *cache.DAMAGE) as error:  # no LiteRT here: Keras predicts
                 self._not_litert = f"LiteRT is not usable here ({described(error)})"
                 self._litert = False
         return self._litert or None
+
+
+class _Lines:
+    """A reporter that keeps the lines an engine says, for the classifier's `engine`."""
+
+    def __init__(self, lines):
+        self._lines = lines
+
+    def note(self, text):
+        self._lines.append(text)
+
+    warning = note
 
 
 def load_run(path=None):
