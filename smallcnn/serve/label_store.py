@@ -1,0 +1,223 @@
+"""Where `smallcnn label` writes its answers: DATA's labels and a journal beside them.
+
+A class answer goes into DATA at once: a copy of the pool file (never a move) into the
+class's folder under a free name, or a row added to DATA's table (the whole table written
+again through `atomic_write`, so it is never left half-written). "skip" and "not any
+class" go into the journal, a JSON-lines file beside DATA, as every answer does; a
+restart reads both, and shows none of those images again.
+"""
+
+import csv
+import dataclasses
+import io
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+
+from smallcnn.data.dataset import VAL_FOLDER_NAMES, VAL_SPLIT
+from smallcnn.data.images import is_image_file
+from smallcnn.data.table import is_inside, read_records, read_table
+from smallcnn.errors import DataError
+from smallcnn.runtime.files import atomic_write, file_sha256, write_text
+from smallcnn.serve.uploads import RequestError
+
+JOURNAL = ".smallcnn-labelling.jsonl"  # in DATA, or beside DATA's table
+SKIP, NOT_ANY = "skip", "none"  # the answers that are not a class
+NEW_TABLE_HEADER = ("filename", "label")
+HOLD_OUT = 1000  # an image is held out when its digest's number modulo this < VAL_SPLIT x it
+
+
+@dataclasses.dataclass
+class Labelled:
+    """An image DATA labels: its path, class name, split ("train" or "val") and digest."""
+
+    path: str
+    label: str
+    split: str
+    digest: str
+
+
+def held_out(digest):
+    """Whether an image without a split of its own is held out for validation: a fixed
+    draw by its content, so that it stays where it is across restarts."""
+    return int(digest[:8], 16) % HOLD_OUT < VAL_SPLIT * HOLD_OUT
+
+
+class LabelStore:
+    """DATA as `smallcnn label` reads and writes it: class folders (split or flat) or a
+    table, and the journal of answers beside it."""
+
+    def __init__(self, data, table=None):
+        data = Path(data).expanduser()
+        if table is None and data.suffix.lower() == ".csv" and not data.is_dir():
+            data, table = data.parent, data
+        self.data = data
+        self.table = Path(table).expanduser() if table is not None else None
+        if self.table is not None and self.table.is_dir():
+            raise DataError(f"--table {str(self.table)!r} is a folder; name a CSV file.")
+        if data.exists() and not data.is_dir():
+            raise DataError(f"--data {str(data)!r} is a file; give a folder of class folders, "
+                            "or a table of labels (.csv).")
+        self.journal = (self.table.with_name(f".{self.table.name}.labelling.jsonl")
+                        if self.table is not None else data / JOURNAL)
+        self.split_folders = (data / "train").is_dir()
+        self.own_val = False  # whether DATA has validation images of its own (`labelled`)
+        self.entries = self._read_journal()
+
+    @property
+    def where(self):
+        """What the answers go into, in words."""
+        if self.table is not None:
+            return f"the table {str(self.table)!r}"
+        folder = self.data / "train" if self.split_folders else self.data
+        return f"the class folders of {str(folder)!r}"
+
+    def labelled(self):
+        """`Labelled` of every image DATA labels now; images without a split of their own
+        are held out for validation (`held_out`) when DATA has no validation images."""
+        found = self._table_rows() if self.table is not None else self._folder_images()
+        self.own_val = any(split == "val" for _, _, split in found)
+        return [Labelled(path, label, split or self.split_of(digest), digest)
+                for path, label, split in found for digest in [file_sha256(path)]]
+
+    def split_of(self, digest):
+        """The split of a new answer with this digest."""
+        return "val" if not self.own_val and held_out(digest) else "train"
+
+    def _folder_images(self):
+        if not self.data.is_dir():
+            return []
+        splits = [("train", "train")] + [(name, "val") for name in VAL_FOLDER_NAMES]
+        roots = ([(self.data / name, split) for name, split in splits]
+                 if self.split_folders else [(self.data, None)])
+        found = []
+        for root, split in roots:
+            for label in _class_folders(root):
+                for dirpath, dirnames, filenames in os.walk(root / label):
+                    dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+                    found += [(os.path.join(dirpath, name), label, split)
+                              for name in sorted(filenames) if is_image_file(name)]
+        return found
+
+    def _table_rows(self):
+        if not self.table.exists():
+            return []
+        table = read_table(self.table, self.data)
+        return [(path, label, split if split in ("train", "val") else None)
+                for _, path, label, split in table.rows if split != "test"]
+
+    def classes(self):
+        """The class names DATA's folders or table name, sorted."""
+        if self.table is not None:
+            return sorted({label for _, label, _ in self._table_rows()})
+        root = self.data / "train" if self.split_folders else self.data
+        return _class_folders(root)
+
+    def write(self, source, label):
+        """Writes the answer `label` for the pool file `source` into DATA; returns the path
+        DATA knows it by (the copy, or the table's row's file)."""
+        try:
+            if self.table is not None:
+                return self._add_row(source, label)
+            return self._copy(source, label)
+        except FileNotFoundError:
+            if not os.path.exists(source):
+                raise RequestError(410, f"The pool file {source!r} is not there any more; it "
+                                      "is left out.") from None
+            raise
+        except OSError as error:  # not writable: a read-only folder or file system, a full disk
+            raise RequestError(409, f"Cannot write into {self.where} ({error.strerror}): make "
+                                  "it writable, or label into a table with --table FILE.") from None
+
+    def _copy(self, source, label):
+        folder = (self.data / "train" if self.split_folders else self.data) / label
+        folder.mkdir(parents=True, exist_ok=True)
+        target = folder / Path(source).name
+        count = 1
+        while target.exists():  # a free name: the pool file's, numbered when taken
+            target = folder / f"{Path(source).stem}-{count}{Path(source).suffix}"
+            count += 1
+        atomic_write(target, lambda temp: shutil.copyfile(source, temp))
+        return str(target)
+
+    def _add_row(self, source, label):
+        if not os.path.isfile(source):
+            raise FileNotFoundError(source)
+        name = (os.path.relpath(source, self.data) if is_inside(source, self.data)
+                else os.path.abspath(source))
+        if self.table.exists():
+            delimiter, records = read_records(self.table)
+            header = [cell.strip().lower() for cell in records[0][1]]
+            text = self.table.read_text(encoding="utf-8-sig")
+        else:
+            delimiter, header, text = ",", list(NEW_TABLE_HEADER), None
+        row = _row(header, name, label)
+        line = io.StringIO()
+        csv.writer(line, delimiter=delimiter, lineterminator="\n").writerow(
+            row if text is not None else header)
+        if text is None:
+            text = line.getvalue()
+            line = io.StringIO()
+            csv.writer(line, delimiter=delimiter, lineterminator="\n").writerow(row)
+        if text and not text.endswith(("\n", "\r")):
+            text += "\n"
+        write_text(self.table, text + line.getvalue())
+        return os.path.normpath(self.data / name)
+
+    def record(self, entry):
+        """Adds `entry` (a dict) to the journal, the whole file written again atomically."""
+        entry = {"time": time.strftime("%Y-%m-%dT%H:%M:%S"), **entry}
+        self.entries.append(entry)
+        try:
+            self.journal.parent.mkdir(parents=True, exist_ok=True)
+            write_text(self.journal, "".join(json.dumps(e) + "\n" for e in self.entries))
+        except OSError as error:
+            self.entries.pop()
+            raise RequestError(409, f"Cannot write the journal {str(self.journal)!r} "
+                                  f"({error.strerror}): make its folder writable.") from None
+
+    def _read_journal(self):
+        """The journal's entries; a line that is not a JSON object is left out (a journal
+        is only ever replaced whole, so only a hand edit makes one)."""
+        try:
+            lines = self.journal.read_text(encoding="utf-8").splitlines()
+        except FileNotFoundError:
+            return []
+        except (OSError, UnicodeDecodeError) as error:
+            raise DataError(f"Cannot read the labelling journal {str(self.journal)!r} "
+                            f"({error}); move it aside to start afresh.") from None
+        entries = []
+        for line in lines:
+            try:
+                entry = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(entry, dict):
+                entries.append(entry)
+        return entries
+
+    def answered_digests(self):
+        """The digests of the images the journal has an answer for."""
+        return {e["digest"] for e in self.entries if isinstance(e.get("digest"), str)}
+
+
+def _class_folders(root):
+    if not Path(root).is_dir():
+        return []
+    return sorted(entry.name for entry in os.scandir(root)
+                  if entry.is_dir() and not entry.name.startswith((".", "_")))
+
+
+def _row(header, name, label):
+    """A table row for `header`: the file name and label in their columns, "train" in a
+    split column, the other cells empty."""
+    from smallcnn.data.table import LABEL_COLUMNS, PATH_COLUMNS, SPLIT_COLUMNS
+
+    row = [""] * len(header)
+    for usual, value in ((PATH_COLUMNS, name), (LABEL_COLUMNS, label), (SPLIT_COLUMNS, "train")):
+        index = next((header.index(column) for column in usual if column in header), None)
+        if index is not None:
+            row[index] = value
+    return row

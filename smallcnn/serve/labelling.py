@@ -1,0 +1,338 @@
+"""`smallcnn label POOL --data DATA`: a local page to label the images worth labelling.
+
+    smallcnn label POOL --data DATA [--model RUN] [--table TABLE.csv] [--every 10] [--port 8000]
+
+The pool's images are ranked by `smallcnn.labels.suggest` (coverage first when there are
+few labels, the model's uncertainty later) and shown one at a time with the model's guess;
+each answer is written into DATA at once (`label_store.py`). Every `--every` answers the
+heads retrain on the cached features (`smallcnn.model.head`, seconds, no TensorFlow) in a
+thread of their own, and the ranking and guesses follow the new head; the validation
+accuracy after each retraining is shown as labels grow. `Labelling` is the session,
+`label_routes.py` its routes, `label_page.html` the page.
+"""
+
+import dataclasses
+import logging
+import os
+import threading
+
+import numpy as np
+
+from smallcnn.errors import DataError, UsageError, first_line
+from smallcnn.progress import Reporter
+from smallcnn.runtime.files import file_sha256
+from smallcnn.runtime.ranges import Range
+from smallcnn.serve.label_store import NOT_ANY, SKIP, LabelStore
+from smallcnn.serve.settings import ServeSettings, option
+from smallcnn.serve.uploads import RequestError
+
+EVERY = 10  # answers between two retrainings of the heads
+SKIP_KEY, NOT_ANY_KEY, ACCEPT_KEY = " ", "0", "Enter"  # the page's keys besides the classes'
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class LabelSettings:
+    host: str = ServeSettings.host
+    port: int = ServeSettings.port
+    every: int = EVERY
+
+    RANGES = {"port": ServeSettings.RANGES["port"], "every": Range(1, 100_000)}
+
+    def check(self):
+        """Raises UsageError, in one line, for a setting out of its range."""
+        for name, allowed in self.RANGES.items():
+            allowed.check(option(name), getattr(self, name))
+
+
+def class_keys(classes):
+    """{class: its keys}: the digits 1 to 9 for the first nine classes, and each class's
+    first letter where no other class starts with it."""
+    firsts = [name[:1].lower() for name in classes]
+    keys = {}
+    for index, name in enumerate(classes):
+        keys[name] = [str(index + 1)] if index < 9 else []
+        if firsts[index].isalpha() and firsts.count(firsts[index]) == 1:
+            keys[name].append(firsts[index])
+    return keys
+
+
+def train_head(x, y, val, num_classes, settings):
+    """Extract's heads trained on the labelled rows `x`, `y` not in `val` (a mask); returns
+    `(weights, validation accuracy)`, or None while there are too few labels (two classes
+    to train on, one image to validate on)."""
+    from smallcnn.model import head
+
+    train = ~val
+    if len(np.unique(y[train])) < 2 or not val.any():
+        return None
+    weights, _ = head.train(x[train], y[train], (x[val], y[val]), settings, num_classes,
+                            members=settings.heads)
+    return weights, float(head.evaluate(weights, x[val], y[val])[1])
+
+
+def model_features(model, reporter):
+    """`featurize(paths, classes)` as `suggest.pool_features` computes it: the base of the
+    run `model` (with its head's probabilities), or without one the default base."""
+    from smallcnn.labels.suggest import pool_features
+
+    return lambda paths, classes: pool_features(paths, run=model,
+                                                classes=None if model else classes,
+                                                reporter=reporter)
+
+
+class Labelling:
+    """A labelling session: the pool, what DATA labels, the head, the ranking, the answers.
+
+    `featurize(paths, classes)` returns a `suggest.PoolFeatures` of those paths (their
+    features, those skipped, the classes: the model's, or `classes` without a model; the
+    model's probabilities), as `model_features` makes it; `model` says whether it has a
+    model (without one, DATA or `classes` must name two classes). All the
+    state is behind `lock`; a retraining runs in a thread of its own and swaps its head in.
+    """
+
+    def __init__(self, pool, store, featurize, classes=None, model=None, every=EVERY,
+                 strategy="auto", reporter=Reporter()):
+        from smallcnn.train.settings import Settings
+
+        self.store, self.every, self.strategy, self.reporter = store, every, strategy, reporter
+        self.lock = threading.RLock()
+        self.head_settings = Settings().resolve("extract")
+        labelled = store.labelled()
+        candidates, self.digests = self._candidates(pool, labelled)
+        named = sorted({item.label for item in labelled} | set(store.classes()) |
+                       set(classes or ()))
+        if model is None and len(named) < 2:
+            raise UsageError(f"Labelling needs at least 2 classes; found "
+                             f"{', '.join(named) or 'none'} in {store.where}: name them with "
+                             "--classes a,b (or give --model RUN).")
+        pooled = featurize(candidates, None if model else named)
+        self.classes = list(pooled.class_names)
+        extra = sorted(set(named) - set(self.classes))
+        if extra:
+            raise DataError(f"{', '.join(extra)} (in {store.where} or --classes) is not one "
+                            f"of the model's classes ({', '.join(self.classes)}).")
+        self.paths = list(pooled.paths)
+        self.features = np.asarray(pooled.features, np.float32)
+        for path, reason in pooled.skipped:
+            reporter.warning(f"left out of the pool: {path} ({reason})")
+        self.probabilities = (None if pooled.probabilities is None else
+                              np.asarray(pooled.probabilities, np.float32))
+        self.x, self.y, self.val = [], [], []
+        if labelled:
+            known = featurize([item.path for item in labelled], None if model else named)
+            rows = dict(zip(known.paths, np.asarray(known.features, np.float32)))
+            for item in labelled:
+                if item.path in rows:
+                    self._add(rows[item.path], item.label, item.split)
+        self.answers, self.gone = {}, set()
+        self.history = [e for e in store.entries if "accuracy" in e]
+        self.training, self.again, self.error, self.version = False, False, None, 0
+        self.since = 0  # answers since the last retraining
+        self._thread = None
+        self.queue = self._rank()
+        if self.probabilities is None and len(set(self.y)) > 1:
+            self._start_training()  # DATA's labels make a first head
+
+    def _candidates(self, pool, labelled):
+        """The pool's files that DATA and the journal do not know (by path or content),
+        each content once, and the digest of each."""
+        known = {item.digest for item in labelled} | self.store.answered_digests()
+        known_paths = {os.path.realpath(item.path) for item in labelled}
+        candidates, digests = [], {}
+        for path in pool:
+            if os.path.realpath(path) in known_paths:
+                continue
+            try:
+                digest = file_sha256(path)
+            except OSError as error:
+                self.reporter.warning(f"left out of the pool: {path} ({error.strerror})")
+                continue
+            if digest not in known:
+                known.add(digest)
+                candidates.append(path)
+                digests[path] = digest
+        if not candidates:
+            raise DataError(f"Nothing to label: every image of the pool is in {self.store.where} "
+                            f"or answered in {str(self.store.journal)!r}.")
+        return candidates, digests
+
+    def _add(self, row, label, split):
+        self.x.append(row)
+        self.y.append(self.classes.index(label))
+        self.val.append(split == "val")
+
+    def _remaining(self):
+        return [i for i in range(len(self.paths)) if i not in self.answers and i not in self.gone]
+
+    def _rank(self):
+        """The unanswered pool images, the ones worth labelling first (suggest's `rank`)."""
+        from smallcnn.labels.strategies import rank
+
+        remaining = self._remaining()
+        if not remaining:
+            return []
+        labelled = np.asarray(self.x, np.float32) if self.x else None
+        probabilities = None if self.probabilities is None else self.probabilities[remaining]
+        order = rank(self.features[remaining], strategy=self.strategy,
+                     labelled_features=labelled, probabilities=probabilities)
+        return [remaining[j] for j in order]
+
+    def item(self, index):
+        """What the page shows of pool image `index`."""
+        guess, probabilities = None, None
+        if self.probabilities is not None:
+            row = self.probabilities[index]
+            guess = self.classes[int(row.argmax())]
+            probabilities = {c: round(float(p), 4) for c, p in zip(self.classes, row)}
+        return {"id": index, "name": os.path.basename(self.paths[index]), "guess": guess,
+                "probabilities": probabilities}
+
+    def next(self, count=1):
+        """The next `count` images to label, best first."""
+        with self.lock:
+            queue = [i for i in self.queue if i not in self.answers and i not in self.gone]
+            if not queue:
+                queue = self._rank()  # the ranked batch is used up: the next batch
+            self.queue = queue
+            return [self.item(i) for i in queue[:count]]
+
+    def image_path(self, index):
+        """The file of pool image `index`; 404 for an unknown id, 410 for a file gone."""
+        with self.lock:
+            path = self._path(index)
+            if not os.path.isfile(path):
+                self.gone.add(index)
+                raise RequestError(410, f"The pool file {path!r} is not there any more; it is "
+                                        "left out.")
+            return path
+
+    def _path(self, index):
+        if not 0 <= index < len(self.paths):
+            raise RequestError(404, f"No image {index} in this labelling session; ids are "
+                                    f"0 to {len(self.paths) - 1}, as GET /api/next gives them.")
+        return self.paths[index]
+
+    def answer(self, index, answer):
+        """Writes the answer for pool image `index`: a class (into DATA), SKIP or NOT_ANY
+        (into the journal). A second answer for the same image is a no-op: the first
+        stands (and is returned, `repeated` true)."""
+        with self.lock:
+            path = self._path(index)
+            if index in self.answers:
+                return {**self.answers[index], "repeated": True}
+            if answer not in self.classes and answer not in (SKIP, NOT_ANY):
+                raise RequestError(422, f"{answer!r} is not a class of this session "
+                                        f"({', '.join(self.classes)}), nor {SKIP!r} or "
+                                        f"{NOT_ANY!r}.")
+            written = None
+            if answer in self.classes:
+                try:
+                    written = self.store.write(path, answer)
+                except RequestError as error:
+                    if error.status == 410:
+                        self.gone.add(index)
+                    raise
+            digest = self.digests[path]
+            entry = {"path": path, "digest": digest, "answer": answer, "written": written}
+            self.answers[index] = entry  # in DATA now, whether the journal takes it or not
+            try:
+                self.store.record(entry)
+            except RequestError:
+                if written is None:
+                    del self.answers[index]
+                raise
+            if written is not None:
+                self._add(self.features[index], answer, self.store.split_of(digest))
+            self.since += 1
+            if self.since >= self.every:
+                self._start_training()
+            return {**entry, "repeated": False}
+
+    def _start_training(self):
+        """Retrains the heads in a thread of their own; asked while one runs, once more after."""
+        with self.lock:
+            if self.training:
+                self.again = True
+                return
+            self.since, self.training, self.again = 0, True, False
+            snapshot = (np.asarray(self.x, np.float32), np.asarray(self.y, np.int64),
+                        np.asarray(self.val, bool))
+            self._thread = threading.Thread(target=self._train, args=snapshot, daemon=True,
+                                            name="smallcnn-label-train")
+            self._thread.start()
+
+    def _train(self, x, y, val):
+        from smallcnn.model import head
+
+        try:
+            trained = train_head(x, y, val, len(self.classes), self.head_settings)
+            probabilities = None if trained is None else head.probabilities(trained[0],
+                                                                             self.features)
+        except Exception as error:  # a bug: logged in full; labelling goes on with the last head
+            log.exception("retraining the heads failed")
+            with self.lock:
+                self.error, self.training = f"retraining failed: {first_line(error)}", False
+            return
+        with self.lock:
+            self.training = False
+            if trained is not None:
+                point = {"labels": len(y), "accuracy": round(trained[1], 4)}
+                self.probabilities, self.version = probabilities, self.version + 1
+                self.history.append(point)
+                self.queue = self._rank()
+                try:
+                    self.store.record(point)
+                except RequestError as error:
+                    self.error = error.detail
+            if self.again:
+                self._start_training()
+
+    def wait_for_training(self, timeout=60):
+        """Waits until no retraining runs (for tests and a clean exit)."""
+        while True:
+            thread = self._thread
+            if thread is None or not thread.is_alive():
+                return
+            thread.join(timeout)
+            if thread.is_alive():
+                return
+
+    def state(self):
+        """What the page shows besides the image: classes and keys, counts, the accuracy
+        as labels grew, whether the heads are retraining, the last error."""
+        with self.lock:
+            return {"classes": self.classes, "keys": class_keys(self.classes),
+                    "skip": {"answer": SKIP, "key": SKIP_KEY},
+                    "not_any": {"answer": NOT_ANY, "key": NOT_ANY_KEY}, "accept_key": ACCEPT_KEY,
+                    "labels": len(self.y), "answered": len(self.answers),
+                    "remaining": len(self._remaining()), "history": self.history,
+                    "training": self.training, "every": self.every,
+                    "until_retraining": max(0, self.every - self.since),
+                    "model_version": self.version, "data": self.store.where,
+                    "error": self.error}
+
+
+def label(pool, data, model=None, table=None, classes=None, settings=LabelSettings(),
+          reporter=Reporter()):
+    """Serves the labelling page of `pool` (image files and folders) into `data` until
+    SIGINT or SIGTERM; every answer is already written by then."""
+    import uvicorn
+
+    from smallcnn.inference.stream import images_of
+    from smallcnn.serve import is_loopback
+    from smallcnn.serve.label_routes import create_label_app
+
+    settings.check()
+    store = LabelStore(data, table)
+    session = Labelling(images_of(pool), store, model_features(model, reporter), classes,
+                        model, settings.every, reporter=reporter)
+    app = create_label_app(session, settings)
+    if not is_loopback(settings.host):
+        reporter.warning(f"labelling on {settings.host}, beyond this machine: anyone who can "
+                         "reach it can write into DATA.")
+    reporter.note(f"labelling {len(session.paths)} images into {store.where} at "
+                  f"http://{settings.host}:{settings.port}/")
+    uvicorn.Server(uvicorn.Config(app, host=settings.host, port=settings.port,
+                                  log_level="warning")).run()
+    session.wait_for_training()

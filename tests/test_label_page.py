@@ -1,0 +1,273 @@
+"""`smallcnn label POOL --data DATA`: the labelling page's API (FastAPI's TestClient), what
+it writes into DATA, and the page itself in headless Chromium.
+
+The features are the images' mean colours and a few numbers drawn from their contents (a
+stand-in for the base's, which `suggest.pool_features` computes and tests of suggest
+cover): the session, the writes and the retraining are the real ones."""
+
+import hashlib
+import json
+import os
+import shutil
+import socket
+import stat
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import COLORS, make_image
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from smallcnn.data.dataset import find_dataset
+from smallcnn.data.table import read_table
+from smallcnn.labels.suggest import PoolFeatures
+from smallcnn.serve.label_routes import MOST_AT_ONCE, create_label_app
+from smallcnn.serve.label_store import JOURNAL, NOT_ANY, SKIP, LabelStore
+from smallcnn.serve.labelling import ACCEPT_KEY, EVERY, LabelSettings, Labelling, class_keys
+
+
+def features_of(paths, classes):
+    """Stand-in features: the mean colour (centred, 16 times over, as a base's many features
+    say much the same) and 16 numbers seeded by the file's bytes."""
+    rows = []
+    for path in paths:
+        pixels = np.asarray(Image.open(path).convert("RGB"), np.float32)
+        seed = int(hashlib.sha256(Path(path).read_bytes()).hexdigest()[:8], 16)
+        noise = np.random.default_rng(seed).normal(0, 1, 16)
+        rows.append(np.concatenate([np.tile((pixels.mean((0, 1)) - 128) / 64, 16), noise]))
+    return PoolFeatures(list(paths), np.asarray(rows, np.float32).reshape(len(paths), 64), [],
+                        list(classes))
+
+
+def make_pool(folder, per_class=10, classes=("red", "blue"), seed=1):
+    """Unlabelled images, their colour in their names (the answer a person would give)."""
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in classes:
+        for i in range(per_class):
+            make_image(rng, COLORS[name], 32).save(folder / f"{name}-{i:02d}.png")
+    return sorted(str(p) for p in folder.iterdir())
+
+
+def split_data(root, per_class=3, classes=("red", "blue"), seed=2):
+    """DATA with empty train/<class>/ folders and a few validation images of each class."""
+    rng = np.random.default_rng(seed)
+    for name in classes:
+        (root / "train" / name).mkdir(parents=True)
+        (root / "val" / name).mkdir(parents=True)
+        for i in range(per_class):
+            make_image(rng, COLORS[name], 32).save(root / "val" / name / f"v{i}.png")
+    return root
+
+
+def start(pool, data, table=None, classes=None, every=EVERY):
+    labelling = Labelling(pool, LabelStore(data, table), features_of, classes, every=every)
+    return labelling, TestClient(create_label_app(labelling, LabelSettings(every=every)))
+
+
+def truth(client, item_id):
+    """What a person answers for an image: its colour, from its name."""
+    return next(item["name"].split("-")[0] for item in client.get(f"/api/next?count="
+                                                                  f"{MOST_AT_ONCE}").json()
+                if item["id"] == item_id)
+
+
+def answer_next(client, answer=None):
+    item = client.get("/api/next").json()[0]
+    given = answer or item["name"].split("-")[0]
+    response = client.post("/api/answer", json={"id": item["id"], "answer": given})
+    assert response.status_code == 200, response.text
+    return item, response.json()
+
+
+def test_class_answers_are_copies_written_at_once_into_the_class_folders(tmp_path):
+    pool = make_pool(tmp_path / "pool")
+    data = split_data(tmp_path / "data")
+    labelling, client = start(pool, data)
+    state = client.get("/api/state").json()
+    assert state["classes"] == ["blue", "red"] and state["remaining"] == len(pool)
+    assert state["keys"] == {"blue": ["1", "b"], "red": ["2", "r"]}
+    assert client.get("/").text.count("api/answer") == 1
+    item, done = answer_next(client)
+    written = Path(done["written"])
+    # At once, copied (the pool file stays), into train/<class>/ under the pool file's name.
+    assert written.parent == data / "train" / done["answer"] and written.name == item["name"]
+    assert written.read_bytes() == (tmp_path / "pool" / item["name"]).read_bytes()
+    assert all(os.path.exists(p) for p in pool)
+    journal = [json.loads(line) for line in (data / JOURNAL).read_text().splitlines()]
+    assert journal[-1]["answer"] == done["answer"] and journal[-1]["written"] == str(written)
+    # The image is not suggested again, and a second answer for it is a no-op.
+    assert item["id"] not in [i["id"] for i in client.get(f"/api/next?count={MOST_AT_ONCE}").json()]
+    again = client.post("/api/answer", json={"id": item["id"], "answer": SKIP}).json()
+    assert again["repeated"] and again["answer"] == done["answer"]
+    assert len(list((data / "train").rglob("*.png"))) == 1
+
+
+def test_a_name_taken_in_data_gets_a_free_one_and_a_flat_data_set_its_class_folder(tmp_path):
+    pool = make_pool(tmp_path / "pool", per_class=2)
+    data = tmp_path / "flat"
+    for name in ("red", "blue"):
+        (data / name).mkdir(parents=True)
+    other = make_image(np.random.default_rng(9), COLORS["green"], 32)
+    labelling, client = start(pool, data)
+    item = client.get("/api/next").json()[0]
+    other.save(data / "red" / item["name"])  # a different image under the same name
+    done = client.post("/api/answer", json={"id": item["id"], "answer": "red"}).json()
+    assert Path(done["written"]).parent == data / "red"
+    assert Path(done["written"]).name == Path(item["name"]).stem + "-1.png"
+
+
+def test_a_table_gains_a_row_per_answer_that_data_table_reads(tmp_path):
+    pool = make_pool(tmp_path / "pool", per_class=4)
+    table = tmp_path / "labels.csv"
+    labelling, client = start(pool, tmp_path, table, classes=["red", "blue"])
+    answers = [answer_next(client)[1] for _ in range(3)]
+    assert not (tmp_path / "red").exists()  # nothing copied: the table names the pool files
+    rows = read_table(table).rows
+    assert [(Path(path).name, label) for _, path, label, _ in rows] == \
+        [(Path(a["path"]).name, a["answer"]) for a in answers]
+    # A restart reads the table: its images are known by path and content.
+    again, client = start(pool, tmp_path, table)
+    assert client.get("/api/state").json()["remaining"] == len(pool) - 3
+    assert (tmp_path / f".{table.name}.labelling.jsonl").exists()
+
+
+def test_skip_and_not_any_class_are_journaled_and_a_restart_resumes(tmp_path):
+    pool = make_pool(tmp_path / "pool")
+    data = split_data(tmp_path / "data")
+    labelling, client = start(pool, data)
+    answered = [answer_next(client, SKIP)[0]["id"], answer_next(client, NOT_ANY)[0]["id"],
+                answer_next(client)[0]["id"]]
+    names = {labelling.paths[i] for i in answered}
+    assert len(list((data / "train").rglob("*.png"))) == 1  # skip and none write no image
+    del labelling, client  # as if the process died here: every answer is already written
+    labelling, client = start(pool, data)
+    state = client.get("/api/state").json()
+    assert state["remaining"] == len(pool) - 3 and state["labels"] == 6 + 1
+    shown = {labelling.paths[i["id"]] for i in
+             client.get(f"/api/next?count={MOST_AT_ONCE}").json()}
+    assert shown and not shown & names
+
+
+def test_retraining_after_every_k_answers_gives_guesses_and_an_accuracy(tmp_path):
+    pool = make_pool(tmp_path / "pool")
+    data = split_data(tmp_path / "data")
+    labelling, client = start(pool, data, every=4)
+    assert client.get("/api/next").json()[0]["guess"] is None  # no model, no labels yet
+    for _ in range(4):
+        answer_next(client)
+    labelling.wait_for_training()
+    state = client.get("/api/state").json()
+    assert state["history"] and state["history"][-1]["labels"] == 6 + 4
+    assert state["history"][-1]["accuracy"] == 1.0  # 6 validation images, colours apart
+    assert state["model_version"] == 1 and state["until_retraining"] == 4
+    items = client.get(f"/api/next?count={MOST_AT_ONCE}").json()
+    assert items and all(item["guess"] == item["name"].split("-")[0] for item in items)
+    journal = [json.loads(line) for line in (data / JOURNAL).read_text().splitlines()]
+    assert journal[-1] == {**journal[-1], **state["history"][-1]}
+
+
+def test_hostile_and_odd_requests_get_a_json_4xx_and_the_server_goes_on(tmp_path):
+    pool = make_pool(tmp_path / "pool")
+    data = split_data(tmp_path / "data")
+    labelling, client = start(pool, data)
+    item = client.get("/api/next").json()[0]
+    unknown = client.post("/api/answer", json={"id": 10_000, "answer": "red"})
+    assert unknown.status_code == 404 and "No image 10000" in unknown.json()["detail"]
+    assert client.get("/api/image/-1").status_code == 404
+    assert client.get("/api/image/x").status_code == 422
+    wrong = client.post("/api/answer", json={"id": item["id"], "answer": "purple"})
+    assert wrong.status_code == 422 and "'purple' is not a class" in wrong.json()["detail"]
+    assert client.post("/api/answer", content=b"{").status_code == 422
+    assert client.get("/api/image/%d" % item["id"]).content == \
+        Path(labelling.paths[item["id"]]).read_bytes()
+    os.remove(labelling.paths[item["id"]])  # deleted meanwhile
+    gone = client.post("/api/answer", json={"id": item["id"], "answer": "red"})
+    assert gone.status_code == 410 and "not there any more" in gone.json()["detail"]
+    assert item["id"] not in [i["id"] for i in client.get("/api/next?count=50").json()]
+    if os.geteuid() != 0:  # root writes anywhere
+        folder = data / "train" / "blue"
+        folder.chmod(stat.S_IRUSR | stat.S_IXUSR)
+        try:
+            item = client.get("/api/next").json()[0]
+            refused = client.post("/api/answer", json={"id": item["id"], "answer": "blue"})
+            assert refused.status_code == 409, refused.text
+            assert "Cannot write into" in refused.json()["detail"]
+            assert "\n" not in refused.json()["detail"]
+        finally:
+            folder.chmod(0o755)
+        assert client.post("/api/answer", json={"id": item["id"], "answer": "blue"}).json()[
+            "written"]  # the same answer, once the folder is writable
+    assert client.get("/health").json() == {"status": "ready"}
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.browser
+@pytest.mark.skipif(not shutil.which("chromium") or not shutil.which("chromedriver"),
+                    reason="needs Debian's chromium and chromium-driver packages")
+def test_the_page_labels_images_by_keyboard_in_headless_chromium(tmp_path):
+    pytest.importorskip("selenium", reason="needs the selenium package")
+    import uvicorn
+    from selenium import webdriver
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    pool = make_pool(tmp_path / "pool", per_class=6)
+    data = split_data(tmp_path / "data")
+    port = free_port()
+    labelling = Labelling(pool, LabelStore(data), features_of, every=3)
+    app = create_label_app(labelling, LabelSettings(port=port, every=3))
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    options = webdriver.ChromeOptions()
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--window-size=1100,900"):
+        options.add_argument(flag)
+    options.binary_location = shutil.which("chromium")
+    browser = webdriver.Chrome(options=options, service=webdriver.ChromeService(
+        executable_path=shutil.which("chromedriver")))
+    try:
+        deadline = time.time() + 60
+        while not server.started and time.time() < deadline:
+            time.sleep(0.1)
+        browser.get(f"http://127.0.0.1:{port}/")
+        wait = WebDriverWait(browser, 30)
+        body = browser.find_element(By.TAG_NAME, "body")
+        keys = class_keys(labelling.classes)
+        for count in range(1, 4):  # each image answered by its class's letter key
+            wait.until(lambda b: b.find_element(By.ID, "image").get_attribute("data-id"))
+            name = browser.find_element(By.ID, "name").text
+            body.send_keys(keys[name.split("-")[0]][-1])
+            wait.until(lambda b: b.find_element(By.TAG_NAME, "body").get_attribute(
+                "data-answered") == str(count))
+        body.send_keys(Keys.SPACE)  # skip
+        wait.until(lambda b: b.find_element(By.TAG_NAME, "body").get_attribute(
+            "data-answered") == "4")
+        # The retraining after 3 answers shows its accuracy, and the guess is pre-selected:
+        # Enter accepts it.
+        wait.until(lambda b: "%" in b.find_element(By.ID, "history").text)
+        wait.until(lambda b: "guess" in b.find_element(By.ID, "guess").text)
+        guess = browser.find_element(By.CSS_SELECTOR, "#answers button.selected")
+        name = browser.find_element(By.ID, "name").text
+        assert guess.get_attribute("data-answer") == name.split("-")[0]
+        assert ACCEPT_KEY == "Enter"
+        body.send_keys(Keys.ENTER)
+        wait.until(lambda b: b.find_element(By.TAG_NAME, "body").get_attribute(
+            "data-answered") == "5")
+        copies = sorted(p.name for p in (data / "train").rglob("*.png"))
+        assert len(copies) == 4 and name in copies
+        assert all(p.parent.name == p.name.split("-")[0] for p in (data / "train").rglob("*.png"))
+        browser.save_screenshot(str(tmp_path / "label.png"))
+    finally:
+        browser.quit()
+        server.should_exit = True
+        thread.join(timeout=10)
