@@ -21,7 +21,7 @@ from conftest import COLORS, make_image
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from smallcnn.data.dataset import find_dataset
+from smallcnn.errors import DataError
 from smallcnn.data.table import read_table
 from smallcnn.labels.suggest import PoolFeatures
 from smallcnn.serve.label_routes import MOST_AT_ONCE, create_label_app
@@ -202,6 +202,70 @@ def test_hostile_and_odd_requests_get_a_json_4xx_and_the_server_goes_on(tmp_path
         assert client.post("/api/answer", json={"id": item["id"], "answer": "blue"}).json()[
             "written"]  # the same answer, once the folder is writable
     assert client.get("/health").json() == {"status": "ready"}
+
+
+@pytest.mark.heavy
+def test_with_a_run_the_pool_gets_its_features_and_its_heads_guesses(trained, tmp_path):
+    from smallcnn.progress import Reporter
+    from smallcnn.serve.labelling import model_features
+
+    run, _ = trained
+    classes = ("red", "green", "blue")
+    pool = make_pool(tmp_path / "pool", per_class=3, classes=classes)
+    data = split_data(tmp_path / "data", classes=classes)
+    labelling = Labelling(pool, LabelStore(data), model_features(run, Reporter()), model=run)
+    client = TestClient(create_label_app(labelling, LabelSettings()))
+    assert labelling.classes == sorted(classes) and labelling.features.shape[0] == len(pool)
+    items = client.get(f"/api/next?count={MOST_AT_ONCE}").json()
+    assert all(item["guess"] == item["name"].split("-")[0] for item in items)
+    assert answer_next(client)[1]["written"]
+    with pytest.raises(DataError, match="purple"):
+        (data / "train" / "purple").mkdir()
+        Labelling(pool, LabelStore(data), model_features(run, Reporter()), model=run)
+
+
+@pytest.mark.heavy
+def test_a_kill_between_answers_loses_nothing_and_a_restart_resumes(tmp_path):
+    import signal
+    import subprocess
+    import sys
+
+    import httpx
+
+    pool = make_pool(tmp_path / "pool")
+    data = split_data(tmp_path / "data")
+    port = free_port()
+    script = (f"import sys, uvicorn; sys.path.insert(0, {str(Path(__file__).parent)!r}); "
+              "from test_label_page import *; "
+              f"session = Labelling({pool!r}, LabelStore({str(data)!r}), features_of); "
+              f"uvicorn.run(create_label_app(session, LabelSettings()), port={port})")
+    server = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE)
+    try:
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            try:
+                httpx.get(f"http://127.0.0.1:{port}/health")
+                break
+            except httpx.TransportError:
+                time.sleep(0.2)
+        answered = []
+        for answer in ("red", SKIP, NOT_ANY, "blue"):
+            item = httpx.get(f"http://127.0.0.1:{port}/api/next").json()[0]
+            done = httpx.post(f"http://127.0.0.1:{port}/api/answer",
+                              json={"id": item["id"], "answer": answer}).json()
+            answered.append(done["path"])
+        server.send_signal(signal.SIGKILL)  # no shutdown, no flush: what was answered is written
+        server.wait(timeout=10)
+    finally:
+        server.kill()
+    assert len(list((data / "train").rglob("*.png"))) == 2
+    labelling, client = start(pool, data)
+    assert client.get("/api/state").json()["remaining"] == len(pool) - 4
+    shown = {labelling.paths[i["id"]] for i in client.get("/api/next?count=50").json()}
+    assert shown and not shown & set(answered)
+    # No temporary file left behind: the journal is the one hidden file.
+    assert [p.name for p in data.rglob(".*")] == [JOURNAL]
 
 
 def free_port():
