@@ -21,12 +21,18 @@ from conftest import COLORS, make_image
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from smallcnn.errors import DataError
 from smallcnn.data.table import read_table
+from smallcnn.errors import DataError
 from smallcnn.labels.suggest import PoolFeatures
 from smallcnn.serve.label_routes import MOST_AT_ONCE, create_label_app
 from smallcnn.serve.label_store import JOURNAL, NOT_ANY, SKIP, LabelStore
-from smallcnn.serve.labelling import ACCEPT_KEY, EVERY, LabelSettings, Labelling, class_keys
+from smallcnn.serve.labelling import (
+    ACCEPT_KEY,
+    EVERY,
+    Labelling,
+    LabelSettings,
+    class_keys,
+)
 
 
 def features_of(paths, classes):
@@ -68,13 +74,6 @@ def start(pool, data, table=None, classes=None, every=EVERY):
     return labelling, TestClient(create_label_app(labelling, LabelSettings(every=every)))
 
 
-def truth(client, item_id):
-    """What a person answers for an image: its colour, from its name."""
-    return next(item["name"].split("-")[0] for item in client.get(f"/api/next?count="
-                                                                  f"{MOST_AT_ONCE}").json()
-                if item["id"] == item_id)
-
-
 def answer_next(client, answer=None):
     item = client.get("/api/next").json()[0]
     given = answer or item["name"].split("-")[0]
@@ -86,7 +85,7 @@ def answer_next(client, answer=None):
 def test_class_answers_are_copies_written_at_once_into_the_class_folders(tmp_path):
     pool = make_pool(tmp_path / "pool")
     data = split_data(tmp_path / "data")
-    labelling, client = start(pool, data)
+    _, client = start(pool, data)
     state = client.get("/api/state").json()
     assert state["classes"] == ["blue", "red"] and state["remaining"] == len(pool)
     assert state["keys"] == {"blue": ["1", "b"], "red": ["2", "r"]}
@@ -112,7 +111,7 @@ def test_a_name_taken_in_data_gets_a_free_one_and_a_flat_data_set_its_class_fold
     for name in ("red", "blue"):
         (data / name).mkdir(parents=True)
     other = make_image(np.random.default_rng(9), COLORS["green"], 32)
-    labelling, client = start(pool, data)
+    _, client = start(pool, data)
     item = client.get("/api/next").json()[0]
     other.save(data / "red" / item["name"])  # a different image under the same name
     done = client.post("/api/answer", json={"id": item["id"], "answer": "red"}).json()
@@ -123,14 +122,14 @@ def test_a_name_taken_in_data_gets_a_free_one_and_a_flat_data_set_its_class_fold
 def test_a_table_gains_a_row_per_answer_that_data_table_reads(tmp_path):
     pool = make_pool(tmp_path / "pool", per_class=4)
     table = tmp_path / "labels.csv"
-    labelling, client = start(pool, tmp_path, table, classes=["red", "blue"])
+    _, client = start(pool, tmp_path, table, classes=["red", "blue"])
     answers = [answer_next(client)[1] for _ in range(3)]
     assert not (tmp_path / "red").exists()  # nothing copied: the table names the pool files
     rows = read_table(table).rows
     assert [(Path(path).name, label) for _, path, label, _ in rows] == \
         [(Path(a["path"]).name, a["answer"]) for a in answers]
     # A restart reads the table: its images are known by path and content.
-    again, client = start(pool, tmp_path, table)
+    _, client = start(pool, tmp_path, table)
     assert client.get("/api/state").json()["remaining"] == len(pool) - 3
     assert (tmp_path / f".{table.name}.labelling.jsonl").exists()
 
@@ -182,7 +181,7 @@ def test_hostile_and_odd_requests_get_a_json_4xx_and_the_server_goes_on(tmp_path
     wrong = client.post("/api/answer", json={"id": item["id"], "answer": "purple"})
     assert wrong.status_code == 422 and "'purple' is not a class" in wrong.json()["detail"]
     assert client.post("/api/answer", content=b"{").status_code == 422
-    assert client.get("/api/image/%d" % item["id"]).content == \
+    assert client.get(f"/api/image/{item['id']}").content == \
         Path(labelling.paths[item["id"]]).read_bytes()
     os.remove(labelling.paths[item["id"]])  # deleted meanwhile
     gone = client.post("/api/answer", json={"id": item["id"], "answer": "red"})
@@ -311,7 +310,7 @@ def test_the_page_labels_images_by_keyboard_in_headless_chromium(tmp_path):
             wait.until(lambda b: b.find_element(By.ID, "image").get_attribute("data-id"))
             name = browser.find_element(By.ID, "name").text
             body.send_keys(keys[name.split("-")[0]][-1])
-            wait.until(lambda b: b.find_element(By.TAG_NAME, "body").get_attribute(
+            wait.until(lambda b, count=count: b.find_element(By.TAG_NAME, "body").get_attribute(
                 "data-answered") == str(count))
         body.send_keys(Keys.SPACE)  # skip
         wait.until(lambda b: b.find_element(By.TAG_NAME, "body").get_attribute(

@@ -122,14 +122,14 @@ class LabelStore:
             if self.table is not None:
                 return self._add_row(source, label)
             return self._copy(source, label)
-        except FileNotFoundError:
+        # Not writable: a read-only folder or file system, a full disk; or the file is gone.
+        except OSError as error:
             if not os.path.exists(source):
                 raise RequestError(410, f"The pool file {source!r} is not there any more; it "
-                                      "is left out.") from None
-            raise
-        except OSError as error:  # not writable: a read-only folder or file system, a full disk
-            raise RequestError(409, f"Cannot write into {self.where} ({error.strerror}): make "
-                                  "it writable, or label into a table with --table FILE.") from None
+                                        "is left out.") from None
+            raise RequestError(409, f"Cannot write into {self.where} "
+                                    f"({error.strerror or error}): make it writable, or label "
+                                    "into a table with --table FILE.") from None
 
     def _copy(self, source, label):
         folder = (self.data / "train" if self.split_folders else self.data) / label
