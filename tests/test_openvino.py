@@ -1,0 +1,170 @@
+"""OpenVINO as the frozen base's engine: parity with LiteRT, its compiled-model cache, what
+auto and a forced engine do where it cannot run, and what runs record of it."""
+
+import json
+import types
+
+import numpy as np
+import pytest
+
+from conftest import invoke
+
+from smallcnn.errors import UsageError
+from smallcnn.runtime import openvino
+from smallcnn.runtime.engine import LiteRTEngine, expected_engine, open_engine
+
+pytest.importorskip("openvino")
+
+
+class Said:
+    """A reporter that keeps what it is told."""
+
+    def __init__(self):
+        self.lines = []
+
+    def note(self, text):
+        self.lines.append(text)
+
+    warning = note
+
+
+@pytest.fixture(scope="module")
+def tiny_base(tmp_path_factory):
+    """A small random-weight conv base (conv, batch norm, ReLU6, depthwise conv, pooled) as
+    a .tflite file, as the cache holds a base's conversion."""
+    import keras
+
+    from smallcnn.runtime.engine import convert_to_litert
+
+    keras.utils.set_random_seed(0)
+    layers = keras.layers
+    model = keras.Sequential([
+        keras.Input((32, 32, 3)), layers.Rescaling(1 / 127.5, -1),
+        layers.Conv2D(16, 3, strides=2, padding="same"), layers.BatchNormalization(),
+        layers.ReLU(6.0), layers.DepthwiseConv2D(3, padding="same"), layers.Conv2D(32, 1),
+        layers.ReLU(6.0), layers.GlobalAveragePooling2D()])
+    path = tmp_path_factory.mktemp("base") / "base.tflite"
+    convert_to_litert(model, path)
+    return path
+
+
+def images(count=24, size=32, seed=0):
+    return np.random.default_rng(seed).integers(0, 256, (count, size, size, 3), dtype=np.uint8)
+
+
+def cosines(a, b):
+    return (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+
+
+def test_openvino_features_match_litert(tiny_base):
+    x = images()
+    reference = LiteRTEngine(tiny_base)(x)
+    exact = open_engine(tiny_base, "openvino", precision="float32")
+    assert (exact.name, exact.precision) == ("openvino", "float32")
+    np.testing.assert_allclose(exact(x), reference, rtol=1e-4, atol=1e-4)
+    fast = open_engine(tiny_base, "openvino")  # the CPU's best: bfloat16 where it has BF16
+    assert fast.precision == openvino.best_precision()
+    assert cosines(fast(x), reference).min() >= 0.99
+    assert fast(x[:0]).shape == (0, reference.shape[1])
+    assert exact(x.astype(np.float32)).dtype == np.float32  # float batches too
+
+
+def test_the_compiled_model_is_cached_and_reused(tiny_base, tmp_path, monkeypatch):
+    from smallcnn.runtime import cache
+
+    monkeypatch.setenv("SMALLCNN_CACHE", str(tmp_path / "cache"))
+    open_engine(tiny_base, "openvino")
+    compiled = sorted(cache.root("engines").glob("*.blob"))
+    assert compiled, "no compiled model in the cache"
+    stamps = [blob.stat().st_mtime_ns for blob in compiled]
+    again = open_engine(tiny_base, "openvino")
+    assert sorted(cache.root("engines").glob("*.blob")) == compiled  # read, not compiled anew
+    assert [blob.stat().st_mtime_ns for blob in compiled] == stamps
+    assert again(images(2)).shape[0] == 2
+    assert [e[0] for e in cache.entries()] == ["engines"] * len(compiled)  # under the cap
+
+
+def _without_openvino(monkeypatch):
+    def missing():
+        raise ImportError("No module named 'openvino'")
+
+    monkeypatch.setattr(openvino, "_core", missing)
+
+
+def test_a_forced_openvino_that_cannot_run_says_why_in_one_line(tiny_base, monkeypatch):
+    _without_openvino(monkeypatch)
+    with pytest.raises(UsageError) as refused:
+        open_engine(tiny_base, "openvino")
+    message = str(refused.value)
+    assert "\n" not in message
+    assert message.startswith("--engine openvino: OpenVINO cannot run here: openvino is not "
+                              "installed") and "use --engine auto or --engine litert" in message
+
+
+def test_auto_falls_back_to_litert_with_one_line(tiny_base, monkeypatch):
+    _without_openvino(monkeypatch)
+    said = Said()
+    engine = open_engine(tiny_base, "auto", said)
+    assert (engine.name, engine.precision) == ("litert", "float32")
+    assert said.lines == ["Frozen base engine: LiteRT, float32 (OpenVINO not used: openvino "
+                          "is not installed (No module named 'openvino'))."]
+    assert expected_engine("auto") == ("litert", "float32")
+
+
+def test_bfloat16_asked_of_a_cpu_without_it_runs_float32_and_says_so(tiny_base, monkeypatch):
+    monkeypatch.setattr(openvino, "best_precision", lambda: "float32")
+    said = Said()
+    engine = open_engine(tiny_base, "auto", said, precision="bfloat16")
+    assert engine.precision == "float32"
+    assert said.lines[0] == "OpenVINO runs in float32 on this CPU, not bfloat16."
+
+
+def test_the_features_cache_keeps_engines_and_precisions_apart(tiny_data, monkeypatch):
+    from smallcnn.data.dataset import Split
+    from smallcnn.model.bases import get_base
+    from smallcnn.runtime.devices import Placement
+    from smallcnn.train import Settings
+    from smallcnn.train.feature_store import features_key
+
+    settings = Settings(base="mobilenet_v2", image_size=32).resolve("extract")
+    plan = types.SimpleNamespace(weights="imagenet", settings=settings,
+                                 spec=get_base("mobilenet_v2"),
+                                 placement=Placement(["/cpu:0"], "float32"))
+    split = Split("train", ["a.png", "b.png"], np.array([0, 1], np.int32))
+    digests = {"a.png": "1" * 40, "b.png": "2" * 40}
+    keys = {engine: features_key(plan, digests, split, engine=engine)
+            for engine in [("openvino", "bfloat16"), ("openvino", "float32"),
+                           ("litert", "float32")]}
+    assert len(set(keys.values())) == 3
+    monkeypatch.setenv("SMALLCNN_ENGINE", "litert")
+    assert features_key(plan, digests, split) == keys["litert", "float32"]
+    monkeypatch.setenv("SMALLCNN_ENGINE", "openvino")
+    assert features_key(plan, digests, split) == keys["openvino", openvino.best_precision()]
+
+
+@pytest.mark.heavy
+def test_runs_and_predict_json_say_the_engine(tiny_data, base_weights_file, monkeypatch):
+    run = ["--base", "mobilenet_v2", "--weights", base_weights_file, "--image-size", "32",
+           "--epochs", "2"]
+    best = openvino.best_precision()
+    assert invoke("extract", tiny_data, *run, "--engine", "openvino",
+                  "--out", "runs/ov").exit_code == 0
+    metrics = json.loads(open("runs/ov/metrics.json").read())
+    assert (metrics["engine"], metrics["engine_precision"]) == \
+        ("openvino", openvino.best_precision())
+    route = json.loads(open("runs/ov/smallcnn.json").read())["prediction"]
+    assert (route["engine"], route["precision"]) == ("openvino", openvino.best_precision())
+    said = invoke("predict", str(tiny_data / "val"), "--model", "runs/ov", "--json")
+    assert said.exit_code == 0, said.output
+    engines = {p["engine"] for p in json.loads(said.stdout)}
+    assert engines == {f"openvino {openvino.best_precision()} base + numpy head "
+                       "(the run's cached base conversion)"}
+    _without_openvino(monkeypatch)  # the run's engine cannot run: LiteRT, and why
+    said = invoke("predict", str(tiny_data / "val"), "--model", "runs/ov", "--json")
+    engine = json.loads(said.stdout)[0]["engine"]
+    assert engine.startswith("litert float32 base + numpy head") and \
+        f"its features came from openvino {best}" in engine
+    refused = invoke("extract", tiny_data, *run, "--engine", "openvino", "--out", "runs/no")
+    assert refused.exit_code == 2
+    assert "--engine openvino: OpenVINO cannot run here: openvino is not installed" in \
+        " ".join(refused.output.split())
