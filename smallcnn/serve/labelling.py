@@ -315,17 +315,21 @@ class Labelling:
 
 def label(pool, data, model=None, table=None, classes=None, settings=LabelSettings(),
           reporter=Reporter()):
-    """Serves the labelling page of `pool` (image files and folders) into `data` until
-    SIGINT or SIGTERM; every answer is already written by then."""
+    """Serves the labelling page of `pool` (image files and folders) into `data` (see
+    `LabelStore`; `table`: a table of labels to add the answers to) until SIGINT or
+    SIGTERM; every answer is already written by then. `classes` ("a,b" or a list) adds
+    to DATA's classes without a `model` (a run folder)."""
     import uvicorn
 
     from smallcnn.inference.stream import images_of
+    from smallcnn.labels.suggest import class_list
     from smallcnn.serve import is_loopback
     from smallcnn.serve.label_routes import create_label_app
 
     settings.check()
+    named = None if classes is None else class_list(classes)
     store = LabelStore(data, table)
-    session = Labelling(images_of(pool), store, model_features(model, reporter), classes,
+    session = Labelling(images_of(pool), store, model_features(model, reporter), named,
                         model, settings.every, reporter=reporter)
     app = create_label_app(session, settings)
     if not is_loopback(settings.host):
@@ -333,6 +337,15 @@ def label(pool, data, model=None, table=None, classes=None, settings=LabelSettin
                          "reach it can write into DATA.")
     reporter.note(f"labelling {len(session.paths)} images into {store.where} at "
                   f"http://{settings.host}:{settings.port}/")
-    uvicorn.Server(uvicorn.Config(app, host=settings.host, port=settings.port,
-                                  log_level="warning")).run()
+
+    class Server(uvicorn.Server):
+        """uvicorn's, ending with exit status 0 after SIGINT or SIGTERM (as `serve`'s):
+        uvicorn raises the signal again once shut down, which would kill the process."""
+
+        def handle_exit(self, sig, frame):
+            super().handle_exit(sig, frame)
+            self._captured_signals.clear()
+
+    Server(uvicorn.Config(app, host=settings.host, port=settings.port,
+                          log_level="warning")).run()
     session.wait_for_training()
