@@ -166,17 +166,9 @@ class Labelling:
         return [i for i in range(len(self.paths)) if i not in self.answers and i not in self.gone]
 
     def _rank(self):
-        """The unanswered pool images, the ones worth labelling first (suggest's `rank`)."""
-        from smallcnn.labels.strategies import rank
-
-        remaining = self._remaining()
-        if not remaining:
-            return []
-        labelled = np.asarray(self.x, np.float32) if self.x else None
-        probabilities = None if self.probabilities is None else self.probabilities[remaining]
-        order = rank(self.features[remaining], strategy=self.strategy,
-                     labelled_features=labelled, probabilities=probabilities)
-        return [remaining[j] for j in order]
+        """The unanswered pool images, the ones worth labelling first."""
+        return ranked(self.features, self._remaining(), self.strategy,
+                      np.asarray(self.x, np.float32), self.probabilities)
 
     def item(self, index):
         """What the page shows of pool image `index`."""
@@ -267,8 +259,12 @@ class Labelling:
 
         try:
             trained = train_head(x, y, val, len(self.classes), self.head_settings)
-            probabilities = None if trained is None else head.probabilities(trained[0],
-                                                                             self.features)
+            probabilities = queue = None
+            if trained is not None:  # the new ranking made outside the lock: answers go on
+                probabilities = head.probabilities(trained[0], self.features)
+                with self.lock:
+                    remaining = self._remaining()
+                queue = ranked(self.features, remaining, self.strategy, x, probabilities)
         except Exception as error:  # a bug: logged in full; labelling goes on with the last head
             log.exception("retraining the heads failed")
             with self.lock:
@@ -280,7 +276,7 @@ class Labelling:
                 point = {"labels": len(y), "accuracy": round(trained[1], 4)}
                 self.probabilities, self.version = probabilities, self.version + 1
                 self.history.append(point)
-                self.queue = self._rank()
+                self.queue = queue
                 try:
                     self.store.record(point)
                 except RequestError as error:
@@ -311,6 +307,19 @@ class Labelling:
                     "until_retraining": max(0, self.every - self.since),
                     "model_version": self.version, "data": self.store.where,
                     "error": self.error}
+
+
+def ranked(features, remaining, strategy, labelled, probabilities):
+    """`remaining` (indices of pool rows in `features`), those worth labelling first
+    (suggest's `rank`, at most its N); `labelled`: the labelled images' features."""
+    from smallcnn.labels.strategies import rank
+
+    if not remaining:
+        return []
+    order = rank(features[remaining], strategy=strategy,
+                 labelled_features=labelled if len(labelled) else None,
+                 probabilities=None if probabilities is None else probabilities[remaining])
+    return [remaining[j] for j in order]
 
 
 def label(pool, data, model=None, table=None, classes=None, settings=LabelSettings(),
