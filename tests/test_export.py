@@ -15,6 +15,7 @@ from smallcnn.inference.export import (
     DEFAULT_FORMAT,
     DEFAULT_QUANTIZE,
     MIN_AGREEMENT,
+    SUFFIX,
     SUPPORTED,
     default_output,
 )
@@ -34,7 +35,7 @@ def test_export_matches_the_run_and_predicts_the_same(trained, tmp_path, format,
         pytest.importorskip("tf2onnx")
     run, data = trained
     out = tmp_path / "exported" / ("savedmodel" if format == "savedmodel"
-                                   else f"model-{quantize}.{format}")
+                                   else f"model-{quantize}{SUFFIX[format]}")
     result = invoke("export", run, "--format", format, "--quantize", quantize, "--out", out,
                     "--json")
     assert result.exit_code == 0, result.output
@@ -44,6 +45,8 @@ def test_export_matches_the_run_and_predicts_the_same(trained, tmp_path, format,
     assert out.exists()
     on_disk = (sum(f.stat().st_size for f in out.rglob("*") if f.is_file()) if out.is_dir()
                else out.stat().st_size)
+    if format == "openvino":  # its weights beside it
+        on_disk += out.with_suffix(".bin").stat().st_size
     assert report["size_bytes"] == on_disk
     assert (out.parent / "labels.txt").read_text().split() == ["blue", "green", "red"]
     contract = json.loads((out.parent / f"{out.name}.json").read_text())

@@ -1,6 +1,7 @@
 """Exporting a trained run to a file that runs elsewhere, verified before it is kept.
 
-    smallcnn export RUN --format keras|savedmodel|tflite|onnx [--quantize none|float16|int8]
+    smallcnn export RUN --format keras|savedmodel|tflite|onnx|openvino
+                        [--quantize none|float16|int8]
 
 Every exported model takes raw RGB pixels (`uint8`, `(n, size, size, 3)`) and returns
 class probabilities, so no user has to reproduce the preprocessing. The preprocessing
@@ -41,7 +42,10 @@ DEFAULT_FORMAT = "tflite"  # runs anywhere LiteRT does, without TensorFlow
 DEFAULT_QUANTIZE = QUANTIZATIONS[0]
 # Which quantizations each format offers.
 SUPPORTED = {"keras": ("none",), "savedmodel": ("none",), "tflite": QUANTIZATIONS,
-             "onnx": QUANTIZATIONS}
+             "onnx": QUANTIZATIONS, "openvino": ("none",)}
+# The file each format is written as (savedmodel: a folder); OpenVINO's weights go beside
+# its .xml, in a .bin of the same name.
+SUFFIX = {"keras": ".keras", "tflite": ".tflite", "onnx": ".onnx", "openvino": ".xml"}
 # The least top-1 agreement with the Keras model on the validation images.
 MIN_AGREEMENT = {"none": 0.99, "float16": 0.99, "int8": 0.97}
 CALIBRATION_IMAGES = 100  # training images that calibrate int8 activation ranges
@@ -105,10 +109,10 @@ def portable_model(model, config):
 
 
 def default_output(run_dir, format, quantize):
-    """RUN/export/model[-QUANTIZE].tflite (or .onnx, .keras; savedmodel/ for a folder)."""
+    """RUN/export/model[-QUANTIZE].tflite (or .onnx, .keras, .xml; savedmodel/ for a
+    folder)."""
     stem = "model" if quantize == "none" else f"model-{quantize}"
-    name = {"keras": f"{stem}.keras", "savedmodel": "savedmodel", "tflite": f"{stem}.tflite",
-            "onnx": f"{stem}.onnx"}[format]
+    name = "savedmodel" if format == "savedmodel" else f"{stem}{SUFFIX[format]}"
     return Path(run_dir) / "export" / name
 
 
@@ -125,7 +129,7 @@ def _validate(format, quantize, out):
             "quantized models are exported as tflite or onnx."
         )
     if out is not None and format != "savedmodel":
-        suffix = {"keras": ".keras", "tflite": ".tflite", "onnx": ".onnx"}[format]
+        suffix = SUFFIX[format]
         if Path(out).suffix.lower() != suffix and Path(out).suffix:
             raise UsageError(
                 f"--out for --format {format} must end in {suffix} (or be a folder). "
@@ -230,6 +234,13 @@ def _write(model, path, format, quantize, calibration):
         from smallcnn.runtime.engine import convert_to_litert
 
         convert_to_litert(model, Path(path), quantize, calibration)
+    elif format == "openvino":  # from its LiteRT conversion: OpenVINO reads no Keras 3 model
+        from smallcnn.runtime.engine import convert_to_litert
+        from smallcnn.runtime.openvino import write_ir
+
+        with tempfile.TemporaryDirectory(dir=Path(path).parent) as folder:
+            convert_to_litert(model, Path(folder) / "model.tflite")
+            write_ir(Path(folder) / "model.tflite", path)
     else:
         _write_onnx(model, path, quantize, calibration)
 
@@ -263,7 +274,9 @@ def _size(path):
     path = Path(path)
     if path.is_dir():
         return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
-    return path.stat().st_size
+    weights = path.with_suffix(".bin")  # an OpenVINO .xml's
+    return path.stat().st_size + (weights.stat().st_size if SUFFIX["openvino"] == path.suffix
+                                  and weights.is_file() else 0)
 
 
 def _latency_ms(runtime, image, repeats=20):
@@ -284,7 +297,8 @@ def export(run=None, format=DEFAULT_FORMAT, quantize=DEFAULT_QUANTIZE, out=None,
 
     Args:
         run: a run folder (default: the most recent run in ./runs).
-        format: 'keras', 'savedmodel', 'tflite' or 'onnx'.
+        format: 'keras', 'savedmodel', 'tflite', 'onnx' or 'openvino' (IR: .xml and
+            .bin).
         quantize: 'none', 'float16' or 'int8' (tflite and onnx only); int8 calibrates on
             up to 100 images of the run's training split.
         out: the file (or folder) to write; default RUN/export/model[-QUANTIZE].EXT.
@@ -330,8 +344,15 @@ def export(run=None, format=DEFAULT_FORMAT, quantize=DEFAULT_QUANTIZE, out=None,
     reporter.note(f"Exporting {format}" + ("" if quantize == "none" else f" ({quantize})")
                   + f" and checking it on {len(val)} validation images")
     checked = {}
-    runs.atomic_write(path, lambda temp: checked.update(
-        _write_checked(portable, temp, format, quantize, calibration, val, reference)))
+
+    def write(temp):
+        checked.update(_write_checked(portable, temp, format, quantize, calibration, val,
+                                      reference))
+        if format == "openvino":  # its weights in place before the .xml that names them
+            runs.atomic_write(path.with_suffix(".bin"),
+                              lambda bin: shutil.move(Path(temp).with_suffix(".bin"), bin))
+
+    runs.atomic_write(path, write)
     exported, agreement = checked["exported"], checked["agreement"]
     difference, latency = checked["difference"], checked["latency"]
 

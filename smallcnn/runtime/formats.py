@@ -3,7 +3,7 @@
 Every exported model takes a batch of raw RGB pixels, `uint8` of shape
 `(n, size, size, 3)`, and returns class probabilities of shape `(n, classes)`.
 Each runtime is imported only when its format is opened, so predicting with a
-`.tflite` file never imports TensorFlow.
+`.tflite` or OpenVINO `.xml` file never imports TensorFlow.
 """
 
 import os
@@ -13,9 +13,9 @@ import numpy as np
 
 from smallcnn.errors import ModelError, UsageError, first_line
 
-FORMATS = ("keras", "savedmodel", "tflite", "onnx")
+FORMATS = ("keras", "savedmodel", "tflite", "onnx", "openvino")
 LABELS_FILE = "labels.txt"  # beside an exported model: one class per line, in output order
-SUFFIXES = {".keras": "keras", ".tflite": "tflite", ".onnx": "onnx"}
+SUFFIXES = {".keras": "keras", ".tflite": "tflite", ".onnx": "onnx", ".xml": "openvino"}
 
 
 def contract_path(path):
@@ -127,8 +127,28 @@ class KerasRuntime:
         return np.asarray(self._model.predict_on_batch(np.asarray(images, dtype=self.input_dtype)))
 
 
+class OpenVINORuntime:
+    """An OpenVINO IR (model.xml, its weights in model.bin beside it) compiled for the
+    CPU, in the precision the frozen base's engine uses here (bf16 where it has BF16)."""
+
+    format = "openvino"
+
+    def __init__(self, path):
+        from smallcnn.runtime import openvino
+
+        why = openvino.unavailable()
+        if why is not None:
+            raise UsageError(f"Running an OpenVINO .xml model needs OpenVINO: {why}; "
+                             "pip install openvino.")
+        self._engine = openvino.OpenVINOEngine(path)
+        self.input_shape, self.input_dtype = self._engine.input_shape, self._engine.input_dtype
+
+    def __call__(self, images):
+        return self._engine(np.asarray(images, dtype=self.input_dtype))
+
+
 RUNTIMES = {"keras": KerasRuntime, "savedmodel": SavedModelRuntime, "tflite": TFLiteRuntime,
-            "onnx": OnnxRuntime}
+            "onnx": OnnxRuntime, "openvino": OpenVINORuntime}
 
 
 def open_model(path, format=None):
@@ -136,8 +156,8 @@ def open_model(path, format=None):
     format = format or format_of(path)
     if format not in RUNTIMES:
         raise ModelError(
-            f"{str(path)!r} is not an exported model; expected a .tflite, .onnx or .keras file, "
-            "or a SavedModel folder."
+            f"{str(path)!r} is not an exported model; expected a .tflite, .onnx, .keras or "
+            "OpenVINO .xml file, or a SavedModel folder."
         )
     try:
         return RUNTIMES[format](path)

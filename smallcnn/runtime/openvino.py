@@ -48,6 +48,19 @@ def best_precision():
     return "bfloat16" if "BF16" in capabilities else "float32"
 
 
+def write_ir(tflite_path, path):
+    """A .tflite model written as OpenVINO IR: `path` (.xml) and its weights beside it (.bin),
+    kept float32."""
+    try:
+        import openvino
+    except ImportError:
+        from smallcnn.errors import UsageError
+
+        raise UsageError("OpenVINO export needs openvino: pip install openvino.") from None
+    openvino.save_model(openvino.convert_model(str(tflite_path)), str(path),
+                        compress_to_fp16=False)
+
+
 class OpenVINOEngine:
     """A .tflite model compiled by OpenVINO for the CPU: a callable from a batch of images
     (uint8 or float) to float32 outputs (its first output), like `LiteRTEngine`.
