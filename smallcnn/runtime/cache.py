@@ -2,7 +2,8 @@
 
     ~/.cache/smallcnn (or $SMALLCNN_CACHE)
         features/   pooled base features of a split (.npz)
-        engines/    LiteRT conversions of a base or of a run's model (.tflite)
+        engines/    LiteRT conversions of a base or of a run's model (.tflite), and
+                    OpenVINO's compiled models of them (.blob, named by OpenVINO)
         templates/  whole classifiers that extract's model files are written from (.keras, .json)
         scans/      what `check` found in each file of a data set (.json)
 
