@@ -1,0 +1,336 @@
+"""The frozen base's engines (issue 29): LiteRT float32 against OpenVINO float32, bfloat16
+and int8, on this CPU.
+
+- forward: images/s of the frozen base's forward pass (efficientnet_b0, mobilenet_v2, the
+  cache's own .tflite conversion), the engines ALTERNATING in one process for --rounds
+  rounds over the same decoded cats-dogs-small images, batches of 32; ratios of medians
+  against LiteRT, and the least cosine of each engine's features against LiteRT's. Int8 is
+  NNCF's post-training quantization of the OpenVINO model (calibrated on --calibration
+  training images), where nncf is installed; it is measured, not shipped.
+- parity: on each bench set, `smallcnn extract` (default base) with --engine litert and
+  with auto: their test (else val) accuracy; `smallcnn predict --json` of that split with
+  the auto run, under SMALLCNN_ENGINE=litert and auto: how many labels agree; and the auto
+  run's head on int8 features of the split (accuracy, labels agreeing with LiteRT's).
+- cold: wall time of a cold `smallcnn extract` of cats-dogs-small (default base, a fresh
+  SMALLCNN_CACHE each), --engine litert and auto alternating, --rounds times.
+- predict: `smallcnn predict` of cats-dogs-small's test folder with the auto run, under
+  SMALLCNN_ENGINE=litert and auto alternating: images/s over the whole command.
+
+    .venv/bin/python bench/engines.py [--parts forward parity cold predict] [--rounds 3]
+"""
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.common import ROOT, SHARED, load_results, save_results, smallcnn  # noqa: E402
+
+RESULTS = ROOT / "bench" / "results" / "engines.json"
+PARTS = ("forward", "parity", "cold", "predict")
+BASES = ("efficientnet_b0", "mobilenet_v2")
+DATASETS = ("ants-bees", "cats-dogs-small", "food101-10")
+SPEED_TARGETS = {"efficientnet_b0": 1.5, "mobilenet_v2": 1.7}  # x LiteRT's images/s
+COLD_TARGET = 0.7  # x LiteRT's wall time
+PREDICT_TARGET = 1.4  # x LiteRT's images/s
+AGREEMENT_TARGET = 0.995  # predict's labels, OpenVINO against LiteRT
+FORWARD_IMAGES = 128
+BATCH = 32
+
+
+def base_conversion(name):
+    """The cache's .tflite conversion of a base (ImageNet weights, default size), made
+    where it is missing, as extract makes it."""
+    from smallcnn.model.bases import build_base, get_base
+    from smallcnn.runtime import cache
+    from smallcnn.runtime.engine import feature_engine, litert_name
+
+    spec = get_base(name)
+    size = spec.default_size
+
+    def extractor():
+        from smallcnn.model.networks import feature_extractor
+
+        return feature_extractor(spec, build_base(spec, size, "imagenet"), size)
+
+    feature_engine(spec, "imagenet", size, extractor, "litert")
+    return cache.path("engines", litert_name(spec, "imagenet", size)), size
+
+
+def sample_images(count, size, split="train", seed=0):
+    """`count` cats-dogs-small images of `split`, decoded at `size`."""
+    from smallcnn.data.images import load_images
+    from smallcnn.inference.classifier import expand_paths
+
+    paths = expand_paths([SHARED / "cats-dogs-small" / split])
+    chosen = np.random.default_rng(seed).choice(len(paths), count, replace=False)
+    return load_images([paths[i] for i in sorted(chosen)], size)[0]
+
+
+def int8_engine(path, size, calibration):
+    """The .tflite model quantized by NNCF (int8 weights and activations), in OpenVINO;
+    None where nncf is not installed."""
+    try:
+        import nncf
+    except ImportError:
+        return None
+    import openvino as ov
+
+    from smallcnn.runtime.openvino import OpenVINOEngine
+
+    model = ov.Core().read_model(str(path))
+    model.reshape([1, size, size, 3])
+    samples = [image[None].astype(np.float32) for image in calibration]
+    quantized = nncf.quantize(model, nncf.Dataset(samples), subset_size=len(samples))
+    folder = Path(tempfile.mkdtemp(prefix="engines-int8-"))
+    ov.save_model(quantized, str(folder / "int8.xml"))
+    engine = OpenVINOEngine(folder / "int8.xml", "bfloat16")  # what is not int8 runs bf16
+    engine.precision = "int8"
+    return engine
+
+
+def engines_of(path, size, calibration_count):
+    from smallcnn.runtime.engine import LiteRTEngine
+    from smallcnn.runtime.openvino import OpenVINOEngine
+
+    engines = {"litert float32": LiteRTEngine(path),
+               "openvino float32": OpenVINOEngine(path, "float32"),
+               "openvino bfloat16": OpenVINOEngine(path, "bfloat16")}
+    if calibration_count:
+        int8 = int8_engine(path, size, sample_images(calibration_count, size, seed=1))
+        if int8 is not None:
+            engines["openvino int8"] = int8
+    return engines
+
+
+def cosines(a, b):
+    return (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+
+
+def forward(rounds, calibration_count):
+    from smallcnn.runtime.engine import compute_features
+
+    cells = []
+    for name in BASES:
+        path, size = base_conversion(name)
+        images = sample_images(FORWARD_IMAGES, size)
+        engines = engines_of(path, size, calibration_count)
+        speeds = {label: [] for label in engines}
+        features = {label: compute_features(e, images[:BATCH]) for label, e in engines.items()}
+        labels = list(engines)
+        for round_ in range(rounds):
+            for label in labels[round_ % len(labels):] + labels[:round_ % len(labels)]:
+                started = time.perf_counter()
+                compute_features(engines[label], images, BATCH)
+                speeds[label].append(len(images) / (time.perf_counter() - started))
+        litert = statistics.median(speeds["litert float32"])
+        for label in labels:
+            median = statistics.median(speeds[label])
+            cells.append({"base": name, "engine": label, "images_per_second": speeds[label],
+                          "median": median, "ratio": median / litert,
+                          "min_cosine": float(cosines(features[label],
+                                                      features["litert float32"]).min())})
+            print(json.dumps({k: v for k, v in cells[-1].items()
+                              if k != "images_per_second"}), flush=True)
+        del engines
+    return cells
+
+
+def evaluation_split(data):
+    return next(data / split for split in ("test", "val", "validation") if (data / split).is_dir())
+
+
+def predicted_labels(model, folder, env):
+    run = smallcnn("predict", folder, "--model", model, "--json", env=env)
+    rows = json.loads(run["output"])
+    return {row["path"]: row["label"] for row in rows}, rows[0]["engine"], run
+
+
+def parity(work, calibration_count):
+    env = {"SMALLCNN_CACHE": str(work / "cache")}
+    cells = []
+    for name in DATASETS:
+        data = SHARED / name
+        runs = {}
+        for engine in ("litert", "auto"):
+            out = work / f"{name}-{engine}"
+            smallcnn("extract", data, "--engine", engine, "--out", out, env=env)
+            runs[engine] = json.loads((out / "metrics.json").read_text())
+        split = evaluation_split(data)
+        metric = "test_accuracy" if "test_accuracy" in runs["litert"] else "val_accuracy"
+        model = work / f"{name}-auto"
+        litert, _, _ = predicted_labels(model, split, {**env, "SMALLCNN_ENGINE": "litert"})
+        auto, auto_engine, _ = predicted_labels(model, split, env)
+        agree = sum(litert[p] == auto[p] for p in litert) / len(litert)
+        cell = {"dataset": name, "metric": metric, "images": len(litert),
+                "litert_accuracy": runs["litert"][metric], "auto_accuracy": runs["auto"][metric],
+                "auto_engine": [runs["auto"]["engine"], runs["auto"].get("engine_precision")],
+                "predict_agreement": agree, "predict_engine": auto_engine}
+        if calibration_count:
+            cell.update(int8_parity(model, split, env, calibration_count))
+        cells.append(cell)
+        print(json.dumps(cell), flush=True)
+    return cells
+
+
+def int8_parity(model, split, env, calibration_count):
+    """The auto run's head on int8 features of `split`: accuracy, and labels agreeing with
+    the head on LiteRT's features."""
+    from smallcnn.data.dataset import find_dataset
+    from smallcnn.data.images import load_images
+    from smallcnn.model import head, modelfile
+
+    os.environ.update(env)
+    config = json.loads((model / "smallcnn.json").read_text())
+    path, size = base_conversion(config["settings"]["base"])
+    engines = engines_of(path, size, calibration_count)
+    if "openvino int8" not in engines:
+        return {}
+    weights = modelfile.read_head_weights(model / "model.keras",
+                                          config["prediction"]["head_datasets"])
+    truth = find_dataset(split.parent).splits.get("test") or find_dataset(split.parent).val
+    images = load_images(truth.paths, size)[0]
+    labels = {label: head.probabilities(weights, engines[label](images)).argmax(1)
+              for label in ("litert float32", "openvino int8")}
+    return {"int8_accuracy": float((labels["openvino int8"] == truth.labels).mean()),
+            "int8_litert_head_accuracy": float((labels["litert float32"] == truth.labels).mean()),
+            "int8_agreement": float((labels["openvino int8"] == labels["litert float32"]).mean())}
+
+
+def cold(work, rounds):
+    data = SHARED / "cats-dogs-small"
+    cells = []
+    for round_ in range(rounds):
+        for engine in (("litert", "auto") if round_ % 2 == 0 else ("auto", "litert")):
+            cache = Path(tempfile.mkdtemp(prefix="cold-", dir=work))
+            run = smallcnn("extract", data, "--engine", engine, "--out", cache / "run",
+                           env={"SMALLCNN_CACHE": str(cache / "cache")})
+            cells.append({"engine": engine, "wall_seconds": run["wall_seconds"],
+                          "peak_mb": run["peak_mb"]})
+            print(json.dumps(cells[-1]), flush=True)
+    return cells
+
+
+def predict(work, rounds):
+    env = {"SMALLCNN_CACHE": str(work / "cache")}
+    data = SHARED / "cats-dogs-small"
+    model = work / "cats-dogs-small-auto"
+    if not model.is_dir():
+        smallcnn("extract", data, "--out", model, env=env)
+    folder = evaluation_split(data)
+    cells = []
+    for round_ in range(rounds):
+        for engine in (("litert", "auto") if round_ % 2 == 0 else ("auto", "litert")):
+            labels, said, run = predicted_labels(model, folder,
+                                                 {**env, "SMALLCNN_ENGINE": engine})
+            cells.append({"engine": engine, "said": said, "images": len(labels),
+                          "images_per_second": len(labels) / run["wall_seconds"],
+                          "wall_seconds": run["wall_seconds"], "peak_mb": run["peak_mb"]})
+            print(json.dumps(cells[-1]), flush=True)
+    return cells
+
+
+def load():
+    return load_results(RESULTS)
+
+
+def _median(cells, engine, key):
+    return statistics.median(c[key] for c in cells if c["engine"] == engine)
+
+
+def _met(value, target, above=True):
+    return "met" if (value >= target if above else value <= target) else "not met"
+
+
+def summary(results):
+    if not results:
+        return []
+    lines = ["## The frozen base's engines", "",
+             f"bench/engines.py ({results.get('date')}, rounds {results.get('rounds')}): "
+             "LiteRT float32 against OpenVINO (`--engine auto` picks OpenVINO, bf16 on this "
+             "CPU's AMX). Engines alternate in one run; ratios are of medians.", ""]
+    lines += _forward_lines(results.get("forward"))
+    lines += _parity_lines(results.get("parity"))
+    for part, label, key, target, above in (
+            ("cold", "Cold `extract` of cats-dogs-small (default base, empty cache)",
+             "wall_seconds", COLD_TARGET, False),
+            ("predict", "`predict` of cats-dogs-small's test folder (1,000 images, whole "
+             "command)", "images_per_second", PREDICT_TARGET, True)):
+        cells = results.get(part)
+        if not cells:
+            continue
+        litert, auto = _median(cells, "litert", key), _median(cells, "auto", key)
+        ratio = auto / litert
+        lines += [f"{label}: LiteRT {litert:.1f}, auto {auto:.1f} {key.replace('_', ' ')} "
+                  f"(medians of {len(cells) // 2}); {ratio:.2f}x, target "
+                  f"{'>=' if above else '<='} {target}x: {_met(ratio, target, above)}. Peak "
+                  f"memory {_median(cells, 'litert', 'peak_mb'):.0f} MB LiteRT, "
+                  f"{_median(cells, 'auto', 'peak_mb'):.0f} MB auto.", ""]
+    return lines
+
+
+def _forward_lines(cells):
+    if not cells:
+        return []
+    lines = ["Forward pass of the frozen base (images/s, batches of 32, 128 images a round):",
+             "", "| base | engine | images/s (median) | x LiteRT | target | least cosine |",
+             "|---|---|---|---|---|---|"]
+    for cell in cells:
+        target = SPEED_TARGETS[cell["base"]] if cell["engine"] == "openvino bfloat16" else None
+        shown = f">= {target}x: {_met(cell['ratio'], target)}" if target else ""
+        lines.append(f"| {cell['base']} | {cell['engine']} | {cell['median']:.1f} | "
+                     f"{cell['ratio']:.2f}x | {shown} | {cell['min_cosine']:.4f} |")
+    return lines + [""]
+
+
+def _parity_lines(cells):
+    if not cells:
+        return []
+    lines = ["Parity (default base): extract's accuracy with each engine, and `predict`'s "
+             "labels of the auto run under LiteRT and auto (target: accuracy within one "
+             f"image, labels >= {AGREEMENT_TARGET:.1%} the same); int8: the auto run's head on "
+             "NNCF int8 features.", "",
+             "| data set | split images | LiteRT accuracy | auto accuracy | labels the same | "
+             "int8 accuracy | int8 labels the same |", "|---|---|---|---|---|---|---|"]
+    for c in cells:
+        within = abs(c["auto_accuracy"] - c["litert_accuracy"]) * c["images"] <= 1 + 1e-9
+        int8 = (f"{c['int8_accuracy']:.4f} (LiteRT head {c['int8_litert_head_accuracy']:.4f}) | "
+                f"{c['int8_agreement']:.2%}") if "int8_accuracy" in c else "- | -"
+        lines.append(f"| {c['dataset']} | {c['images']} | {c['litert_accuracy']:.4f} | "
+                     f"{c['auto_accuracy']:.4f} ({'within' if within else 'NOT within'} one "
+                     f"image) | {c['predict_agreement']:.2%} | {int8} |")
+    return lines + [""]
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS))
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--calibration", type=int, default=300,
+                        help="training images that calibrate int8 (0: no int8)")
+    parser.add_argument("--work", type=Path, default=None)
+    args = parser.parse_args()
+    work = args.work or Path(tempfile.mkdtemp(prefix="bench-engines-"))
+    results = {**load(), "date": time.strftime("%Y-%m-%d"), "rounds": args.rounds}
+    for part in args.parts:
+        if part == "forward":
+            results[part] = forward(args.rounds, args.calibration)
+        elif part == "parity":
+            results[part] = parity(work, args.calibration)
+        elif part == "cold":
+            results[part] = cold(work, args.rounds)
+        else:
+            results[part] = predict(work, args.rounds)
+        save_results(RESULTS, results, summary)  # after each part: a failure keeps them
+
+
+if __name__ == "__main__":
+    main()
