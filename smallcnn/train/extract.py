@@ -6,6 +6,7 @@ from smallcnn.data.augment import Augmentation
 from smallcnn.errors import UsageError
 from smallcnn.model import runs
 from smallcnn.runtime.signals import StopRequest
+from smallcnn.train import self_training
 from smallcnn.train.session import Session
 from smallcnn.train.settings import Settings
 
@@ -28,12 +29,17 @@ def extract(data_dir, settings=None, out=None, overwrite=False, reporter=None,
     """
     from smallcnn.model import head as numpy_head
 
+    pools = []  # the --unlabeled pool, checked against the data before any work
+
     def refuse_early(session):
         if out is not None:  # refused now, before the work; the folder is made at the end
             runs.check_out(out, overwrite, session.data_paths())
         if session.settings.views and session.settings.augmentation() == Augmentation():
             raise UsageError("--views needs an augmentation; drop --augment none, or pass "
                              "--augment light|standard|strong.")
+        if session.settings.unlabeled:
+            pools.append(self_training.read_pool(session.dataset, session.settings.unlabeled,
+                                                 session.reporter))
         session.source.start_warmup(template=template_shape(session))  # while images are read
 
     session = Session("extract", data_dir, settings or Settings(), reporter, command_line,
@@ -45,19 +51,15 @@ def extract(data_dir, settings=None, out=None, overwrite=False, reporter=None,
         views = source.augmented_views(s.views)
         train_x = np.concatenate([train_x, *views])
         train_y = np.tile(train_y, s.views + 1)
-    # The head trains in NumPy (see smallcnn.model.head): with the features cached, the whole
-    # run needs no TensorFlow.
-    steps = int(np.ceil(len(train_x) / s.batch_size))
+    pool_x = _pool_features(session, pools[0]) if pools else None
     stop = StopRequest()  # Ctrl-C ends training; the run records it
+    extra = {"views": s.views, "heads": s.heads, "head_training_rows": len(train_x)}
     with stop, session.timings("head"):
-        weights, history = numpy_head.train(
-            train_x, train_y, source.features("val"), s, len(session.dataset.class_names),
-            class_weights=session.plan.class_weights(), members=s.heads, stop=stop,
-            on_epoch=lambda epoch, logs: reporter.epoch("head", epoch, s.epochs, logs),
-            progress=lambda epoch: reporter.progress(f"head epoch {epoch}/{s.epochs}", steps))
-    rows = [{"epoch": i + 1, "phase": "head",
-             **{k: (round(v, 3) if k == "seconds" else v) for k, v in logs.items()}}
-            for i, logs in enumerate(history)]
+        weights, history = _train_heads(session, train_x, train_y, stop, reporter.epoch)
+        rows = _rows(history, "head")
+        if pools:
+            weights, rows, extra["self_training"] = _self_train(
+                session, pools[0], pool_x, weights, rows, (train_x, train_y), stop)
     with session.timings("evaluate"):
         evaluations = {name: list(numpy_head.evaluate(weights, *source.features(name)))
                        for name in session.plan.eval_splits()}
@@ -67,13 +69,65 @@ def extract(data_dir, settings=None, out=None, overwrite=False, reporter=None,
     config = writer.config(base_layer)
     if s.tensorboard:
         _write_tensorboard(run_dir / "tensorboard" / "head", rows)
-    extra = {"views": s.views, "heads": s.heads, "head_training_rows": len(train_x)}
     if s.heads > 1:  # each head kept its own best epoch; the ensemble is final as of the last
         improved = [r["epoch"] for r in rows if r.get("heads_improved")]
         extra["best_epoch"] = improved[-1] if improved else 1
     metrics = writer.finish(run_dir, model, config, rows, evaluations, extra,
                             head_weights=weights, interrupted=stop.received)
     return writer.result(run_dir, metrics, rows, interrupted=stop.received)
+
+
+def _train_heads(session, train_x, train_y, stop, on_epoch=None):
+    """`(weights, history)` of the heads trained on these rows, early-stopped on val; with
+    `on_epoch` (`Reporter.epoch`), shown as they train.
+
+    The heads train in NumPy (see smallcnn.model.head): with the features cached, the whole
+    run needs no TensorFlow.
+    """
+    from smallcnn.model import head as numpy_head
+
+    s, reporter = session.settings, session.reporter
+    steps = int(np.ceil(len(train_x) / s.batch_size))
+    return numpy_head.train(
+        train_x, train_y, session.source.features("val"), s, len(session.dataset.class_names),
+        class_weights=session.plan.class_weights(), members=s.heads, stop=stop,
+        on_epoch=on_epoch and (lambda epoch, logs: on_epoch("head", epoch, s.epochs, logs)),
+        progress=on_epoch and (
+            lambda epoch: reporter.progress(f"head epoch {epoch}/{s.epochs}", steps)))
+
+
+def _rows(history, phase, first=1):
+    """history.csv's rows of one phase's epochs, numbered from `first`."""
+    return [{"epoch": first + i, "phase": phase,
+             **{k: (round(v, 3) if k == "seconds" else v) for k, v in logs.items()}}
+            for i, logs in enumerate(history)]
+
+
+def _pool_features(session, pool):
+    """The features of the --unlabeled pool's images, through the splits' engine and cache."""
+    if not len(pool.split):
+        return np.zeros((0, session.spec.feature_width), np.float32)
+    session.source.add_unlabeled(pool.split, pool.digests)
+    return session.source.features(self_training.POOL_SPLIT)[0]
+
+
+def _self_train(session, pool, pool_x, weights, rows, train, stop):
+    """`extract --unlabeled`: `(weights, rows, metrics' record)` after self-training on the
+    pool's features (see `smallcnn.train.self_training`); the supervised heads and their
+    rows when the pool does not gain on val."""
+    source, reporter = session.source, session.reporter
+    class_names = session.dataset.class_names
+    weights, histories, record = self_training.self_train(
+        weights, train, source.features("val"), pool_x,
+        lambda x, y: _train_heads(session, x, y, stop), class_names,
+        self_training.per_class_cap(session.dataset.train.labels, len(class_names)),
+        stopped=stop, note=reporter.note)
+    for number, history in enumerate(histories, 1):
+        rows = rows + _rows(history, f"self-training {number}", len(rows) + 1)
+    if not record["kept"]:
+        reporter.note("Self-training did not raise val accuracy above the supervised heads' "
+                      f"{record['supervised_val_accuracy']:.2%}: the supervised heads are kept.")
+    return weights, rows, {**self_training.describe_pool(pool), **record}
 
 
 def _classifier(session, head_weights):

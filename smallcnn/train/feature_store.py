@@ -83,7 +83,8 @@ class FeatureSource:
     its inference engine, prepared on first need (in a helper process where that
     overlaps reading the images: `start_warmup`).
 
-    `skipped` is {path: reason} of the unreadable images left out so far.
+    `skipped` is {path: reason} of the unreadable images left out so far. Besides the
+    data set's splits, it serves images without labels (`add_unlabeled`) the same way.
     """
 
     def __init__(self, plan, reporter, timings):
@@ -93,6 +94,7 @@ class FeatureSource:
         self._digests = {}
         self._decoded = {}
         self._features = {}
+        self._unlabeled = {}  # name -> Split of images without labels (labels -1)
         self._engine = None
         self._warmup = None  # a helper process preparing the base (see `start_warmup`)
         self._base_seconds = 0.0  # time in the base's forward pass
@@ -104,6 +106,19 @@ class FeatureSource:
         self._digests = check.digests
         self.skipped.update((bad["path"], bad["reason"]) for bad in check.unreadable)
 
+    def add_unlabeled(self, split, digests):
+        """Images without labels, served as a split named `split.name` (its labels all -1):
+        their features computed through the same engine, and cached under `digests`
+        ({path: SHA-1}, from their check) as a split's are."""
+        self._unlabeled[split.name] = split
+        self._digests.update(digests)
+
+    def split(self, name):
+        """The split `name`: the data set's, or images added by `add_unlabeled`."""
+        if name in self._unlabeled:
+            return self._unlabeled[name]
+        return self.plan.dataset.splits[name]
+
     def decoded(self, name, shard=None):
         """The decoded images of one split (decoded on first use only); with `shard`,
         `(index, count)`, of every count-th image from the index-th only (a worker's)."""
@@ -111,7 +126,7 @@ class FeatureSource:
 
         key = name if shard is None else (name, *shard)
         if key not in self._decoded:
-            split = self.plan.dataset.splits[name]
+            split = self.split(name)
             if shard is not None:
                 index, count = shard
                 split = split.without(set(split.paths) - set(split.paths[index::count]))
@@ -123,7 +138,7 @@ class FeatureSource:
 
     def is_cached(self, name):
         """Whether the features of split `name` are in the cache."""
-        key = features_key(self.plan, self._digests, self.plan.dataset.splits[name])
+        key = features_key(self.plan, self._digests, self.split(name))
         return key is not None and cache.is_stored("features", f"{key}.npz")
 
     def features(self, name):
@@ -135,7 +150,7 @@ class FeatureSource:
     def _split_features(self, name):
         from smallcnn.runtime.engine import compute_features
 
-        key = features_key(self.plan, self._digests, self.plan.dataset.splits[name])
+        key = features_key(self.plan, self._digests, self.split(name))
         cached = load(key, self.reporter.warning)
         if cached is not None:
             values, labels, skipped = cached
@@ -148,7 +163,7 @@ class FeatureSource:
                                     len(decoded)) as advance, self._through_base(len(decoded)):
             values = compute_features(engine, decoded.images, progress=advance)
         key = key and self._key_of_engine(key, lambda identity: features_key(
-            self.plan, self._digests, self.plan.dataset.splits[name], engine=identity))
+            self.plan, self._digests, self.split(name), engine=identity))
         store(key, values, decoded.labels, [[f.path, f.reason] for f in decoded.skipped],
               self.reporter.warning)
         return values, np.asarray(decoded.labels, dtype=np.int32)

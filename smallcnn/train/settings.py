@@ -162,6 +162,11 @@ class Settings:
     heads: Optional[int] = option(None, "Train this many heads from different seeds, each "
                                   "early-stopped on its own, and save them merged into one "
                                   "(their mean logits).", int, ("extract",), allowed=HEADS)
+    unlabeled: Optional[str] = option(
+        None, "Also learn from these unlabelled images (a folder, searched recursively, or a "
+        "list file of paths, one a line): the heads' confident guesses on them join the "
+        "training images for a few rounds (self-training), kept only if val accuracy gains.",
+        str, ("extract",))
 
     def resolve(self, command, spec=None):
         """A checked copy with every None replaced by the command's or the base's default."""
@@ -172,7 +177,7 @@ class Settings:
             if values[name] is None:
                 values[name] = value
         values["base"] = values["base"] or DEFAULT_BASE
-        for name in ("labels", "images"):  # recorded in the run: found from any folder later
+        for name in ("labels", "images", "unlabeled"):  # recorded: found from any folder later
             if values[name]:
                 values[name] = os.path.abspath(os.path.expanduser(values[name]))
         spec = spec or get_base(values["base"])
@@ -252,6 +257,8 @@ def default_text(command, name):
     if name == "learning_rate" and command == "train":
         return (f"{_number(FROZEN_LEARNING_RATE)} with a frozen base, "
                 f"{_number(FULL_LEARNING_RATE)} when every layer trains")
+    if name == "unlabeled":
+        return "none"
     if name == "augment" and command == "extract":
         return f"{value}; {DEFAULT_PRESET} with --views"
     if value is None and name in AUGMENTATION_OPTIONS:
