@@ -594,6 +594,7 @@ def _library_defaults():
     from smallcnn.labels.label_issues import find_label_issues
     from smallcnn.model.bases import DEFAULT_BASE
     from smallcnn.serve.app import ServeSettings
+    from smallcnn.serve.labelling import LabelSettings
     from smallcnn.train.settings import Settings
     from smallcnn.visualize import activations, filters
     from smallcnn.visualize.dream import DreamSettings
@@ -615,6 +616,7 @@ def _library_defaults():
         ("evaluate",): of(evaluate, split="split", top="top_wrong"),
         ("export",): of(export, format="format", quantize="quantize"),
         ("serve",): fields(ServeSettings),
+        ("label",): fields(LabelSettings),
         ("visualize", "activations"): of(activations, channels="channels"),
         ("visualize", "filters"): of(filters, filters="count", steps="steps"),
         ("visualize", "dream"): fields(DreamSettings),
@@ -653,8 +655,9 @@ def test_every_command_shows_the_default_its_library_uses(words, monkeypatch):
     help_text = invoke(*words, "--help").output
     shown = {}
     for line in help_text.splitlines():
-        option, default = re.search(r"│ (--[a-z-]+)", line), re.search(r"\[default: (.*?)\]\s*│",
-                                                                         line)
+        # An option's name, after the marker of a required one (label's --data) if any.
+        option = re.search(r"│[ *]+(--[a-z-]+)", line)
+        default = re.search(r"\[default: (.*?)\]\s*│", line)
         if option and default:
             shown[option.group(1)[2:].replace("-", "_")] = default.group(1)
     expected = _library_defaults().get(words, {})

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import COLORS, make_image
+from conftest import COLORS, invoke, make_image
 from fastapi.testclient import TestClient
 from PIL import Image
 
@@ -201,6 +201,21 @@ def test_hostile_and_odd_requests_get_a_json_4xx_and_the_server_goes_on(tmp_path
         assert client.post("/api/answer", json={"id": item["id"], "answer": "blue"}).json()[
             "written"]  # the same answer, once the folder is writable
     assert client.get("/health").json() == {"status": "ready"}
+
+
+def test_the_command_refuses_a_bad_option_or_too_few_classes_in_one_line(tmp_path):
+    pool = make_pool(tmp_path / "pool", per_class=1)
+    refusals = [([f"--{name}", str(value)],
+                 f"--{name} must be {allowed.describe()}. Received: {value}")
+                for name, allowed in LabelSettings.RANGES.items()
+                for value in (allowed.low - 1, allowed.high + 1)]
+    refusals += [([], "Labelling needs at least 2 classes"),
+                 (["--classes", "red"], "--classes needs two or more")]
+    for args, message in refusals:
+        result = invoke("label", tmp_path / "pool", "--data", tmp_path / "data", *args)
+        assert result.exit_code == 2, result.output
+        assert message in result.output and result.output.count("\n") == 1, result.output
+    assert not (tmp_path / "data").exists() and len(list((tmp_path / "pool").iterdir())) == len(pool)
 
 
 @pytest.mark.heavy

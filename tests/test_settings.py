@@ -208,14 +208,15 @@ def test_every_numeric_option_of_every_command_has_a_range():
 
     found = _numeric_options()
     assert len({tuple(words) for words, _ in found}) >= 10
-    # serve's options are checked by its own settings (smallcnn.serve.ServeSettings).
+    # serve's and label's options are checked by their own settings (ServeSettings,
+    # LabelSettings; tested in test_serve.py and test_label_page.py).
     missing = [(" ".join(words), p.opts) for words, p in found
-               if words != ["serve"] and allowed(p.name) is None]
+               if words not in (["serve"], ["label"]) and allowed(p.name) is None]
     assert missing == []
 
 
 @pytest.mark.parametrize("words", sorted({tuple(w) for w, _ in _numeric_options()
-                                          if w != ["serve"]}), ids=" ".join)
+                                          if w not in (["serve"], ["label"])}), ids=" ".join)
 def test_bad_numbers_are_refused_in_one_line_before_any_work(words, tmp_path):
     from smallcnn.cli.ranges import allowed
 

@@ -32,10 +32,12 @@ from smallcnn.inference.evaluate import SPLITS, TOP_WRONG
 from smallcnn.inference.export import DEFAULT_FORMAT, DEFAULT_QUANTIZE, QUANTIZATIONS, SUPPORTED
 from smallcnn.labels.label_issues import FOLDS
 from smallcnn.runtime.formats import FORMATS
+from smallcnn.serve.labelling import LabelSettings
 from smallcnn.serve.settings import ServeSettings
 from smallcnn.visualize.report import REPORT_FILE
 
 SERVE = ServeSettings()
+LABEL = LabelSettings()
 # What check takes of the training settings: the split, and the base of --label-issues.
 CHECK_SETTINGS = ("val_split", "seed", "labels", "images", "path_column", "label_column",
                   "split_column", "base")
@@ -207,6 +209,32 @@ def serve(
                              max_pixels=max_pixels, max_gradcam=max_gradcam,
                              max_upload_mb=max_upload_mb, top_k=top_k)
     _run("serve", model, settings, tensorflow=False)
+
+
+@app.command()
+def label(
+    pool: Annotated[List[Path], typer.Argument(help="Unlabelled image files or folders (searched recursively).", show_default=False)],
+    data: Annotated[Path, typer.Option("--data", help="Where the answers go: a folder of class folders (or of train/ and val/ folders; created if missing), or a table of labels (.csv).", show_default=False)],
+    model: Annotated[Optional[Path], typer.Option("--model", help="Run folder: its base's features and its head's guesses. Without it, the default base, and the classes of DATA's folders or table and --classes.", show_default=False)] = None,
+    table: Annotated[Optional[Path], typer.Option("--table", help="Add each answer as a row of this table of labels (created if missing; file names relative to DATA) instead of copying the image into DATA's class folder.", show_default=False)] = None,
+    classes: Annotated[Optional[str], typer.Option(help="Without --model: class names to label besides DATA's, separated by commas (ants,bees).", show_default=False)] = None,
+    every: Annotated[int, typer.Option(help="Retrain the heads on the cached features after this many answers.")] = LABEL.every,
+    host: Annotated[str, typer.Option(help="Address to listen on; another than this machine's own lets anyone who reaches it write into DATA.")] = LABEL.host,
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = LABEL.port,
+):
+    """Label the images worth labelling on a local web page: each answer is written into DATA at once.
+
+    The model's guess is pre-selected; the page shows a key per class, and those of skip and not any class. Every --every answers the heads retrain and the suggestions follow. Stops on Ctrl-C or SIGTERM.
+    """
+
+    def labelling(*args, **kwargs):
+        from smallcnn.cli.console import RichReporter, stderr
+        from smallcnn.serve.labelling import label as serve_labelling
+
+        return serve_labelling(*args, reporter=RichReporter(stderr), **kwargs)
+
+    _run(labelling, pool, data, model=model, table=table, classes=classes,
+         settings=LabelSettings(host=host, port=port, every=every), tensorflow=False)
 
 
 @app.command("export")
