@@ -77,7 +77,7 @@ PILLOW_MODULES = r"PIL(\.|$)"
 # Library calls that report on stderr: stdout holds what the command prints itself.
 _REPORTING_ON_STDERR = {"check_labels": "labels.label_review.check_labels",
                         "predict_to_file": "inference.stream.predict_to_file",
-                        "serve": "serve.serve"}
+                        "serve": "serve.serve", "suggest": "labels.suggest.suggest"}
 # Library calls that report on stdout, or on stderr with --json (stdout holds the JSON alone).
 _REPORTING = {"evaluate": "inference.evaluate.evaluate", "report": "visualize.report.build_report",
               "export": "inference.export.export"}
@@ -204,7 +204,7 @@ def _main(
 
 
 # The commands register themselves on `app`.
-from smallcnn.cli import training, using, visualize  # noqa: E402,F401
+from smallcnn.cli import labels, training, using, visualize  # noqa: E402,F401
 from smallcnn.cli.ranges import check_numbers  # noqa: E402
 
 check_numbers(app)
