@@ -20,6 +20,7 @@ RANGES = {
     "top": Range(0),
     "tta_views": Range(1, len(VIEWS)),
     "folds": Range(2, 20),
+    "n": Range(1),  # suggest --n
     "channels": Range(1),
     "count": Range(1),
     "steps": Range(1, 10_000),  # of gradient ascent or optimisation
