@@ -257,8 +257,6 @@ def default_text(command, name):
     if name == "learning_rate" and command == "train":
         return (f"{_number(FROZEN_LEARNING_RATE)} with a frozen base, "
                 f"{_number(FULL_LEARNING_RATE)} when every layer trains")
-    if name == "unlabeled":
-        return "none"
     if name == "augment" and command == "extract":
         return f"{value}; {DEFAULT_PRESET} with --views"
     if value is None and name in AUGMENTATION_OPTIONS:
