@@ -119,6 +119,18 @@ def test_a_name_taken_in_data_gets_a_free_one_and_a_flat_data_set_its_class_fold
     assert Path(done["written"]).name == Path(item["name"]).stem + "-1.png"
 
 
+def test_an_image_in_data_by_content_is_never_suggested_test_images_included(tmp_path):
+    pool = make_pool(tmp_path / "pool", per_class=3)
+    data = split_data(tmp_path / "data")
+    (data / "test" / "red").mkdir(parents=True)
+    shutil.copy(pool[0], data / "test" / "red" / "renamed.png")
+    shutil.copy(pool[1], data / "val" / "blue" / "renamed.png")
+    labelling, client = start(pool, data)
+    assert client.get("/api/state").json()["remaining"] == len(pool) - 2
+    assert not {pool[0], pool[1]} & set(labelling.paths)
+    assert len(labelling.y) == 6 + 1  # a test image is never trained on
+
+
 def test_a_table_gains_a_row_per_answer_that_data_table_reads(tmp_path):
     pool = make_pool(tmp_path / "pool", per_class=4)
     table = tmp_path / "labels.csv"
@@ -165,6 +177,7 @@ def test_retraining_after_every_k_answers_gives_guesses_and_an_accuracy(tmp_path
     assert state["model_version"] == 1 and state["until_retraining"] == 4
     items = client.get(f"/api/next?count={MOST_AT_ONCE}").json()
     assert items and all(item["guess"] == item["name"].split("-")[0] for item in items)
+    assert client.get(f"/api/item/{items[0]['id']}").json() == items[0]
     journal = [json.loads(line) for line in (data / JOURNAL).read_text().splitlines()]
     assert journal[-1] == {**journal[-1], **state["history"][-1]}
 
@@ -177,6 +190,7 @@ def test_hostile_and_odd_requests_get_a_json_4xx_and_the_server_goes_on(tmp_path
     unknown = client.post("/api/answer", json={"id": 10_000, "answer": "red"})
     assert unknown.status_code == 404 and "No image 10000" in unknown.json()["detail"]
     assert client.get("/api/image/-1").status_code == 404
+    assert client.get("/api/item/10000").status_code == 404
     assert client.get("/api/image/x").status_code == 422
     wrong = client.post("/api/answer", json={"id": item["id"], "answer": "purple"})
     assert wrong.status_code == 422 and "'purple' is not a class" in wrong.json()["detail"]

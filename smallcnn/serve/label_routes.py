@@ -1,6 +1,6 @@
 """The routes of `smallcnn label`: the page at /, and its API under /api/ (the session's
-state, the next images, an image's file, an answer). Refusals are the server's: a JSON
-`{"detail": "one line"}` with a 4xx status, through `app.guard`."""
+state, the next images, one image's guess and its file, an answer). Refusals are the
+server's: a JSON `{"detail": "one line"}` with a 4xx status, through `app.guard`."""
 
 from pathlib import Path
 
@@ -52,6 +52,12 @@ def next_images(labelling=Depends(session),
                 count: int = Query(1, ge=1, le=MOST_AT_ONCE, description="Images wanted.")):
     """The next images worth labelling, best first, each with the model's guess."""
     return labelling.next(count)
+
+
+@label_routes.get("/api/item/{index}")
+def item(index: int, labelling=Depends(session)):
+    """One pool image's name and the model's guess, as GET /api/next gives them."""
+    return labelling.describe(index)
 
 
 @label_routes.get("/api/image/{index}")

@@ -75,8 +75,9 @@ class LabelStore:
         return f"the class folders of {str(folder)!r}"
 
     def labelled(self):
-        """`Labelled` of every image DATA labels now; images without a split of their own
-        are held out for validation (`held_out`) when DATA has no validation images."""
+        """`Labelled` of every image DATA labels now, test images included (never to be
+        trained on, nor suggested again); images without a split of their own are held out
+        for validation (`held_out`) when DATA has no validation images."""
         found = self._table_rows() if self.table is not None else self._folder_images()
         self.own_val = any(split == "val" for _, _, split in found)
         return [Labelled(path, label, split or self.split_of(digest), digest)
@@ -89,7 +90,8 @@ class LabelStore:
     def _folder_images(self):
         if not self.data.is_dir():
             return []
-        splits = [("train", "train")] + [(name, "val") for name in VAL_FOLDER_NAMES]
+        splits = [("train", "train"), *((name, "val") for name in VAL_FOLDER_NAMES),
+                  ("test", "test")]
         roots = ([(self.data / name, split) for name, split in splits]
                  if self.split_folders else [(self.data, None)])
         found = []
@@ -105,8 +107,7 @@ class LabelStore:
         if not self.table.exists():
             return []
         table = read_table(self.table, self.data)
-        return [(path, label, split if split in ("train", "val") else None)
-                for _, path, label, split in table.rows if split != "test"]
+        return [(path, label, split) for _, path, label, split in table.rows]
 
     def classes(self):
         """The class names DATA's folders or table name, sorted."""

@@ -119,10 +119,11 @@ class Labelling:
         self.probabilities = (None if pooled.probabilities is None else
                               np.asarray(pooled.probabilities, np.float32))
         self.x, self.y, self.val = [], [], []
-        if labelled:
-            known = featurize([item.path for item in labelled], None if model else named)
+        trained_on = [item for item in labelled if item.split != "test"]
+        if trained_on:
+            known = featurize([item.path for item in trained_on], None if model else named)
             rows = dict(zip(known.paths, np.asarray(known.features, np.float32)))
-            for item in labelled:
+            for item in trained_on:
                 if item.path in rows:
                     self._add(rows[item.path], item.label, item.split)
         self.answers, self.gone = {}, set()
@@ -179,6 +180,12 @@ class Labelling:
             probabilities = {c: round(float(p), 4) for c, p in zip(self.classes, row)}
         return {"id": index, "name": os.path.basename(self.paths[index]), "guess": guess,
                 "probabilities": probabilities}
+
+    def describe(self, index):
+        """`item(index)`, for an id a request gives (404 if unknown)."""
+        with self.lock:
+            self._path(index)
+            return self.item(index)
 
     def next(self, count=1):
         """The next `count` images to label, best first."""
@@ -302,7 +309,7 @@ class Labelling:
                     "skip": {"answer": SKIP, "key": SKIP_KEY},
                     "not_any": {"answer": NOT_ANY, "key": NOT_ANY_KEY}, "accept_key": ACCEPT_KEY,
                     "labels": len(self.y), "answered": len(self.answers),
-                    "remaining": len(self._remaining()), "history": self.history,
+                    "remaining": len(self._remaining()), "history": list(self.history),
                     "training": self.training, "every": self.every,
                     "until_retraining": max(0, self.every - self.since),
                     "model_version": self.version, "data": self.store.where,
