@@ -270,6 +270,18 @@ def _write_checked(model, temp, format, quantize, calibration, val, reference):
             "latency": latency}
 
 
+def _put_in_place(path, format, write):
+    """`write(temp)`, then the file renamed onto `path`; an OpenVINO .xml's weights (.bin)
+    are put in place first, so the .xml never names weights that are not there yet."""
+    def write_all(temp):
+        write(temp)
+        if format == "openvino":
+            runs.atomic_write(path.with_suffix(".bin"),
+                              lambda bin: shutil.move(Path(temp).with_suffix(".bin"), bin))
+
+    runs.atomic_write(path, write_all)
+
+
 def _size(path):
     path = Path(path)
     if path.is_dir():
@@ -344,15 +356,8 @@ def export(run=None, format=DEFAULT_FORMAT, quantize=DEFAULT_QUANTIZE, out=None,
     reporter.note(f"Exporting {format}" + ("" if quantize == "none" else f" ({quantize})")
                   + f" and checking it on {len(val)} validation images")
     checked = {}
-
-    def write(temp):
-        checked.update(_write_checked(portable, temp, format, quantize, calibration, val,
-                                      reference))
-        if format == "openvino":  # its weights in place before the .xml that names them
-            runs.atomic_write(path.with_suffix(".bin"),
-                              lambda bin: shutil.move(Path(temp).with_suffix(".bin"), bin))
-
-    runs.atomic_write(path, write)
+    _put_in_place(path, format, lambda temp: checked.update(
+        _write_checked(portable, temp, format, quantize, calibration, val, reference)))
     exported, agreement = checked["exported"], checked["agreement"]
     difference, latency = checked["difference"], checked["latency"]
 

@@ -88,12 +88,6 @@ def litert_name(spec, weights, image_size):
     return f"{spec.name}-{image_size}-{key[:32]}.tflite"
 
 
-def open_litert(name, warn=None):
-    """The cached LiteRT model `name` (in `engines`) opened in an interpreter, or None when
-    there is none; a damaged file is deleted (and reported), to be converted again."""
-    return cache.load("engines", name, LiteRTEngine, warn=warn, checksum=True)
-
-
 def convert_to_litert(model, path, quantize="none", calibration=None, warn=None):
     """Writes a Keras model (one image input) as a LiteRT model, its weights frozen into
     constants, at `path`: a temporary name of `files.atomic_write` (through `cache.store`
