@@ -5,8 +5,9 @@ import shutil
 
 import numpy as np
 import pytest
-from conftest import invoke, make_dataset
+from PIL import Image
 
+from conftest import invoke, make_dataset
 from smallcnn.model import head as numpy_head
 from smallcnn.train import Settings, extract, self_training
 from smallcnn.train.feature_store import FeatureSource
@@ -64,7 +65,11 @@ def test_a_pool_sharing_images_with_val_or_test_is_refused(tmp_path):
     shutil.copy(data / "val" / "blue" / "blue_003.png", copied)
     listing = tmp_path / "pool.txt"
     listing.write_text(f"{pool / 'blue' / 'blue_000.png'}\n{data / 'test' / 'red' / 'red_001.png'}\n")
-    for given, example in ((pool, "copy-of-val.png"), (listing, "red_001.png")):
+    near = tmp_path / "near"  # the same picture re-encoded: other bytes, the same look
+    near.mkdir()
+    Image.open(data / "test" / "blue" / "blue_002.png").save(near / "reencoded.jpg", quality=90)
+    for given, example in ((pool, "copy-of-val.png"), (listing, "red_001.png"),
+                           (near, "reencoded.jpg")):
         before = copied.read_bytes()
         result = invoke("extract", data, *TINY, "--unlabeled", given, "--out", "runs/x")
         assert result.exit_code == 2, result.output

@@ -61,7 +61,8 @@ def pool_files(pool):
         except (OSError, UnicodeDecodeError) as error:
             raise UsageError(f"Cannot read the --unlabeled list {str(pool)!r} ({error}); give "
                              "a folder of images or a text file of image paths.") from None
-        found = [line.strip() for line in lines if line.strip() and not line.startswith("#")]
+        found = [line.strip() for line in lines
+                 if line.strip() and not line.strip().startswith("#")]
     else:
         raise UsageError(f"--unlabeled {str(pool)!r}: no such folder or list file; give a "
                          "folder of images (searched recursively) or a text file of paths.")
@@ -99,8 +100,9 @@ def read_pool(dataset, pool, reporter):
         count = len({p for p, _, _ in held_out})
         raise UsageError(
             f"--unlabeled {str(pool)!r} shares {count} image(s) with DATA's validation or test "
-            f"split (the same file or content), e.g. {pooled} and {other} ({split}); take them "
-            "out of the pool: images that judge the model cannot teach it.")
+            f"split (the same file, or identical or near-identical content), e.g. {pooled} and "
+            f"{other} ({split}); take them out of the pool: images that judge the model "
+            "cannot teach it.")
     dropped = sorted({p for p, _, _ in in_train})
     if dropped:
         reporter.note(f"{len(dropped)} pool image(s) are DATA's training images (or copies): "
