@@ -10,8 +10,11 @@ passes through (the token, counts, refusals), `routes.py` holds the routes (POST
 POST /gradcam, GET /health, /model, /metrics, the page at /) and the state they share,
 `uploads.py` reads and decodes a request's images, `batcher.py` gathers concurrent requests
 into batches for the engine, `stats.py` counts what the server did, `page.html` is the web
-page (plain JavaScript, no external requests). It may import `visualize` (Grad-CAM),
-`inference` (the loaded model) and what is below them; nothing imports it but the CLI.
+page (plain JavaScript, no external requests). `smallcnn label POOL --data DATA` is a
+page on the same guard: `labelling.py` (the session), `label_store.py` (what it writes
+into DATA), `label_routes.py`, `label_page.html`. It may import `visualize` (Grad-CAM),
+`labels` (suggest's ranking), `inference` (the loaded model) and what is below them;
+nothing imports it but the CLI.
 """
 
 import ipaddress
