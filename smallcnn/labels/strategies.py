@@ -17,6 +17,8 @@ Every strategy keeps a batch diverse: a candidate whose cosine similarity to an 
 already chosen is above `DUPLICATE_COSINE` is passed over.
 """
 
+import warnings
+
 import numpy as np
 
 from smallcnn.errors import UsageError
@@ -28,10 +30,13 @@ N = 50  # images suggested at a time (suggest --n)
 # re-encodings of one photo) and only the first of them is suggested.
 DUPLICATE_COSINE = 0.95
 TYPICAL_NEIGHBOURS = 20  # the neighbours whose mean distance measures typicality
-MIX_TYPICAL_PER_CLASS = 5  # mix: typical below this many labels per class, margin from it
+# mix: typical below this many labels per class, margin from it. bench/label_less.py:
+# from 5 on, food101-10 at 100 labels lost 2.8 points to typical; from 20, cats-dogs-small
+# was behind random at 100 labels.
+MIX_TYPICAL_PER_CLASS = 10
 KMEANS_ITERATIONS = 50  # enough for a ranking; the default 300 costs seconds on 4,000
-# k-means runs on the features' first principal components: on 3,100 rows of 1,280 into
-# 150 clusters, 0.5 s with PCA to 64 where it took 1.3 s on the features themselves.
+# k-means runs on the features' first principal components: on cats-dogs-small's 2,200
+# rows of 1,280 into 400 clusters, 0.7 s after PCA to 64, 6.7 s on the features (one thread).
 KMEANS_DIMENSIONS = 64
 
 
@@ -126,20 +131,16 @@ def typical_order(pool, labelled, n, seed=0):
     """TypiClust's order: the most typical image of each cluster without a labelled image,
     largest cluster first; then the rest of the pool by typicality (for `diverse` to take
     from where duplicates were passed over)."""
-    from sklearn.cluster import KMeans
-    from sklearn.decomposition import PCA
+    from threadpoolctl import threadpool_limits
 
     features = np.concatenate([pool, labelled])
-    clusters = min(len(labelled) + n, len(features))
-    reduced = features
-    if min(features.shape) > KMEANS_DIMENSIONS:
-        reduced = PCA(KMEANS_DIMENSIONS, svd_solver="randomized",
-                      random_state=seed).fit_transform(features)
-    assignment = KMeans(clusters, n_init=1, max_iter=KMEANS_ITERATIONS,
-                        random_state=seed).fit_predict(reduced)
-    typicality = _typicality(features, assignment)[: len(pool)]
+    # The matrices are small: one BLAS thread runs them as fast, where several on a busy
+    # 2-core machine ran PCA 15 to 50 times slower (0.11 s against 1.6 to 6.6 s, here).
+    with threadpool_limits(1):
+        assignment = _clusters(features, min(len(labelled) + n, len(features)), seed)
+        typicality = _typicality(features, assignment)[: len(pool)]
     covered = set(assignment[len(pool):].tolist())
-    sizes = np.bincount(assignment, minlength=clusters)
+    sizes = np.bincount(assignment)
     firsts = []
     for cluster in np.argsort(-sizes, kind="stable"):
         members = np.flatnonzero(assignment[: len(pool)] == cluster)
@@ -149,6 +150,22 @@ def typical_order(pool, labelled, n, seed=0):
     first = set(firsts)
     rest = [int(i) for i in np.argsort(-typicality, kind="stable") if int(i) not in first]
     return firsts + rest
+
+
+def _clusters(features, clusters, seed):
+    """The k-means cluster of each row, on the rows' first principal components."""
+    from sklearn.cluster import KMeans
+    from sklearn.decomposition import PCA
+    from sklearn.exceptions import ConvergenceWarning
+
+    reduced = features
+    if min(features.shape) > KMEANS_DIMENSIONS:
+        reduced = PCA(KMEANS_DIMENSIONS, svd_solver="randomized",
+                      random_state=seed).fit_transform(features)
+    with warnings.catch_warnings():  # copies of an image leave clusters empty: harmless
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        return KMeans(clusters, n_init=1, max_iter=KMEANS_ITERATIONS,
+                      random_state=seed).fit_predict(reduced)
 
 
 def _typicality(features, assignment):
