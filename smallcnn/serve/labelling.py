@@ -232,7 +232,7 @@ class Labelling:
                     if error.status == 410:
                         self.gone.add(index)
                     raise
-            digest = self.digests[path]
+            digest = self.digests.get(path) or file_sha256(path)  # as featurize named it
             entry = {"path": path, "digest": digest, "answer": answer, "written": written}
             self.answers[index] = entry  # in DATA now, whether the journal takes it or not
             try:
