@@ -47,9 +47,10 @@ def variables():
     them as it starts."""
     from smallcnn.data.pipeline import default_memory_budget
     from smallcnn.runtime.cache import max_bytes
+    from smallcnn.train.cut import budget_bytes
     from smallcnn.train.settings import checkpoint_seconds
 
-    return (max_bytes, default_memory_budget, checkpoint_seconds)
+    return (max_bytes, default_memory_budget, checkpoint_seconds, budget_bytes)
 
 
 def check_options(parameters, values):

@@ -1,4 +1,4 @@
-"""`train` and `finetune` (through Keras' fit), and `--resume` of either.
+"""`train` and `finetune`, and `--resume` of either.
 
 A run is a plan of phases (`remaining_phases`): train's one phase, or finetune's head
 phase and fine-tuning; a new run trains them all, `--resume` those with epochs left.
@@ -85,9 +85,10 @@ def remaining_phases(command, settings, rows, from_run=False):
     return phases + [Phase("finetune", s.epochs - done.count("finetune"), s.learning_rate)]
 
 
-def run_phases(session, stop, phases, model, base, run_dir, rows=None):
+def run_phases(session, stop, phases, model, base, run_dir, rows=None, cut=None):
     """Trains `phases` in turn after the epochs of `rows`, adding theirs; none starts
-    once `stop` was received. Fine-tuning first unfreezes the top of `base`.
+    once `stop` was received. Fine-tuning first unfreezes the top of `base`. With `cut`
+    (a `cut.CutTraining`), each phase trains the top of the network on its activations.
 
     Returns `(rows, extra metrics)`: with fine-tuning, the unfrozen layers, the
     parameters that train and the epoch fine-tuning started with.
@@ -106,7 +107,11 @@ def run_phases(session, stop, phases, model, base, run_dir, rows=None):
                 (r["epoch"] for r in rows if r["phase"] == "finetune"), len(rows) + 1)
         if phase.epochs <= 0:
             continue
-        if phase.name == "frozen":
+        if cut is not None:
+            val = cut.split("val")
+            rows += loop.train_on_views(session, stop, phase, cut.network, *cut.views(), val,
+                                        model, run_dir)
+        elif phase.name == "frozen":
             rows += loop.train_head_frozen(session, stop, phase, model,
                                            model.get_layer(HEAD_NAME), run_dir)
         else:
@@ -127,16 +132,17 @@ def _unfreeze(session, model, base):
     return {"unfrozen_layers": unfrozen, "trainable_params": trainable}
 
 
-def _keep_better(session, model, earlier, evaluations, what, than):
-    """`(evaluations, kept)`: the model's, or those of the `earlier` `(weights, val)`
-    put back when the model ended worse on val (`keras_loop.worse_than`)."""
+def _keep_better(session, model, earlier, evaluate, what, than):
+    """`(evaluations, kept)`: the model's (`evaluate(model)`), or those of the `earlier`
+    `(weights, val)` put back when the model ended worse on val (`keras_loop.worse_than`)."""
+    evaluations = evaluate(model)
     weights, val = earlier
     if not loop.worse_than(evaluations["val"], val):
         return evaluations, False
     session.reporter.note(f"{what} ended worse on val ({_val_text(evaluations['val'])}) "
                           f"than {than} ({_val_text(val)}); kept the model from before it.")
     model.set_weights(weights)
-    return loop.evaluate_model(model, session), True
+    return evaluate(model), True
 
 
 def _source_run(from_run, settings):
@@ -227,9 +233,11 @@ def _finetune(session, base, model, out, overwrite, from_run, source_config):
         config = writer.config(base.name)
     runs.write_json(run_dir / runs.CONFIG_FILE, config)  # the checkpoint is usable at once
     *head_phases, tuning = remaining_phases("finetune", s, [], from_run=from_run is not None)
-    rows = run_phases(session, stop, head_phases, model, base, run_dir)[0]
+    cut, evaluate = _cut_training(session, model, base, [*head_phases, tuning])
+    rows = run_phases(session, stop, head_phases, model, base, run_dir, cut=cut)[0]
     if stop.received:  # stopped while training the head: save that, tune nothing
-        evaluations = loop.evaluate_head(model.get_layer(HEAD_NAME), session)
+        evaluations = evaluate(model) if cut is not None else \
+            loop.evaluate_head(model.get_layer(HEAD_NAME), session)
         metrics = writer.finish(run_dir, model, config, rows, evaluations,
                                 interrupted=stop.received)
         return writer.result(run_dir, metrics, rows, interrupted=stop.received)
@@ -239,14 +247,26 @@ def _finetune(session, base, model, out, overwrite, from_run, source_config):
         before = recorded
         writer.start_checkpoint(run_dir, model, before, saved=False)
     earlier = (model.get_weights(), before)
-    rows, extra = run_phases(session, stop, [tuning], model, base, run_dir, rows)
-    evaluations, kept = _keep_better(session, model, earlier, loop.evaluate_model(model, session),
-                                     "Fine-tuning", "the model it started from")
+    rows, extra = run_phases(session, stop, [tuning], model, base, run_dir, rows, cut)
+    evaluations, kept = _keep_better(session, model, earlier, evaluate, "Fine-tuning",
+                                     "the model it started from")
     metrics = writer.finish(run_dir, model, config, rows, evaluations,
                             {**extra, "kept_earlier_model": kept}, interrupted=stop.received)
     return writer.result(run_dir, metrics, rows, interrupted=stop.received,
                          unfrozen=extra["unfrozen_layers"],
                          trainable_params=extra["trainable_params"])
+
+
+def _cut_training(session, model, base, phases):
+    """`(cut, evaluate)`: the `cut.CutTraining` the phases train through (None where they
+    train as before, said in one line), and how the model is evaluated (on the cut's
+    activations, or on images)."""
+    from smallcnn.train.cut import plan_cut
+
+    cut = plan_cut(session, model, base, phases)
+    if cut is None:
+        return None, lambda trained: loop.evaluate_model(trained, session)
+    return cut, cut.evaluate
 
 
 def _refuse_existing(session, out, overwrite):
@@ -325,9 +345,11 @@ def _resume(command, run, data_dir, reporter, command_line):
     session.reporter.note(f"Resuming {run_dir} after {len(rows)} epoch(s).")
     phases = remaining_phases(command, session.settings, rows,
                               from_run=bool(config.get("from_run")))
-    rows, extra = run_phases(session, stop, phases, model, base, run_dir, list(rows))
-    evaluations, _ = _keep_better(session, model, earlier, loop.evaluate_model(model, session),
-                                  "The resumed training", "the run before it")
+    cut, evaluate = _cut_training(session, model, base, phases) if command == "finetune" \
+        else (None, lambda trained: loop.evaluate_model(trained, session))
+    rows, extra = run_phases(session, stop, phases, model, base, run_dir, list(rows), cut)
+    evaluations, _ = _keep_better(session, model, earlier, evaluate, "The resumed training",
+                                  "the run before it")
     config["resumed"] = config.get("resumed", []) + [session.plan.command_line]
     if data_dir is not None:  # the data moved: record where it is now
         config["data"] = os.path.abspath(session.dataset.data)

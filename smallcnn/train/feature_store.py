@@ -136,6 +136,10 @@ class FeatureSource:
             self._decoded[key] = decoded
         return self._decoded[key]
 
+    def key(self, name):
+        """The cache key of split `name`'s features (see `features_key`)."""
+        return features_key(self.plan, self._digests, self.split(name))
+
     def is_cached(self, name):
         """Whether the features of split `name` are in the cache."""
         key = features_key(self.plan, self._digests, self.split(name))
@@ -168,35 +172,39 @@ class FeatureSource:
               self.reporter.warning)
         return values, np.asarray(decoded.labels, dtype=np.int32)
 
-    def augmented_views(self, count):
+    def augmented_views(self, count, engine=None, rekey=None):
         """Base features of `count` augmented copies of each training image (cached).
 
         Each view is one pass over the training images with the run's augmentation and its
-        own seed, so the same settings give the same views, and a cache hit.
+        own seed, so the same settings give the same views, and a cache hit. `engine`
+        (default: the base's) computes them; `rekey` names their cache entries after the
+        base's features' keys (another engine's outputs: fine-tuning's cut, `train.cut`).
         """
         views = []
         for view in range(count):
             key = features_key(self.plan, self._digests, self.plan.dataset.train, view)
+            key = key if rekey is None else rekey(key)
             cached = load(key, self.reporter.warning)
             if cached is not None:
                 views.append(cached[0])
                 self.reporter.note(f"train: augmented view {view + 1} from the cache")
                 continue
             decoded = self.decoded("train")
-            values = self._augmented_view(decoded, view, count)
-            key = key and self._key_of_engine(key, lambda identity: features_key(
-                self.plan, self._digests, self.plan.dataset.train, view, identity))
+            values = self._augmented_view(decoded, view, count, engine)
+            if rekey is None:  # (a rekeyed entry's key names its engine itself)
+                key = key and self._key_of_engine(key, lambda identity: features_key(
+                    self.plan, self._digests, self.plan.dataset.train, view, identity))
             store(key, values, decoded.labels, [], self.reporter.warning)
             views.append(values)
         return views
 
-    def _augmented_view(self, decoded, view, count):
+    def _augmented_view(self, decoded, view, count, engine=None):
         import tensorflow as tf
 
         from smallcnn.data.augment import build_augmenter
 
         s = self.plan.settings
-        engine = self.engine()
+        engine = engine or self.engine()
         augmenter = build_augmenter(s.augmentation(), seed=s.seed * 1000 + view)
         values = []
         with self.reporter.progress(f"Extracting augmented view {view + 1}/{count} "

@@ -1,5 +1,6 @@
-"""A phase trained through Keras: the head on augmented images with the base frozen, or
-every trainable layer end to end (on a cluster through `distributed`); evaluation.
+"""A phase trained through Keras: the head on augmented images with the base frozen,
+every trainable layer end to end (on a cluster through `distributed`), or the top of the
+network on cached activations (`train_on_views`, see `train.cut`); evaluation.
 """
 
 import numpy as np
@@ -44,7 +45,8 @@ def fit(model, data, callbacks, **kwargs):
 
 def fit_stream(model, stream, callbacks, steps, epochs, validation, batch_size,
                initial_epoch=0):
-    """Keras' `fit` loop written out, over an endless iterator of batches; returns the
+    """Keras' `fit` loop written out, over an endless iterator of batches (or a
+    `tf.distribute.DistributedIterator` of them, on several replicas); returns the
     history dict, as `fit`'s History has it.
 
     The same steps as `fit` (callbacks, metrics as means over the epoch, validation on
@@ -53,12 +55,16 @@ def fit_stream(model, stream, callbacks, steps, epochs, validation, batch_size,
     destroying that thread's iterator as `fit` returned stalled for 5 to 39 s in about
     one run in two (measured: train --freeze on cats-dogs-small).
     """
+    import tensorflow as tf
+
     model.make_train_function()
 
     def step(index):
         if index == 0:
             model.reset_metrics()
-        return {k: float(v) for k, v in model.train_function(iter([next(stream)])).items()}
+        batch = stream if isinstance(stream, tf.distribute.DistributedIterator) else \
+            iter([next(stream)])
+        return {k: float(v) for k, v in model.train_function(batch).items()}
 
     def validate():
         val = model.evaluate(*validation, batch_size=batch_size, verbose=0, return_dict=True)
@@ -203,33 +209,92 @@ def train_end_to_end(session, stop, phase, model, run_dir):
 
 
 def _fit_images(session, stop, phase, model, steps, checkpoint):
-    """Keras' `fit` of the whole model on a tf.data pipeline of augmented images (a
-    working copy in the plan's precision and devices); returns `(history, seconds)`."""
-    from smallcnn.data.augment import build_augmenter
-    from smallcnn.data.pipeline import batches
+    """The whole model trained on augmented images (a working copy in the plan's
+    precision and devices) through `fit_stream`, as the head is: Keras' `fit` read its
+    tf.data pipeline ahead in a prefetch thread, whose teardown stalled each phase's end
+    by 4 to 5 s (measured: finetune on cats-dogs-small). Returns `(history, seconds)`."""
     from smallcnn.model.networks import compile_model
 
     plan, source = session.plan, session.source
     s, placement = plan.settings, plan.placement
-    train, val = source.decoded("train"), source.decoded("val")
-    size = global_batch(plan)
+    val = source.decoded("val")
     working = placement.working_copy(model)
-    train_ds = batches(train.images, train.labels, size, shuffle=True, seed=s.seed,
-                       augmenter=build_augmenter(s.augmentation(), seed=s.seed), repeat=True)
     with placement.scope():
         compile_model(working, optimizer(plan, phase.learning_rate, steps, phase.epochs,
                                          mixed=True))
     copy_back = None if working is model else (lambda: model.set_weights(working.get_weights()))
     chosen, report = callbacks(s, session.reporter, stop, phase.name, phase.epochs, steps,
                                checkpoint, before_save=copy_back)
-    history = fit(working, train_ds, chosen, steps_per_epoch=steps,
-                  validation_data=batches(val.images, val.labels, size),
-                  epochs=phase.end, initial_epoch=phase.initial_epoch,
-                  shuffle=False,  # the tf.data pipeline shuffles
-                  class_weight=plan.class_weights())
+    stream = _augmented_features(plan, source, through_base=False)
+    if placement.replicas > 1:
+        stream = _per_replica(stream, working)
+    with placement.scope():
+        history = fit_stream(working, stream, chosen, steps, phase.end,
+                             (val.images, val.labels), s.batch_size,
+                             initial_epoch=phase.initial_epoch)
     if copy_back is not None:
         copy_back()
     return history, report.seconds
+
+
+def _per_replica(stream, model):
+    """`stream` as a distributed iterator of the model's strategy: each batch split
+    across the replicas, as `fit`'s distributed dataset splits it."""
+    import tensorflow as tf
+
+    strategy = model.distribute_strategy
+    first = next(stream)
+    with strategy.scope():
+        # What `fit` does first: the optimizer's and metrics' variables made here, in the
+        # strategy's scope (made in a replica's first step, they fail to run).
+        model._symbolic_build(data_batch=first)
+    signature = tuple(tf.TensorSpec((None, *np.shape(part)[1:]), tf.as_dtype(part.dtype))
+                      for part in first)
+
+    def batches():
+        yield first
+        yield from stream
+
+    dataset = tf.data.Dataset.from_generator(batches, output_signature=signature)
+    return iter(strategy.experimental_distribute_dataset(dataset))
+
+
+def train_on_views(session, stop, phase, network, views, labels, val, model, run_dir):
+    """Trains `network` for `phase` on batches drawn from `views` (arrays of the same
+    images' inputs to it, one drawn per epoch) with `labels`, validated on `val`
+    `(inputs, labels)`; `model` is what the checkpoint saves (the network shares its
+    weights). Returns history rows (the best epoch's weights restored)."""
+    from smallcnn.model.networks import compile_model
+
+    plan = session.plan
+    size = global_batch(plan)
+    steps = int(np.ceil(len(labels) / size))
+    with session.timings("train"):
+        compile_model(network, optimizer(plan, phase.learning_rate, steps, phase.epochs))
+        chosen, report = callbacks(plan.settings, session.reporter, stop, phase.name,
+                                   phase.epochs, steps, session.writer.checkpoint(run_dir, model))
+        stream = _view_batches(plan, views, labels, size, phase.initial_epoch)
+        history = fit_stream(network, stream, chosen, steps, phase.end, val, size,
+                             initial_epoch=phase.initial_epoch)
+    return history_rows(history, phase, report.seconds)
+
+
+def _view_batches(plan, views, labels, size, first_epoch):
+    """Endless batches `(inputs, labels[, weights])`, an epoch's from one view, drawn
+    without replacement until every view was used (float16 views cast to float32)."""
+    s = plan.settings
+    rng = np.random.default_rng(s.seed + first_epoch)
+    weights = plan.class_weights()
+    lookup = np.array([weights.get(i, 0.0) for i in range(len(plan.dataset.class_names))],
+                      dtype=np.float32) if weights else None
+    batches = _index_batches(len(labels), size, rng)
+    steps = int(np.ceil(len(labels) / size))
+    while True:
+        for view in rng.permutation(len(views)):
+            for _ in range(steps):
+                rows = next(batches)
+                x, y = views[view][rows].astype(np.float32), labels[rows]
+                yield (x, y) if lookup is None else (x, y, lookup[y])
 
 
 def evaluate_model(model, session):
