@@ -5,6 +5,7 @@ The features are the images' mean colours and a few numbers drawn from their con
 stand-in for the base's, which `suggest.pool_features` computes and tests of suggest
 cover): the session, the writes and the retraining are the real ones."""
 
+import errno
 import hashlib
 import json
 import os
@@ -24,6 +25,7 @@ from PIL import Image
 from smallcnn.data.table import read_table
 from smallcnn.errors import DataError
 from smallcnn.labels.suggest import PoolFeatures
+from smallcnn.serve import label_store
 from smallcnn.serve.label_routes import MOST_AT_ONCE, create_label_app
 from smallcnn.serve.label_store import JOURNAL, NOT_ANY, SKIP, LabelStore
 from smallcnn.serve.labelling import (
@@ -161,6 +163,10 @@ def test_skip_and_not_any_class_are_journaled_and_a_restart_resumes(tmp_path):
     shown = {labelling.paths[i["id"]] for i in
              client.get(f"/api/next?count={MOST_AT_ONCE}").json()}
     assert shown and not shown & names
+    with open(data / JOURNAL, "a") as journal:  # a hand edit gone wrong
+        journal.write("{not json\n")
+    with pytest.raises(DataError, match=f"Line 4 of the labelling journal .*{JOURNAL}"):
+        start(pool, data)
 
 
 def test_retraining_after_every_k_answers_gives_guesses_and_an_accuracy(tmp_path):
@@ -182,7 +188,7 @@ def test_retraining_after_every_k_answers_gives_guesses_and_an_accuracy(tmp_path
     assert journal[-1] == {**journal[-1], **state["history"][-1]}
 
 
-def test_hostile_and_odd_requests_get_a_json_4xx_and_the_server_goes_on(tmp_path):
+def test_hostile_and_odd_requests_get_a_json_4xx_and_the_server_goes_on(tmp_path, monkeypatch):
     pool = make_pool(tmp_path / "pool")
     data = split_data(tmp_path / "data")
     labelling, client = start(pool, data)
@@ -201,19 +207,25 @@ def test_hostile_and_odd_requests_get_a_json_4xx_and_the_server_goes_on(tmp_path
     gone = client.post("/api/answer", json={"id": item["id"], "answer": "red"})
     assert gone.status_code == 410 and "not there any more" in gone.json()["detail"]
     assert item["id"] not in [i["id"] for i in client.get("/api/next?count=50").json()]
-    if os.geteuid() != 0:  # root writes anywhere
-        folder = data / "train" / "blue"
+    folder = data / "train" / "blue"
+    with monkeypatch.context() as patch:
+        if os.geteuid() == 0:  # root writes anywhere: the copy's write refused as it would be
+            def refused_write(path, write):
+                raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path))
+
+            patch.setattr(label_store, "atomic_write", refused_write)
         folder.chmod(stat.S_IRUSR | stat.S_IXUSR)
         try:
             item = client.get("/api/next").json()[0]
             refused = client.post("/api/answer", json={"id": item["id"], "answer": "blue"})
             assert refused.status_code == 409, refused.text
             assert "Cannot write into" in refused.json()["detail"]
+            assert "Permission denied" in refused.json()["detail"]
             assert "\n" not in refused.json()["detail"]
         finally:
             folder.chmod(0o755)
-        assert client.post("/api/answer", json={"id": item["id"], "answer": "blue"}).json()[
-            "written"]  # the same answer, once the folder is writable
+    assert client.post("/api/answer", json={"id": item["id"], "answer": "blue"}).json()[
+        "written"]  # the same answer, once the folder is writable
     assert client.get("/health").json() == {"status": "ready"}
 
 

@@ -180,8 +180,9 @@ class LabelStore:
                                   f"({error.strerror}): make its folder writable.") from None
 
     def _read_journal(self):
-        """The journal's entries; a line that is not a JSON object is left out (a journal
-        is only ever replaced whole, so only a hand edit makes one)."""
+        """The journal's entries. A line that is not a JSON object (only a hand edit makes
+        one: the journal is only ever replaced whole) is refused rather than dropped by
+        the next write."""
         try:
             lines = self.journal.read_text(encoding="utf-8").splitlines()
         except FileNotFoundError:
@@ -190,13 +191,18 @@ class LabelStore:
             raise DataError(f"Cannot read the labelling journal {str(self.journal)!r} "
                             f"({error}); move it aside to start afresh.") from None
         entries = []
-        for line in lines:
+        for number, line in enumerate(lines, start=1):
+            if not line.strip():
+                continue
             try:
                 entry = json.loads(line)
             except ValueError:
-                continue
-            if isinstance(entry, dict):
-                entries.append(entry)
+                entry = None
+            if not isinstance(entry, dict):
+                raise DataError(f"Line {number} of the labelling journal "
+                                f"{str(self.journal)!r} is not a JSON object ({line[:40]!r}); "
+                                "mend or delete that line.")
+            entries.append(entry)
         return entries
 
     def answered_digests(self):
