@@ -370,6 +370,12 @@ def test_the_page_labels_images_by_keyboard_in_headless_chromium(tmp_path):
         copies = sorted(p.name for p in (data / "train").rglob("*.png"))
         assert len(copies) == 4 and name in copies
         assert all(p.parent.name == p.name.split("-")[0] for p in (data / "train").rglob("*.png"))
+        # The file shown deleted meanwhile: one line on the page, and the next image.
+        shown = browser.find_element(By.ID, "image").get_attribute("data-id")
+        os.remove(labelling.paths[int(shown)])
+        body.send_keys(Keys.ENTER)
+        wait.until(lambda b: "not there any more" in b.find_element(By.ID, "error").text)
+        wait.until(lambda b: b.find_element(By.ID, "image").get_attribute("data-id") != shown)
         browser.save_screenshot(str(tmp_path / "label.png"))
     finally:
         browser.quit()
