@@ -265,6 +265,40 @@ def test_with_a_run_the_pool_gets_its_features_and_its_heads_guesses(trained, tm
 
 
 @pytest.mark.heavy
+def test_the_command_serves_the_page_and_sigterm_ends_it_with_0(trained, tmp_path):
+    import signal
+    import subprocess
+    import sys
+
+    import httpx
+
+    run, _ = trained
+    pool = make_pool(tmp_path / "pool", per_class=2, classes=("red", "green"))
+    data = tmp_path / "data"
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "-m", "smallcnn", "label", tmp_path / "pool",
+                               "--data", data, "--model", run, "--port", str(port)],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                              env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    try:
+        deadline, item = time.time() + 90, None
+        while time.time() < deadline and server.poll() is None and item is None:
+            try:
+                item = httpx.get(f"http://127.0.0.1:{port}/api/next").json()[0]
+            except httpx.TransportError:
+                time.sleep(0.3)
+        assert item is not None, server.stdout.read() if server.poll() is not None else ""
+        done = httpx.post(f"http://127.0.0.1:{port}/api/answer",
+                          json={"id": item["id"], "answer": item["guess"]}).json()
+        assert Path(done["written"]).parent == data / item["name"].split("-")[0]
+        server.send_signal(signal.SIGTERM)
+        assert server.wait(timeout=30) == 0
+    finally:
+        server.kill()
+    assert f"labelling {len(pool)} images into the class folders of" in server.stdout.read()
+
+
+@pytest.mark.heavy
 def test_a_kill_between_answers_loses_nothing_and_a_restart_resumes(tmp_path):
     import signal
     import subprocess
