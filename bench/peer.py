@@ -20,7 +20,7 @@ import numpy as np  # noqa: E402
 from tensorflow import keras  # noqa: E402
 from tensorflow.keras.preprocessing.image import ImageDataGenerator  # noqa: E402
 
-WEIGHTS = (Path(__file__).resolve().parents[1] / "smallcnn" / "weights"
+WEIGHTS = (Path(__file__).resolve().parents[1] / "smallcnn" / "model" / "weights"
            / "mobilenet_v2_1.0_224_imagenet_notop.weights.h5")
 SIZE = (224, 224)
 BATCH = 20

@@ -12,16 +12,17 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench import (bases, devices, engines, ideas, label_issues, label_less,  # noqa: E402
-                   label_page, overheads, pictures, precision, predict_stream, run,
-                   self_training, serve, soak, tta)
+from bench import (bases, devices, engines, finetune, ideas, label_issues,  # noqa: E402
+                   label_less, label_page, overheads, pictures, precision, predict_stream,
+                   run, self_training, serve, soak, tta)
 from bench.common import ROOT  # noqa: E402
 
 PAGE = ROOT / "docs" / "benchmarks.md"
 # The sections after the peer comparison, in the page's order: each module's summary of
 # what its load() reads.
 SECTIONS = (bases, ideas, overheads, pictures, serve, soak, label_issues, label_less,
-            label_page, tta, predict_stream, precision, devices, engines, self_training)
+            label_page, tta, predict_stream, precision, devices, engines, finetune,
+            self_training)
 
 
 def peer_results(datasets):
