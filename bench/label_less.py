@@ -143,7 +143,7 @@ def summary(results):
              "split the pool and its labels revealed as chosen; extract's head trained on the "
              "labels so far (one head, 100 epochs); test accuracy (%), mean +- std over "
              f"{results['seeds']} seeds. margin starts from a random batch. `auto` runs "
-             f"**{AUTO}** (best measured here: {results['best']}). Targets: the default reaches "
+             f"**{AUTO}** (the best measured here: {results['best']}). Targets: the default reaches "
              f"random's accuracy at {REACH_AT} labels with at most {REACH_FRACTION:.0%} of them, "
              f"and beats random by {GAIN_AT_FIRST:.0f} points at {BUDGETS[0]} labels.", ""]
     for name, cell in results["cells"].items():
@@ -162,8 +162,27 @@ def summary(results):
             lines.append(f"- {strategy}: reaches random's {REACH_AT}-label accuracy with "
                          f"{reach}; {gain:+.1f} points at {BUDGETS[0]} labels; slowest "
                          f"ranking {cell['strategies'][strategy]['rank_seconds']:.2f} s.")
-        lines.append("")
+        lines += [_verdict(cell, AUTO), ""]
     return lines
+
+
+def _verdict(cell, strategy):
+    """Whether the default met each target on a set, by how much, and why where not."""
+    fraction, gain = targets(cell, strategy)
+    reach = ("never reached" if fraction is None else
+             f"{'met' if fraction <= REACH_FRACTION else 'missed'} "
+             f"({fraction:.0%} of the labels against {REACH_FRACTION:.0%})")
+    first = (f"{'met' if gain >= GAIN_AT_FIRST else 'missed'} ({gain:+.1f} points against "
+             f"+{GAIN_AT_FIRST:.0f})")
+    best = max(np.mean(s["accuracy"], axis=0)[-1] for s in cell["strategies"].values())
+    room = best - np.mean(cell["strategies"]["random"]["accuracy"], axis=0)[0]
+    why = ""
+    if room < GAIN_AT_FIRST:
+        why = (f" No strategy can gain {GAIN_AT_FIRST:.0f} points here: random's "
+               f"{BUDGETS[0]} labels are within {room:.1f} points of the best "
+               f"{BUDGETS[-1]}-label accuracy.")
+    return (f"- Targets of the default ({strategy}): reaching random's {REACH_AT}-label "
+            f"accuracy {reach}; beating random at {BUDGETS[0]} labels {first}.{why}")
 
 
 def main():
