@@ -592,6 +592,7 @@ def _library_defaults():
     from smallcnn.inference.predict import Classifier
     from smallcnn.inference.stream import predict_to_file
     from smallcnn.labels.label_issues import find_label_issues
+    from smallcnn.labels.suggest import suggest
     from smallcnn.model.bases import DEFAULT_BASE
     from smallcnn.serve.app import ServeSettings
     from smallcnn.serve.labelling import LabelSettings
@@ -617,6 +618,7 @@ def _library_defaults():
         ("export",): of(export, format="format", quantize="quantize"),
         ("serve",): fields(ServeSettings),
         ("label",): fields(LabelSettings),
+        ("suggest",): of(suggest, n="n", strategy="strategy"),
         ("visualize", "activations"): of(activations, channels="channels"),
         ("visualize", "filters"): of(filters, filters="count", steps="steps"),
         ("visualize", "dream"): fields(DreamSettings),
