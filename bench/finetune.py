@@ -76,7 +76,7 @@ def _commit(checkout):
     import subprocess
 
     return subprocess.run(["git", "-C", str(checkout), "rev-parse", "--short", "HEAD"],
-                          capture_output=True, text=True).stdout.strip()
+                          capture_output=True, text=True, check=True).stdout.strip()
 
 
 def load():

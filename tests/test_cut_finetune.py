@@ -82,15 +82,15 @@ def cached_activations(expected):
 
 @pytest.mark.heavy
 def test_a_cached_activation_finetune_saves_the_whole_network_predicting_the_same(
-        tiny_data):
+        tiny_data, tmp_path):
     # The shipped ImageNet weights: a random MobileNetV2's activations fade to ~1e-10.
-    result = invoke("finetune", tiny_data, "--base", "mobilenet_v2", "--image-size", str(SIZE), "--head-epochs", "1",
-                    "--epochs", "2", "--unfreeze", "4", "--batch-size", "8",
+    result = invoke("finetune", tiny_data, "--base", "mobilenet_v2", "--image-size", str(SIZE),
+                    "--head-epochs", "1", "--epochs", "2", "--unfreeze", "4", "--batch-size", "8",
                     "--engine", "litert", "--out", "runs/ft")
     assert result.exit_code == 0, result.output
     assert "Fine-tuning from activations at 'block_15_add'" in result.output
     assert "Fine-tuning end to end" not in result.output
-    metrics = json.loads(open("runs/ft/metrics.json").read())
+    metrics = json.loads((tmp_path / "runs/ft/metrics.json").read_text())
     assert metrics["unfrozen_layers"] == ["Conv_1", "block_16_project", "block_16_depthwise",
                                           "block_16_expand"]
 
@@ -120,7 +120,8 @@ SMALL = ["--base", "small", "--image-size", str(SIZE), "--head-epochs", "1", "--
 
 
 @pytest.mark.heavy
-def test_over_the_budget_finetune_trains_end_to_end_and_says_why(tiny_data, monkeypatch):
+def test_over_the_budget_finetune_trains_end_to_end_and_says_why(tiny_data, tmp_path,
+                                                                 monkeypatch):
     monkeypatch.setenv(cut.BUDGET_VARIABLE, "0.000001")
     result = invoke("finetune", tiny_data, *SMALL, "--unfreeze", "1", "--out", "runs/ft")
     assert result.exit_code == 0, result.output
@@ -128,7 +129,7 @@ def test_over_the_budget_finetune_trains_end_to_end_and_says_why(tiny_data, monk
     assert said.count("Fine-tuning end to end") == 1
     assert f"exceed the budget of 1e-06 GB (${cut.BUDGET_VARIABLE})" in said
     assert "Fine-tuning from activations" not in result.output
-    assert ",finetune," in open("runs/ft/history.csv").read()
+    assert ",finetune," in (tmp_path / "runs/ft/history.csv").read_text()
 
 
 @pytest.mark.heavy
@@ -146,3 +147,16 @@ def test_a_budget_that_is_no_size_is_refused(tiny_data, monkeypatch):
     result = invoke("finetune", tiny_data, *SMALL, "--out", "runs/ft")
     assert result.exit_code == 2
     assert f"{cut.BUDGET_VARIABLE} must be" in result.output
+
+
+@pytest.mark.heavy
+def test_activations_float16_cannot_hold_train_end_to_end_and_say_why(tiny_data,
+                                                                      base_weights_file):
+    # A random MobileNetV2's activations at the cut are ~1e-10: float16 would make them 0.
+    result = invoke("finetune", tiny_data, "--base", "mobilenet_v2", "--weights",
+                    base_weights_file, "--image-size", str(SIZE), "--head-epochs", "1",
+                    "--epochs", "1", "--batch-size", "8", "--out", "runs/ft")
+    assert result.exit_code == 0, result.output
+    said = " ".join(result.output.split())
+    assert said.count("Fine-tuning end to end") == 1
+    assert "float16 cannot hold the activations at 'block_15_add'" in said

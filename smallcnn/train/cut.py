@@ -220,8 +220,12 @@ class CutTraining:
     def _open_engine(self):
         from smallcnn.errors import UsageError, described
         from smallcnn.runtime import cache
-        from smallcnn.runtime.engine import (TensorFlowEngine, chosen_engine, convert_to_litert,
-                                             open_engine)
+        from smallcnn.runtime.engine import (
+            TensorFlowEngine,
+            chosen_engine,
+            convert_to_litert,
+            open_engine,
+        )
 
         plan, reporter = self.session.plan, self.session.reporter
         engine = chosen_engine(plan.settings.engine, plan.placement)
