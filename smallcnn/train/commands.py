@@ -12,6 +12,7 @@ from smallcnn.data.dataset import run_data_folder
 from smallcnn.errors import DataError, UsageError
 from smallcnn.model import runs
 from smallcnn.train import keras_loop as loop
+from smallcnn.train.cut import layout, plan_cut
 from smallcnn.train.epochs import Phase
 from smallcnn.train.session import Session, seed_keras
 from smallcnn.train.settings import Settings
@@ -203,8 +204,11 @@ def finetune(data_dir=None, from_run=None, settings=None, out=None, overwrite=Fa
                 loaded["model"] = runs.load_model(from_run)
             loaded["base"] = find_base(loaded["model"], source_config["base_layer"])
         else:
-            session.source.start_warmup()  # its head phase runs the frozen base in LiteRT
-            loaded["base"] = session.source.build_base()
+            loaded["base"] = base = session.source.build_base()
+            phases = remaining_phases("finetune", session.settings, [])
+            if layout(session, base, phases)[3] is not None:
+                # Its head phase runs the whole frozen base on the engine: converted meanwhile.
+                session.source.start_warmup()
         layers_to_unfreeze(loaded["base"], *_unfreeze_args(session))
 
     session = Session("finetune", data_dir, settings, reporter, command_line,
@@ -261,12 +265,10 @@ def _cut_training(session, model, base, phases):
     """`(cut, evaluate)`: the `cut.CutTraining` the phases train through (None where they
     train as before, said in one line), and how the model is evaluated (on the cut's
     activations, or on images)."""
-    from smallcnn.train.cut import plan_cut
-
-    cut = plan_cut(session, model, base, phases)
-    if cut is None:
+    training = plan_cut(session, model, base, phases)
+    if training is None:
         return None, lambda trained: loop.evaluate_model(trained, session)
-    return cut, cut.evaluate
+    return training, training.evaluate
 
 
 def _refuse_existing(session, out, overwrite):

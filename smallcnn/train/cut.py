@@ -83,30 +83,39 @@ def split_base(base, cut):
     return bottom, top
 
 
-def plan_cut(session, model, base, phases):
-    """A `CutTraining` for `phases` of `model`, or None, said in one line, when they train
-    end to end instead (the reason named)."""
+def layout(session, base, phases):
+    """`(cut, views, bytes, reason)` of fine-tuning `base` for `phases`: the cut's index,
+    the views of each training image, the bytes their activations and the evaluation
+    splits' take, and why they cannot be used (None where they can, as far as is known
+    before running the bottom)."""
     from smallcnn.model.networks import layers_to_unfreeze
 
     plan = session.plan
     s, placement = plan.settings, plan.placement
     unfrozen = layers_to_unfreeze(base, s.unfreeze, s.unfreeze_blocks, plan.spec.block_pattern)
     cut = find_cut(base, unfrozen)
+    views = min(MAX_VIEWS, max([p.epochs for p in phases] + [1])) if _augmenting(s) else 1
+    count = views * len(plan.dataset.train) + sum(len(plan.dataset.splits[name])
+                                                 for name in plan.eval_splits())
+    needed = count * int(np.prod(base.layers[cut].output.shape[1:])) * \
+        np.dtype(ACTIVATIONS).itemsize
     reason = None
     if placement.replicas > 1 or placement.multi_worker or placement.precision != "float32":
         reason = "it runs on several devices or in mixed precision"
     elif cut == 0:
         reason = (f"the unfrozen layers are not a top block of the network: below "
                   f"{unfrozen[0].name!r} no single tensor but the base's input holds it all")
-    views = min(MAX_VIEWS, max([p.epochs for p in phases] + [1])) if _augmenting(s) else 1
-    shape = tuple(base.layers[cut].output.shape[1:])
-    count = views * len(plan.dataset.train) + sum(len(plan.dataset.splits[name])
-                                                 for name in plan.eval_splits())
-    needed = count * int(np.prod(shape)) * np.dtype(ACTIVATIONS).itemsize
-    if reason is None and needed > budget_bytes():
+    elif needed > budget_bytes():
         reason = (f"its activations at {base.layers[cut].name!r} ({needed / 2**20:,.1f} MB for "
                   f"{views} view(s)) exceed the budget of {budget_bytes() / 2**30:g} GB "
                   f"(${BUDGET_VARIABLE})")
+    return cut, views, needed, reason
+
+
+def plan_cut(session, model, base, phases):
+    """A `CutTraining` for `phases` of `model`, or None, said in one line, when they train
+    end to end instead (the reason named)."""
+    cut, views, needed, reason = layout(session, base, phases)
     if reason is not None:
         session.reporter.note(f"Fine-tuning end to end: {reason}.")
         return None
@@ -119,7 +128,8 @@ def plan_cut(session, model, base, phases):
                               f"too small).")
         return None
     session.reporter.note(
-        f"Fine-tuning from activations at {training.cut_name!r} {shape}, cached as float16: "
+        f"Fine-tuning from activations at {training.cut_name!r} "
+        f"{tuple(base.layers[cut].output.shape[1:])}, cached as float16: "
         f"the layers below it run once per image view ({views} view(s), "
         f"{needed / 2**20:,.0f} MB).")
     return training
