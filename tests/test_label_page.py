@@ -409,7 +409,20 @@ def test_the_page_labels_images_by_keyboard_in_headless_chromium(tmp_path):
         os.remove(labelling.paths[int(shown)])
         body.send_keys(Keys.ENTER)
         wait.until(lambda b: "not there any more" in b.find_element(By.ID, "error").text)
-        wait.until(lambda b: b.find_element(By.ID, "image").get_attribute("data-id") != shown)
+        wait.until(lambda b: b.find_element(By.ID, "image").get_attribute("data-id") != shown
+                   and b.find_element(By.TAG_NAME, "body").get_attribute("data-busy") == "0")
+        # A click, then space: two answers, not three (a clicked button keeps no focus for
+        # the key to press it again).
+        name = browser.find_element(By.ID, "name").text
+        browser.find_element(By.CSS_SELECTOR,
+                             f"#answers button[data-answer='{name.split('-')[0]}']").click()
+        wait.until(lambda b: b.find_element(By.TAG_NAME, "body").get_attribute(
+            "data-answered") == "6")
+        body.send_keys(Keys.SPACE)
+        wait.until(lambda b: b.find_element(By.TAG_NAME, "body").get_attribute(
+            "data-answered") == "7")
+        time.sleep(0.5)
+        assert len(labelling.answers) == 7 and (data / "train" / name.split("-")[0] / name).exists()
         browser.save_screenshot(str(tmp_path / "label.png"))
     finally:
         browser.quit()
