@@ -65,13 +65,14 @@ def base_conversion(name):
     return cache.path("engines", litert_name(spec, "imagenet", size)), size
 
 
-def sample_images(count, size, split="train", seed=0):
-    """`count` cats-dogs-small images of `split`, decoded at `size`."""
+def sample_images(count, size, split="train", seed=0, dataset="cats-dogs-small"):
+    """`count` images of a bench set's `split`, decoded at `size`."""
     from smallcnn.data.images import load_images
     from smallcnn.inference.classifier import expand_paths
 
-    paths = expand_paths([SHARED / "cats-dogs-small" / split])
-    chosen = np.random.default_rng(seed).choice(len(paths), count, replace=False)
+    paths = expand_paths([SHARED / dataset / split])
+    chosen = np.random.default_rng(seed).choice(len(paths), min(count, len(paths)),
+                                                replace=False)
     return load_images([paths[i] for i in sorted(chosen)], size)[0]
 
 
@@ -97,7 +98,7 @@ def int8_engine(path, size, calibration):
     return engine
 
 
-def engines_of(path, size, calibration_count):
+def engines_of(path, size, calibration_count, dataset="cats-dogs-small"):
     from smallcnn.runtime.engine import LiteRTEngine
     from smallcnn.runtime.openvino import OpenVINOEngine
 
@@ -105,7 +106,8 @@ def engines_of(path, size, calibration_count):
                "openvino float32": OpenVINOEngine(path, "float32"),
                "openvino bfloat16": OpenVINOEngine(path, "bfloat16")}
     if calibration_count:
-        int8 = int8_engine(path, size, sample_images(calibration_count, size, seed=1))
+        int8 = int8_engine(path, size, sample_images(calibration_count, size, seed=1,
+                                                     dataset=dataset))
         if int8 is not None:
             engines["openvino int8"] = int8
     return engines
@@ -191,7 +193,7 @@ def int8_parity(model, split, env, calibration_count):
     os.environ.update(env)
     config = json.loads((model / "smallcnn.json").read_text())
     path, size = base_conversion(config["settings"]["base"])
-    engines = engines_of(path, size, calibration_count)
+    engines = engines_of(path, size, calibration_count, split.parent.name)  # its own images
     if "openvino int8" not in engines:
         return {}
     weights = modelfile.read_head_weights(model / "model.keras",
@@ -254,9 +256,12 @@ def summary(results):
     if not results:
         return []
     lines = ["## The frozen base's engines", "",
-             f"bench/engines.py ({results.get('date')}, rounds {results.get('rounds')}): "
+             f"bench/engines.py ({results.get('date')}; rounds: "
+             f"{', '.join(f'{k} {v}' for k, v in results.get('rounds', {}).items())}): "
              "LiteRT float32 against OpenVINO (`--engine auto` picks OpenVINO, bf16 on this "
-             "CPU's AMX). Engines alternate in one run; ratios are of medians.", ""]
+             "CPU's AMX). Engines alternate in one run; ratios are of medians. Other work "
+             "shared the 2 cores while it ran (load average 6-10): absolute figures are low "
+             "and noisy, the ratios are the measure.", ""]
     lines += _forward_lines(results.get("forward"))
     lines += _parity_lines(results.get("parity"))
     for part, label, key, target, above in (
@@ -273,8 +278,14 @@ def summary(results):
                   f"(medians of {len(cells) // 2}); {ratio:.2f}x, target "
                   f"{'>=' if above else '<='} {target}x: {_met(ratio, target, above)}. Peak "
                   f"memory {_median(cells, 'litert', 'peak_mb'):.0f} MB LiteRT, "
-                  f"{_median(cells, 'auto', 'peak_mb'):.0f} MB auto.", ""]
+                  f"{_median(cells, 'auto', 'peak_mb'):.0f} MB auto (no higher: "
+                  f"{_memory_met(cells)}).", ""]
     return lines
+
+
+def _memory_met(cells):
+    """Whether auto's median peak is no higher than LiteRT's (within 1 MB)."""
+    return _met(_median(cells, "litert", "peak_mb") + 1, _median(cells, "auto", "peak_mb"))
 
 
 def _forward_lines(cells):
@@ -304,9 +315,16 @@ def _parity_lines(cells):
         within = abs(c["auto_accuracy"] - c["litert_accuracy"]) * c["images"] <= 1 + 1e-9
         int8 = (f"{c['int8_accuracy']:.4f} (LiteRT head {c['int8_litert_head_accuracy']:.4f}) | "
                 f"{c['int8_agreement']:.2%}") if "int8_accuracy" in c else "- | -"
+        agree = _met(c["predict_agreement"], AGREEMENT_TARGET)
         lines.append(f"| {c['dataset']} | {c['images']} | {c['litert_accuracy']:.4f} | "
                      f"{c['auto_accuracy']:.4f} ({'within' if within else 'NOT within'} one "
-                     f"image) | {c['predict_agreement']:.2%} | {int8} |")
+                     f"image) | {c['predict_agreement']:.2%} ({agree}) | {int8} |")
+    int8 = [c["int8_agreement"] for c in cells if "int8_agreement" in c]
+    if int8:
+        verdict = ("parity holds" if min(int8) >= AGREEMENT_TARGET else
+                   "parity does not hold, so int8 is not offered as an option")
+        lines += ["", f"Int8 labels the same as LiteRT's on {min(int8):.2%} to {max(int8):.2%} "
+                  f"of the images: {verdict}."]
     return lines + [""]
 
 
@@ -319,8 +337,11 @@ def main():
     parser.add_argument("--work", type=Path, default=None)
     args = parser.parse_args()
     work = args.work or Path(tempfile.mkdtemp(prefix="bench-engines-"))
-    results = {**load(), "date": time.strftime("%Y-%m-%d"), "rounds": args.rounds}
+    results = {**load(), "date": time.strftime("%Y-%m-%d")}
+    if not isinstance(results.get("rounds"), dict):  # recorded by part
+        results["rounds"] = {"forward": results["rounds"]} if "rounds" in results else {}
     for part in args.parts:
+        results["rounds"][part] = args.rounds
         if part == "forward":
             results[part] = forward(args.rounds, args.calibration)
         elif part == "parity":
