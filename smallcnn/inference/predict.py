@@ -192,8 +192,13 @@ class Classifier(ImageClassifier):
         if self._litert is None and name is not None:
             from smallcnn.runtime.engine import chosen_engine, convert_to_litert, open_engine
 
-            def opened(path):  # OpenVINO where it runs (auto), else LiteRT
-                return open_engine(path, chosen_engine(), _Lines(self._said))
+            def opened(path):
+                # A model trained whole in float32 runs in float32 (bf16 moves its
+                # probabilities off Keras' ones): LiteRT, about as fast as OpenVINO's
+                # float32 here (bench/engines.py), unless OpenVINO is asked for.
+                engine = chosen_engine()
+                return open_engine(path, "litert" if engine == "auto" else engine,
+                                   _Lines(self._said), precision="float32")
 
             try:
                 self._litert = cache.load("engines", name, opened, warn=self._warn,
