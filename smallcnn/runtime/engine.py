@@ -240,7 +240,7 @@ def open_engine(tflite_path, engine="auto", reporter=None, placement=None, preci
             precision = None
         if why is None:
             try:
-                opened = openvino.OpenVINOEngine(tflite_path, precision)
+                opened = openvino.OpenVINOEngine(tflite_path, precision, reporter.warning)
             except Exception as error:  # an op its TFLite reader lacks, a compile error
                 why = f"it cannot compile this model ({described(error)})"
             else:

@@ -61,18 +61,25 @@ def write_ir(tflite_path, path):
                         compress_to_fp16=False)
 
 
+def _warn(message):
+    import warnings
+
+    warnings.warn(message, cache.CacheWarning, stacklevel=3)
+
+
 class OpenVINOEngine:
     """A .tflite model compiled by OpenVINO for the CPU: a callable from a batch of images
     (uint8 or float) to float32 outputs (its first output), like `LiteRTEngine`.
 
     A batch runs as single images through an `AsyncInferQueue` (one request per stream
-    the THROUGHPUT hint chose): on 2 cores, faster than one request of the whole batch,
-    and a batch is converted to float one image at a time (no float copy of it all).
+    the THROUGHPUT hint chose; what issue 29 measured fastest here), converted to float one
+    image at a time (no float copy of the whole batch). `warn` is told, in one line, when
+    the compiled model cannot be cached.
     """
 
     name = NAME
 
-    def __init__(self, path, precision=None):
+    def __init__(self, path, precision=None, warn=None):
         import openvino
 
         self.precision = precision or best_precision()
@@ -95,8 +102,10 @@ class OpenVINOEngine:
         try:
             cache_dir.mkdir(parents=True, exist_ok=True)
             config["CACHE_DIR"] = str(cache_dir)
-        except OSError:
-            pass  # a read-only cache: compiled each time (a fraction of a second), not cached
+        except OSError as error:  # a read-only cache: compiled on each start instead
+            reason = error.strerror or error
+            (warn or _warn)(f"OpenVINO's compiled model is not cached ({reason}); it is "
+                            "compiled on each start.")
         self._compiled = core.compile_model(model, "CPU", config)
         self._queue = openvino.AsyncInferQueue(self._compiled)
         self._queue.set_callback(self._collect)
