@@ -48,7 +48,7 @@ def check_labels(data, settings=None, table=None, folds=None, html_out=None, fix
             plan["listed"] = read_listed(accept, session.dataset)
 
     report, dataset = find_label_issues(data, settings, table, folds or FOLDS,
-                                        reporter=_AfterCheck(reporter), before_data=refuse_early)
+                                        reporter=AfterCheck(reporter), before_data=refuse_early)
     relabels = None if fix is None else accepted_relabels(plan["listed"], report, accept)
     written = []
     if html_out is not None:
@@ -61,7 +61,7 @@ def check_labels(data, settings=None, table=None, folds=None, html_out=None, fix
     return report, dataset, written
 
 
-class _AfterCheck:
+class AfterCheck:
     """A reporter for the analysis that follows `smallcnn check`'s own tables: the data
     set and its check are not shown twice."""
 

@@ -232,7 +232,7 @@ def labelled_set(run, reporter=None):
     features computed and cached if missing)."""
     from smallcnn.data.dataset import run_data_folder
     from smallcnn.data.table import TableOptions
-    from smallcnn.labels.label_review import _AfterCheck
+    from smallcnn.labels.label_review import AfterCheck
     from smallcnn.model import runs
     from smallcnn.runtime.timings import Timings
     from smallcnn.train import Settings
@@ -248,8 +248,8 @@ def labelled_set(run, reporter=None):
                         seed=recorded.get("seed"), **table)
     data = run_data_folder(config, "train a run on the data where it is now")
     plan = plan_run("extract", data, settings, reporter, timings)
-    source = FeatureSource(plan, _AfterCheck(reporter), timings)
-    check = scan(plan, source, _AfterCheck(reporter), timings)
+    source = FeatureSource(plan, AfterCheck(reporter), timings)
+    check = scan(plan, source, AfterCheck(reporter), timings)
     features, labels = source.features("train")
     paths = [p for p in plan.dataset.train.paths if p not in source.skipped]
     return LabelledSet(features, labels, paths, set(check.digests.values()))

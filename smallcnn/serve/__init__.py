@@ -21,7 +21,7 @@ import ipaddress
 import socket
 
 from smallcnn.progress import Reporter
-from smallcnn.serve.app import ServeSettings, create_app
+from smallcnn.serve.app import ServeSettings, create_app, run_server
 
 __all__ = ["ServeSettings", "build_app", "exposure_warning", "is_loopback", "serve"]
 
@@ -65,8 +65,6 @@ def exposure_warning(settings):
 
 def serve(model=None, settings=ServeSettings(), reporter=Reporter()):
     """Serves a model until SIGINT or SIGTERM; in-flight requests are answered first."""
-    import uvicorn
-
     app, classifier = build_app(model, settings)
     warning = exposure_warning(settings)
     if warning:
@@ -75,14 +73,4 @@ def serve(model=None, settings=ServeSettings(), reporter=Reporter()):
     reporter.note(f"serving {classifier.run_dir or getattr(classifier, 'path', model)} "
                   f"({len(classifier.class_names)} classes, engine: {classifier.engine}) at "
                   f"{where}: the page at {where}/, the API's docs at {where}/docs")
-    class Server(uvicorn.Server):
-        """uvicorn's server, ending with exit status 0 after a SIGINT or SIGTERM and its
-        graceful shutdown (the requests in flight answered); uvicorn itself raises the
-        signal again once shut down, which kills the process."""
-
-        def handle_exit(self, sig, frame):
-            super().handle_exit(sig, frame)
-            self._captured_signals.clear()
-
-    Server(uvicorn.Config(app, host=settings.host, port=settings.port, log_level="warning",
-                          timeout_graceful_shutdown=30)).run()
+    run_server(app, settings.host, settings.port, timeout_graceful_shutdown=30)

@@ -9,7 +9,7 @@ from smallcnn import __version__
 from smallcnn.errors import DataError, first_line
 from smallcnn.serve.settings import ServeSettings
 
-__all__ = ["ServeSettings", "create_app"]
+__all__ = ["ServeSettings", "create_app", "run_server"]
 
 INTERNAL_ERROR = "internal error: the server logged it; please report it."
 log = logging.getLogger(__name__)
@@ -106,3 +106,17 @@ def create_app(classifier, run, settings=ServeSettings()):
     app.state.served = served
     app.state.batcher, app.state.stats = served.batcher, served.stats
     return app
+
+
+def run_server(app, host, port, **config):
+    """Runs `app` under uvicorn until SIGINT or SIGTERM, and returns (exit status 0) once
+    the graceful shutdown is over: uvicorn itself raises the signal again once shut down,
+    which would kill the process. `config`: more of uvicorn's `Config`."""
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig, frame):
+            super().handle_exit(sig, frame)
+            self._captured_signals.clear()
+
+    Server(uvicorn.Config(app, host=host, port=port, log_level="warning", **config)).run()

@@ -335,11 +335,10 @@ def label(pool, data, model=None, table=None, classes=None, settings=LabelSettin
     `LabelStore`; `table`: a table of labels to add the answers to) until SIGINT or
     SIGTERM; every answer is already written by then. `classes` ("a,b" or a list) adds
     to DATA's classes without a `model` (a run folder)."""
-    import uvicorn
-
     from smallcnn.inference.stream import images_of
     from smallcnn.labels.suggest import class_list
     from smallcnn.serve import is_loopback
+    from smallcnn.serve.app import run_server
     from smallcnn.serve.label_routes import create_label_app
 
     settings.check()
@@ -354,14 +353,5 @@ def label(pool, data, model=None, table=None, classes=None, settings=LabelSettin
     reporter.note(f"labelling {len(session.paths)} images into {store.where} at "
                   f"http://{settings.host}:{settings.port}/")
 
-    class Server(uvicorn.Server):
-        """uvicorn's, ending with exit status 0 after SIGINT or SIGTERM (as `serve`'s):
-        uvicorn raises the signal again once shut down, which would kill the process."""
-
-        def handle_exit(self, sig, frame):
-            super().handle_exit(sig, frame)
-            self._captured_signals.clear()
-
-    Server(uvicorn.Config(app, host=settings.host, port=settings.port,
-                          log_level="warning")).run()
+    run_server(app, settings.host, settings.port)
     session.wait_for_training()
