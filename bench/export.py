@@ -45,7 +45,7 @@ def main():
             result = export(run, format, quantize, out=work / "export" /
                             {"keras": "model.keras", "savedmodel": "savedmodel",
                              "tflite": f"model-{quantize}.tflite",
-                             "onnx": f"model-{quantize}.onnx"}[format])
+                             "onnx": f"model-{quantize}.onnx", "openvino": "model.xml"}[format])
             contract = json.loads(Path(result.contract_path).read_text())
             row = {**result.to_dict(), "accuracy": contract["verification"]["accuracy"]}
             rows.append(row)
@@ -63,7 +63,8 @@ def main():
         "Measured by `.venv/bin/python bench/export.py` on the bundled sample "
         f"(datasets/ants-bees, {rows[0]['images']} validation images), MobileNetV2 at 224 px "
         f"trained by `smallcnn extract`; {machine}. Latency: the median of 20 calls on one "
-        "image in the format's own runtime (LiteRT for tflite, ONNX Runtime for onnx, "
+        "image in the format's own runtime (LiteRT for tflite, ONNX Runtime for onnx, OpenVINO "
+        "for openvino (float32), "
         "TensorFlow for savedmodel, Keras for keras), after two warm-up calls. Agreement and "
         "difference: against the run's Keras model on the validation images; val accuracy: "
         "of the exported model.\n\n" + table
