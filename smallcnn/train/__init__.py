@@ -9,6 +9,8 @@
     extract.py        extract: features once, a head trained in NumPy
     epochs.py         the one epoch loop, its callbacks, a phase
     keras_loop.py     the phases through Keras (one process), evaluation
+    cut.py            finetune's cut: the frozen bottom run once per view, the top trained
+                      from its cached activations
     distributed.py    the train step on a cluster of machines (same epoch loop)
     callbacks.py      progress, an atomic checkpoint, Ctrl-C
     commands.py       train, finetune, --resume: a plan of phases each
