@@ -428,3 +428,27 @@ def test_the_page_labels_images_by_keyboard_in_headless_chromium(tmp_path):
         browser.quit()
         server.should_exit = True
         thread.join(timeout=10)
+
+
+@pytest.mark.parametrize("reserved", [SKIP, NOT_ANY])
+def test_a_class_named_as_an_answer_that_is_not_one_is_refused_before_any_write(tmp_path,
+                                                                                reserved):
+    # The page's "not any class" (or "skip") would otherwise copy the image into that class.
+    pool = make_pool(tmp_path / "pool", per_class=2)
+    data = split_data(tmp_path / "data")
+    (data / "train" / reserved).mkdir()
+    with pytest.raises(DataError, match=f"'{reserved}'") as error:
+        start(pool, data)
+    assert "\n" not in str(error.value) and "rename" in str(error.value)
+    with pytest.raises(DataError, match=f"'{reserved}'"):
+        start(pool, tmp_path / "new", classes=["red", reserved])
+    assert not (data / JOURNAL).exists() and not list((data / "train").rglob("*.png"))
+
+
+def test_an_id_must_be_a_number_not_a_boolean(tmp_path):
+    pool = make_pool(tmp_path / "pool", per_class=2)
+    data = split_data(tmp_path / "data")
+    _, client = start(pool, data)
+    refused = client.post("/api/answer", json={"id": True, "answer": "red"})
+    assert refused.status_code == 422, refused.text
+    assert not list((data / "train").rglob("*.png"))

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from fastapi import APIRouter, Depends, FastAPI, Query, Request
 from fastapi.responses import FileResponse, HTMLResponse
-from pydantic import BaseModel
+from pydantic import BaseModel, StrictInt
 
 from smallcnn import __version__
 from smallcnn.serve.app import guard
@@ -22,7 +22,7 @@ label_routes = APIRouter()
 class Answer(BaseModel):
     """One answer: the image's id (from GET /api/next) and a class, "skip" or "none"."""
 
-    id: int
+    id: StrictInt  # not a boolean, nor a number in a string
     answer: str
 
 

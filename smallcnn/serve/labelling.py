@@ -57,6 +57,16 @@ def class_keys(classes):
     return keys
 
 
+def refuse_answer_names(classes, where):
+    """Refuses a class named as an answer that is not a class: the page's "skip" or "not
+    any class" would copy the image into that class's folder."""
+    for name in classes:
+        if name in (SKIP, NOT_ANY):
+            raise DataError(f"The class {name!r} (in {where} or --classes) has the name of the "
+                            f"page's {SKIP!r} / {NOT_ANY!r} answer: rename that class to label "
+                            "with this page.")
+
+
 def train_head(x, y, val, num_classes, settings):
     """Extract's heads trained on the labelled rows `x`, `y` not in `val` (a mask); returns
     `(weights, validation accuracy)`, or None while there are too few labels (two classes
@@ -106,8 +116,10 @@ class Labelling:
             raise UsageError(f"Labelling needs at least 2 classes; found "
                              f"{', '.join(named) or 'none'} in {store.where}: name them with "
                              "--classes a,b (or give --model RUN).")
+        refuse_answer_names(named, store.where)
         pooled = featurize(candidates, None if model else named)
         self.classes = list(pooled.class_names)
+        refuse_answer_names(self.classes, "the model's classes")
         extra = sorted(set(named) - set(self.classes))
         if extra:
             raise DataError(f"{', '.join(extra)} (in {store.where} or --classes) is not one "
