@@ -141,6 +141,10 @@ def test_suggest_writes_a_table_to_label_a_page_and_json(trained, pool, tmp_path
     text = page.read_text()
     assert text.count("<img") >= 2 * len(suggested)  # each image and labelled neighbours
     assert "nearest labelled images" in text
+    again = invoke("suggest", pool, "--model", run, "--n", 2, "--out", out, "--html", page)
+    assert again.exit_code == 0, again.output  # its own table and page it replaces
+    with open(out, newline="") as f:
+        assert len(list(csv.DictReader(f))) == 2 and page.read_text() != text
 
 
 def test_suggest_refuses_what_it_cannot_do_in_one_line(pool):
@@ -162,3 +166,17 @@ def test_suggest_without_a_model_covers_the_pool(pool, tmp_path):
     assert len(rows) == 3 and not any(r["guess"] for r in rows)
     colours = {Path(r["filename"]).parent.name for r in rows}
     assert colours == {"red", "green", "blue"}  # one of each: coverage
+
+
+def test_suggest_never_writes_over_a_file_it_did_not_write(pool, tmp_path):
+    # --out next to DATA's own table (the help says to append to it) must not replace it.
+    table, picture = tmp_path / "labels.csv", tmp_path / "photo.png"
+    table.write_text("filename,label\nred/a.png,red\n")
+    shutil.copy(next(pool.rglob("*.png")), picture)
+    before = {path: path.read_bytes() for path in (table, picture)}
+    for option, path in (("--out", table), ("--html", picture), ("--out", picture)):
+        result = invoke("suggest", pool, "--classes", "red,green", option, path)
+        assert result.exit_code == 2, result.output
+        assert "not one suggest wrote" in result.stderr, result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1
+    assert {path: path.read_bytes() for path in before} == before

@@ -274,11 +274,13 @@ def suggest(pool, run=None, classes=None, n=N, strategy="auto", listing=None, ou
         `Suggestions`.
     """
     from smallcnn.inference.stream import images_of
+    from smallcnn.labels.suggest_page import TITLE
 
     reporter = reporter or Reporter()
-    for option, path in (("--out", out), ("--html", html_out)):
-        if path is not None and Path(path).is_dir():
-            raise UsageError(f"{option} {str(path)!r} is a folder; name a file.")
+    for option, path, mark in (("--out", out, ",".join(COLUMNS)),
+                               ("--html", html_out, f"<title>{TITLE}</title>")):
+        if path is not None:
+            _refuse_to_replace(option, Path(path), mark)
     if n < 1:
         raise UsageError(f"--n must be at least 1. Received: {n}")
     if run is None or strategy not in STRATEGIES:  # an unknown name; margin without a model
@@ -302,6 +304,24 @@ def suggest(pool, run=None, classes=None, n=N, strategy="auto", listing=None, ou
 
         result.written.append(suggest_page(result, found, ranked, labelled, html_out))
     return result
+
+
+def _refuse_to_replace(option, path, mark):
+    """Refuses a folder, or a file that does not begin with `mark` (what suggest writes
+    begins with): `--out` beside DATA's own table, or an image, is never written over."""
+    if path.is_dir():
+        raise UsageError(f"{option} {str(path)!r} is a folder; name a file.")
+    if not path.exists():
+        return
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4096).decode("utf-8", "replace")
+    except OSError as error:
+        raise UsageError(f"{option} {str(path)!r} cannot be read ({error.strerror}); name "
+                         "a new file.") from None
+    if mark not in head:
+        raise UsageError(f"{option} {str(path)!r} exists and is not one suggest wrote; name a "
+                         "new file (append the suggestions to a table of labels by hand).")
 
 
 def _without_labelled(found, labelled, reporter):

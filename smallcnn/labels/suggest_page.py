@@ -12,6 +12,8 @@ from smallcnn.labels.review_page import NEIGHBOURS_SHOWN, STYLE, _figure
 from smallcnn.labels.strategies import normalised
 from smallcnn.runtime.files import write_text
 
+TITLE = "smallcnn suggestions"  # the page's title: suggest --html replaces only such a page
+
 
 def _nearest(found, labelled, index):
     """`(path, class name)` of the labelled images nearest to pool image `index`."""
@@ -46,8 +48,8 @@ def suggest_page(result, found, ranked, labelled, out):
              "set's table.</p>"]
     for number, (suggestion, index) in enumerate(zip(result.suggestions, ranked), start=1):
         parts.append(_suggestion_html(number, suggestion, _nearest(found, labelled, index)))
-    page = (f"<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>smallcnn "
-            f"suggestions</title><style>{STYLE}</style></head><body>{''.join(parts)}"
+    page = (f"<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{TITLE}"
+            f"</title><style>{STYLE}</style></head><body>{''.join(parts)}"
             "</body></html>")
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
