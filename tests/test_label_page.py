@@ -452,3 +452,15 @@ def test_an_id_must_be_a_number_not_a_boolean(tmp_path):
     refused = client.post("/api/answer", json={"id": True, "answer": "red"})
     assert refused.status_code == 422, refused.text
     assert not list((data / "train").rglob("*.png"))
+
+
+def test_a_pool_of_which_no_image_can_be_read_is_refused_in_one_line(tmp_path):
+    pool = make_pool(tmp_path / "pool", per_class=2)
+
+    def unreadable(paths, classes):  # as pool_features returns a pool of damaged files
+        return PoolFeatures([], np.zeros((0, 64), np.float32),
+                            [(path, "not an image") for path in paths], list(classes))
+
+    with pytest.raises(DataError, match="none of the 4 new images of the pool") as error:
+        Labelling(pool, LabelStore(tmp_path / "data"), unreadable, ["red", "blue"])
+    assert "\n" not in str(error.value) and "not an image" in str(error.value)

@@ -180,3 +180,14 @@ def test_suggest_never_writes_over_a_file_it_did_not_write(pool, tmp_path):
         assert "not one suggest wrote" in result.stderr, result.stderr
         assert len(result.stderr.strip().splitlines()) == 1
     assert {path: path.read_bytes() for path in before} == before
+
+
+def test_a_missing_listed_image_is_skipped_and_a_pool_left_empty_says_why(pool, tmp_path):
+    listing = tmp_path / "more.txt"
+    listing.write_text(f"{tmp_path / 'gone.png'}\n")
+    result = invoke("suggest", pool / "broken.jpg", "--list", listing, "--classes", "red,blue")
+    assert result.exit_code == 3, result.output
+    message = result.stderr.strip()
+    assert len(message.splitlines()) == 1, message
+    # Both unreadable files are counted, one named with its reason; what would work is said.
+    assert "2 unreadable" in message and "broken.jpg" in message and "give" in message

@@ -147,6 +147,8 @@ def _features(paths, spec, weights, image_size, reporter):
     from smallcnn.train import feature_store
 
     readable, digests, skipped = _scanned(paths, reporter)
+    if not readable:  # nothing for the base to run on: not even converted
+        return np.zeros((0, 0), np.float32), [], skipped, digests
     key = None if weights == "none" else cache.key(
         "features", base=spec.name, preprocessing=spec.preprocessing,
         weights=cache.weights_identity(weights), image_size=image_size,
@@ -203,7 +205,10 @@ def pool_features(pool_paths, run=None, classes=None, reporter=None):
 
     reporter = reporter or Reporter()
     spec, weights, size, names, config, run_dir = _base_of(run, classes)
-    paths = expand_paths(pool_paths)
+    # Folders searched; files kept as given, a missing one (a stale --list line) included:
+    # the scan names it unreadable, as it does a damaged one.
+    paths = [path for given in map(str, pool_paths)
+             for path in (expand_paths([given]) if os.path.isdir(given) else [given])]
     if not paths:
         raise UsageError("The pool holds no image; give a folder or a list of images.")
     features, kept, skipped, digests = _features(paths, spec, weights, size, reporter)
@@ -288,9 +293,12 @@ def suggest(pool, run=None, classes=None, n=N, strategy="auto", listing=None, ou
     paths = images_of([str(p) for p in pool], listing)
     found = pool_features(paths, run, classes, reporter)
     labelled = labelled_set(run, reporter) if run is not None else None
-    found = _without_labelled(found, labelled, reporter)
+    found, known = _without_labelled(found, labelled, reporter)
     if not found.paths:
-        raise DataError("No image of the pool could be read, or all are labelled already.")
+        example = "".join(f" (e.g. {path}: {reason})" for path, reason in found.skipped[:1])
+        raise DataError(f"No image of the pool is left to suggest: {len(found.skipped)} "
+                        f"unreadable{example}, {known} in the run's data set already; give "
+                        "images that are neither.")
     ranked = rank(found.features, strategy, n, None if labelled is None else labelled.features,
                   found.probabilities, seed)
     used = chosen_strategy(strategy, 0 if labelled is None else len(labelled.labels),
@@ -325,17 +333,19 @@ def _refuse_to_replace(option, path, mark):
 
 
 def _without_labelled(found, labelled, reporter):
-    """The pool without the images whose content is already in the run's data set."""
+    """`(the pool without the images whose content is already in the run's data set,
+    how many those were)`."""
     if labelled is None:
-        return found
+        return found, 0
     keep = [i for i, p in enumerate(found.paths) if found.digests.get(p) not in labelled.digests]
-    if len(keep) < len(found.paths):
-        reporter.note(f"{len(found.paths) - len(keep)} pool image(s) are in the run's data "
-                      "set already: not suggested.")
+    known = len(found.paths) - len(keep)
+    if known:
+        reporter.note(f"{known} pool image(s) are in the run's data set already: not "
+                      "suggested.")
         found = dataclasses.replace(
             found, paths=[found.paths[i] for i in keep], features=found.features[keep],
             probabilities=None if found.probabilities is None else found.probabilities[keep])
-    return found
+    return found, known
 
 
 def _suggestion(found, index):

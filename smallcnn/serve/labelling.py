@@ -126,6 +126,11 @@ class Labelling:
                             f"of the model's classes ({', '.join(self.classes)}).")
         self.paths = list(pooled.paths)
         self.features = np.asarray(pooled.features, np.float32)
+        if not self.paths:
+            example = "".join(f" (e.g. {path}: {reason})" for path, reason in pooled.skipped[:1])
+            raise DataError(f"Nothing to label: none of the {len(candidates)} new images of "
+                            f"the pool can be read{example}; give a folder of images (jpg, "
+                            "png, bmp, gif, webp).")
         for path, reason in pooled.skipped:
             reporter.warning(f"left out of the pool: {path} ({reason})")
         self.probabilities = (None if pooled.probabilities is None else
