@@ -140,3 +140,19 @@ def test_a_pool_that_does_not_help_leaves_the_supervised_heads(tmp_path):
         assert metrics["pooled"][key] == metrics["plain"][key]
     predicted = invoke("predict", data / "val" / "red", "--model", "runs/pooled", "--json")
     assert predicted.exit_code == 0, predicted.output
+
+
+def test_an_image_file_is_a_pool_of_one_and_a_pool_with_nothing_to_use_is_refused(tmp_path):
+    data = make_dataset(tmp_path / "data", splits=("train", "val", "test"))
+    image = next(_pool(tmp_path).rglob("*.png"))
+    assert self_training.pool_files(image) == [str(image)]  # not read as a list file
+    useless = tmp_path / "useless"  # a damaged file and a copy of a training image
+    useless.mkdir()
+    (useless / "broken.png").write_bytes(b"not a png")
+    shutil.copy(data / "train" / "red" / "red_000.png", useless / "again.png")
+    result = invoke("extract", data, *TINY, "--unlabeled", useless, "--out", "runs/x")
+    assert result.exit_code == 2, result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "no image of --unlabeled" in errors[0], result.output
+    assert "1 unreadable" in errors[0] and "1 of DATA's training images" in errors[0]
+    assert not (tmp_path / "runs").exists()  # refused before any work

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
-from smallcnn.data.images import is_image_file, load_readable
+from smallcnn.data.images import load_readable
+from smallcnn.data.listing import folder_images
 from smallcnn.errors import DataError, UsageError, described
 from smallcnn.inference.tta import averaged, check_views, views_of
 
@@ -192,10 +193,10 @@ def expand_paths(paths):
     found = []
     for path in map(Path, paths):
         if path.is_dir():
-            files = sorted(p for p in path.rglob("*") if p.is_file() and is_image_file(p))
+            files = folder_images(path)
             if not files:
                 raise DataError(f"No images (jpg, png, bmp, gif, webp) in the folder {str(path)!r}.")
-            found.extend(str(p) for p in files)
+            found.extend(files)
         elif path.is_file():
             found.append(str(path))
         else:

@@ -27,6 +27,7 @@ try:
 except ImportError:  # Windows: no advisory locks, so runs on one file are not kept apart
     fcntl = None
 
+from smallcnn.data.listing import listed_paths
 from smallcnn.errors import UsageError
 from smallcnn.inference.classifier import (
     BATCH_SIZE,
@@ -44,15 +45,6 @@ MAX_LINE_BYTES = 16 * 2**20
 NO_LOCKS = {errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOTSUP}
 
 
-def read_paths(listing):
-    """The image paths of a list file: one per line; blank lines and `#` comments skipped."""
-    try:
-        lines = Path(listing).read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as error:
-        raise UsageError(f"Cannot read --list {str(listing)!r} ({error}).") from None
-    return [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
-
-
 def image_key(path):
     """One image however its path is written (`./a.jpg`, `a//a.jpg`, absolute), as the
     current folder resolves it."""
@@ -62,7 +54,7 @@ def image_key(path):
 def images_of(images, listing=None):
     """The image files of `images` (files and folders) and of the list file `listing`,
     each once: the first way it is written, as pathlib writes it (`./a.jpg` is `a.jpg`)."""
-    listed = [str(Path(path)) for path in read_paths(listing)] if listing else []
+    listed = [str(Path(path)) for path in listed_paths(listing)] if listing else []
     unique = {}
     for path in expand_paths(images) + listed:
         unique.setdefault(image_key(path), path)

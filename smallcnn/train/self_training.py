@@ -21,6 +21,7 @@ import numpy as np
 
 from smallcnn.data.dataset import Dataset, Split
 from smallcnn.data.images import is_image_file
+from smallcnn.data.listing import folder_images, listed_paths
 from smallcnn.errors import UsageError
 from smallcnn.model import head as numpy_head
 
@@ -48,21 +49,15 @@ class Pool:
 
 
 def pool_files(pool):
-    """The image files of POOL: a folder (searched recursively) or a list file, one path a
-    line (blank lines and `#` comments skipped; relative paths from the current folder, as
-    predict --list reads them). Listed paths are kept as written, missing ones included:
-    the check names them unreadable."""
+    """The image files of POOL: a folder (searched recursively), one image file, or a list
+    file, one path a line (as predict --list reads it; relative paths from the current
+    folder). Listed paths are kept as written, missing ones included: the check names
+    them unreadable."""
     path = Path(pool)
     if path.is_dir():
-        found = sorted(str(p) for p in path.rglob("*") if p.is_file() and is_image_file(p))
+        found = folder_images(path)
     elif path.is_file():
-        try:
-            lines = path.read_text(encoding="utf-8").splitlines()
-        except (OSError, UnicodeDecodeError) as error:
-            raise UsageError(f"Cannot read the --unlabeled list {str(pool)!r} ({error}); give "
-                             "a folder of images or a text file of image paths.") from None
-        found = [line.strip() for line in lines
-                 if line.strip() and not line.strip().startswith("#")]
+        found = [str(path)] if is_image_file(path) else listed_paths(path, "the --unlabeled list")
     else:
         raise UsageError(f"--unlabeled {str(pool)!r}: no such folder or list file; give a "
                          "folder of images (searched recursively) or a text file of paths.")
@@ -113,6 +108,10 @@ def read_pool(dataset, pool, reporter):
         reporter.warning(f"Skipping {path}: {reason}.")
     left_out = set(dropped) | {path for path, _ in unreadable}
     kept = [p for p in paths if p not in left_out]
+    if not kept:
+        raise UsageError(f"There is no image of --unlabeled {str(pool)!r} to learn from: "
+                         f"{len(unreadable)} unreadable, {len(dropped)} of DATA's training "
+                         "images (or copies); give new images of the classes.")
     split = Split(POOL_SPLIT, kept, np.full(len(kept), -1, np.int32))
     return Pool(os.path.abspath(pool), split, {p: report.digests[p] for p in kept},
                 unreadable, dropped)
