@@ -44,19 +44,21 @@ def _nearest_in_class(report, features, index, label):
     return [report.paths[i] for i in members[np.argsort(-similarity)[:NEIGHBOURS_SHOWN]]]
 
 
-def _figure(path, caption):
+def thumbnail_figure(path, caption):
+    """An image's embedded thumbnail, captioned (the review and suggestion pages')."""
     return (f'<figure><img src="{_thumbnail(path)}" alt="{html.escape(path)}">'
             f'<figcaption class="name">{html.escape(caption)}</figcaption></figure>')
 
 
 def _group(paths):
     """Thumbnails side by side, each captioned with its file name."""
-    return '<div class="group">' + "".join(_figure(p, Path(p).name) for p in paths) + "</div>"
+    return ('<div class="group">' + "".join(thumbnail_figure(p, Path(p).name) for p in paths)
+            + "</div>")
 
 
 def _issue_html(issue, given, suggested):
     """A likely label error, then its nearest images of its given and suggested classes."""
-    return ('<div class="flag">' + _figure(issue.path, issue.path) +
+    return ('<div class="flag">' + thumbnail_figure(issue.path, issue.path) +
             f'<div><div>labelled <span class="label">{html.escape(issue.label)}</span> '
             f'({issue.probabilities[issue.label]:.0%}), suggested '
             f'<span class="label">{html.escape(issue.suggested)}</span> '
@@ -68,7 +70,7 @@ def _issue_html(issue, given, suggested):
 
 def _outlier_html(outlier):
     """An outlier, then the images nearest to it."""
-    return ('<div class="flag">' + _figure(outlier.path, outlier.path) +
+    return ('<div class="flag">' + thumbnail_figure(outlier.path, outlier.path) +
             f'<div>labelled <span class="label">{html.escape(outlier.label)}</span>, '
             f"mean distance to its nearest images {outlier.distance:.3f}; they are:" +
             _group(outlier.neighbours[:4]) + "</div></div>")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from smallcnn.labels.review_page import NEIGHBOURS_SHOWN, STYLE, _figure
+from smallcnn.labels.review_page import NEIGHBOURS_SHOWN, STYLE, thumbnail_figure
 from smallcnn.labels.strategies import normalised
 from smallcnn.runtime.files import write_text
 
@@ -28,11 +28,13 @@ def _suggestion_html(number, suggestion, neighbours):
     guess = ("no model yet" if suggestion.guess is None else
              f'guess <span class="label">{html.escape(suggestion.guess)}</span> '
              f"({suggestion.probability:.0%})")
-    parts = ['<div class="flag">', _figure(suggestion.path, f"{number}. {suggestion.path}"),
+    parts = ['<div class="flag">',
+             thumbnail_figure(suggestion.path, f"{number}. {suggestion.path}"),
              f"<div><div>{guess}</div>"]
     if neighbours:
         parts.append("<div>nearest labelled images:</div><div class=\"group\">")
-        parts += [_figure(path, f"{label}: {Path(path).name}") for path, label in neighbours]
+        parts += [thumbnail_figure(path, f"{label}: {Path(path).name}")
+                  for path, label in neighbours]
         parts.append("</div>")
     parts.append("</div></div>")
     return "".join(parts)
