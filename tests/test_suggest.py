@@ -191,3 +191,27 @@ def test_a_missing_listed_image_is_skipped_and_a_pool_left_empty_says_why(pool, 
     assert len(message.splitlines()) == 1, message
     # Both unreadable files are counted, one named with its reason; what would work is said.
     assert "2 unreadable" in message and "broken.jpg" in message and "give" in message
+
+
+def test_pool_features_are_cached_apart_per_engine(pool, monkeypatch):
+    # OpenVINO's bf16 features differ from LiteRT's in the third digit: a pool's cached
+    # features name their engine, as a split's do (feature_store.features_key).
+    from smallcnn.labels import suggest as suggesting
+    from smallcnn.runtime import engine
+    from smallcnn.train import feature_store
+
+    class Looked(Exception):
+        pass
+
+    keys = []
+
+    def look(key, warn=None):
+        keys.append(key)
+        raise Looked
+
+    monkeypatch.setattr(feature_store, "load", look)
+    for ran in (("litert", "float32"), ("openvino", "bfloat16")):
+        monkeypatch.setattr(engine, "expected_engine", lambda *args, ran=ran: ran)
+        with pytest.raises(Looked):
+            suggesting.pool_features([pool], classes="red,green")
+    assert len(keys) == 2 and None not in keys and keys[0] != keys[1]

@@ -142,17 +142,15 @@ def _features(paths, spec, weights, image_size, reporter):
     """`(features, kept paths, skipped, digests)` of the pool, from the feature cache
     where an entry names the same base and the same file contents."""
     from smallcnn.data.images import load_readable
-    from smallcnn.runtime import cache
-    from smallcnn.runtime.engine import compute_features
+    from smallcnn.runtime.engine import compute_features, expected_engine
     from smallcnn.train import feature_store
 
     readable, digests, skipped = _scanned(paths, reporter)
     if not readable:  # nothing for the base to run on: not even converted
         return np.zeros((0, 0), np.float32), [], skipped, digests
-    key = None if weights == "none" else cache.key(
-        "features", base=spec.name, preprocessing=spec.preprocessing,
-        weights=cache.weights_identity(weights), image_size=image_size,
-        files=[[digests[p], NO_LABEL] for p in readable])
+    files = [[digests[p], NO_LABEL] for p in readable]
+    expected = expected_engine()  # feature_engine's choice, as "auto" makes it
+    key = feature_store.files_key(spec, weights, image_size, files, expected)
     cached = feature_store.load(key, reporter.warning)
     if cached is not None:
         values, _, failed = cached
@@ -173,6 +171,9 @@ def _features(paths, spec, weights, image_size, reporter):
             advance(start + len(chunk))
     width = rows[0].shape[1] if rows else 0
     values = np.concatenate(rows) if rows else np.zeros((0, width), np.float32)
+    ran = (engine.name, getattr(engine, "precision", None))
+    if ran != expected:  # auto fell back: cached under the name of the engine that ran
+        key = feature_store.files_key(spec, weights, image_size, files, ran)
     feature_store.store(key, values, np.full(len(kept), NO_LABEL, np.int32), failed,
                         reporter.warning)
     return values, kept, skipped + [tuple(f) for f in failed], digests

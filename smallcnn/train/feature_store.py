@@ -35,6 +35,8 @@ def features_key(plan, digests, split, view=None, engine=None):
     random base weights (they differ each run: nothing to reuse). `digests`: {path:
     SHA-1} from the data check; `engine`: `(name, precision)` of the engine that computes
     them (default: the one the plan's settings choose, `engine.expected_engine`)."""
+    from smallcnn.runtime.engine import expected_engine
+
     if plan.weights == "none":
         return None
     s = plan.settings
@@ -46,14 +48,25 @@ def features_key(plan, digests, split, view=None, engine=None):
     # keys are as they were before precisions existed).
     precision = plan.placement.precision
     mixed = {"precision": precision} if precision != "float32" else {}
+    return files_key(plan.spec, plan.weights, s.image_size, files,
+                     engine or expected_engine(s.engine, plan.placement),
+                     augmentation=augmentation, **mixed)
+
+
+def files_key(spec, weights, image_size, files, engine, **extra):
+    """The cache key of the base's features of `files` ([[SHA-1, label]]) computed by
+    `engine` `(name, precision)`, or None with random weights; `extra` describes more
+    (a view's augmentation, a precision). A split's key (`features_key`) and a pool's
+    (`suggest`) alike."""
+    if weights == "none":
+        return None
     # OpenVINO's features (bf16 differs in the third digit) are kept apart, by precision
     # and version; LiteRT's and TensorFlow's float32 keys are as they were before it.
-    from smallcnn.runtime.engine import engine_identity, expected_engine
+    from smallcnn.runtime.engine import engine_identity
 
-    identity = engine_identity(*(engine or expected_engine(s.engine, plan.placement)))
-    return cache.key("features", base=plan.spec.name, preprocessing=plan.spec.preprocessing,
-                     weights=cache.weights_identity(plan.weights), image_size=s.image_size,
-                     files=files, augmentation=augmentation, **mixed, **identity)
+    return cache.key("features", base=spec.name, preprocessing=spec.preprocessing,
+                     weights=cache.weights_identity(weights), image_size=image_size,
+                     files=files, **extra, **engine_identity(*engine))
 
 
 def _read(path):
