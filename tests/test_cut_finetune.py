@@ -16,6 +16,7 @@ from smallcnn.model import runs
 from smallcnn.model.bases import build_base, get_base
 from smallcnn.model.networks import HEAD_NAME, layers_to_unfreeze
 from smallcnn.runtime import cache
+from smallcnn.runtime.engine import LiteRTEngine
 from smallcnn.train import cut
 
 SIZE = 32
@@ -93,6 +94,8 @@ def test_a_cached_activation_finetune_saves_the_whole_network_predicting_the_sam
     metrics = json.loads((tmp_path / "runs/ft/metrics.json").read_text())
     assert metrics["unfrozen_layers"] == ["Conv_1", "block_16_project", "block_16_depthwise",
                                           "block_16_expand"]
+    assert metrics["cut"] == {"layer": "block_15_add", "views": 2, "engine": LiteRTEngine.name,
+                              "engine_precision": LiteRTEngine.precision}
 
     model = keras.saving.load_model("runs/ft/model.keras", safe_mode=True)  # plain Keras
     val = find_dataset(tiny_data).splits["val"]

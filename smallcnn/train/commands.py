@@ -255,7 +255,8 @@ def _finetune(session, base, model, out, overwrite, from_run, source_config):
     evaluations, kept = _keep_better(session, model, earlier, evaluate, "Fine-tuning",
                                      "the model it started from")
     metrics = writer.finish(run_dir, model, config, rows, evaluations,
-                            {**extra, "kept_earlier_model": kept}, interrupted=stop.received)
+                            {**extra, "kept_earlier_model": kept, **_cut_metrics(cut)},
+                            interrupted=stop.received)
     return writer.result(run_dir, metrics, rows, interrupted=stop.received,
                          unfrozen=extra["unfrozen_layers"],
                          trainable_params=extra["trainable_params"])
@@ -269,6 +270,11 @@ def _cut_training(session, model, base, phases):
     if training is None:
         return None, lambda trained: loop.evaluate_model(trained, session)
     return training, training.evaluate
+
+
+def _cut_metrics(training):
+    """metrics.json's "cut": where the base was cut and what ran below it, if it was."""
+    return {} if training is None else {"cut": training.describe()}
 
 
 def _refuse_existing(session, out, overwrite):
@@ -355,7 +361,8 @@ def _resume(command, run, data_dir, reporter, command_line):
     config["resumed"] = config.get("resumed", []) + [session.plan.command_line]
     if data_dir is not None:  # the data moved: record where it is now
         config["data"] = os.path.abspath(session.dataset.data)
-    metrics = writer.finish(run_dir, model, config, rows, evaluations, extra,
+    metrics = writer.finish(run_dir, model, config, rows, evaluations,
+                            {**extra, **_cut_metrics(cut)},
                             interrupted=stop.received)
     return writer.result(run_dir, metrics, rows, interrupted=stop.received,
                          unfrozen=extra.get("unfrozen_layers", []),

@@ -282,6 +282,14 @@ class CutTraining:
                         code=_code())
         return f"{spec.name}-{size}-to-{self.cut_name}-{key[:32]}.tflite"
 
+    def describe(self):
+        """The cut's layer, its views, and the engine that ran the bottom (None: every
+        activation came from the cache)."""
+        engine = self._engine._engine if self._engine is not None else None
+        return {"layer": self.cut_name, "views": self.views_wanted,
+                "engine": getattr(engine, "name", None),
+                "engine_precision": getattr(engine, "precision", None)}
+
     def evaluate(self, _model=None):
         """Loss and accuracy of the network (the whole model's) on each evaluation split's
         activations; `_model`, the whole model, shares its weights."""
