@@ -76,12 +76,32 @@ def test_the_compiled_model_is_cached_and_reused(tiny_base, tmp_path, monkeypatc
     open_engine(tiny_base, "openvino")
     compiled = sorted(cache.root("engines").glob("*.blob"))
     assert compiled, "no compiled model in the cache"
-    stamps = [blob.stat().st_mtime_ns for blob in compiled]
+    files = [blob.stat().st_ino for blob in compiled]  # a blob written anew is a new file
     again = open_engine(tiny_base, "openvino")
     assert sorted(cache.root("engines").glob("*.blob")) == compiled  # read, not compiled anew
-    assert [blob.stat().st_mtime_ns for blob in compiled] == stamps
+    assert [blob.stat().st_ino for blob in compiled] == files
     assert again(images(2)).shape[0] == 2
     assert [e[0] for e in cache.entries()] == ["engines"] * len(compiled)  # under the cap
+
+
+def test_a_cached_compiled_model_is_imported_without_reading_the_tflite(tiny_base, tmp_path,
+                                                                      monkeypatch):
+    monkeypatch.setenv("SMALLCNN_CACHE", str(tmp_path / "cache"))
+    x = images(4)
+    compiled_now = open_engine(tiny_base, "openvino", precision="float32")(x)
+    real = openvino._core()
+
+    class Core:  # OpenVINO's, except that reading a model fails
+        def __getattr__(self, name):
+            return getattr(real, name)
+
+        def read_model(self, *args):
+            raise AssertionError("the .tflite was read although its compiled model is cached")
+
+    monkeypatch.setattr(openvino, "_core", Core)
+    imported = open_engine(tiny_base, "openvino", precision="float32")
+    assert imported.input_shape == (1, 32, 32, 3)
+    np.testing.assert_array_equal(imported(x), compiled_now)
 
 
 def _without_openvino(monkeypatch):
