@@ -215,7 +215,7 @@ def test_an_extract_stopped_before_its_model_leaves_no_run_folder(tiny_data, mon
 
 def test_ctrl_c_handlers_are_restored_when_fit_raises():
     from smallcnn.train.callbacks import StopOnSignal
-    from smallcnn.train.keras_loop import fit
+    from smallcnn.train.keras_loop import fit_stream
 
     class Boom(keras.callbacks.Callback):
         def on_epoch_end(self, epoch, logs=None):
@@ -225,7 +225,9 @@ def test_ctrl_c_handlers_are_restored_when_fit_raises():
     model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
     model.compile("sgd", "mse")
     with pytest.raises(RuntimeError, match="boom"):
-        fit(model, np.zeros((4, 2)), [StopOnSignal(), Boom()], y=np.zeros((4, 1)), epochs=2)
+        fit_stream(model, iter([(np.zeros((4, 2)), np.zeros((4, 1)))] * 4),
+                   [StopOnSignal(), Boom()], steps=1, epochs=2,
+                   validation=(np.zeros((4, 2)), np.zeros((4, 1))), batch_size=4)
     assert signal.getsignal(signal.SIGTERM) is before
 
 

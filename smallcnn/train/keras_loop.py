@@ -10,7 +10,6 @@ from smallcnn.train.epochs import (
     global_batch,
     optimizer,
     run_epochs,
-    uninstall_signal_handlers,
 )
 
 # A model that fine-tuning or a resumed run leaves with a val_loss higher than this
@@ -32,15 +31,6 @@ def worse_than(val, earlier):
     (loss, accuracy), (earlier_loss, earlier_accuracy) = val, earlier
     return ((earlier_accuracy is not None and accuracy < earlier_accuracy - 1e-9)
             or (earlier_loss is not None and loss > earlier_loss + KEEP_TOLERANCE))
-
-
-def fit(model, data, callbacks, **kwargs):
-    """`model.fit`, with Ctrl-C's handlers removed however it ends (Keras calls
-    `on_train_end` only when training ends normally). Returns the history dict."""
-    try:
-        return model.fit(data, callbacks=callbacks, verbose=0, **kwargs).history
-    finally:
-        uninstall_signal_handlers(callbacks)
 
 
 def fit_stream(model, stream, callbacks, steps, epochs, validation, batch_size,
