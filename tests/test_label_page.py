@@ -9,6 +9,7 @@ import errno
 import hashlib
 import json
 import os
+import re
 import shutil
 import socket
 import stat
@@ -23,8 +24,8 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from smallcnn.data.table import read_table
-from smallcnn.errors import DataError
-from smallcnn.labels.suggest import PoolFeatures
+from smallcnn.errors import DataError, UsageError
+from smallcnn.labels.suggest import PoolFeatures, class_list
 from smallcnn.serve import label_store
 from smallcnn.serve.label_routes import MOST_AT_ONCE, create_label_app
 from smallcnn.serve.label_store import JOURNAL, NOT_ANY, SKIP, LabelStore
@@ -464,3 +465,12 @@ def test_a_pool_of_which_no_image_can_be_read_is_refused_in_one_line(tmp_path):
     with pytest.raises(DataError, match="none of the 4 new images of the pool") as error:
         Labelling(pool, LabelStore(tmp_path / "data"), unreadable, ["red", "blue"])
     assert "\n" not in str(error.value) and "not an image" in str(error.value)
+
+
+@pytest.mark.parametrize("name", ["../escaped", "_hidden", ".dot", "a/b", "a\\b"])
+def test_a_class_name_that_is_no_folder_name_is_refused(name):
+    # --classes "red,../x" would copy answers out of DATA; "_x" and ".x" into folders that
+    # DATA's reader skips.
+    with pytest.raises(UsageError, match=re.escape(repr(name))) as error:
+        class_list(f"red,{name}")
+    assert "\n" not in str(error.value)

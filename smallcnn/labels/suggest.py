@@ -86,6 +86,10 @@ def class_list(classes):
     if len(names) < 2 or len(set(names)) != len(names):
         raise UsageError(f"--classes needs two or more distinct class names, separated by "
                          f"commas (ants,bees). Received: {classes!r}")
+    for name in names:  # each a class folder's name: in DATA, and one its reader sees
+        if "/" in name or "\\" in name or name.startswith((".", "_")):
+            raise UsageError(f"--classes: {name!r} cannot be a class folder's name; give "
+                             "names without / or \\ that start with neither . nor _.")
     return names
 
 
