@@ -48,6 +48,41 @@ def test_a_pool_of_separable_images_gains_over_a_few_labels():
         assert sum(done["per_class"].values()) == done["pool_images_used"]
 
 
+@pytest.mark.parametrize("seed", [1, 5])
+def test_a_pool_of_another_domain_is_not_kept_for_a_gain_within_noise(seed):
+    """Two well-learned classes, and a pool from a third cluster (another domain) that the
+    heads pseudo-label as one of them: its round gains a val image or two at a higher val
+    loss (it was kept for any gain: these seeds' first rounds beat the supervised heads),
+    within noise, so the supervised heads stay."""
+    rng = np.random.default_rng(seed)
+    centers = rng.normal(0, 1, (2, 32)).astype(np.float32)
+    train, val = (_blobs(rng, centers, n, 1.0) for n in (20, 75))
+    pool = _blobs(rng, rng.normal(0, 3, (1, 32)).astype(np.float32), 40, 1.0)[0]
+    settings = Settings(heads=1).resolve("extract")
+    names = ["ants", "bees"]
+
+    def fit(x, y):
+        return numpy_head.train(x, y, val, settings, len(names))
+
+    supervised, _ = fit(*train)
+    cap = self_training.per_class_cap(train[1], len(names))
+    weights, histories, record = self_training.self_train(supervised, train, val, pool, fit,
+                                                          names, cap)
+    first = record["rounds"][0]
+    assert first["pool_images_used"] > 0
+    assert first["val_accuracy"] > record["supervised_val_accuracy"]  # the old rule kept it
+    assert not record["kept"] and histories == [] and weights is supervised
+
+
+def test_the_keep_rule_wants_a_gain_beyond_noise():
+    val_images = 150
+    one_image, two_images = 1 / val_images, self_training.MIN_VAL_GAIN / val_images
+    before = (0.20, 0.90)
+    assert self_training.gains((0.19, 0.90 + two_images), before, val_images)
+    assert not self_training.gains((0.19, 0.90 + one_image), before, val_images)
+    assert not self_training.gains((0.21, 0.90 + two_images), before, val_images)  # loss rose
+
+
 def test_pseudo_labels_take_the_most_confident_up_to_the_cap():
     probabilities = np.array([[0.95, 0.05], [0.6, 0.4], [0.99, 0.01], [0.2, 0.8], [0.5, 0.5]])
     rows, labels = self_training.pseudo_labels(probabilities, 0.55, cap=2)

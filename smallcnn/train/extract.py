@@ -104,9 +104,8 @@ def _rows(history, phase, first=1):
 
 
 def _pool_features(session, pool):
-    """The features of the --unlabeled pool's images, through the splits' engine and cache."""
-    if not len(pool.split):
-        return np.zeros((0, session.spec.feature_width), np.float32)
+    """The features of the --unlabeled pool's images, through the splits' engine and cache
+    (`read_pool` refuses a pool with no image to learn from)."""
     session.source.add_unlabeled(pool.split, pool.digests)
     return session.source.features(self_training.POOL_SPLIT)[0]
 
@@ -125,7 +124,8 @@ def _self_train(session, pool, pool_x, weights, rows, train, stop):
     for number, history in enumerate(histories, 1):
         rows = rows + _rows(history, f"self-training {number}", len(rows) + 1)
     if not record["kept"]:
-        reporter.note("Self-training did not raise val accuracy above the supervised heads' "
+        reporter.note(f"Self-training did not gain at least {self_training.MIN_VAL_GAIN} val "
+                      "images, at a val loss no higher, over the supervised heads' "
                       f"{record['supervised_val_accuracy']:.2%}: the supervised heads are kept.")
     return weights, rows, {**self_training.describe_pool(pool), **record}
 

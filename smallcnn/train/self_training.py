@@ -4,9 +4,10 @@ The heads train on the labelled features as `extract` trains them; then, for a f
 rounds, their confident guesses on the pool's features (computed and cached as a
 split's) join the training rows with those guesses as labels, and the heads train again
 from scratch. Each round tries every candidate confidence threshold and keeps the one
-whose heads do best on the validation split (never the test split). The pseudo-labelled
-heads are kept only if they beat the supervised ones on val; a pool that does not help
-leaves the run as it would have been without it.
+whose heads do best on the validation split (never the test split). A round is kept only
+if it gains beyond noise on val (`gains`: at least `MIN_VAL_GAIN` more val images right
+and a val loss no higher; val also chose the threshold and the round, so a smaller gain
+is optimistic); a pool that does not help leaves the run as it would have been without it.
 
 A pool that shares images (the same file, or identical or near-identical content, as
 `smallcnn.data.check` finds them) with the validation or test split is refused before
@@ -33,6 +34,10 @@ THRESHOLDS = (0.5, 0.7, 0.9)
 # At most this many pool images per class, as a multiple of the largest labelled class:
 # an easy class with many confident guesses does not swamp the rest.
 PER_CLASS_FACTOR = 4
+# A round is kept only if its heads get at least this many more val images right than the
+# heads it would replace, with a val loss no higher (`gains`): on ants-bees, 16 cats and
+# dogs pseudo-labelled as ants were kept for one val image more.
+MIN_VAL_GAIN = 2
 EXAMPLES = 3  # pool files named in a refusal or note
 
 
@@ -136,10 +141,18 @@ def per_class_cap(labels, num_classes):
     return PER_CLASS_FACTOR * int(np.bincount(labels, minlength=num_classes).max())
 
 
+def gains(score, than, val_images):
+    """The keep rule: whether val `(loss, accuracy)` `score` gains beyond noise on `than`,
+    over `val_images` val images: at least `MIN_VAL_GAIN` more of them right, and a val
+    loss no higher. A pool that does not gain so leaves the supervised heads."""
+    more_right = round((score[1] - than[1]) * val_images)
+    return more_right >= MIN_VAL_GAIN and score[0] <= than[0]
+
+
 def _better(score, than):
-    """Whether val `(loss, accuracy)` `score` beats `than`: a higher accuracy only, so that
-    a pool that does not gain leaves the supervised heads."""
-    return score[1] > than[1]
+    """Whether val `(loss, accuracy)` `score` beats `than` among one round's thresholds:
+    a higher accuracy, or the same with a lower loss."""
+    return score[1] > than[1] or (score[1] == than[1] and score[0] < than[0])
 
 
 def self_train(supervised, train, val, pool_x, fit, class_names, cap, stopped=lambda: False,
@@ -179,12 +192,13 @@ def self_train(supervised, train, val, pool_x, fit, class_names, cap, stopped=la
         histories.append(history)
         note(f"Self-training round {number}: {len(labels)} pool images at confidence "
              f"{threshold} or more, val accuracy {score[1]:.2%} (best so far {best_score[1]:.2%}).")
-        if not _better(score, best_score):
+        if not gains(score, best_score, len(val[1])):
             break
         best, best_score, kept_round, current = weights, score, number, weights
     record = {"rounds": rounds, "kept": kept_round > 0, "kept_round": kept_round,
               "thresholds": list(THRESHOLDS), "per_class_cap": cap,
-              "supervised_val_accuracy": supervised_score[1]}
+              "min_val_gain": MIN_VAL_GAIN, "supervised_val_accuracy": supervised_score[1],
+              "supervised_val_loss": supervised_score[0]}
     return best, histories[:kept_round], record
 
 
@@ -199,8 +213,7 @@ def _best_threshold(guesses, train_x, train_y, val, pool_x, fit, cap):
         weights, history = fit(np.concatenate([train_x, pool_x[rows]]),
                                np.concatenate([train_y, labels]))
         score = numpy_head.evaluate(weights, *val)
-        if best is None or _better(score, best[2]) or \
-                (score[1] == best[2][1] and score[0] < best[2][0]):
+        if best is None or _better(score, best[2]):
             best = (weights, history, score, threshold, labels)
     return best
 
