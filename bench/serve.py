@@ -9,7 +9,13 @@ throughput on a folder, measured in the same run (the extra images of a 1,000-im
 folder over a 100-image one, over the extra seconds). The clients run on the same
 2 cores as the server and take some of their time.
 
+The frozen base's engines (SMALLCNN_ENGINE: --engines, default litert and auto) ALTERNATE:
+each of --rounds rounds serves under each engine in turn (the order turning each round),
+and the summary compares their medians at the most clients (issue 29's target: auto
+>= 1.4x LiteRT's images/s at 32 clients).
+
     .venv/bin/python bench/serve.py [--model RUN] [--seconds 30] [--clients 1 8 32]
+        [--engines litert auto] [--rounds 1] [--skip-predict]
 """
 
 import argparse
@@ -32,6 +38,8 @@ RESULTS = ROOT / "bench" / "results" / "serve.json"
 DATASET = "cats-dogs-small"
 BASE = "mobilenet_v2"
 TARGET_FRACTION = 0.7  # of predict's throughput, at 32 clients (issue 17)
+ENGINES = ("litert", "auto")  # SMALLCNN_ENGINE of the server, alternating
+ENGINE_TARGET = 1.4  # auto's images/s over LiteRT's at the most clients (issue 29)
 
 
 def predict_throughput(model, images, work, env):
@@ -127,13 +135,16 @@ def serve_and_load(model, bodies, clients_list, seconds, env):
             batches = after["batches"] - before["batches"]
             row["mean_batch"] = (after["images"] - before["images"]) / batches if batches else None
             row["server_peak_mb"] = peak_mb(server.pid)
+            row["engine"] = env.get("SMALLCNN_ENGINE", "auto")
             rows.append(row)
             print(json.dumps(row), flush=True)
-        engine = httpx.get(f"{base}/model").json()["engine"]
+        said = httpx.get(f"{base}/model").json()["engine"]
     finally:
         server.terminate()
         server.wait(timeout=60)
-    return rows, engine
+    for row in rows:
+        row["said"] = said
+    return rows
 
 
 def load():
@@ -143,22 +154,43 @@ def load():
 def summary(results):
     if not results:
         return []
+    predict = results.get("predict_images_per_second")
     lines = ["## Serving under load", "",
              f"bench/serve.py ({results['date']}): `smallcnn serve` of a {DATASET} extract run "
-             f"(`--base {BASE}`, engine: {results['engine']}), each client posting one "
-             f"validation image per request for {results['seconds']} s; the clients share the "
-             f"2 cores with the server. `smallcnn predict` on a folder: "
-             f"{results['predict_images_per_second']:.1f} images/s beyond start-up (target at "
-             f"32 clients: {TARGET_FRACTION:.0%} of it).", "",
-             "| clients | requests/s | images/s | of predict's | p50 ms | p99 ms | mean batch "
-             "| errors | server peak MB |", "|---|---|---|---|---|---|---|---|---|"]
+             f"(`--base {BASE}`), each client posting one validation image per request for "
+             f"{results['seconds']} s; the clients share the 2 cores with the server. The "
+             f"server's engine (SMALLCNN_ENGINE) alternates over {results.get('rounds', 1)} "
+             "round(s)."]
+    if predict:
+        lines[-1] += (f" `smallcnn predict` on a folder: {predict:.1f} images/s beyond start-up "
+                      f"(target at 32 clients: {TARGET_FRACTION:.0%} of it).")
+    lines += ["", "| engine | clients | requests/s | images/s | of predict's | p50 ms | p99 ms "
+              "| mean batch | errors | server peak MB |", "|---|---|---|---|---|---|---|---|---|---|"]
     for row in results["rows"]:
-        lines.append(f"| {row['clients']} | {row['requests_per_second']:.1f} | "
-                     f"{row['images_per_second']:.1f} | "
-                     f"{row['images_per_second'] / results['predict_images_per_second']:.0%} | "
-                     f"{row['p50_ms']:.0f} | {row['p99_ms']:.0f} | {row['mean_batch']:.1f} | "
-                     f"{row['errors']} | {row['server_peak_mb']:.0f} |")
-    return lines + [""]
+        share = f"{row['images_per_second'] / predict:.0%}" if predict else "-"
+        lines.append(f"| {row.get('engine', 'auto')} | {row['clients']} | "
+                     f"{row['requests_per_second']:.1f} | {row['images_per_second']:.1f} | "
+                     f"{share} | {row['p50_ms']:.0f} | {row['p99_ms']:.0f} | "
+                     f"{row['mean_batch']:.1f} | {row['errors']} | {row['server_peak_mb']:.0f} |")
+    lines += ["", "Engines: " + "; ".join(sorted({f"{row.get('engine', 'auto')}: {row['said']}"
+                                                 for row in results["rows"] if "said" in row}))]
+    return lines + _engine_lines(results["rows"]) + [""]
+
+
+def _engine_lines(rows):
+    """Auto against LiteRT at the most clients: medians of images/s, and the verdict."""
+    most = max(row["clients"] for row in rows)
+    speeds = {}
+    for row in rows:
+        if row["clients"] == most:
+            speeds.setdefault(row.get("engine"), []).append(row["images_per_second"])
+    if not {"litert", "auto"} <= set(speeds):
+        return []
+    litert, auto = (statistics.median(speeds[e]) for e in ("litert", "auto"))
+    verdict = "met" if auto >= ENGINE_TARGET * litert else "not met"
+    return ["", f"At {most} clients: auto {auto:.1f} images/s, LiteRT {litert:.1f} (medians of "
+            f"{len(speeds['auto'])} and {len(speeds['litert'])}): {auto / litert:.2f}x; target "
+            f">= {ENGINE_TARGET}x: {verdict}."]
 
 
 def main():
@@ -166,6 +198,10 @@ def main():
     parser.add_argument("--model", type=Path, help="a run to serve (default: extract one)")
     parser.add_argument("--seconds", type=float, default=30)
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 8, 32])
+    parser.add_argument("--engines", nargs="+", default=list(ENGINES))
+    parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument("--skip-predict", action="store_true",
+                        help="no `smallcnn predict` throughput (quicker)")
     args = parser.parse_args()
     data = SHARED / DATASET
     images = sorted((data / "validation" if (data / "validation").is_dir()
@@ -173,16 +209,26 @@ def main():
     bodies = [(p.name, p.read_bytes()) for p in images[:200]]
     with tempfile.TemporaryDirectory(prefix="smallcnn-serve-") as folder:
         work = Path(folder)
-        env = {"SMALLCNN_CACHE": str(work / "cache")}
+        # A run given keeps its cache (its base's conversion is there: without it, the
+        # whole model is converted and served instead of the base and the head).
+        kept = os.environ.get("SMALLCNN_CACHE") if args.model else None
+        env = {"SMALLCNN_CACHE": kept or str(work / "cache")}
         model = args.model
         if model is None:
             model = work / "run"
             smallcnn("extract", data, "--base", BASE, "--out", model, env=env)
-        throughput = predict_throughput(model, images, work, env)
-        print(f"predict: {throughput:.1f} images/s", flush=True)
-        rows, engine = serve_and_load(model, bodies, args.clients, args.seconds, env)
-    results = {"date": time.strftime("%Y-%m-%d"), "seconds": args.seconds, "engine": engine,
-               "predict_images_per_second": throughput, "rows": rows}
+        throughput = None
+        if not args.skip_predict:
+            throughput = predict_throughput(model, images, work, env)
+            print(f"predict: {throughput:.1f} images/s", flush=True)
+        rows = []
+        for round_ in range(args.rounds):
+            turn = round_ % len(args.engines)
+            for engine in args.engines[turn:] + args.engines[:turn]:
+                rows += serve_and_load(model, bodies, args.clients, args.seconds,
+                                       {**env, "SMALLCNN_ENGINE": engine})
+    results = {"date": time.strftime("%Y-%m-%d"), "seconds": args.seconds,
+               "rounds": args.rounds, "predict_images_per_second": throughput, "rows": rows}
     save_results(RESULTS, results, summary)
 
 
