@@ -69,6 +69,20 @@ def test_openvino_features_match_litert(tiny_base):
     assert exact(x.astype(np.float32)).dtype == np.float32  # float batches too
 
 
+def test_auto_runs_float32_and_a_forced_openvino_the_cpus_best(tiny_base):
+    said = Said()
+    auto = open_engine(tiny_base, "auto", said)
+    assert (auto.name, auto.precision) == ("openvino", openvino.precision_for("auto"))
+    assert openvino.precision_for("auto") == "float32"  # bf16 missed the labels' parity
+    assert said.lines == ["Frozen base engine: OpenVINO, float32 (--engine auto)."]
+    assert expected_engine("auto") == ("openvino", "float32")
+    forced = open_engine(tiny_base, "openvino")
+    assert forced.precision == openvino.best_precision()
+    assert expected_engine("openvino") == ("openvino", openvino.best_precision())
+    trained = open_engine(tiny_base, "auto", precision=openvino.best_precision())
+    assert trained.precision == openvino.best_precision()  # a run's own precision
+
+
 def test_the_compiled_model_is_cached_and_reused(tiny_base, tmp_path, monkeypatch):
     from smallcnn.runtime import cache
 

@@ -191,7 +191,7 @@ def chosen_engine(requested="auto", placement=None):
 
 def expected_engine(requested="auto", placement=None):
     """`(engine, precision)` that `feature_engine` is to run, known without opening it (a
-    feature cache key names them): OpenVINO's precision is the CPU's best."""
+    feature cache key names them): OpenVINO's precision is `openvino.precision_for`'s."""
     engine = chosen_engine(requested, placement)
     if engine == "tensorflow":
         return engine, placement.precision if placement is not None else "float32"
@@ -199,7 +199,7 @@ def expected_engine(requested="auto", placement=None):
         from smallcnn.runtime import openvino
 
         if openvino.unavailable() is None:
-            return openvino.NAME, openvino.best_precision()
+            return openvino.NAME, openvino.precision_for(engine)
         if engine == "openvino":
             return engine, None  # opening it says why it cannot run
     return "litert", LiteRTEngine.precision
@@ -221,8 +221,8 @@ def open_engine(tflite_path, engine="auto", reporter=None, placement=None, preci
     chosen: a callable from a uint8/float batch to float32 outputs, with `.name` and
     `.precision`.
 
-    'auto' and 'openvino' open it in OpenVINO (in `precision`, default the CPU's best:
-    bfloat16 where it has BF16); 'auto' falls back to LiteRT saying why in one line, a
+    'auto' and 'openvino' open it in OpenVINO (in `precision`, by default float32 for
+    'auto' and the CPU's best for 'openvino': `openvino.precision_for`); 'auto' falls back to LiteRT saying why in one line, a
     forced 'openvino' that cannot run raises UsageError. Any other engine gets LiteRT (a
     .tflite file has no TensorFlow form; TensorFlow's engine runs the Keras model).
     """
@@ -239,6 +239,7 @@ def open_engine(tflite_path, engine="auto", reporter=None, placement=None, preci
                           f"not {precision}.")
             precision = None
         if why is None:
+            precision = precision or openvino.precision_for(engine)
             try:
                 opened = openvino.OpenVINOEngine(tflite_path, precision, reporter.warning)
             except Exception as error:  # an op its TFLite reader lacks, a compile error

@@ -57,6 +57,19 @@ def best_precision():
     return "bfloat16" if "BF16" in capabilities else "float32"
 
 
+def precision_for(engine):
+    """OpenVINO's precision under `--engine` 'openvino' (the CPU's best) or 'auto' (float32).
+
+    Auto keeps float32 because bf16 misses issue 29's parity (a head's labels the same as
+    on LiteRT's float32 features for >= 99.5% of images): on food101-10's test split
+    (bench/engines.py) bf16 features changed 5 of 250 labels of the same head (98.0%; 3
+    with the LiteRT run's head), OpenVINO float32 none, with EfficientNet-B0 1.35x LiteRT's
+    speed (MobileNetV2 0.9x). bf16 (about 2x) is `--engine openvino`'s, and a run trained
+    on bf16 features predicts in bf16.
+    """
+    return best_precision() if engine == NAME else "float32"
+
+
 def write_ir(tflite_path, path):
     """A .tflite model written as OpenVINO IR: `path` (.xml) and its weights beside it (.bin),
     kept float32."""
