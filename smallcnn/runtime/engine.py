@@ -222,9 +222,10 @@ def open_engine(tflite_path, engine="auto", reporter=None, placement=None, preci
     `.precision`.
 
     'auto' and 'openvino' open it in OpenVINO (in `precision`, by default float32 for
-    'auto' and the CPU's best for 'openvino': `openvino.precision_for`); 'auto' falls back to LiteRT saying why in one line, a
-    forced 'openvino' that cannot run raises UsageError. Any other engine gets LiteRT (a
-    .tflite file has no TensorFlow form; TensorFlow's engine runs the Keras model).
+    'auto' and the CPU's best for 'openvino': `openvino.precision_for`); 'auto' falls
+    back to LiteRT saying why in one line, a forced 'openvino' that cannot run raises
+    UsageError. Any other engine gets LiteRT (a .tflite file has no TensorFlow form;
+    TensorFlow's engine runs the Keras model).
     """
     from smallcnn.progress import Reporter
 
