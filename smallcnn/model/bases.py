@@ -4,7 +4,8 @@ Each entry carries its own defaults, the way timm's model registry does: the
 constructor, the preprocessing its weights expect, its default image size, the width
 of its pooled features, the name of its last convolutional layer (for Grad-CAM) and
 where its ImageNet weights come from. Three bases ship their ImageNet weights in the
-package (smallcnn/model/weights, provenance in the README) and work offline.
+package (smallcnn/model/weights, provenance in the README) and work offline; the others'
+are downloaded once by Keras (the modern ones: smallcnn.model.modern).
 """
 
 import dataclasses
@@ -15,6 +16,7 @@ from typing import Callable, Optional
 import numpy as np
 
 from smallcnn.errors import UsageError, WeightsError, first_line
+from smallcnn.model import modern
 
 PACKAGED_WEIGHTS = Path(__file__).parent / "weights"
 
@@ -36,6 +38,8 @@ class BaseSpec:
     int8_friendly: bool = False
     # A weights file shipped inside the package; None means Keras downloads it.
     packaged_imagenet: Optional[str] = None
+    # The URL of the file Keras downloads (named in the message when the download fails).
+    weights_url: Optional[str] = None
     has_imagenet: bool = True
     # smallcnn.visualize: the layers whose activations DeepDream maximises, the layers whose
     # Gram matrices make a style, and the layer that holds an image's content.
@@ -97,6 +101,33 @@ VGG_STYLE_LAYERS = ("block1_conv1", "block2_conv1", "block3_conv1", "block4_conv
 EFFICIENTNET_STYLE_LAYERS = ("stem_activation", "block2a_expand_activation",
                              "block3a_expand_activation", "block4a_expand_activation",
                              "block6a_expand_activation")
+
+
+
+def _convnext(size, width):
+    name = f"convnext_{size}"
+    dream, style, content = modern.convnext_layers(name)
+    return BaseSpec(name, modern.convnext(f"ConvNeXt{size.title()}", name), "none", 224, width,
+                    f"{name}_{modern.FINAL_NORM}", block_pattern=modern.CONVNEXT_BLOCKS,
+                    weights_url=f"{modern.CONVNEXT_URL}{name}_notop.h5", dream_layers=dream,
+                    style_layers=style, content_layer=content)
+
+
+def _efficientnet_v2(variant, size, width):
+    return BaseSpec(f"efficientnetv2_{variant}",
+                    modern.efficientnet_v2(f"EfficientNetV2{variant.upper()}"), "none", size,
+                    width, "top_activation", block_pattern=EFFICIENTNET_BLOCKS,
+                    weights_url=f"{modern.EFFICIENTNET_V2_URL}efficientnetv2-{variant}_notop.h5",
+                    dream_layers=("block4a_expand_activation", "block5a_expand_activation"),
+                    style_layers=EFFICIENTNET_STYLE_LAYERS,
+                    content_layer="block6a_expand_activation")
+
+
+# Downloaded once by Keras; sizes and widths as published (keras.applications).
+MODERN_BASES = [_convnext("tiny", 768), _convnext("small", 768), _convnext("base", 1024),
+                _efficientnet_v2("b0", 224, 1280), _efficientnet_v2("b1", 240, 1280),
+                _efficientnet_v2("b2", 260, 1408), _efficientnet_v2("b3", 300, 1536),
+                _efficientnet_v2("s", 384, 1280)]
 
 BASES = {
     spec.name: spec
@@ -184,6 +215,7 @@ BASES = {
                  block_pattern=r"block\d+", dream_layers=("block3_conv", "block4_conv"),
                  style_layers=("block1_conv", "block2_conv", "block3_conv"),
                  content_layer="block4_conv"),
+        *MODERN_BASES,
     ]
 }
 DEFAULT_BASE = "efficientnet_b0"  # chosen by measurement: bench/bases.py, README
@@ -245,12 +277,21 @@ def build_base(spec, image_size, weights):
         try:
             return spec.constructor(input_shape, "imagenet")
         except Exception as error:  # the download failed: no network, proxy, full disk...
-            reason = first_line(error)
-            raise WeightsError(
-                f"Could not download the ImageNet weights for {spec.name!r} ({reason}). "
-                "Pass a weights file with --weights PATH, or train without them: --weights none."
-            ) from error
+            raise _download_failed(spec, error) from error
     return _load_file(spec, input_shape, Path(weights))
+
+
+def _download_failed(spec, error):
+    reason = first_line(error)
+    if spec.weights_url is None:
+        return WeightsError(
+            f"Could not download the ImageNet weights for {spec.name!r} ({reason}). "
+            "Pass a weights file with --weights PATH, or train without them: --weights none.")
+    cached = modern.weights_file(spec.weights_url)
+    return WeightsError(
+        f"Could not download {cached.name} for {spec.name!r} from {spec.weights_url} "
+        f"({reason}). Offline, fetch it elsewhere and pass it with --weights PATH, or put it "
+        f"in Keras' cache as {cached}; or train without them: --weights none.")
 
 
 def _load_file(spec, input_shape, path):
@@ -270,9 +311,14 @@ def _load_file(spec, input_shape, path):
         reason = first_line(error)
         raise WeightsError(
             f"The weights file {str(path)!r} does not fit the {spec.name!r} base ({reason}). "
-            f"It must be a Keras .weights.h5 file of {spec.name} without its top."
+            f"It must be a Keras .weights.h5 file of {spec.name} without its top"
+            f"{_published_name(spec)}."
         ) from error
     return base
+
+
+def _published_name(spec):
+    return f", or Keras' {spec.weights_url.rsplit('/', 1)[-1]}" if spec.weights_url else ""
 
 
 def _load_packed(base, path):

@@ -46,20 +46,22 @@ def budget_bytes():
 def single_tensor_points(base):
     """Indices in `base.layers` (graph order) of the layers whose output is the only
     tensor alive at that point of the network: every earlier layer's output is consumed
-    by that layer at the latest. The input layer is always one."""
-    layers = base.layers
-    index = {id(layer): i for i, layer in enumerate(layers)}
-    last_use = list(range(len(layers)))
-    for i, layer in enumerate(layers):
-        for node in layer._inbound_nodes:
+    by that layer at the latest. The input layer is always one. Operations that are not
+    layers count as users (ConvNeXt's residual sums `x + f(x)`), never as points."""
+    operations = base._operations  # graph order; `base.layers` leaves out plain operations
+    index = {id(operation): i for i, operation in enumerate(operations)}
+    last_use = list(range(len(operations)))
+    for i, operation in enumerate(operations):
+        for node in operation._inbound_nodes:
             for tensor in node.input_tensors:
                 j = index.get(id(tensor._keras_history.operation))
                 if j is not None:
                     last_use[j] = max(last_use[j], i)
+    position = {id(layer): i for i, layer in enumerate(base.layers)}
     points, alive_until = [], -1
-    for i in range(len(layers)):
-        if alive_until <= i:
-            points.append(i)
+    for i, operation in enumerate(operations):
+        if alive_until <= i and id(operation) in position:
+            points.append(position[id(operation)])
         alive_until = max(alive_until, last_use[i])
     return points
 
