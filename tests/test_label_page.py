@@ -23,9 +23,13 @@ from conftest import COLORS, invoke, make_image
 from fastapi.testclient import TestClient
 from PIL import Image
 
+from smallcnn.data import check
+from smallcnn.data.dataset import find_dataset
 from smallcnn.data.table import read_table
 from smallcnn.errors import DataError, UsageError
-from smallcnn.labels.suggest import PoolFeatures, class_list
+from smallcnn.labels.strategies import STRATEGIES
+from smallcnn.labels.suggest import PoolFeatures, class_list, scanned
+from smallcnn.progress import Reporter
 from smallcnn.serve import label_store
 from smallcnn.serve.label_routes import MOST_AT_ONCE, create_label_app
 from smallcnn.serve.label_store import JOURNAL, NOT_ANY, SKIP, LabelStore
@@ -38,9 +42,11 @@ from smallcnn.serve.labelling import (
 )
 
 
-def features_of(paths, classes):
+def features_of(paths, classes, scan_root=None):
     """Stand-in features: the mean colour (centred, 16 times over, as a base's many features
-    say much the same) and 16 numbers seeded by the file's bytes."""
+    say much the same) and 16 numbers seeded by the file's bytes; the files scanned first,
+    as `suggest.pool_features` scans them."""
+    scanned(paths, Reporter(), root=scan_root)
     rows = []
     for path in paths:
         pixels = np.asarray(Image.open(path).convert("RGB"), np.float32)
@@ -237,7 +243,9 @@ def test_the_command_refuses_a_bad_option_or_too_few_classes_in_one_line(tmp_pat
                 for name, allowed in LabelSettings.RANGES.items()
                 for value in (allowed.low - 1, allowed.high + 1)]
     refusals += [([], "Labelling needs at least 2 classes"),
-                 (["--classes", "red"], "--classes needs two or more")]
+                 (["--classes", "red"], "--classes needs two or more"),
+                 (["--classes", "red,blue", "--strategy", "best"], "Unknown strategy 'best'"),
+                 (["--classes", "red,blue", "--strategy", "margin"], "needs a model's")]
     for args, message in refusals:
         result = invoke("label", tmp_path / "pool", "--data", tmp_path / "data", *args)
         assert result.exit_code == 2, result.output
@@ -474,3 +482,73 @@ def test_a_class_name_that_is_no_folder_name_is_refused(name):
     with pytest.raises(UsageError, match=re.escape(repr(name))) as error:
         class_list(f"red,{name}")
     assert "\n" not in str(error.value)
+
+
+def test_each_file_is_scanned_once_a_start_and_the_journal_names_it_by_the_scan_digest(
+        tmp_path, monkeypatch):
+    """One digest kind in the package (the data check's, cached with its scan): a start reads
+    each pool and DATA file at most once to know it, a restart none (the scan's cache)."""
+    pool = make_pool(tmp_path / "pool", per_class=3)
+    data = split_data(tmp_path / "data")
+    scans = []
+    scan_file = check.scan_file
+    monkeypatch.setattr(check, "scan_file", lambda path: scans.append(path) or scan_file(path))
+    labelling, client = start(pool, data)
+    assert sorted(scans) == sorted(set(scans)) and set(pool) <= set(scans)  # each read once
+    assert {str(p) for p in (data / "val").rglob("*.png")} <= set(scans)
+    _, written = answer_next(client)
+    expected = hashlib.new(check.DIGEST, Path(written["path"]).read_bytes()).hexdigest()
+    assert written["digest"] == expected
+    assert json.loads((data / JOURNAL).read_text().splitlines()[0])["digest"] == expected
+    scans.clear()
+    labelling, client = start(pool, data)  # resumes: the answered image is not shown again
+    assert scans == [str(next((data / "train").rglob("*.png")))]  # only the new copy is read
+    assert client.get("/api/state").json()["remaining"] == len(pool) - 1
+
+
+def test_data_s_images_are_those_its_reader_sees(tmp_path):
+    data = tmp_path / "data"
+    rng = np.random.default_rng(3)
+    for folder in ("red", "blue", "red/nested", "_hidden", "red/.dot"):
+        (data / folder).mkdir(parents=True, exist_ok=True)
+        for i in range(3):
+            make_image(rng, COLORS["red"], 32).save(data / folder / f"{i}.png")
+    dataset = find_dataset(data)
+    read = {p for split in dataset.splits.values() for p in split.paths}
+    assert {item.path for item in LabelStore(data).labelled()} == read
+    assert LabelStore(data).classes() == dataset.class_names
+
+
+@pytest.mark.parametrize("name", ["../escaped", "_hidden", ".dot", "a/b", "a\\b"])
+def test_a_model_s_class_that_is_no_folder_name_is_refused_before_any_write(tmp_path, name):
+    # A run trained on a table may have such a class: its answers would be copied out of
+    # DATA, or into a folder DATA's reader skips. A table takes any name.
+    pool = make_pool(tmp_path / "pool", per_class=2)
+    data = split_data(tmp_path / "data")
+
+    def model_features(paths, classes, scan_root=None):
+        return PoolFeatures(**{**vars(features_of(paths, ["red", name])),
+                               "probabilities": np.full((len(paths), 2), 0.5, np.float32)})
+
+    with pytest.raises(DataError, match=re.escape(repr(name))) as error:
+        Labelling(pool, LabelStore(data), model_features, model="runs/x")
+    assert "\n" not in str(error.value) and "--table" in str(error.value)
+    assert not (data / JOURNAL).exists() and not list((data / "train").rglob("*.png"))
+    table = tmp_path / "labels.csv"
+    labelling = Labelling(pool, LabelStore(tmp_path, table), model_features, model="runs/x")
+    client = TestClient(create_label_app(labelling, LabelSettings()))
+    answer_next(client, name)
+    assert read_table(table, tmp_path).rows[0][2] == name
+
+
+def test_the_command_passes_its_strategy_to_the_session(tmp_path, monkeypatch):
+    from smallcnn.serve import labelling
+
+    given = {}
+    monkeypatch.setattr(labelling, "label", lambda *args, settings, **kw: given.update(
+        strategy=settings.strategy))
+    make_pool(tmp_path / "pool", per_class=1)
+    for strategy in STRATEGIES:
+        result = invoke("label", tmp_path / "pool", "--data", tmp_path / "data",
+                        "--strategy", strategy)
+        assert result.exit_code == 0 and given["strategy"] == strategy, result.output

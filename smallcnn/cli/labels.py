@@ -9,8 +9,8 @@ import typer
 from typing_extensions import Annotated
 
 from smallcnn.cli import _run, app
-from smallcnn.cli.options import AsJson
-from smallcnn.labels.strategies import AUTO, N, STRATEGIES
+from smallcnn.cli.options import AsJson, Strategy
+from smallcnn.labels.strategies import N, STRATEGIES
 
 
 @app.command()
@@ -18,7 +18,7 @@ def suggest(
     pool: Annotated[Optional[List[Path]], typer.Argument(help="Unlabelled image files or folders (searched recursively).", show_default=False)] = None,
     model: Annotated[Optional[Path], typer.Option("--model", help="Run folder: its base's features, its head's probabilities and its data set's labelled images rank the pool. Without it, give --classes.", show_default=False)] = None,
     n: Annotated[int, typer.Option("--n", help="Images to suggest.")] = N,
-    strategy: Annotated[str, typer.Option(help=f"One of: {', '.join(STRATEGIES)}. auto runs {AUTO}: typical (coverage) while labels are few, margin (the model's doubt) after.")] = STRATEGIES[0],
+    strategy: Strategy = STRATEGIES[0],
     classes: Annotated[Optional[str], typer.Option(help="Without --model: the class names, separated by commas (ants,bees); the images are chosen by coverage.", show_default=False)] = None,
     listing: Annotated[Optional[Path], typer.Option("--list", help="Also rank the images listed in this file, one path per line.", show_default=False)] = None,
     out: Annotated[Optional[Path], typer.Option("--out", help="Write the suggestions as a table of labels (filename,label,guess,probability): fill in the label column and append the rows to DATA's table.", show_default=False)] = None,

@@ -17,6 +17,7 @@ from typing_extensions import Annotated
 
 from smallcnn.data.table import TABLE_DEFAULTS, TABLE_HELP
 from smallcnn.inference.tta import DEFAULT_VIEWS, VIEWS
+from smallcnn.labels.strategies import AUTO, STRATEGIES
 
 LATEST_RUN = "the most recent run in ./runs"
 
@@ -45,6 +46,7 @@ ModelArgument = Annotated[Optional[Path], typer.Argument(help=_MODEL_HELP, show_
 ModelOption = Annotated[Optional[Path], typer.Option("--model", help=_MODEL_HELP,
                                                       show_default=False)]
 AsJson = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout.")]
+Strategy = Annotated[str, typer.Option(help=f"Which images to label first, one of: {', '.join(STRATEGIES)}. auto runs {AUTO}: typical (coverage) while labels are few, margin (the model's doubt) after.")]
 Tta = Annotated[bool, typer.Option("--tta", help=f"Average the probabilities over {DEFAULT_VIEWS} views of each image: {', '.join(VIEWS[:DEFAULT_VIEWS])} (test-time augmentation).")]
 TtaViews = Annotated[Optional[int], typer.Option("--tta-views", help=f"Test-time augmentation over this many views (1-{len(VIEWS)}: {', '.join(VIEWS)}, in that order)." + shown_default(f"none; {DEFAULT_VIEWS} with --tta"), show_default=False)]
 

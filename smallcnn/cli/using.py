@@ -20,6 +20,7 @@ from smallcnn.cli.options import (
     PathColumn,
     RunArgument,
     SplitColumn,
+    Strategy,
     Tta,
     TtaViews,
     settings_command,
@@ -219,6 +220,7 @@ def label(
     table: Annotated[Optional[Path], typer.Option("--table", help="Add each answer as a row of this table of labels (created if missing; file names relative to DATA) instead of copying the image into DATA's class folder.", show_default=False)] = None,
     classes: Annotated[Optional[str], typer.Option(help="Without --model: class names to label besides DATA's, separated by commas (ants,bees).", show_default=False)] = None,
     every: Annotated[int, typer.Option(help="Retrain the heads on the cached features after this many answers.")] = LABEL.every,
+    strategy: Strategy = LABEL.strategy,
     host: Annotated[str, typer.Option(help="Address to listen on; another than this machine's own lets anyone who reaches it write into DATA.")] = LABEL.host,
     port: Annotated[int, typer.Option(help="Port to listen on.")] = LABEL.port,
 ):
@@ -234,7 +236,8 @@ def label(
         return serve_labelling(*args, reporter=RichReporter(stderr), **kwargs)
 
     _run(labelling, pool, data, model=model, table=table, classes=classes,
-         settings=LabelSettings(host=host, port=port, every=every), tensorflow=False)
+         settings=LabelSettings(host=host, port=port, every=every, strategy=strategy),
+         tensorflow=False)
 
 
 @app.command("export")

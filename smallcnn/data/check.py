@@ -32,6 +32,9 @@ NEAR_DUPLICATE_BITS = 24
 IMBALANCE_RATIO = 3.0
 TINY_SIDE = 32
 SMALL_CLASS = 10
+# The content digest an image is known by across the package (scan_file's, cached with
+# the scan): duplicates, feature cache keys, suggest's and label's known images.
+DIGEST = "sha1"
 
 
 def scan_file(path):
@@ -39,7 +42,7 @@ def scan_file(path):
 
     Returns:
         A dict with `ok`, and either `reason` (why the file cannot be used) or `width`,
-        `height`, `mode`, `format`, `sha1` and `dhash` (a 256-bit perceptual hash, as hex).
+        `height`, `mode`, `format`, `DIGEST` (the bytes') and `dhash` (a 256-bit perceptual hash, as hex).
     """
     from smallcnn.data.images import UnreadableImage, _open, decoding
 
@@ -48,7 +51,7 @@ def scan_file(path):
         data = Path(path).read_bytes()
     except OSError as error:
         return {**facts, "reason": f"cannot read the file ({error.strerror or error})"}
-    facts["sha1"] = hashlib.sha1(data).hexdigest()
+    facts[DIGEST] = hashlib.new(DIGEST, data).hexdigest()
     try:
         with decoding(path), _open(path) as image:  # whatever a damaged file raises
             facts.update(width=image.width, height=image.height, mode=image.mode,
@@ -164,7 +167,7 @@ def check_dataset(dataset, reporter=None):
         counts=tally.counts, files=len(entries), sizes=tally.sizes(), modes=dict(tally.modes),
         formats=dict(tally.formats), unreadable=tally.unreadable,
         duplicates=_duplicates(entries, facts), warnings=[], trainable=reason is None,
-        reason=reason, digests={path: facts[path].get("sha1") for path, _, _ in entries},
+        reason=reason, digests={path: facts[path].get(DIGEST) for path, _, _ in entries},
     )
     report.warnings = _warnings(report, tally.tiny)
     return report
@@ -248,7 +251,7 @@ def _duplicates(entries, facts):
     pairs = []
     by_sha = collections.defaultdict(list)
     for path, split in readable:
-        by_sha[facts[path]["sha1"]].append((path, split))
+        by_sha[facts[path][DIGEST]].append((path, split))
     exact = set()
     for group in by_sha.values():
         for i in range(len(group)):

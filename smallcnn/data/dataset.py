@@ -100,17 +100,23 @@ def _image_files(folder):
     return found
 
 
+def class_folders(folder):
+    """{class name: [image paths]} of the class folders of `folder` as DATA's reader sees
+    them (a folder starting with . or _ is not a class); {} when there is none."""
+    return {name: _image_files(Path(folder) / name) for name in _visible_dirs(folder)}
+
+
 def _read_class_folders(folder):
     """{class name: [image paths]} for the class folders of one split folder."""
-    classes = _visible_dirs(folder)
-    if not classes:
+    found = class_folders(folder)
+    if not found:
         loose = [f for f in os.listdir(folder) if is_image_file(f)]
         hint = f" It holds {len(loose)} images directly;" if loose else ""
         raise DataError(
             f"No class folders in {str(folder)!r}.{hint} put the images of each class in a "
             "folder of its own, e.g. DATA/cats/*.jpg and DATA/dogs/*.jpg."
         )
-    return {name: _image_files(Path(folder) / name) for name in classes}
+    return found
 
 
 def _stratified_split(by_class, val_split, seed):

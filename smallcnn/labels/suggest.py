@@ -40,12 +40,12 @@ class PoolFeatures:
     class_names: list
     head_weights: Optional[list] = None  # the run's head (NumPy, Keras' order), if it has one
     probabilities: Optional[np.ndarray] = None  # (images, classes), None without a model
-    digests: dict = dataclasses.field(default_factory=dict, repr=False)  # path -> SHA-1
+    digests: dict = dataclasses.field(default_factory=dict, repr=False)  # path -> check.DIGEST
 
 
 @dataclasses.dataclass
 class LabelledSet:
-    """A run's labelled training images: features, labels, paths and their SHA-1s."""
+    """A run's labelled training images: features, labels, paths and their digests."""
 
     features: np.ndarray
     labels: np.ndarray
@@ -86,11 +86,18 @@ def class_list(classes):
     if len(names) < 2 or len(set(names)) != len(names):
         raise UsageError(f"--classes needs two or more distinct class names, separated by "
                          f"commas (ants,bees). Received: {classes!r}")
-    for name in names:  # each a class folder's name: in DATA, and one its reader sees
-        if "/" in name or "\\" in name or name.startswith((".", "_")):
-            raise UsageError(f"--classes: {name!r} cannot be a class folder's name; give "
-                             "names without / or \\ that start with neither . nor _.")
+    refuse_folder_names(names, "--classes", "give names")
     return names
+
+
+def refuse_folder_names(names, where, remedy, error=UsageError):
+    """Refuses (`error`, one line) a class name from `where` that cannot be a class folder's:
+    a / or \\ would copy an answer out of DATA, a leading . or _ into a folder DATA's
+    reader skips. `remedy` starts what would work ("give names")."""
+    for name in names:
+        if "/" in name or "\\" in name or name.startswith((".", "_")):
+            raise error(f"{where}: {name!r} cannot be a class folder's name; {remedy} without "
+                        "/ or \\ that start with neither . nor _.")
 
 
 def _base_of(run, classes):
@@ -130,26 +137,28 @@ def _engine(spec, weights, image_size, reporter):
     return feature_engine(spec, weights, image_size, extractor, reporter=reporter)
 
 
-def _scanned(paths, reporter):
-    """`(readable paths, digests, skipped)` from the data check's cached file scan."""
-    from smallcnn.data.check import scan_files
+def scanned(paths, reporter, what="the pool", root=None):
+    """`(readable paths, digests, skipped)` from the data check's cached file scan (cached
+    per `root`, by default the folder the paths share): the digest (`check.DIGEST`) of
+    every file whose bytes could be read, decodable or not."""
+    from smallcnn.data.check import DIGEST, scan_files
 
-    root = os.path.commonpath([os.path.abspath(p) for p in paths])
-    with reporter.progress("Scanning the pool", len(paths)) as advance:
+    root = root or os.path.commonpath([os.path.abspath(p) for p in paths])
+    with reporter.progress(f"Scanning {what}", len(paths)) as advance:
         facts = scan_files(paths, root, advance, reporter.warning)
     readable = [p for p in paths if facts[p]["ok"]]
     skipped = [(p, facts[p]["reason"]) for p in paths if not facts[p]["ok"]]
-    return readable, {p: facts[p]["sha1"] for p in readable}, skipped
+    return readable, {p: facts[p][DIGEST] for p in paths if DIGEST in facts[p]}, skipped
 
 
-def _features(paths, spec, weights, image_size, reporter):
+def _features(paths, spec, weights, image_size, reporter, scan_root=None):
     """`(features, kept paths, skipped, digests)` of the pool, from the feature cache
     where an entry names the same base and the same file contents."""
     from smallcnn.data.images import load_readable
     from smallcnn.runtime.engine import compute_features, expected_engine
     from smallcnn.train import feature_store
 
-    readable, digests, skipped = _scanned(paths, reporter)
+    readable, digests, skipped = scanned(paths, reporter, root=scan_root)
     if not readable:  # nothing for the base to run on: not even converted
         return np.zeros((0, 0), np.float32), [], skipped, digests
     files = [[digests[p], NO_LABEL] for p in readable]
@@ -195,13 +204,14 @@ def _head_weights(config, run_dir):
     return modelfile.read_head_weights(model_file, route["head_datasets"])
 
 
-def pool_features(pool_paths, run=None, classes=None, reporter=None):
+def pool_features(pool_paths, run=None, classes=None, reporter=None, scan_root=None):
     """The base's features of a pool of images, and the run's probabilities for them.
 
     Args:
         pool_paths: image files and folders (searched recursively).
         run: a run folder, or None (no model yet: the default base, with `classes`).
         classes: the class names when there is no run (a list, or "a,b").
+        scan_root: the folder whose scan cache knows the files (see `scanned`).
 
     Returns:
         A `PoolFeatures`; unreadable images are in its `skipped`, with their reasons.
@@ -216,7 +226,7 @@ def pool_features(pool_paths, run=None, classes=None, reporter=None):
              for path in (expand_paths([given]) if os.path.isdir(given) else [given])]
     if not paths:
         raise UsageError("The pool holds no image; give a folder or a list of images.")
-    features, kept, skipped, digests = _features(paths, spec, weights, size, reporter)
+    features, kept, skipped, digests = _features(paths, spec, weights, size, reporter, scan_root)
     pool = PoolFeatures(kept, features, skipped, names, digests=digests)
     if run_dir is None or not kept:
         return pool

@@ -16,11 +16,11 @@ import shutil
 import time
 from pathlib import Path
 
-from smallcnn.data.dataset import VAL_FOLDER_NAMES, VAL_SPLIT
-from smallcnn.data.images import is_image_file
+from smallcnn.data.dataset import VAL_FOLDER_NAMES, VAL_SPLIT, class_folders
 from smallcnn.data.table import is_inside, read_records, read_table
 from smallcnn.errors import DataError
-from smallcnn.runtime.files import atomic_write, file_sha256, write_text
+from smallcnn.progress import Reporter
+from smallcnn.runtime.files import atomic_write, write_text
 from smallcnn.serve.uploads import RequestError
 
 JOURNAL = ".smallcnn-labelling.jsonl"  # in DATA, or beside DATA's table
@@ -67,6 +67,11 @@ class LabelStore:
         self.entries = self._read_journal()
 
     @property
+    def scan_root(self):
+        """The folder the data check's scan of DATA's images is cached under."""
+        return self.data
+
+    @property
     def where(self):
         """What the answers go into, in words."""
         if self.table is not None:
@@ -74,14 +79,23 @@ class LabelStore:
         folder = self.data / "train" if self.split_folders else self.data
         return f"the class folders of {str(folder)!r}"
 
-    def labelled(self):
+    def labelled(self, reporter=Reporter()):
         """`Labelled` of every image DATA labels now, test images included (never to be
         trained on, nor suggested again); images without a split of their own are held out
-        for validation (`held_out`) when DATA has no validation images."""
+        for validation (`held_out`) when DATA has no validation images. The digests are
+        the data check's cached scan's (`suggest.scanned`): a file it cannot read is left
+        out, named."""
+        from smallcnn.labels.suggest import scanned
+
         found = self._table_rows() if self.table is not None else self._folder_images()
         self.own_val = any(split == "val" for _, _, split in found)
-        return [Labelled(path, label, split or self.split_of(digest), digest)
-                for path, label, split in found for digest in [file_sha256(path)]]
+        # Cached under DATA, as `smallcnn check DATA` caches it: the same as answers add up.
+        digests = (scanned([path for path, _, _ in found], reporter, "DATA", self.scan_root)[1]
+                   if found else {})
+        for path in [path for path, _, _ in found if path not in digests]:
+            reporter.warning(f"left out of {self.where}: {path} cannot be read")
+        return [Labelled(path, label, split or self.split_of(digests[path]), digests[path])
+                for path, label, split in found if path in digests]
 
     def split_of(self, digest):
         """The split of a new answer with this digest."""
@@ -94,14 +108,8 @@ class LabelStore:
                   ("test", "test")]
         roots = ([(self.data / name, split) for name, split in splits]
                  if self.split_folders else [(self.data, None)])
-        found = []
-        for root, split in roots:
-            for label in _class_folders(root):
-                for dirpath, dirnames, filenames in os.walk(root / label):
-                    dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-                    found += [(os.path.join(dirpath, name), label, split)
-                              for name in sorted(filenames) if is_image_file(name)]
-        return found
+        return [(path, label, split) for root, split in roots if root.is_dir()
+                for label, paths in class_folders(root).items() for path in paths]
 
     def _table_rows(self):
         if not self.table.exists():
@@ -114,7 +122,7 @@ class LabelStore:
         if self.table is not None:
             return sorted({label for _, label, _ in self._table_rows()})
         root = self.data / "train" if self.split_folders else self.data
-        return _class_folders(root)
+        return sorted(class_folders(root)) if root.is_dir() else []
 
     def write(self, source, label):
         """Writes the answer `label` for the pool file `source` into DATA; returns the path
@@ -208,13 +216,6 @@ class LabelStore:
     def answered_digests(self):
         """The digests of the images the journal has an answer for."""
         return {e["digest"] for e in self.entries if isinstance(e.get("digest"), str)}
-
-
-def _class_folders(root):
-    if not Path(root).is_dir():
-        return []
-    return sorted(entry.name for entry in os.scandir(root)
-                  if entry.is_dir() and not entry.name.startswith((".", "_")))
 
 
 def _row(header, name, label):

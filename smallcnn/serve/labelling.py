@@ -1,9 +1,10 @@
 """`smallcnn label POOL --data DATA`: a local page to label the images worth labelling.
 
-    smallcnn label POOL --data DATA [--model RUN] [--table TABLE.csv] [--every 10] [--port 8000]
+    smallcnn label POOL --data DATA [--model RUN] [--table TABLE.csv] [--every 10]
+                   [--strategy auto] [--port 8000]
 
-The pool's images are ranked by `smallcnn.labels.suggest` (coverage first when there are
-few labels, the model's uncertainty later) and shown one at a time with the model's guess;
+The pool's images are ranked by `smallcnn.labels.strategies` as suggest ranks them
+(`--strategy`; auto: coverage first when there are few labels, the model's doubt later) and shown one at a time with the model's guess;
 each answer is written into DATA at once (`label_store.py`). Every `--every` answers the
 heads retrain on the cached features (`smallcnn.model.head`, seconds, no TensorFlow) in a
 thread of their own, and the ranking and guesses follow the new head; the validation
@@ -19,8 +20,8 @@ import threading
 import numpy as np
 
 from smallcnn.errors import DataError, UsageError, first_line
+from smallcnn.labels.strategies import STRATEGIES
 from smallcnn.progress import Reporter
-from smallcnn.runtime.files import file_sha256
 from smallcnn.runtime.ranges import Range
 from smallcnn.serve.label_store import NOT_ANY, SKIP, LabelStore
 from smallcnn.serve.settings import ServeSettings, option
@@ -36,13 +37,18 @@ class LabelSettings:
     host: str = ServeSettings.host
     port: int = ServeSettings.port
     every: int = EVERY
+    strategy: str = STRATEGIES[0]  # suggest's choices and default
 
     RANGES = {"port": ServeSettings.RANGES["port"], "every": Range(1, 100_000)}
 
     def check(self):
-        """Raises UsageError, in one line, for a setting out of its range."""
+        """Raises UsageError, in one line, for a setting out of its range or choices."""
+        from smallcnn.labels.strategies import chosen_strategy
+
         for name, allowed in self.RANGES.items():
             allowed.check(option(name), getattr(self, name))
+        if self.strategy not in STRATEGIES:
+            chosen_strategy(self.strategy, 0, None)  # says which names there are
 
 
 def class_keys(classes):
@@ -67,6 +73,14 @@ def refuse_answer_names(classes, where):
                             "with this page.")
 
 
+def refuse_unreadable(count, skipped):
+    """Refuses a pool of which none of the `count` new images can be read (`skipped`:
+    `[(path, reason)]`), naming one."""
+    example = "".join(f" (e.g. {path}: {reason})" for path, reason in skipped[:1])
+    raise DataError(f"Nothing to label: none of the {count} new images of the pool can be "
+                    f"read{example}; give a folder of images (jpg, png, bmp, gif, webp).")
+
+
 def train_head(x, y, val, num_classes, settings):
     """Extract's heads trained on the labelled rows `x`, `y` not in `val` (a mask); returns
     `(weights, validation accuracy)`, or None while there are too few labels (two classes
@@ -82,21 +96,23 @@ def train_head(x, y, val, num_classes, settings):
 
 
 def model_features(model, reporter):
-    """`featurize(paths, classes)` as `suggest.pool_features` computes it: the base of the
-    run `model` (with its head's probabilities), or without one the default base."""
+    """`featurize(paths, classes, scan_root=None)` as `suggest.pool_features` computes it:
+    the base of the run `model` (with its head's probabilities), or without one the
+    default base."""
     from smallcnn.labels.suggest import pool_features
 
-    return lambda paths, classes: pool_features(paths, run=model,
-                                                classes=None if model else classes,
-                                                reporter=reporter)
+    return lambda paths, classes, scan_root=None: pool_features(
+        paths, run=model, classes=None if model else classes, reporter=reporter,
+        scan_root=scan_root)
 
 
 class Labelling:
     """A labelling session: the pool, what DATA labels, the head, the ranking, the answers.
 
-    `featurize(paths, classes)` returns a `suggest.PoolFeatures` of those paths (their
-    features, those skipped, the classes: the model's, or `classes` without a model; the
-    model's probabilities), as `model_features` makes it; `model` says whether it has a
+    `featurize(paths, classes, scan_root=None)` returns a `suggest.PoolFeatures` of those
+    paths (their features, those skipped, the classes: the model's, or `classes` without a
+    model; the model's probabilities; the files known by the data check's scan cached
+    under `scan_root`, as `LabelStore` scans DATA), as `model_features` makes it; `model` says whether it has a
     model (without one, DATA or `classes` must name two classes). All the
     state is behind `lock`; a retraining runs in a thread of its own and swaps its head in.
     """
@@ -108,7 +124,9 @@ class Labelling:
         self.store, self.every, self.strategy, self.reporter = store, every, strategy, reporter
         self.lock = threading.RLock()
         self.head_settings = Settings().resolve("extract")
-        labelled = store.labelled()
+        from smallcnn.labels.suggest import refuse_folder_names
+
+        labelled = store.labelled(reporter)
         candidates, self.digests = self._candidates(pool, labelled)
         named = sorted({item.label for item in labelled} | set(store.classes()) |
                        set(classes or ()))
@@ -117,28 +135,33 @@ class Labelling:
                              f"{', '.join(named) or 'none'} in {store.where}: name them with "
                              "--classes a,b (or give --model RUN).")
         refuse_answer_names(named, store.where)
-        pooled = featurize(candidates, None if model else named)
+        # The whole pool, whose features stay cached across restarts; the new images' rows
+        # are taken from them.
+        pooled = featurize(pool, None if model else named)
         self.classes = list(pooled.class_names)
         refuse_answer_names(self.classes, "the model's classes")
+        if store.table is None:  # each answer is copied into its class's folder
+            refuse_folder_names(self.classes, "the model's classes" if model else store.where,
+                                "label into a table with --table FILE, or use class names",
+                                DataError)
         extra = sorted(set(named) - set(self.classes))
         if extra:
             raise DataError(f"{', '.join(extra)} (in {store.where} or --classes) is not one "
                             f"of the model's classes ({', '.join(self.classes)}).")
-        self.paths = list(pooled.paths)
-        self.features = np.asarray(pooled.features, np.float32)
+        rows = [i for i, path in enumerate(pooled.paths) if path in self.digests]
+        self.paths = [pooled.paths[i] for i in rows]
+        self.features = np.asarray(pooled.features, np.float32)[rows]
         if not self.paths:
-            example = "".join(f" (e.g. {path}: {reason})" for path, reason in pooled.skipped[:1])
-            raise DataError(f"Nothing to label: none of the {len(candidates)} new images of "
-                            f"the pool can be read{example}; give a folder of images (jpg, "
-                            "png, bmp, gif, webp).")
+            refuse_unreadable(len(candidates), pooled.skipped)
         for path, reason in pooled.skipped:
             reporter.warning(f"left out of the pool: {path} ({reason})")
         self.probabilities = (None if pooled.probabilities is None else
-                              np.asarray(pooled.probabilities, np.float32))
+                              np.asarray(pooled.probabilities, np.float32)[rows])
         self.x, self.y, self.val = [], [], []
         trained_on = [item for item in labelled if item.split != "test"]
         if trained_on:
-            known = featurize([item.path for item in trained_on], None if model else named)
+            known = featurize([item.path for item in trained_on], None if model else named,
+                              scan_root=store.scan_root)
             rows = dict(zip(known.paths, np.asarray(known.features, np.float32)))
             for item in trained_on:
                 if item.path in rows:
@@ -154,17 +177,20 @@ class Labelling:
 
     def _candidates(self, pool, labelled):
         """The pool's files that DATA and the journal do not know (by path or content),
-        each content once, and the digest of each."""
+        each content once, and the digest of each: the data check's cached scan's, which
+        featurize then reads again from its cache (a file that cannot be read is named
+        after featurize)."""
+        from smallcnn.labels.suggest import scanned
+
         known = {item.digest for item in labelled} | self.store.answered_digests()
         known_paths = {os.path.realpath(item.path) for item in labelled}
         candidates, digests = [], {}
-        for path in pool:
+        readable, scan, skipped = scanned(pool, self.reporter)
+        if not readable:
+            refuse_unreadable(len(pool), skipped)
+        for path in readable:
+            digest = scan[path]
             if os.path.realpath(path) in known_paths:
-                continue
-            try:
-                digest = file_sha256(path)
-            except OSError as error:
-                self.reporter.warning(f"left out of the pool: {path} ({error.strerror})")
                 continue
             if digest not in known:
                 known.add(digest)
@@ -249,7 +275,7 @@ class Labelling:
                     if error.status == 410:
                         self.gone.add(index)
                     raise
-            digest = self.digests.get(path) or file_sha256(path)  # as featurize named it
+            digest = self.digests[path]
             entry = {"path": path, "digest": digest, "answer": answer, "written": written}
             self.answers[index] = entry  # in DATA now, whether the journal takes it or not
             try:
@@ -353,6 +379,7 @@ def label(pool, data, model=None, table=None, classes=None, settings=LabelSettin
     SIGTERM; every answer is already written by then. `classes` ("a,b" or a list) adds
     to DATA's classes without a `model` (a run folder)."""
     from smallcnn.inference.stream import images_of
+    from smallcnn.labels.strategies import chosen_strategy
     from smallcnn.labels.suggest import class_list
     from smallcnn.serve import is_loopback
     from smallcnn.serve.app import run_server
@@ -361,8 +388,10 @@ def label(pool, data, model=None, table=None, classes=None, settings=LabelSettin
     settings.check()
     named = None if classes is None else class_list(classes)
     store = LabelStore(data, table)
+    if model is None and settings.strategy != STRATEGIES[0]:  # margin needs a model
+        chosen_strategy(settings.strategy, 0, None)
     session = Labelling(images_of(pool), store, model_features(model, reporter), named,
-                        model, settings.every, reporter=reporter)
+                        model, settings.every, settings.strategy, reporter)
     app = create_label_app(session, settings)
     if not is_loopback(settings.host):
         reporter.warning(f"labelling on {settings.host}, beyond this machine: anyone who can "
