@@ -153,3 +153,26 @@ def test_the_checkpoint_of_the_other_family_is_refused(built, tmp_path):
     with pytest.raises(WeightsError,
                        match="does not fit the 'convnext_tiny' base.*convnext_tiny_notop.h5"):
         build_base(get_base("convnext_tiny"), SIZE, str(path))
+
+
+@pytest.mark.heavy
+def test_finetune_of_convnext_trains_from_its_cut(built, tiny_data, tmp_path):
+    """The whole command on a random checkpoint (as --weights PATH): the top two blocks
+    train from activations cached at stage 3's input (LayerNorm keeps them in float16's
+    range even with random weights)."""
+    import json
+
+    from conftest import invoke
+
+    path = tmp_path / "convnext_tiny.weights.h5"
+    built["convnext_tiny"].save_weights(path)
+    result = invoke("finetune", tiny_data, "--base", "convnext_tiny", "--weights", str(path),
+                    "--image-size", str(SIZE), "--head-epochs", "1", "--epochs", "1",
+                    "--unfreeze-blocks", "2", "--batch-size", "8", "--engine", "litert",
+                    "--out", "runs/ft")
+    assert result.exit_code == 0, result.output
+    assert "Fine-tuning from activations at 'convnext_tiny_downsampling_block_2'" \
+        in result.output
+    metrics = json.loads((tmp_path / "runs/ft/metrics.json").read_text())
+    assert metrics["unfrozen_layers"][0] == f"convnext_tiny_{modern.FINAL_NORM}"
+    assert "convnext_tiny_stage_3_block_2_depthwise_conv" in metrics["unfrozen_layers"]
