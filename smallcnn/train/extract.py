@@ -124,9 +124,9 @@ def _self_train(session, pool, pool_x, weights, rows, train, stop):
     for number, history in enumerate(histories, 1):
         rows = rows + _rows(history, f"self-training {number}", len(rows) + 1)
     if not record["kept"]:
-        reporter.note(f"Self-training did not gain at least {self_training.MIN_VAL_GAIN} val "
-                      "images, at a val loss no higher, over the supervised heads' "
-                      f"{record['supervised_val_accuracy']:.2%}: the supervised heads are kept.")
+        reporter.note(f"Self-training did not gain {self_training.MIN_VAL_GAIN} val images at "
+                      "no higher val loss: the supervised heads are kept "
+                      f"({record['supervised_val_accuracy']:.2%} on val).")
     return weights, rows, {**self_training.describe_pool(pool), **record}
 
 
