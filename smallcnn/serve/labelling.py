@@ -135,9 +135,7 @@ class Labelling:
                              f"{', '.join(named) or 'none'} in {store.where}: name them with "
                              "--classes a,b (or give --model RUN).")
         refuse_answer_names(named, store.where)
-        # The whole pool, whose features stay cached across restarts; the new images' rows
-        # are taken from them.
-        pooled = featurize(pool, None if model else named)
+        pooled = featurize(pool, None if model else named)  # the whole pool's: cached as is
         self.classes = list(pooled.class_names)
         refuse_answer_names(self.classes, "the model's classes")
         if store.table is None:  # each answer is copied into its class's folder
@@ -177,9 +175,8 @@ class Labelling:
 
     def _candidates(self, pool, labelled):
         """The pool's files that DATA and the journal do not know (by path or content),
-        each content once, and the digest of each: the data check's cached scan's, which
-        featurize then reads again from its cache (a file that cannot be read is named
-        after featurize)."""
+        each content once, and the digest of each (the data check's cached scan's, which
+        featurize then reads from its cache)."""
         from smallcnn.labels.suggest import scanned
 
         known = {item.digest for item in labelled} | self.store.answered_digests()
