@@ -263,8 +263,10 @@ def cold(work, rounds):
             cache = Path(tempfile.mkdtemp(prefix="cold-", dir=work))
             run = smallcnn("extract", data, "--engine", engine, "--out", cache / "run",
                            env={"SMALLCNN_CACHE": str(cache / "cache")})
+            metrics = json.loads((cache / "run" / "metrics.json").read_text())
             cells.append({"engine": engine, "wall_seconds": run["wall_seconds"],
-                          "peak_mb": run["peak_mb"]})
+                          "peak_mb": run["peak_mb"],
+                          "said": f"{metrics['engine']} {metrics.get('engine_precision')}"})
             print(json.dumps(cells[-1]), flush=True)
     return cells
 
@@ -306,10 +308,12 @@ def summary(results):
     lines = ["## The frozen base's engines", "",
              f"bench/engines.py ({results.get('date')}; rounds: "
              f"{', '.join(f'{k} {v}' for k, v in results.get('rounds', {}).items())}): "
-             "LiteRT float32 against OpenVINO (`--engine auto` picks OpenVINO, bf16 on this "
-             "CPU's AMX). Engines alternate in one run; ratios are of medians. Other work "
-             "shared the 2 cores while it ran (load average 6-10): absolute figures are low "
-             "and noisy, the ratios are the measure.", ""]
+             "LiteRT float32 against OpenVINO. `--engine auto` picks OpenVINO in float32 "
+             "(`openvino.precision_for`): bf16, `--engine openvino`'s on this CPU's AMX, "
+             "misses the labels' parity below; each part says what its auto ran. Engines "
+             "alternate in one run; ratios are of medians. Other work shared the 2 cores "
+             "while it ran: absolute figures are low and noisy, the ratios are the measure.",
+             ""]
     lines += _forward_lines(results.get("forward"))
     lines += _parity_lines(results.get("parity"))
     for part, label, key, target, above in (
@@ -327,8 +331,13 @@ def summary(results):
                   f"{'>=' if above else '<='} {target}x: {_met(ratio, target, above)}. Peak "
                   f"memory {_median(cells, 'litert', 'peak_mb'):.0f} MB LiteRT, "
                   f"{_median(cells, 'auto', 'peak_mb'):.0f} MB auto (no higher: "
-                  f"{_memory_met(cells)}).", ""]
+                  f"{_memory_met(cells)})." + _auto_ran(cells), ""]
     return lines
+
+
+def _auto_ran(cells):
+    said = next((c["said"] for c in cells if c["engine"] == "auto" and c.get("said")), None)
+    return f" Auto ran: {said}." if said else ""
 
 
 def _memory_met(cells):

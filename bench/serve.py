@@ -157,7 +157,8 @@ def summary(results):
     predict = results.get("predict_images_per_second")
     lines = ["## Serving under load", "",
              f"bench/serve.py ({results['date']}): `smallcnn serve` of a {DATASET} extract run "
-             f"(`--base {BASE}`), each client posting one validation image per request for "
+             f"(`--base {results.get('base', BASE)}`), each client posting one validation "
+             "image per request for "
              f"{results['seconds']} s; the clients share the 2 cores with the server. The "
              f"server's engine (SMALLCNN_ENGINE) alternates over {results.get('rounds', 1)} "
              "round(s)."]
@@ -198,6 +199,7 @@ def main():
     parser.add_argument("--model", type=Path, help="a run to serve (default: extract one)")
     parser.add_argument("--seconds", type=float, default=30)
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 8, 32])
+    parser.add_argument("--base", default=BASE, help="the extract run's base (without --model)")
     parser.add_argument("--engines", nargs="+", default=list(ENGINES))
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--skip-predict", action="store_true",
@@ -216,18 +218,19 @@ def main():
         model = args.model
         if model is None:
             model = work / "run"
-            smallcnn("extract", data, "--base", BASE, "--out", model, env=env)
+            smallcnn("extract", data, "--base", args.base, "--out", model, env=env)
         throughput = None
         if not args.skip_predict:
             throughput = predict_throughput(model, images, work, env)
             print(f"predict: {throughput:.1f} images/s", flush=True)
+        base = json.loads((model / "smallcnn.json").read_text())["settings"]["base"]
         rows = []
         for round_ in range(args.rounds):
             turn = round_ % len(args.engines)
             for engine in args.engines[turn:] + args.engines[:turn]:
                 rows += serve_and_load(model, bodies, args.clients, args.seconds,
                                        {**env, "SMALLCNN_ENGINE": engine})
-    results = {"date": time.strftime("%Y-%m-%d"), "seconds": args.seconds,
+    results = {"date": time.strftime("%Y-%m-%d"), "seconds": args.seconds, "base": base,
                "rounds": args.rounds, "predict_images_per_second": throughput, "rows": rows}
     save_results(RESULTS, results, summary)
 
