@@ -92,8 +92,8 @@ def test_a_run_killed_at_once_keeps_its_best_model_and_predicts(tmp_path):
         [sys.executable, "-m", "smallcnn", "train", str(data), "--freeze", "--base", "small",
          "--image-size", "32", "--epochs", "1000", "--patience", "1000", "--batch-size", "8",
          "--learning-rate", "0.01", "--out", "runs/k",
-         # float32 features, so the recorded val_loss is the saved model's to the digit
-         # (bf16 features, which OpenVINO gives under auto, differ by ~1e-3)
+         # LiteRT's float32 features, so the recorded val_loss is the saved model's to the
+         # digit whatever auto picks (OpenVINO's bf16 features would differ by ~1e-3)
          "--engine", "litert"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp_path,
         env={**os.environ, "COLUMNS": "200", "PYTHONUNBUFFERED": "1",  # lines as they come
