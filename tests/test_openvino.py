@@ -2,6 +2,7 @@
 auto and a forced engine do where it cannot run, and what runs record of it."""
 
 import json
+import time
 import types
 
 import numpy as np
@@ -10,7 +11,7 @@ import pytest
 from conftest import invoke
 
 from smallcnn.errors import UsageError
-from smallcnn.runtime import openvino
+from smallcnn.runtime import cache, openvino, race
 from smallcnn.runtime.engine import LiteRTEngine, expected_engine, open_engine
 
 pytest.importorskip("openvino")
@@ -69,12 +70,16 @@ def test_openvino_features_match_litert(tiny_base):
     assert exact(x.astype(np.float32)).dtype == np.float32  # float batches too
 
 
-def test_auto_runs_float32_and_a_forced_openvino_the_cpus_best(tiny_base):
+def test_auto_runs_float32_and_a_forced_openvino_the_cpus_best(tiny_base, tmp_path,
+                                                                monkeypatch):
+    monkeypatch.setenv("SMALLCNN_CACHE", str(tmp_path / "cache"))
+    _timed_as(monkeypatch, {"litert": 2.0, "openvino": 1.0})
     said = Said()
     auto = open_engine(tiny_base, "auto", said)
     assert (auto.name, auto.precision) == ("openvino", openvino.precision_for("auto"))
     assert openvino.precision_for("auto") == "float32"  # bf16 missed the labels' parity
-    assert said.lines == ["Frozen base engine: OpenVINO, float32 (--engine auto)."]
+    assert said.lines == ["Frozen base engine: OpenVINO, float32 (auto: measured 2.00x "
+                          "faster here than LiteRT float32)."]
     assert expected_engine("auto") == ("openvino", "float32")
     forced = open_engine(tiny_base, "openvino")
     assert forced.precision == openvino.best_precision()
@@ -116,6 +121,124 @@ def test_a_cached_compiled_model_is_imported_without_reading_the_tflite(tiny_bas
     imported = open_engine(tiny_base, "openvino", precision="float32")
     assert imported.input_shape == (1, 32, 32, 3)
     np.testing.assert_array_equal(imported(x), compiled_now)
+
+
+def _timed_as(monkeypatch, seconds):
+    """Races timed as `seconds` {engine name: seconds a batch} say, whichever engine is
+    really faster here; returns the engines timed, one name a call."""
+    calls = []
+
+    def timed(run, images):
+        calls.append(run.name)
+        return seconds[run.name]
+
+    monkeypatch.setattr(race, "_timed", timed)
+    return calls
+
+
+def test_auto_races_a_model_once_and_reuses_the_recorded_winner(tiny_base, tmp_path,
+                                                                monkeypatch):
+    monkeypatch.setenv("SMALLCNN_CACHE", str(tmp_path / "cache"))
+    calls = _timed_as(monkeypatch, {"litert": 1.0, "openvino": 1.5})
+    said = Said()
+    first = open_engine(tiny_base, "auto", said)
+    assert (first.name, first.precision) == ("litert", "float32")
+    assert said.lines == ["Frozen base engine: LiteRT, float32 (auto: measured 1.50x faster "
+                          "here than OpenVINO float32)."]
+    assert calls and calls.count("litert") == calls.count("openvino") <= race.RACE_ROUNDS
+    assert calls[:4] == ["litert", "openvino", "openvino", "litert"]  # in turns
+    assert (cache.root("engines") / openvino.race_name(tiny_base)).is_file()
+    assert expected_engine("auto", model=tiny_base) == ("litert", "float32")
+    raced = len(calls)
+    said.lines.clear()
+
+    def never(*args, **kwargs):
+        raise AssertionError("OpenVINO opened although LiteRT's win is recorded")
+
+    monkeypatch.setattr(openvino, "OpenVINOEngine", never)
+    again = open_engine(tiny_base, "auto", said)  # the recorded LiteRT win: no race
+    assert again.name == "litert" and len(calls) == raced
+    assert said.lines == ["Frozen base engine: LiteRT, float32 (auto: measured 1.50x faster "
+                          "here than OpenVINO float32)."]
+
+
+def test_a_recorded_openvino_win_opens_openvino_without_racing(tiny_base, tmp_path,
+                                                               monkeypatch):
+    monkeypatch.setenv("SMALLCNN_CACHE", str(tmp_path / "cache"))
+    calls = _timed_as(monkeypatch, {"litert": 3.0, "openvino": 2.0})
+    assert open_engine(tiny_base, "auto").name == "openvino"
+    raced = len(calls)
+    said = Said()
+    again = open_engine(tiny_base, "auto", said)
+    assert (again.name, again.precision) == ("openvino", "float32") and len(calls) == raced
+    assert said.lines == ["Frozen base engine: OpenVINO, float32 (auto: measured 1.50x "
+                          "faster here than LiteRT float32)."]
+
+
+def test_a_damaged_race_record_is_raced_again_with_one_line(tiny_base, tmp_path, monkeypatch):
+    monkeypatch.setenv("SMALLCNN_CACHE", str(tmp_path / "cache"))
+    calls = _timed_as(monkeypatch, {"litert": 1.0, "openvino": 2.0})
+    open_engine(tiny_base, "auto")
+    record = cache.root("engines") / openvino.race_name(tiny_base)
+    record.write_text('{"winner": "tensorflow"')
+    raced = len(calls)
+    said = Said()
+    engine = open_engine(tiny_base, "auto", said)
+    assert engine.name == "litert" and len(calls) > raced
+    assert len(said.lines) == 2 and said.lines[0].startswith(
+        f"Removed a damaged cache entry {record} (") and "\n" not in said.lines[0]
+    assert said.lines[1].startswith("Frozen base engine: LiteRT, float32 (auto: measured")
+    assert race.recorded(record.name, ("litert", "openvino"))["winner"] == "litert"
+
+
+@pytest.mark.parametrize("forced", ["openvino", "litert"])
+def test_forced_engines_never_race(tiny_base, tmp_path, monkeypatch, forced):
+    monkeypatch.setenv("SMALLCNN_CACHE", str(tmp_path / "cache"))
+    calls = _timed_as(monkeypatch, {"litert": 1.0, "openvino": 2.0})
+    assert open_engine(tiny_base, forced).name == forced
+    monkeypatch.setenv("SMALLCNN_ENGINE", forced)
+    assert open_engine(tiny_base, "auto").name == forced
+    assert expected_engine("auto", model=tiny_base)[0] == forced
+    assert calls == [] and not (cache.root("engines") / openvino.race_name(tiny_base)).exists()
+
+
+def test_a_run_trained_on_bf16_features_keeps_bf16_without_racing(tiny_base, tmp_path,
+                                                                  monkeypatch):
+    if openvino.best_precision() != "bfloat16":
+        pytest.skip("this CPU has no BF16")
+    monkeypatch.setenv("SMALLCNN_CACHE", str(tmp_path / "cache"))
+    calls = _timed_as(monkeypatch, {"litert": 1.0, "openvino": 2.0})
+    trained = open_engine(tiny_base, "auto", precision="bfloat16")
+    assert (trained.name, trained.precision) == ("openvino", "bfloat16") and calls == []
+
+
+def test_openvino_failing_in_the_race_leaves_litert_with_one_line_and_no_record(
+        tiny_base, tmp_path, monkeypatch):
+    monkeypatch.setenv("SMALLCNN_CACHE", str(tmp_path / "cache"))
+
+    def failing(self, images):
+        raise RuntimeError("Exception from src/inference: no kernel")
+
+    monkeypatch.setattr(openvino.OpenVINOEngine, "__call__", failing)
+    said = Said()
+    engine = open_engine(tiny_base, "auto", said)
+    assert engine.name == "litert"
+    assert said.lines == ["Frozen base engine: LiteRT, float32 (OpenVINO not used: racing "
+                          "LiteRT it failed: RuntimeError: Exception from src/inference: no "
+                          "kernel)."]
+    assert not (cache.root("engines") / openvino.race_name(tiny_base)).exists()
+
+
+def test_a_race_keeps_to_its_time_budget(monkeypatch):
+    def slow(images):
+        slow.calls += 1
+        time.sleep(0.05)
+
+    slow.calls = 0
+    result = race.race({"litert": slow, "openvino": slow}, (1, 4, 4, 3), seconds=0.15)
+    assert result["winner"] in ("litert", "openvino") and result["speedup"] >= 1
+    assert slow.calls == 2 + 2  # the warm-ups and one pair: a second pair would overrun
+    assert result["seconds"] < 0.15 + 0.3  # sleeps overshoot on a busy machine
 
 
 def _without_openvino(monkeypatch):
@@ -202,3 +325,25 @@ def test_runs_and_predict_json_say_the_engine(tiny_data, base_weights_file, monk
     assert refused.exit_code == 2
     assert "--engine openvino: OpenVINO cannot run here: openvino is not installed" in \
         " ".join(refused.output.split())
+
+
+@pytest.mark.heavy
+def test_features_of_a_base_that_raced_litert_faster_are_found_by_the_next_run(
+        tiny_data, base_weights_file, monkeypatch):
+    """The first run's race is recorded after its features' key was made (OpenVINO's, none
+    recorded yet): they are cached under LiteRT's, the key the next run expects."""
+    calls = _timed_as(monkeypatch, {"litert": 1.0, "openvino": 2.0})
+    run = ["--base", "mobilenet_v2", "--weights", base_weights_file, "--image-size", "32",
+           "--epochs", "2"]
+    first = invoke("extract", tiny_data, *run, "--out", "runs/a")
+    assert first.exit_code == 0, first.output
+    assert calls and "Frozen base engine: LiteRT, float32 (auto: measured 2.00x" in \
+        " ".join(first.output.split())
+    raced = len(calls)
+    second = invoke("extract", tiny_data, *run, "--out", "runs/b")
+    assert second.exit_code == 0, second.output
+    assert "feature vectors from the cache" in second.output and len(calls) == raced
+    metrics = json.loads(open("runs/a/metrics.json").read())
+    assert (metrics["engine"], metrics["engine_precision"]) == ("litert", "float32")
+    route = json.loads(open("runs/b/smallcnn.json").read())["prediction"]  # from the cache
+    assert (route["engine"], route["precision"]) == ("litert", "float32")

@@ -211,7 +211,7 @@ def test_pool_features_are_cached_apart_per_engine(pool, monkeypatch):
 
     monkeypatch.setattr(feature_store, "load", look)
     for ran in (("litert", "float32"), ("openvino", "bfloat16")):
-        monkeypatch.setattr(engine, "expected_engine", lambda *args, ran=ran: ran)
+        monkeypatch.setattr(engine, "expected_engine", lambda *args, ran=ran, **kw: ran)
         with pytest.raises(Looked):
             suggesting.pool_features([pool], classes="red,green")
     assert len(keys) == 2 and None not in keys and keys[0] != keys[1]

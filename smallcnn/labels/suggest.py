@@ -155,14 +155,15 @@ def _features(paths, spec, weights, image_size, reporter, scan_root=None):
     """`(features, kept paths, skipped, digests)` of the pool, from the feature cache
     where an entry names the same base and the same file contents."""
     from smallcnn.data.images import load_readable
-    from smallcnn.runtime.engine import compute_features, expected_engine
+    from smallcnn.runtime.engine import base_conversion, compute_features, expected_engine
     from smallcnn.train import feature_store
 
     readable, digests, skipped = scanned(paths, reporter, root=scan_root)
     if not readable:  # nothing for the base to run on: not even converted
         return np.zeros((0, 0), np.float32), [], skipped, digests
     files = [[digests[p], NO_LABEL] for p in readable]
-    expected = expected_engine()  # feature_engine's choice, as "auto" makes it
+    # feature_engine's choice, as "auto" makes it (its race's winner, once it ran)
+    expected = expected_engine(model=base_conversion(spec, weights, image_size))
     key = feature_store.files_key(spec, weights, image_size, files, expected)
     cached = feature_store.load(key, reporter.warning)
     if cached is not None:

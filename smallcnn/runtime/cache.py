@@ -3,7 +3,8 @@
     ~/.cache/smallcnn (or $SMALLCNN_CACHE)
         features/   pooled base features of a split (.npz)
         engines/    LiteRT conversions of a base or of a run's model (.tflite), and
-                    OpenVINO's compiled models of them (openvino-<key>.blob)
+                    OpenVINO's compiled models of them (openvino-<key>.blob), and
+                    which of the two auto found faster on each (race-<key>.json)
         templates/  whole classifiers that extract's model files are written from (.keras, .json)
         scans/      what `check` found in each file of a data set (.json)
 

@@ -24,6 +24,7 @@ from smallcnn.runtime.formats import TFLiteRuntime
 ENGINES = ("auto", "openvino", "litert", "tensorflow")
 ALIASES = {"tf": "tensorflow"}  # the name TensorFlow's engine had before OpenVINO's
 CHOICES = ENGINES + tuple(ALIASES)  # what --engine and $SMALLCNN_ENGINE accept
+RACED = ("litert", "openvino")  # what auto races on a .tflite in float32 (`race`)
 
 
 class TensorFlowEngine:
@@ -86,6 +87,11 @@ def litert_name(spec, weights, image_size):
     key = cache.key("engines", base=spec.name, weights=cache.weights_identity(weights),
                     size=image_size, preprocessing=spec.preprocessing)
     return f"{spec.name}-{image_size}-{key[:32]}.tflite"
+
+
+def base_conversion(spec, weights, image_size):
+    """Where the base's LiteRT conversion lives in the cache (`litert_name`)."""
+    return cache.path("engines", litert_name(spec, weights, image_size))
 
 
 def convert_to_litert(model, path, quantize="none", calibration=None, warn=None):
@@ -189,16 +195,21 @@ def chosen_engine(requested="auto", placement=None):
     return canonical(engine)
 
 
-def expected_engine(requested="auto", placement=None):
+def expected_engine(requested="auto", placement=None, model=None):
     """`(engine, precision)` that `feature_engine` is to run, known without opening it (a
-    feature cache key names them): OpenVINO's precision is `openvino.precision_for`'s."""
+    feature cache key names them): OpenVINO's precision is `openvino.precision_for`'s;
+    under auto, LiteRT where auto's race on the .tflite `model` recorded LiteRT's win."""
     engine = chosen_engine(requested, placement)
     if engine == "tensorflow":
         return engine, placement.precision if placement is not None else "float32"
     if engine in ("auto", "openvino"):
-        from smallcnn.runtime import openvino
+        from smallcnn.runtime import openvino, race
 
         if openvino.unavailable() is None:
+            if engine == "auto" and model is not None and Path(model).is_file():
+                result = race.recorded(openvino.race_name(model), RACED)
+                if result is not None and result["winner"] == "litert":
+                    return "litert", LiteRTEngine.precision
             return openvino.NAME, openvino.precision_for(engine)
         if engine == "openvino":
             return engine, None  # opening it says why it cannot run
@@ -221,11 +232,14 @@ def open_engine(tflite_path, engine="auto", reporter=None, placement=None, preci
     chosen: a callable from a uint8/float batch to float32 outputs, with `.name` and
     `.precision`.
 
-    'auto' and 'openvino' open it in OpenVINO (in `precision`, by default float32 for
-    'auto' and the CPU's best for 'openvino': `openvino.precision_for`); 'auto' falls
-    back to LiteRT saying why in one line, a forced 'openvino' that cannot run raises
-    UsageError. Any other engine gets LiteRT (a .tflite file has no TensorFlow form;
-    TensorFlow's engine runs the Keras model).
+    'openvino' opens it in OpenVINO, in `precision` (by default the CPU's best:
+    `openvino.precision_for`). 'auto' runs it in `precision` if that is bfloat16 (a run
+    trained on bf16 features), else in float32 in whichever of OpenVINO and LiteRT ran
+    this model file faster here: raced once per file, OpenVINO version and settings, the
+    winner recorded in the cache (`race`), saying which in one line. 'auto' falls back to
+    LiteRT saying why in one line, a forced 'openvino' that cannot run raises UsageError.
+    Any other engine gets LiteRT (a .tflite file has no TensorFlow form; TensorFlow's
+    engine runs the Keras model), and never races.
     """
     from smallcnn.progress import Reporter
 
@@ -241,11 +255,18 @@ def open_engine(tflite_path, engine="auto", reporter=None, placement=None, preci
             precision = None
         if why is None:
             precision = precision or openvino.precision_for(engine)
+            raced = engine == "auto" and precision == "float32"
+            result = _recorded_race(tflite_path, reporter) if raced else None
+            if result is not None and result["winner"] == "litert":
+                reporter.note(_raced_line(result))
+                return LiteRTEngine(tflite_path)
             try:
                 opened = openvino.OpenVINOEngine(tflite_path, precision, reporter.warning)
             except Exception as error:  # an op its TFLite reader lacks, a compile error
                 why = f"it cannot compile this model ({described(error)})"
             else:
+                if raced:
+                    return _race_winner(tflite_path, opened, result, reporter)
                 reporter.note(f"Frozen base engine: OpenVINO, {opened.precision} "
                               f"(--engine {engine}).")
                 return opened
@@ -254,6 +275,40 @@ def open_engine(tflite_path, engine="auto", reporter=None, placement=None, preci
                              "use --engine auto or --engine litert.")
         reporter.note(f"Frozen base engine: LiteRT, float32 (OpenVINO not used: {why}).")
     return LiteRTEngine(tflite_path)
+
+
+def _recorded_race(tflite_path, reporter):
+    from smallcnn.runtime import openvino, race
+
+    return race.recorded(openvino.race_name(tflite_path), RACED, reporter.warning)
+
+
+def _race_winner(tflite_path, opened, result, reporter):
+    """auto's float32 engine for the model: `opened` (OpenVINO) where `result` (its race's
+    record) says it won, else the winner of a race run now, and recorded, against LiteRT;
+    LiteRT, saying why, where OpenVINO fails in the race."""
+    from smallcnn.runtime import openvino, race
+
+    if result is None:
+        litert = LiteRTEngine(tflite_path)
+        try:
+            result = race.race(dict(zip(RACED, (litert, opened))), litert.input_shape)
+        except Exception as error:  # OpenVINO compiled the model but cannot run it
+            reporter.note("Frozen base engine: LiteRT, float32 (OpenVINO not used: racing "
+                          f"LiteRT it failed: {described(error)}).")
+            return litert
+        race.record(openvino.race_name(tflite_path), result, reporter.warning)
+        opened = opened if result["winner"] == openvino.NAME else litert
+    reporter.note(_raced_line(result))
+    return opened
+
+
+def _raced_line(result):
+    names = dict(zip(RACED, ("LiteRT", "OpenVINO")))
+    winner = names[result["winner"]]
+    loser = next(names[name] for name in RACED if name != result["winner"])
+    return (f"Frozen base engine: {winner}, float32 (auto: measured {result['speedup']:.2f}x "
+            f"faster here than {loser} float32).")
 
 
 def feature_engine(spec, weights, image_size, extractor, engine="auto", reporter=None,

@@ -58,14 +58,16 @@ def best_precision():
 
 
 def precision_for(engine):
-    """OpenVINO's precision under `--engine` 'openvino' (the CPU's best) or 'auto' (float32).
+    """OpenVINO's precision under `--engine` 'openvino' (the CPU's best) or 'auto' (float32,
+    where auto runs OpenVINO at all: it races it against LiteRT float32 on each model once
+    and runs the faster, `runtime.race`).
 
     Auto keeps float32 because bf16 misses issue 29's parity (a head's labels the same as
     on LiteRT's float32 features for >= 99.5% of images): on food101-10's test split
     (bench/engines.py) bf16 features changed 5 of 250 labels of the same head (98.0%; 3
     with the LiteRT run's head), OpenVINO float32 none, with EfficientNet-B0 1.35x LiteRT's
-    speed (MobileNetV2 0.9x). bf16 (about 2x) is `--engine openvino`'s, and a run trained
-    on bf16 features predicts in bf16.
+    speed but MobileNetV2 0.9x (hence auto's race). bf16 (about 2x) is `--engine
+    openvino`'s, and a run trained on bf16 features predicts in bf16.
     """
     return best_precision() if engine == NAME else "float32"
 
@@ -92,13 +94,9 @@ def _compiled(path, config, warn=None):
     (issue 29: predict's peak memory 175 to 154 MB in a trial); the model read to compile
     is dropped once compiled.
     """
-    import openvino
-
     core = _core()
     source = Path(path)
-    parts = [file_sha256(p) for p in (source, source.with_suffix(".bin")) if p.is_file()]
-    key = cache.key("engines", model=parts, config=config, openvino=openvino.__version__)
-    name = f"openvino-{key[:32]}.blob"
+    name = f"openvino-{_key(source, config)[:32]}.blob"
     compiled = cache.load("engines", name, lambda blob: _imported(core, blob, config),
                           warn=warn, checksum=True)
     if compiled is not None:
@@ -113,6 +111,35 @@ def _compiled(path, config, warn=None):
     cache.store("engines", name, lambda temp: _exported(compiled, temp), warn=warn,
                 checksum=True)
     return compiled, None
+
+
+def _key(path, config):
+    """The cache key of `path` compiled with `config`: the model file's content (and its
+    weights' beside it), the configuration and OpenVINO's version."""
+    import openvino
+
+    source = Path(path)
+    parts = [_sha256(p, *cache.file_stamp(p)[1:]) for p in (source, source.with_suffix(".bin"))
+             if p.is_file()]
+    return cache.key("engines", model=parts, config=config, openvino=openvino.__version__)
+
+
+@functools.lru_cache(maxsize=64)
+def _sha256(path, *stamp):
+    """A file's SHA-256, read once per `stamp` (its size, times and inode: `cache.file_stamp`):
+    auto's race record and feature keys ask for it on every open."""
+    return file_sha256(path)
+
+
+def config(precision):
+    """The configuration a model is compiled with in `precision` (one of PRECISIONS)."""
+    return {"PERFORMANCE_HINT": "THROUGHPUT", "INFERENCE_PRECISION_HINT": PRECISIONS[precision]}
+
+
+def race_name(path):
+    """The cache entry (in `engines`) of auto's race between LiteRT and OpenVINO float32 on
+    the model at `path`, keyed as its float32 compiled model is (`runtime.race`)."""
+    return f"race-{_key(path, config('float32'))[:32]}.json"
 
 
 def _exported(compiled, path):
@@ -160,7 +187,7 @@ class OpenVINOEngine:
         if self.precision not in PRECISIONS:
             raise ValueError(f"Unknown OpenVINO precision {self.precision!r}. "
                              f"Expected one of: {', '.join(PRECISIONS)}.")
-        self._compiled, self._mapped = _compiled(path, self._config(), warn)
+        self._compiled, self._mapped = _compiled(path, config(self.precision), warn)
         shape = self._compiled.inputs[0].get_partial_shape()
         self.input_shape = tuple(d.get_length() if d.is_static else -1 for d in shape)
         self.input_dtype = np.dtype(self._compiled.inputs[0].get_element_type().to_dtype())
@@ -169,10 +196,6 @@ class OpenVINOEngine:
         self._queue = openvino.AsyncInferQueue(self._compiled)
         self._queue.set_callback(self._collect)
         self._out = None
-
-    def _config(self):
-        return {"PERFORMANCE_HINT": "THROUGHPUT",
-                "INFERENCE_PRECISION_HINT": PRECISIONS[self.precision]}
 
     def _collect(self, request, index):
         self._out[index] = request.get_output_tensor(0).data[0]

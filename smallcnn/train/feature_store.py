@@ -49,8 +49,15 @@ def features_key(plan, digests, split, view=None, engine=None):
     precision = plan.placement.precision
     mixed = {"precision": precision} if precision != "float32" else {}
     return files_key(plan.spec, plan.weights, s.image_size, files,
-                     engine or expected_engine(s.engine, plan.placement),
+                     engine or expected_engine(s.engine, plan.placement, _conversion(plan)),
                      augmentation=augmentation, **mixed)
+
+
+def _conversion(plan):
+    """The base's cached LiteRT conversion, whose race record says what auto runs."""
+    from smallcnn.runtime.engine import base_conversion
+
+    return base_conversion(plan.spec, plan.weights, plan.settings.image_size)
 
 
 def files_key(spec, weights, image_size, files, engine, **extra):
@@ -254,17 +261,15 @@ class FeatureSource:
 
         if self._engine is not None:
             return self.engine_name(), self.engine_precision()
-        return expected_engine(self.plan.settings.engine, self.plan.placement)
+        return expected_engine(self.plan.settings.engine, self.plan.placement,
+                               _conversion(self.plan))
 
     def _key_of_engine(self, key, key_for):
-        """The key of features computed now: `key` (the expected engine's), or
-        `key_for((name, precision))` of the engine that ran where that is another (auto
-        fell back), so no features are cached under another engine's name."""
-        from smallcnn.runtime.engine import expected_engine
-
-        ran = (self.engine_name(), self.engine_precision())
-        s = self.plan.settings
-        return key if ran == expected_engine(s.engine, self.plan.placement) else key_for(ran)
+        """The key of features computed now: `key_for((name, precision))` of the engine
+        that ran, which `key` (the expected engine's, known before opening it) may not name
+        (auto fell back, or its first race picked LiteRT), so no features are cached under
+        another engine's name."""
+        return key_for((self.engine_name(), self.engine_precision()))
 
     def build_base(self):
         """Builds the base (and its feature extractor) with the plan's weights."""
