@@ -58,6 +58,7 @@ def offline(monkeypatch, tmp_path):
     monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
 
 
+@pytest.mark.heavy  # builds MobileNetV2 at 224 px from the shipped weights (8 s)
 def test_packaged_mobilenet_v2_weights_load_offline(offline):
     """Offline, ImageNet features of the bundled sample tell ants from bees: 20 of each,
     each put with the nearer mean of the others' features (random weights: about half)."""

@@ -507,6 +507,7 @@ def free_port():
         return s.getsockname()[1]
 
 
+@pytest.mark.heavy  # a server in a process of its own (8 s)
 def test_sigterm_answers_and_exits_0(trained):
     import httpx
 

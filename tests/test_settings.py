@@ -133,6 +133,7 @@ def test_an_explicit_engine_wins_over_the_environment(monkeypatch):
         chosen_engine("auto")
 
 
+@pytest.mark.heavy  # an extract whose conversion fails, then TensorFlow (4 s)
 def test_engine_litert_fails_clearly_where_litert_cannot_run(tiny_data, base_weights_file,
                                                              monkeypatch):
     import smallcnn.runtime.engine
