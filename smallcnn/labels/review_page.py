@@ -96,8 +96,14 @@ def review_page(report, out):
             _nearest_in_class(report, features, i, names.index(issue.suggested))))
     parts.append("<h2>Outliers: far from every other image</h2>")
     parts += [_outlier_html(outlier) for outlier in report.outliers]
-    page = (f"<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>smallcnn "
-            f"label review</title><style>{STYLE}</style></head><body>{''.join(parts)}"
+    return write_page(out, "smallcnn label review", parts)
+
+
+def write_page(out, title, parts):
+    """Writes a standalone HTML page of `parts` (HTML strings) with the pages' style at
+    `out` (its folder made); returns its path as a str."""
+    page = (f"<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{title}"
+            f"</title><style>{STYLE}</style></head><body>{''.join(parts)}"
             "</body></html>")
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)

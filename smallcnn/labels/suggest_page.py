@@ -8,9 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
-from smallcnn.labels.review_page import NEIGHBOURS_SHOWN, STYLE, thumbnail_figure
+from smallcnn.labels.review_page import NEIGHBOURS_SHOWN, thumbnail_figure, write_page
 from smallcnn.labels.strategies import normalised
-from smallcnn.runtime.files import write_text
 
 TITLE = "smallcnn suggestions"  # the page's title: suggest --html replaces only such a page
 
@@ -50,10 +49,4 @@ def suggest_page(result, found, ranked, labelled, out):
              "set's table.</p>"]
     for number, (suggestion, index) in enumerate(zip(result.suggestions, ranked), start=1):
         parts.append(_suggestion_html(number, suggestion, _nearest(found, labelled, index)))
-    page = (f"<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{TITLE}"
-            f"</title><style>{STYLE}</style></head><body>{''.join(parts)}"
-            "</body></html>")
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    write_text(out, page)
-    return str(out)
+    return write_page(out, TITLE, parts)
