@@ -16,7 +16,7 @@ from typing import Callable, Optional
 import numpy as np
 
 from smallcnn.errors import UsageError, WeightsError, first_line
-from smallcnn.model import modern
+from smallcnn.model import dinov2, modern
 
 PACKAGED_WEIGHTS = Path(__file__).parent / "weights"
 
@@ -41,6 +41,8 @@ class BaseSpec:
     # The URL of the file Keras downloads (named in the message when the download fails).
     weights_url: Optional[str] = None
     has_imagenet: bool = True
+    # --weights may name a folder (a KerasHub preset) as well as a file.
+    weights_folder: bool = False
     # smallcnn.visualize: the layers whose activations DeepDream maximises, the layers whose
     # Gram matrices make a style, and the layer that holds an image's content.
     dream_layers: tuple = ()
@@ -123,11 +125,19 @@ def _efficientnet_v2(variant, size, width):
                     content_layer="block6a_expand_activation")
 
 
-# Downloaded once by Keras; sizes and widths as published (keras.applications).
+def _dinov2(name):
+    """DINOv2 through KerasHub (an optional extra): smallcnn.model.dinov2."""
+    return BaseSpec(name, dinov2.builder(name), "none", dinov2.DEFAULT_SIZE,
+                    dinov2.feature_width(name), dinov2.PATCH_GRID, block_pattern=dinov2.BLOCKS,
+                    weights_folder=True)
+
+
+# Downloaded once by Keras (DINOv2: by KerasHub); sizes and widths as published.
 MODERN_BASES = [_convnext("tiny", 768), _convnext("small", 768), _convnext("base", 1024),
                 _efficientnet_v2("b0", 224, 1280), _efficientnet_v2("b1", 240, 1280),
                 _efficientnet_v2("b2", 260, 1408), _efficientnet_v2("b3", 300, 1536),
-                _efficientnet_v2("s", 384, 1280)]
+                _efficientnet_v2("s", 384, 1280), _dinov2("dinov2_vits14"),
+                _dinov2("dinov2_vitb14")]
 
 BASES = {
     spec.name: spec
@@ -244,9 +254,11 @@ def resolve_weights(spec, weights):
             )
         return lowered
     path = Path(weights).expanduser()
-    if not path.is_file():
+    if not (path.is_file() or (spec.weights_folder and path.is_dir())):
+        kinds = "a weights file or a KerasHub preset folder" if spec.weights_folder \
+            else "a weights file"
         raise UsageError(
-            f"--weights must be 'imagenet', 'none' or a weights file; no file at {weights!r}."
+            f"--weights must be 'imagenet', 'none' or {kinds}; no file at {weights!r}."
         )
     return str(path.resolve())
 
@@ -276,8 +288,12 @@ def build_base(spec, image_size, weights):
     if weights == "imagenet":
         try:
             return spec.constructor(input_shape, "imagenet")
+        except (UsageError, WeightsError):
+            raise  # the constructor's own message (DINOv2's: which preset, from where)
         except Exception as error:  # the download failed: no network, proxy, full disk...
             raise _download_failed(spec, error) from error
+    if spec.weights_folder and Path(weights).is_dir():
+        return spec.constructor(input_shape, weights)  # a KerasHub preset folder
     return _load_file(spec, input_shape, Path(weights))
 
 
