@@ -115,6 +115,7 @@ class Classifier(ImageClassifier):
             self._not_litert = "SMALLCNN_ENGINE=tensorflow"
             return None
         from smallcnn.model import head, modelfile
+        from smallcnn.model.taps import HeadInput
         from smallcnn.runtime import cache
 
         model_file = Path(self.run_dir) / runs.MODEL_FILE
@@ -135,7 +136,8 @@ class Classifier(ImageClassifier):
             return None
         self.engine = (f"{engine.name} {engine.precision} base + numpy head "
                        f"(the run's cached base conversion{why})")
-        return lambda images: head.probabilities(weights, engine(images))
+        head_input = HeadInput.from_dict(route.get("head_input")) or (lambda features: features)
+        return lambda images: head.probabilities(weights, head_input(engine(images)))
 
     def _base_engine(self, route):
         """The base's cached conversion opened in the engine and precision its features

@@ -86,6 +86,18 @@ def stratified_folds(labels, folds, seed):
     return assignment
 
 
+def _choose_taps(source, settings, reporter):
+    """The heads read the base's intermediate taps where extract's would: where they gain
+    on val (`smallcnn.train.taps`); `source.features` then serves that input."""
+    from smallcnn.model import head
+    from smallcnn.train import taps
+
+    train_x, train_y = source.raw_features("train")
+    taps.choose(source, settings.taps, lambda head_input: head.train(
+        head_input(train_x), train_y, source.features("val"), settings,
+        len(source.plan.dataset.class_names), members=settings.heads), reporter.note)
+
+
 def out_of_fold_probabilities(features, labels, num_classes, settings, folds=FOLDS,
                               progress=None):
     """Each row's class probabilities from a head that never saw it; `progress` (if
@@ -213,6 +225,7 @@ def find_label_issues(data, settings=None, table=None, folds=FOLDS, neighbours=N
         before_data(plan)
     scan(plan, source, reporter, timings)
     s = plan.settings
+    _choose_taps(source, s, reporter)
     features, labels, paths, splits = [], [], [], []
     for name in ("train", "val"):
         x, y = source.features(name)

@@ -193,6 +193,15 @@ def _features(paths, spec, weights, image_size, reporter, scan_root=None):
     return values, kept, skipped + [tuple(f) for f in failed], digests
 
 
+def head_input_of(config, spec):
+    """What the run's head reads of the base's features (`smallcnn.model.taps`): as it
+    recorded, else (no run, or a run before taps) the last layer's."""
+    from smallcnn.model.taps import HeadInput
+
+    route = (config or {}).get("prediction") or {}
+    return HeadInput.from_dict(route.get("head_input")) or HeadInput.of(spec)
+
+
 def _head_weights(config, run_dir):
     """The run's head (Keras' order) where the run recorded it over its frozen base (see
     `Session.prediction_route`) and model.keras is still the file it wrote; else None."""
@@ -228,6 +237,8 @@ def pool_features(pool_paths, run=None, classes=None, reporter=None, scan_root=N
     if not paths:
         raise UsageError("The pool holds no image; give a folder or a list of images.")
     features, kept, skipped, digests = _features(paths, spec, weights, size, reporter, scan_root)
+    if kept:  # as the run's head reads them
+        features = head_input_of(config, spec)(features)
     pool = PoolFeatures(kept, features, skipped, names, digests=digests)
     if run_dir is None or not kept:
         return pool
@@ -270,6 +281,7 @@ def labelled_set(run, reporter=None):
     data = run_data_folder(config, "train a run on the data where it is now")
     plan = plan_run("extract", data, settings, reporter, timings)
     source = FeatureSource(plan, AfterCheck(reporter), timings)
+    source.head_input = head_input_of(config, plan.spec)
     check = scan(plan, source, AfterCheck(reporter), timings)
     features, labels = source.features("train")
     paths = [p for p in plan.dataset.train.paths if p not in source.skipped]

@@ -32,13 +32,15 @@ class Template:
     shapes: list
 
 
-def template_key(spec, weights, image_size, feature_width, num_classes, hidden, dropout):
+def template_key(spec, weights, image_size, feature_width, num_classes, hidden, dropout,
+                 taps=False):
     """A hex digest naming the classifier template, or None for random base weights."""
     if weights == "none":
         return None  # a random base differs each run: nothing to reuse
+    tapped = {"pool": "taps"} if taps else {}  # (a head reading the taps: smallcnn.model.taps)
     return cache.key("templates", base=spec.name, weights=cache.weights_identity(weights),
                      image_size=image_size, preprocessing=spec.preprocessing,
-                     head=[feature_width, num_classes, hidden, dropout])
+                     head=[feature_width, num_classes, hidden, dropout], **tapped)
 
 
 def _read_template(meta):
@@ -60,14 +62,15 @@ def load_template(key, warn=None):
 
 
 def classifier_template(spec, base, image_size, key, feature_width, num_classes, hidden,
-                        dropout, warn=None):
-    """Builds the classifier extract saves (this base, a new head of this shape) and, with
-    a `key`, caches it as a template. Returns `(model, head, template)`; the template is
-    None without a key or when the cache could not be written."""
+                        dropout, taps=False, warn=None):
+    """Builds the classifier extract saves (this base, a new head of this shape, reading
+    the base's taps with `taps`) and, with a `key`, caches it as a template. Returns
+    `(model, head, template)`; the template is None without a key or when the cache could
+    not be written."""
     from smallcnn.model.networks import build_classifier, build_head
 
     head = build_head(feature_width, num_classes, dropout, hidden)
-    model = build_classifier(spec, base, head, image_size)
+    model = build_classifier(spec, base, head, image_size, taps=taps)
     template = None if key is None else save_template(model, head, base.name, key, warn=warn)
     return model, head, template
 

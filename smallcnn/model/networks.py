@@ -8,6 +8,7 @@ from keras import layers
 from smallcnn.errors import ModelError, UsageError
 from smallcnn.model.head import check_optimizer
 from smallcnn.model.layers import preprocessing_layer
+from smallcnn.model.taps import HeadInput, pooling, tapped
 
 HEAD_NAME = "head"
 
@@ -24,26 +25,31 @@ def build_head(feature_width, num_classes, dropout=0.5, hidden=0):
     return keras.Sequential(stack, name=HEAD_NAME)
 
 
-def build_classifier(spec, base, head, image_size):
-    """Raw RGB pixels in [0, 255] -> preprocessing -> base -> pooling -> head.
+def build_classifier(spec, base, head, image_size, taps=False):
+    """Raw RGB pixels in [0, 255] -> preprocessing -> base -> pooling -> head; with
+    `taps`, the pooling of the base's intermediate taps too (`smallcnn.model.taps`).
 
     The base is called with `training=False`, so its BatchNormalization layers stay in
     inference mode even when some of its layers are unfrozen for fine-tuning.
     """
+    head_input = HeadInput.of(spec, taps)
     inputs = keras.Input((image_size, image_size, 3), name="image")
     x = preprocessing_layer(spec.preprocessing)(inputs)
-    x = base(x, training=False)
-    features = layers.GlobalAveragePooling2D(name="pool")(x)
+    x = (tapped(spec, base) if head_input.taps else base)(x, training=False)
+    if isinstance(x, (list, tuple)) and not head_input.taps:  # a tapped base, taps unused
+        x = x[0]
+    features = pooling(head_input, normalise=True)(x)
     outputs = head(features)
     return keras.Model(inputs, outputs, name=f"smallcnn_{spec.name}")
 
 
 def feature_extractor(spec, base, image_size):
-    """Raw pixels -> pooled base features (what `extract` caches)."""
+    """Raw pixels -> pooled base features (what `extract` caches): the last layer's, then
+    each intermediate tap's, raw (`smallcnn.model.taps`)."""
     inputs = keras.Input((image_size, image_size, 3), name="image")
     x = preprocessing_layer(spec.preprocessing)(inputs)
-    x = base(x, training=False)
-    features = layers.GlobalAveragePooling2D(name="pool")(x)
+    x = tapped(spec, base)(x, training=False)
+    features = pooling(HeadInput.of(spec), normalise=False)(x)
     return keras.Model(inputs, features, name=f"{spec.name}_features")
 
 

@@ -45,12 +45,15 @@ KEY_FORMAT = 2
 
 # The modules whose code, and the libraries whose versions, make each part's entries.
 _PRODUCERS = {
-    "features": ("smallcnn.data.images", "smallcnn.model.layers", "smallcnn.model.networks", "smallcnn.model.bases",
-                 "smallcnn.model.efficientnet_lite", "smallcnn.runtime.engine"),
+    "features": ("smallcnn.data.images", "smallcnn.model.layers", "smallcnn.model.networks",
+                 "smallcnn.model.bases", "smallcnn.model.taps", "smallcnn.model.efficientnet_lite",
+                 "smallcnn.runtime.engine"),
     "engines": ("smallcnn.model.layers", "smallcnn.model.networks", "smallcnn.model.bases",
-                "smallcnn.model.efficientnet_lite", "smallcnn.runtime.engine"),
+                "smallcnn.model.taps", "smallcnn.model.efficientnet_lite",
+                "smallcnn.runtime.engine"),
     "templates": ("smallcnn.model.layers", "smallcnn.model.networks", "smallcnn.model.bases",
-                  "smallcnn.model.efficientnet_lite", "smallcnn.model.modelfile"),
+                  "smallcnn.model.taps", "smallcnn.model.efficientnet_lite",
+                  "smallcnn.model.modelfile"),
     "scans": ("smallcnn.data.images", "smallcnn.data.check"),
 }
 _LIBRARIES = {

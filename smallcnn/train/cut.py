@@ -104,6 +104,8 @@ def layout(session, base, phases):
     reason = None
     if placement.replicas > 1 or placement.multi_worker or placement.precision != "float32":
         reason = "it runs on several devices or in mixed precision"
+    elif len(base.outputs) > 1:
+        reason = "its head reads the base's intermediate taps, below any cut"
     elif cut == 0:
         reason = (f"the unfrozen layers are not a top block of the network: below "
                   f"{unfrozen[0].name!r} no single tensor but the base's input holds it all")

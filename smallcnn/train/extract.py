@@ -6,7 +6,7 @@ from smallcnn.data.augment import Augmentation
 from smallcnn.errors import UsageError
 from smallcnn.model import runs
 from smallcnn.runtime.signals import StopRequest
-from smallcnn.train import self_training
+from smallcnn.train import self_training, taps
 from smallcnn.train.session import Session
 from smallcnn.train.settings import Settings
 
@@ -46,18 +46,28 @@ def extract(data_dir, settings=None, out=None, overwrite=False, reporter=None,
                       before_data=refuse_early)
     s, reporter, source, writer = session.settings, session.reporter, session.source, \
         session.writer
-    train_x, train_y = source.features("train")
+    train_x, train_y = source.raw_features("train")  # the extractor's: taps included
     if s.views:  # the head also trains on features of augmented copies
         views = source.augmented_views(s.views)
         train_x = np.concatenate([train_x, *views])
         train_y = np.tile(train_y, s.views + 1)
-    pool_x = _pool_features(session, pools[0]) if pools else None
+    if pools:
+        _pool_features(session, pools[0])
     stop = StopRequest()  # Ctrl-C ends training; the run records it
     extra = {"views": s.views, "heads": s.heads, "head_training_rows": len(train_x)}
     with stop, session.timings("head"):
-        weights, history = _train_heads(session, train_x, train_y, stop, reporter.epoch)
+        # The heads on the last layer's features, and on the taps' too where they gain on
+        # val: source.features is then the chosen input.
+        (weights, history), chosen = taps.choose(
+            source, s.taps, lambda head_input: _train_heads(
+                session, head_input(train_x), train_y, stop, reporter.epoch),
+            reporter.note, stopped=lambda: stop.received)
+        if chosen is not None:  # (a base with taps)
+            extra["taps"] = chosen
+        train_x = source.head_input(train_x)
         rows = _rows(history, "head")
         if pools:
+            pool_x = source.features(self_training.POOL_SPLIT)[0]
             weights, rows, extra["self_training"] = _self_train(
                 session, pools[0], pool_x, weights, rows, (train_x, train_y), stop)
     with session.timings("evaluate"):
@@ -104,10 +114,10 @@ def _rows(history, phase, first=1):
 
 
 def _pool_features(session, pool):
-    """The features of the --unlabeled pool's images, through the splits' engine and cache
-    (`read_pool` refuses a pool with no image to learn from)."""
+    """Computes the features of the --unlabeled pool's images, through the splits' engine
+    and cache (`read_pool` refuses a pool with no image to learn from)."""
     session.source.add_unlabeled(pool.split, pool.digests)
-    return session.source.features(self_training.POOL_SPLIT)[0]
+    session.source.raw_features(self_training.POOL_SPLIT)
 
 
 def _self_train(session, pool, pool_x, weights, rows, train, stop):
@@ -143,7 +153,7 @@ def _classifier(session, head_weights):
     # Merged heads (--heads K --hidden N) have K x N hidden units.
     shape = {"feature_width": head_weights[0].shape[0], "num_classes": head_weights[-1].shape[0],
              "hidden": head_weights[0].shape[1] if len(head_weights) == 4 else 0,
-             "dropout": s.dropout}
+             "dropout": s.dropout, "taps": session.source.head_input.taps}
     key = modelfile.template_key(session.spec, session.plan.weights, s.image_size, **shape)
     source = session.source
     source.wait_for_warmup()

@@ -105,11 +105,17 @@ class FeatureSource:
 
     `skipped` is {path: reason} of the unreadable images left out so far. Besides the
     data set's splits, it serves images without labels (`add_unlabeled`) the same way.
+    `features` are what a head reads (`head_input`: the last layer's features unless a
+    run chose its intermediate taps too, `smallcnn.model.taps`); `raw_features` and
+    `augmented_views` the extractor's whole output.
     """
 
     def __init__(self, plan, reporter, timings):
         self.plan, self.reporter, self.timings = plan, reporter, timings
+        from smallcnn.model.taps import HeadInput
+
         self.skipped = {}
+        self.head_input = HeadInput.of(plan.spec)
         self.base = self.extractor = None
         self._digests = {}
         self._decoded = {}
@@ -166,7 +172,13 @@ class FeatureSource:
         return key is not None and cache.is_stored("features", f"{key}.npz")
 
     def features(self, name):
-        """`(features, labels)` of one split: computed once, from the cache or the base."""
+        """`(features, labels)` of one split as the head reads them (`head_input`)."""
+        values, labels = self.raw_features(name)
+        return self.head_input(values), labels
+
+    def raw_features(self, name):
+        """`(features, labels)` of one split, the extractor's whole output: computed once,
+        from the cache or the base."""
         if name not in self._features:
             self._features[name] = self._split_features(name)
         return self._features[name]
@@ -193,7 +205,8 @@ class FeatureSource:
         return values, np.asarray(decoded.labels, dtype=np.int32)
 
     def augmented_views(self, count, engine=None, rekey=None):
-        """Base features of `count` augmented copies of each training image (cached).
+        """Base features of `count` augmented copies of each training image (cached; the
+        extractor's whole output, as `raw_features`).
 
         Each view is one pass over the training images with the run's augmentation and its
         own seed, so the same settings give the same views, and a cache hit. `engine`

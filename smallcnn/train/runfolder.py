@@ -200,7 +200,7 @@ class RunWriter:
             return None
         engine, precision = self.source.engine_used()  # predict runs the base as they ran
         return {"feature_engine": name, "head_datasets": datasets, "engine": engine,
-                "precision": precision}
+                "precision": precision, "head_input": self.source.head_input.to_dict()}
 
     def convert_for_predict(self, run_dir, model):
         """Caches the saved model's LiteRT conversion (about 2 s for MobileNetV2), so that

@@ -32,6 +32,7 @@ from smallcnn.runtime.devices import (
 )
 from smallcnn.runtime.engine import CHOICES as ENGINES
 from smallcnn.runtime.ranges import Range, from_environment
+from smallcnn.train.taps import CHOICES as TAPS
 
 COMMANDS = ("extract", "train", "finetune")
 CLASS_WEIGHTS = ("none", "balanced")
@@ -162,6 +163,9 @@ class Settings:
     heads: Optional[int] = option(None, "Train this many heads from different seeds, each "
                                   "early-stopped on its own, and save them merged into one "
                                   "(their mean logits).", int, ("extract",), allowed=HEADS)
+    taps: str = option("auto", "Whether the heads also read the pooled features of the "
+                       "base's intermediate blocks (auto: where they gain on val).", str,
+                       ("extract",), choices=TAPS)
     unlabeled: Optional[str] = option(
         None, "Also learn from these unlabelled images (a folder, searched recursively, or a "
         "list file of paths, one a line): the heads' confident guesses on them join the "
