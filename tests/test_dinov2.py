@@ -85,6 +85,7 @@ def test_blocks_are_the_embedding_each_transformer_block_and_the_final_norm(tiny
         {dinov2.FINAL_NORM, "block_2"}
 
 
+@pytest.mark.heavy  # ~3 s: two bases saved and loaded
 def test_trained_position_embeddings_survive_a_model_keras(tiny, tmp_path):
     """KerasHub interpolates position embeddings back to 518 px to save them (and only
     when their sum fell); the base keeps them at the image's size, so a model.keras
@@ -125,6 +126,7 @@ def test_gradcam_maps_the_patch_grid(tiny):
     assert heatmaps.min() >= 0 and heatmaps.max() == pytest.approx(1.0)
 
 
+@pytest.mark.heavy  # ~3 s: a conversion
 def test_litert_conversion_gives_the_keras_features(tiny, tmp_path):
     from smallcnn.model.networks import feature_extractor
     from smallcnn.runtime.engine import LiteRTEngine, convert_to_litert
@@ -204,6 +206,7 @@ def test_failed_download_names_the_preset_where_from_and_where_to_put_it(tiny, o
     assert f"into {folder};" in message and dinov2.preset_folder(NAME) == folder
 
 
+@pytest.mark.heavy  # ~3 s: a preset saved and loaded
 def test_a_preset_in_kagglehubs_cache_loads_without_a_network(tiny, offline):
     saved = backbone()
     saved.save_to_preset(str(dinov2.preset_folder(NAME)))
