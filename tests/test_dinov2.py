@@ -185,8 +185,9 @@ def offline(monkeypatch, tmp_path):
 
     def from_preset(preset, **kwargs):
         if preset in dinov2.PRESETS.values():
-            raise OSError("HTTPSConnectionPool(host='api.kaggle.com', port=443): "
-                          "Max retries exceeded\nwith a second line")
+            raise OSError("HTTPSConnectionPool(host='api.kaggle.com', port=443): Max "
+                          "retries exceeded with url: /v1/models.ModelApiService/DownloadModel"
+                          "InstanceVersion\nwith a second line")
         return original(preset, **kwargs)
 
     monkeypatch.setattr(keras_hub.models.DINOV2Backbone, "from_preset", from_preset)
@@ -201,7 +202,10 @@ def test_failed_download_names_the_preset_where_from_and_where_to_put_it(tiny, o
     folder = offline / "models" / "keras" / "dinov2" / "keras" / "dinov2_small" / "1"
     assert "\n" not in message
     assert "Could not download KerasHub's dinov2_small preset for 'dinov2_vits14' from " \
-           "Kaggle (kaggle://keras/dinov2/keras/dinov2_small/1: HTTPSConnectionPool" in message
+           "Kaggle (kaggle://keras/dinov2/keras/dinov2_small/1: OSError: HTTPSConnectionPool" \
+           in message
+    reason = message.split("dinov2_small/1: ", 1)[1].split("). Offline", 1)[0]
+    assert len(reason) == dinov2.REASON_CHARS and reason.endswith("...")  # cut short
     assert "--weights PATH" in message and "--weights none" in message
     assert f"into {folder};" in message and dinov2.preset_folder(NAME) == folder
 

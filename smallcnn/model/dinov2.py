@@ -21,7 +21,7 @@ by kagglehub into its cache (`preset_folder`) and read from there without a netw
 import os
 from pathlib import Path
 
-from smallcnn.errors import UsageError, WeightsError, first_line
+from smallcnn.errors import UsageError, WeightsError, described, first_line
 
 PATCH = 14
 DEFAULT_SIZE = 224  # 16 x 16 patches, the size of the paper's linear-probe evaluations
@@ -35,6 +35,7 @@ ARCHITECTURES = {
 PRESETS = {"dinov2_vits14": "dinov2_small", "dinov2_vitb14": "dinov2_base"}
 # The preset files KerasHub reads (keras_hub/src/utils/preset_utils.py).
 PRESET_FILES = ("config.json", "model.weights.h5")
+REASON_CHARS = 100  # of a failed download's error (requests' run to 400 on one line)
 # DINOv2's input normalisation (ImageNet's mean and deviation), as pixels in [0, 255].
 MEAN = tuple(255 * m for m in (0.485, 0.456, 0.406))
 STD = tuple(255 * s for s in (0.229, 0.224, 0.225))
@@ -109,12 +110,16 @@ def _pretrained(name, size):
     except Exception as error:  # no network, proxy, Kaggle down, full disk...
         raise WeightsError(
             f"Could not download KerasHub's {preset} preset for {name!r} from Kaggle "
-            f"({kaggle_handle(name)}: {first_line(error)}). Offline, save it elsewhere "
+            f"({kaggle_handle(name)}: {_shortened(described(error))}). Offline, save it elsewhere "
             f"(keras_hub.models.DINOV2Backbone.from_preset({preset!r}).save_to_preset(DIR)) "
             f"and pass DIR with --weights PATH, or copy its {' and '.join(PRESET_FILES)} "
             f"into {folder}; or train without them: --weights none.") from error
     _check_architecture(name, backbone, preset)
     return backbone
+
+
+def _shortened(reason):
+    return reason if len(reason) <= REASON_CHARS else reason[:REASON_CHARS - 3] + "..."
 
 
 def _from_folder(name, folder, size):
