@@ -2,7 +2,7 @@
 it writes into DATA, and the page itself in headless Chromium.
 
 The features are the images' mean colours and a few numbers drawn from their contents (a
-stand-in for the base's, which `suggest.pool_features` computes and tests of suggest
+stand-in for the base's, which `pool.pool_features` computes and tests of suggest
 cover): the session, the writes and the retraining are the real ones."""
 
 import errno
@@ -28,7 +28,7 @@ from smallcnn.data.dataset import find_dataset
 from smallcnn.data.table import read_table
 from smallcnn.errors import DataError, UsageError
 from smallcnn.labels.strategies import STRATEGIES
-from smallcnn.labels.suggest import PoolFeatures, class_list, scanned
+from smallcnn.labels.pool import PoolFeatures, class_list, scanned
 from smallcnn.progress import Reporter
 from smallcnn.serve import label_store
 from smallcnn.serve.label_routes import MOST_AT_ONCE, create_label_app
@@ -45,7 +45,7 @@ from smallcnn.serve.labelling import (
 def features_of(paths, classes, scan_root=None):
     """Stand-in features: the mean colour (centred, 16 times over, as a base's many features
     say much the same) and 16 numbers seeded by the file's bytes; the files scanned first,
-    as `suggest.pool_features` scans them."""
+    as `pool.pool_features` scans them."""
     scanned(paths, Reporter(), root=scan_root)
     rows = []
     for path in paths:

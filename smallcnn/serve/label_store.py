@@ -83,9 +83,9 @@ class LabelStore:
         """`Labelled` of every image DATA labels now, test images included (never to be
         trained on, nor suggested again); images without a split of their own are held out
         for validation (`held_out`) when DATA has no validation images. The digests are
-        the data check's cached scan's (`suggest.scanned`): a file it cannot read is left
+        the data check's cached scan's (`pool.scanned`): a file it cannot read is left
         out, named."""
-        from smallcnn.labels.suggest import scanned
+        from smallcnn.labels.pool import scanned
 
         found = self._table_rows() if self.table is not None else self._folder_images()
         self.own_val = any(split == "val" for _, _, split in found)

@@ -96,10 +96,10 @@ def train_head(x, y, val, num_classes, settings):
 
 
 def model_features(model, reporter):
-    """`featurize(paths, classes, scan_root=None)` as `suggest.pool_features` computes it:
+    """`featurize(paths, classes, scan_root=None)` as `pool.pool_features` computes it:
     the base of the run `model` (with its head's probabilities), or without one the
     default base."""
-    from smallcnn.labels.suggest import pool_features
+    from smallcnn.labels.pool import pool_features
 
     return lambda paths, classes, scan_root=None: pool_features(
         paths, run=model, classes=None if model else classes, reporter=reporter,
@@ -109,7 +109,7 @@ def model_features(model, reporter):
 class Labelling:
     """A labelling session: the pool, what DATA labels, the head, the ranking, the answers.
 
-    `featurize(paths, classes, scan_root=None)` returns a `suggest.PoolFeatures` of those
+    `featurize(paths, classes, scan_root=None)` returns a `pool.PoolFeatures` of those
     paths (their features, those skipped, the classes: the model's, or `classes` without a
     model; the model's probabilities; the files known by the data check's scan cached
     under `scan_root`, as `LabelStore` scans DATA), as `model_features` makes it; `model` says whether it has a
@@ -124,7 +124,7 @@ class Labelling:
         self.store, self.every, self.strategy, self.reporter = store, every, strategy, reporter
         self.lock = threading.RLock()
         self.head_settings = Settings().resolve("extract")
-        from smallcnn.labels.suggest import refuse_folder_names
+        from smallcnn.labels.pool import refuse_folder_names
 
         labelled = store.labelled(reporter)
         candidates, self.digests = self._candidates(pool, labelled)
@@ -177,7 +177,7 @@ class Labelling:
         """The pool's files that DATA and the journal do not know (by path or content),
         each content once, and the digest of each (the data check's cached scan's, which
         featurize then reads from its cache)."""
-        from smallcnn.labels.suggest import scanned
+        from smallcnn.labels.pool import scanned
 
         known = {item.digest for item in labelled} | self.store.answered_digests()
         known_paths = {os.path.realpath(item.path) for item in labelled}
@@ -377,7 +377,7 @@ def label(pool, data, model=None, table=None, classes=None, settings=LabelSettin
     to DATA's classes without a `model` (a run folder)."""
     from smallcnn.inference.stream import images_of
     from smallcnn.labels.strategies import chosen_strategy
-    from smallcnn.labels.suggest import class_list
+    from smallcnn.labels.pool import class_list
     from smallcnn.serve import is_loopback
     from smallcnn.serve.app import run_server
     from smallcnn.serve.label_routes import create_label_app
