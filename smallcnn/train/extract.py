@@ -56,16 +56,7 @@ def extract(data_dir, settings=None, out=None, overwrite=False, reporter=None,
     stop = StopRequest()  # Ctrl-C ends training; the run records it
     extra = {"views": s.views, "heads": s.heads, "head_training_rows": len(train_x)}
     with stop, session.timings("head"):
-        # The heads on the last layer's features, and on the taps' too where they gain on
-        # val: source.features is then the chosen input.
-        (weights, history), chosen = taps.choose(
-            source, s.taps, lambda head_input: _train_heads(
-                session, head_input(train_x), train_y, stop, reporter.epoch),
-            reporter.note, stopped=lambda: stop.received)
-        if chosen is not None:  # (a base with taps)
-            extra["taps"] = chosen
-        train_x = source.head_input(train_x)
-        rows = _rows(history, "head")
+        weights, rows, train_x = _heads_on_chosen_input(session, train_x, train_y, stop, extra)
         if pools:
             pool_x = source.features(self_training.POOL_SPLIT)[0]
             weights, rows, extra["self_training"] = _self_train(
@@ -85,6 +76,20 @@ def extract(data_dir, settings=None, out=None, overwrite=False, reporter=None,
     metrics = writer.finish(run_dir, model, config, rows, evaluations, extra,
                             head_weights=weights, interrupted=stop.received)
     return writer.result(run_dir, metrics, rows, interrupted=stop.received)
+
+
+def _heads_on_chosen_input(session, train_x, train_y, stop, extra):
+    """`(weights, rows, training rows as they read them)` of the heads on the last layer's
+    features, or on the taps' too where they gain on val (`smallcnn.train.taps`; its
+    record joins `extra`); the source's features are then the chosen input."""
+    source, reporter = session.source, session.reporter
+    (weights, history), chosen = taps.choose(
+        source, session.settings.taps, lambda head_input: _train_heads(
+            session, head_input(train_x), train_y, stop, reporter.epoch),
+        reporter.note, stopped=lambda: stop.received)
+    if chosen is not None:  # (a base with taps)
+        extra["taps"] = chosen
+    return weights, _rows(history, "head"), source.head_input(train_x)
 
 
 def _train_heads(session, train_x, train_y, stop, on_epoch=None):
