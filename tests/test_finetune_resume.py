@@ -1,5 +1,6 @@
-"""finetune --resume: a run stopped in its head phase or in fine-tuning goes on with the
-epochs each phase has left, numbered on from the run's, into the same folder."""
+"""finetune --resume: a run stopped in its head phase goes on with fine-tuning, one stopped
+in fine-tuning with the epochs it has left, numbered on from the run's, into the same
+folder."""
 
 import json
 import signal
@@ -45,11 +46,14 @@ def test_finetune_resumes_each_phase_with_the_epochs_it_has_left(tiny_data, phas
     assert f"Resuming runs/f after {len(before)} epoch(s)" in resumed.output
     rows = runs.read_history("runs/f")
     assert rows[: len(before)] == before  # the epochs trained before are kept as they were
-    assert [row["phase"] for row in rows] == ["frozen"] * HEAD_EPOCHS + ["finetune"] * EPOCHS
-    assert [int(row["epoch"]) for row in rows] == list(range(1, HEAD_EPOCHS + EPOCHS + 1))
+    # A head phase stopped is over (extract's heads, trained in seconds, were saved);
+    # fine-tuning goes on with the epochs it has left.
+    head = sum(row["phase"] == "frozen" for row in before)
+    assert [row["phase"] for row in rows] == ["frozen"] * head + ["finetune"] * EPOCHS
+    assert [int(row["epoch"]) for row in rows] == list(range(1, head + EPOCHS + 1))
     metrics = json.loads((stopped.run_dir / runs.METRICS_FILE).read_text())
     assert "interrupted" not in metrics
-    assert metrics["finetune_start_epoch"] == HEAD_EPOCHS + 1
+    assert metrics["finetune_start_epoch"] == head + 1
     assert metrics["unfrozen_layers"]  # the base was unfrozen again on resuming
     config = runs.read_config(stopped.run_dir)
     assert config["resumed"] == ["smallcnn finetune --resume runs/f"]

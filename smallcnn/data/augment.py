@@ -27,6 +27,10 @@ class Augmentation:
     flip: str = "none"  # none | horizontal | vertical | both
     brightness: float = 0.0  # fraction of the [0, 255] range added or removed
     contrast: float = 0.0  # contrast factor in [1 - contrast, 1 + contrast]
+    # Presets only (RandAugment-style; not options of their own):
+    saturation: float = 0.0  # colour saturation factor in [1 - saturation, 1 + saturation]
+    erase: float = 0.0  # a random square of up to this fraction of the side, greyed out
+    ops: int = 0  # each image gets each kind of change with probability ops / RANDOM_OPS
 
 
 PRESETS = {
@@ -38,7 +42,16 @@ PRESETS = {
     "strong": Augmentation(
         rotation=40, shift=0.2, shear=0.2, zoom=0.2, flip="horizontal", brightness=0.2, contrast=0.2
     ),
+    # RandAugment-style (Cubuk et al. 2020): strong changes, about 2 of the 8 kinds per
+    # image (flips always), so each image stays recognisable while the views vary more.
+    "randaugment": Augmentation(
+        rotation=30, shift=0.2, shear=0.3, zoom=0.3, flip="horizontal", brightness=0.3,
+        contrast=0.4, saturation=0.5, erase=0.4, ops=2
+    ),
 }
+# The kinds of change a RandAugment-style preset draws among: rotation, shift, shear,
+# zoom, brightness, contrast, saturation, erase.
+RANDOM_OPS = 8
 DEFAULT_PRESET = "light"
 # The largest value of each numeric setting (the smallest is 0).
 LIMITS = {"rotation": 180, "shift": 1, "shear": 1, "zoom": 1, "brightness": 1, "contrast": 1}
@@ -89,18 +102,22 @@ def build_augmenter(settings, seed=0):
         shape = tf.shape(images)
         n = shape[0]
         height, width = tf.cast(shape[1], tf.float32), tf.cast(shape[2], tf.float32)
+        gate = _gates(settings, n, key)
         if settings.flip != "none" or settings.rotation or settings.shift or settings.shear or (
             settings.zoom
         ):
-            images = _affine(images, settings, n, height, width, uniform)
+            images = _affine(images, settings, n, height, width, uniform, gate)
         if settings.brightness:
             delta = uniform([n, 1, 1, 1], -settings.brightness, settings.brightness) * 255.0
-            images = images + delta
+            images = images + delta * gate("brightness", 4)
         if settings.contrast:
             factor = uniform([n, 1, 1, 1], 1 - settings.contrast, 1 + settings.contrast)
+            factor = 1 + (factor - 1) * gate("contrast", 4)
             mean = tf.reduce_mean(images, axis=[1, 2], keepdims=True)
             images = (images - mean) * factor + mean
-        if settings.brightness or settings.contrast:
+        if settings.saturation or settings.erase:
+            images = _colour_and_erase(images, settings, n, height, width, key, gate)
+        if settings.brightness or settings.contrast or settings.saturation:
             images = tf.clip_by_value(images, 0.0, 255.0)
         return images
 
@@ -116,17 +133,67 @@ def _flip_sign(n, enabled, uniform):
     return tf.where(uniform([n], 0, 1) < 0.5, -1.0, 1.0)
 
 
-def _affine(images, settings, n, height, width, uniform):
-    """The flips, rotation, shift, shear and zoom of `settings` (an Augmentation), drawn
-    by `uniform`, as one affine resampling per image."""
+def _gates(settings, n, key):
+    """`gate(kind, rank)`: per image, 1 where the change `kind` applies, else 0 (shaped
+    [n] + [1] * (rank - 1)); always 1 unless `settings.ops` (RandAugment-style), when
+    each kind applies with probability ops / RANDOM_OPS, drawn from seeds of their own
+    (the draws of the other presets stay as they were)."""
     import tensorflow as tf
 
-    angle = uniform([n], -1, 1) * settings.rotation * (3.141592653589793 / 180.0)
-    shear_x = uniform([n], -settings.shear, settings.shear)
-    shear_y = uniform([n], -settings.shear, settings.shear)
-    scale = uniform([n], 1 - settings.zoom, 1 + settings.zoom)  # >1: zoom out
-    shift_x = uniform([n], -settings.shift, settings.shift) * width
-    shift_y = uniform([n], -settings.shift, settings.shift) * height
+    kinds = ("rotation", "shift", "shear", "zoom", "brightness", "contrast", "saturation",
+             "erase")
+    if not settings.ops:
+        return lambda kind, rank=1: 1.0
+    seed = tf.random.experimental.stateless_fold_in(key, 1)  # apart from the other draws
+    draws = tf.random.stateless_uniform([len(kinds), n], seed)
+    chosen = tf.cast(draws < settings.ops / RANDOM_OPS, tf.float32)
+
+    def gate(kind, rank=1):
+        return tf.reshape(chosen[kinds.index(kind)], [n] + [1] * (rank - 1))
+
+    return gate
+
+
+def _colour_and_erase(images, settings, n, height, width, key, gate):
+    """Saturation (towards or away from each pixel's grey) and a greyed-out square."""
+    import tensorflow as tf
+
+    seeds = tf.unstack(tf.random.experimental.stateless_split(
+        tf.random.experimental.stateless_fold_in(key, 2), num=4))
+    if settings.saturation:
+        factor = tf.random.stateless_uniform([n, 1, 1, 1], seeds[0], 1 - settings.saturation,
+                                             1 + settings.saturation)
+        factor = 1 + (factor - 1) * gate("saturation", 4)
+        grey = tf.reduce_mean(images, axis=3, keepdims=True)
+        images = grey + (images - grey) * factor
+    if settings.erase:
+        side = tf.random.stateless_uniform([n, 1, 1], seeds[1], 0, settings.erase) * \
+            tf.minimum(height, width)
+        centre_y = tf.random.stateless_uniform([n, 1, 1], seeds[2], 0, 1) * height
+        centre_x = tf.random.stateless_uniform([n, 1, 1], seeds[3], 0, 1) * width
+        rows = tf.reshape(tf.range(height), [1, -1, 1])
+        columns = tf.reshape(tf.range(width), [1, 1, -1])
+        inside = tf.cast((tf.abs(rows - centre_y) < side / 2) &
+                         (tf.abs(columns - centre_x) < side / 2), tf.float32)
+        inside = (inside * gate("erase", 3))[..., None]
+        images = images * (1 - inside) + 127.5 * inside
+    return images
+
+
+def _affine(images, settings, n, height, width, uniform, gate):
+    """The flips, rotation, shift, shear and zoom of `settings` (an Augmentation), drawn
+    by `uniform`, as one affine resampling per image (`gate`: which changes apply)."""
+    import tensorflow as tf
+
+    angle = uniform([n], -1, 1) * settings.rotation * (3.141592653589793 / 180.0) * \
+        gate("rotation")
+    shear = gate("shear")
+    shear_x = uniform([n], -settings.shear, settings.shear) * shear
+    shear_y = uniform([n], -settings.shear, settings.shear) * shear
+    scale = 1 + (uniform([n], 1 - settings.zoom, 1 + settings.zoom) - 1) * gate("zoom")
+    shift = gate("shift")
+    shift_x = uniform([n], -settings.shift, settings.shift) * width * shift
+    shift_y = uniform([n], -settings.shift, settings.shift) * height * shift
     flip_x = _flip_sign(n, settings.flip in ("horizontal", "both"), uniform)
     flip_y = _flip_sign(n, settings.flip in ("vertical", "both"), uniform)
     cos, sin = tf.cos(angle), tf.sin(angle)

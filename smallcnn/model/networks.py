@@ -63,11 +63,17 @@ def find_base(model, base_layer):
 
 
 def make_optimizer(name, learning_rate, momentum=0.9, nesterov=False, schedule="constant",
-                   steps_per_epoch=1, epochs=1):
-    """A Keras optimizer; `exponential` and `cosine` schedules decay per step."""
+                   steps_per_epoch=1, epochs=1, warmup_steps=0):
+    """A Keras optimizer; `exponential` and `cosine` schedules decay per step; with
+    `warmup_steps`, a constant or cosine rate first rises linearly from 0."""
     check_optimizer(name, learning_rate, schedule)
     rate = learning_rate
-    if schedule == "exponential":  # a tenth of the rate after 20 epochs
+    if warmup_steps and schedule in ("constant", "cosine"):  # alpha 1: constant after it
+        rate = keras.optimizers.schedules.CosineDecay(
+            0.0, decay_steps=max(1, steps_per_epoch * epochs - warmup_steps),
+            alpha=1.0 if schedule == "constant" else 0.0, warmup_target=learning_rate,
+            warmup_steps=warmup_steps)
+    elif schedule == "exponential":  # a tenth of the rate after 20 epochs
         rate = keras.optimizers.schedules.ExponentialDecay(
             learning_rate, decay_steps=max(1, steps_per_epoch), decay_rate=0.1 ** (1 / 20)
         )

@@ -1,7 +1,8 @@
 """`train` and `finetune`, and `--resume` of either.
 
 A run is a plan of phases (`remaining_phases`): train's one phase, or finetune's head
-phase and fine-tuning; a new run trains them all, `--resume` those with epochs left.
+phase (extract's heads, trained in NumPy on the frozen base's cached features) and
+fine-tuning; a new run trains them all, `--resume` those with epochs left.
 """
 
 import dataclasses
@@ -12,10 +13,10 @@ from smallcnn.data.dataset import run_data_folder
 from smallcnn.errors import DataError, UsageError
 from smallcnn.model import runs
 from smallcnn.train import keras_loop as loop
-from smallcnn.train.cut import layout, plan_cut
-from smallcnn.train.epochs import Phase
+from smallcnn.train.cut import plan_cut
+from smallcnn.train.epochs import Phase, rate_factors
 from smallcnn.train.session import Session, seed_keras
-from smallcnn.train.settings import Settings
+from smallcnn.train.settings import HEAD_RECIPE, Settings
 
 
 @runs.overwriting()
@@ -72,17 +73,18 @@ def train(data_dir=None, settings=None, out=None, overwrite=False, reporter=None
 def remaining_phases(command, settings, rows, from_run=False):
     """The phases a `train` or `finetune` run has left after the epochs of `rows`.
 
-    Train has one phase. Finetune has a head phase (not when it starts from a run, nor
-    once fine-tuning began) and fine-tuning, always listed: it unfreezes the base, even
-    with no epoch left. A phase's first epoch is set as it starts (`run_phases`).
+    Train has one phase. Finetune has a head phase ("frozen", trained on the frozen
+    base's features: not when it starts from a run, nor once it trained an epoch: it
+    takes seconds and its run saved the heads), and fine-tuning, always listed: it
+    unfreezes the base, even with no epoch left. A phase's first epoch is set as it
+    starts (`run_phases`).
     """
     s, done = settings, [r["phase"] for r in rows]
     if command == "train":
         return [Phase("frozen" if s.freeze else "full", s.epochs - len(rows), s.learning_rate)]
     phases = []
-    if "finetune" not in done and done.count("frozen") < s.head_epochs and not from_run:
-        phases.append(Phase("frozen", s.head_epochs - done.count("frozen"),
-                            s.head_learning_rate))
+    if not {"frozen", "finetune"} & set(done) and not from_run:
+        phases.append(Phase("frozen", s.head_epochs, s.head_learning_rate, features=True))
     return phases + [Phase("finetune", s.epochs - done.count("finetune"), s.learning_rate)]
 
 
@@ -106,9 +108,15 @@ def run_phases(session, stop, phases, model, base, run_dir, rows=None, cut=None)
             extra = _unfreeze(session, model, base)
             extra["finetune_start_epoch"] = next(
                 (r["epoch"] for r in rows if r["phase"] == "finetune"), len(rows) + 1)
+            if session.settings.rate_decay != 1:
+                phase = dataclasses.replace(phase, factors=rate_factors(
+                    base, extra["unfrozen_layers"], session.spec.block_pattern,
+                    session.settings.rate_decay))
         if phase.epochs <= 0:
             continue
-        if cut is not None:
+        if phase.features:
+            rows += _extract_heads(session, stop, phase, model)
+        elif cut is not None:
             val = cut.split("val")
             rows += loop.train_on_views(session, stop, phase, cut.network, *cut.views(), val,
                                         model, run_dir)
@@ -131,6 +139,33 @@ def _unfreeze(session, model, base):
         f"{trainable:,} parameters now train (head included)."
     )
     return {"unfrozen_layers": unfrozen, "trainable_params": trainable}
+
+
+def _extract_heads(session, stop, phase, model):
+    """Trains the head as `extract` trains its heads (the same NumPy code on the frozen
+    base's cached features, with `HEAD_RECIPE`), for `phase`, and puts it into `model`;
+    returns history rows. A signal ends it as early stopping would, and sets `stop`."""
+    from smallcnn.model import head as numpy_head
+    from smallcnn.model.networks import HEAD_NAME
+    from smallcnn.runtime.signals import StopRequest
+
+    s, source = session.settings, session.source
+    recipe = dataclasses.replace(s, epochs=phase.epochs, learning_rate=phase.learning_rate,
+                                 **HEAD_RECIPE)
+    train_x, train_y = source.features("train")
+    request = StopRequest()
+    with request, session.timings("head"):
+        weights, history = numpy_head.train(
+            train_x, train_y, source.features("val"), recipe, len(session.dataset.class_names),
+            class_weights=session.plan.class_weights(), members=recipe.heads, stop=request,
+            on_epoch=lambda epoch, logs: session.reporter.epoch(phase.name, epoch,
+                                                                phase.epochs, logs))
+    if request.received:
+        stop.elsewhere = request.received
+    model.get_layer(HEAD_NAME).set_weights(weights)
+    return [{"epoch": phase.initial_epoch + i + 1, "phase": phase.name,
+             **{k: (round(v, 3) if k == "seconds" else v) for k, v in logs.items()}}
+            for i, logs in enumerate(history)]
 
 
 def _keep_better(session, model, earlier, evaluate, what, than):
@@ -168,9 +203,9 @@ def finetune(data_dir=None, from_run=None, settings=None, out=None, overwrite=Fa
     """Fine-tunes the top layers of the base together with the head, at a low learning rate.
 
     Starts from a run folder (`from_run`) or, without one, first trains the head with
-    the base frozen, as `train` does. Then the top `settings.unfreeze` layers of the base
-    that have weights (BatchNormalization layers excepted), or the top
-    `settings.unfreeze_blocks` blocks of it, are made trainable.
+    extract's heads on the frozen base's cached features. Then the top
+    `settings.unfreeze` layers of the base that have weights (BatchNormalization layers
+    excepted), or the top `settings.unfreeze_blocks` blocks of it, are made trainable.
 
     Returns:
         A `RunResult` whose `unfrozen` lists the unfrozen layers.
@@ -204,11 +239,9 @@ def finetune(data_dir=None, from_run=None, settings=None, out=None, overwrite=Fa
                 loaded["model"] = runs.load_model(from_run)
             loaded["base"] = find_base(loaded["model"], source_config["base_layer"])
         else:
-            loaded["base"] = base = session.source.build_base()
-            phases = remaining_phases("finetune", session.settings, [])
-            if layout(session, base, phases)[3] is not None:
-                # Its head phase runs the whole frozen base on the engine: converted meanwhile.
-                session.source.start_warmup()
+            loaded["base"] = session.source.build_base()
+            # Its head phase runs the whole frozen base on the engine: converted meanwhile.
+            session.source.start_warmup()
         layers_to_unfreeze(loaded["base"], *_unfreeze_args(session))
 
     session = Session("finetune", data_dir, settings, reporter, command_line,
@@ -233,7 +266,8 @@ def _finetune(session, base, model, out, overwrite, from_run, source_config):
                                            "from_run": str(from_run)})
     else:
         base.trainable = False
-        model = build_classifier(session.spec, base, loop.new_head(session.plan), s.image_size)
+        head = loop.new_head(session.plan, hidden=s.hidden * HEAD_RECIPE["heads"])  # merged
+        model = build_classifier(session.spec, base, head, s.image_size)
         config = writer.config(base.name)
     runs.write_json(run_dir / runs.CONFIG_FILE, config)  # the checkpoint is usable at once
     *head_phases, tuning = remaining_phases("finetune", s, [], from_run=from_run is not None)
@@ -245,8 +279,8 @@ def _finetune(session, base, model, out, overwrite, from_run, source_config):
         metrics = writer.finish(run_dir, model, config, rows, evaluations,
                                 interrupted=stop.received)
         return writer.result(run_dir, metrics, rows, interrupted=stop.received)
-    # The head phase restored its epoch of lowest val_loss; a run records its own.
-    before = loop.best_val(rows)
+    # The model fine-tuning starts from, measured as its result will be; a run records its own.
+    before = tuple(evaluate(model)["val"]) if rows else None
     if source_config is not None:
         before = recorded
         writer.start_checkpoint(run_dir, model, before, saved=False)

@@ -96,7 +96,8 @@ def layout(session, base, phases):
     s, placement = plan.settings, plan.placement
     unfrozen = layers_to_unfreeze(base, s.unfreeze, s.unfreeze_blocks, plan.spec.block_pattern)
     cut = find_cut(base, unfrozen)
-    views = min(MAX_VIEWS, max([p.epochs for p in phases] + [1])) if _augmenting(s) else 1
+    trained = [p.epochs for p in phases if not p.features]  # the head trains on features
+    views = min(MAX_VIEWS, max(trained + [1])) if _augmenting(s) else 1
     count = views * len(plan.dataset.train) + sum(len(plan.dataset.splits[name])
                                                  for name in plan.eval_splits())
     needed = count * int(np.prod(base.layers[cut].output.shape[1:])) * \
@@ -299,7 +300,8 @@ class CutTraining:
         activations; `_model`, the whole model, shares its weights."""
         from smallcnn.model.networks import compile_model
 
-        if getattr(self.network, "optimizer", None) is None:
+        if getattr(self.network, "optimizer", None) is None or \
+                self.network.loss != "sparse_categorical_crossentropy":  # trained smoothed
             compile_model(self.network, "adam")
         s = self.session
         splits = {name: self.split(name) for name in s.plan.eval_splits()}

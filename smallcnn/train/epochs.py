@@ -20,6 +20,10 @@ class Phase:
     epochs: int
     learning_rate: float
     initial_epoch: int = 0
+    features: bool = False  # trained on the frozen base's cached features (finetune's head)
+    # Fine-tuning's learning-rate factor of each variable below the top block, by its
+    # path (`rate_factors`); any other variable trains at the phase's rate.
+    factors: dict = dataclasses.field(default=None, compare=False, hash=False)
 
     @property
     def end(self):
@@ -32,19 +36,67 @@ def global_batch(plan):
     return plan.settings.batch_size * plan.placement.replicas
 
 
-def optimizer(plan, learning_rate, steps, epochs, mixed=False):
+def optimizer(plan, learning_rate, steps, epochs, mixed=False, phase=None):
     """The Keras optimizer of the settings; with `mixed` (a model computing in the
-    plan's precision), wrapped in loss scaling for mixed_float16, as Keras advises."""
+    plan's precision), wrapped in loss scaling for mixed_float16, as Keras advises.
+    Fine-tuning's (`phase`) warms up over --warmup-epochs and scales its variables'
+    rates by the phase's `factors`."""
     from smallcnn.model.networks import make_optimizer
 
     s = plan.settings
+    tuning = phase is not None and phase.name == "finetune"
+    warmup = round(s.warmup_epochs * steps) if tuning and s.warmup_epochs else 0
     chosen = make_optimizer(s.optimizer, learning_rate, s.momentum, s.nesterov, s.lr_schedule,
-                            steps, epochs)
+                            steps, epochs, warmup_steps=warmup)
+    if tuning and phase.factors:
+        chosen = scaled_rates(chosen, phase.factors)
     if mixed and plan.placement.precision == "mixed_float16":
         import keras
 
         chosen = keras.optimizers.LossScaleOptimizer(chosen)
     return chosen
+
+
+def scaled_rates(chosen, factors):
+    """`chosen` (a Keras optimizer) updating each variable at its learning rate times
+    `factors[variable.path]` (1 for a variable not in it): Keras has no per-variable
+    rate, and scaling gradients instead would do nothing under Adam's normalisation."""
+    kind = type(chosen)
+
+    class Scaled(kind):
+        def build(self, variables):
+            super().build(variables)
+            self._rate_factors = [factors.get(v.path, 1.0) for v in variables]
+
+        def update_step(self, gradient, variable, learning_rate):
+            # The step sees the backend's variable: found by the optimizer's own index.
+            factor = self._rate_factors[self._get_variable_index(variable)]
+            return super().update_step(gradient, variable,
+                                       learning_rate if factor == 1.0 else learning_rate * factor)
+
+    # Saved with a compiled model as the optimizer it extends (loaded models are not compiled).
+    Scaled.__name__, Scaled.__qualname__, Scaled.__module__ = \
+        kind.__name__, kind.__qualname__, kind.__module__
+    chosen.__class__ = Scaled
+    return chosen
+
+
+def rate_factors(base, unfrozen, block_pattern, decay):
+    """{variable path: learning-rate factor} of the `unfrozen` layers of `base`: 1 for
+    the top unfrozen block, `decay` for the one below it, `decay`**2 below that...
+    (discriminative rates: the lower layers, more general, change less)."""
+    from smallcnn.model.networks import base_blocks
+
+    names, factors, depth = set(unfrozen), {}, 0
+    for block in reversed(base_blocks(base, block_pattern)):
+        chosen = [layer for layer in block if layer.name in names]
+        if not chosen:
+            continue
+        for layer in chosen:
+            for variable in layer.weights:
+                factors[variable.path] = decay ** depth
+        depth += 1
+    return factors
 
 
 def callbacks(settings, reporter, stop, phase, epochs, steps, checkpoint=None,

@@ -34,7 +34,7 @@ def worse_than(val, earlier):
 
 
 def fit_stream(model, stream, callbacks, steps, epochs, validation, batch_size,
-               initial_epoch=0):
+               initial_epoch=0, judge=None):
     """Keras' `fit` loop written out, over an endless iterator of batches (or a
     `tf.distribute.DistributedIterator` of them, on several replicas); returns the
     history dict, as `fit`'s History has it.
@@ -43,7 +43,8 @@ def fit_stream(model, stream, callbacks, steps, epochs, validation, batch_size,
     `validation` arrays, `stop_training`), each batch taken when the step needs it.
     `fit` would read the iterator ahead in a tf.data prefetch thread instead, and
     destroying that thread's iterator as `fit` returned stalled for 5 to 39 s in about
-    one run in two (measured: train --freeze on cats-dogs-small).
+    one run in two (measured: train --freeze on cats-dogs-small). `judge` (the model
+    compiled with the plain loss, sharing its layers: `tuning_loss`) validates instead.
     """
     import tensorflow as tf
 
@@ -57,7 +58,7 @@ def fit_stream(model, stream, callbacks, steps, epochs, validation, batch_size,
         return {k: float(v) for k, v in model.train_function(batch).items()}
 
     def validate():
-        val = model.evaluate(*validation, batch_size=batch_size, verbose=0, return_dict=True)
+        val = (judge or model).evaluate(*validation, batch_size=batch_size, verbose=0, return_dict=True)
         return {f"val_{k}": float(v) for k, v in val.items()}
 
     return run_epochs(model, callbacks, steps, epochs, step, validate, initial_epoch,
@@ -210,8 +211,9 @@ def _fit_images(session, stop, phase, model, steps, checkpoint):
     val = source.decoded("val")
     working = placement.working_copy(model)
     with placement.scope():
-        compile_model(working, optimizer(plan, phase.learning_rate, steps, phase.epochs,
-                                         mixed=True))
+        judge = compile_tuning(working, optimizer(plan, phase.learning_rate, steps,
+                                                  phase.epochs, mixed=True, phase=phase),
+                               plan, phase, smoothing=False)  # saved compiled: no closure
     copy_back = None if working is model else (lambda: model.set_weights(working.get_weights()))
     chosen, report = callbacks(s, session.reporter, stop, phase.name, phase.epochs, steps,
                                checkpoint, before_save=copy_back)
@@ -221,7 +223,7 @@ def _fit_images(session, stop, phase, model, steps, checkpoint):
     with placement.scope():
         history = fit_stream(working, stream, chosen, steps, phase.end,
                              (val.images, val.labels), s.batch_size,
-                             initial_epoch=phase.initial_epoch)
+                             initial_epoch=phase.initial_epoch, judge=judge)
     if copy_back is not None:
         copy_back()
     return history, report.seconds
@@ -260,12 +262,13 @@ def train_on_views(session, stop, phase, network, views, labels, val, model, run
     size = global_batch(plan)
     steps = int(np.ceil(len(labels) / size))
     with session.timings("train"):
-        compile_model(network, optimizer(plan, phase.learning_rate, steps, phase.epochs))
+        judge = compile_tuning(network, optimizer(plan, phase.learning_rate, steps,
+                                                  phase.epochs, phase=phase), plan, phase)
         chosen, report = callbacks(plan.settings, session.reporter, stop, phase.name,
                                    phase.epochs, steps, session.writer.checkpoint(run_dir, model))
         stream = _view_batches(plan, views, labels, size, phase.initial_epoch)
         history = fit_stream(network, stream, chosen, steps, phase.end, val, size,
-                             initial_epoch=phase.initial_epoch)
+                             initial_epoch=phase.initial_epoch, judge=judge)
     return history_rows(history, phase, report.seconds)
 
 
@@ -285,6 +288,39 @@ def _view_batches(plan, views, labels, size, first_epoch):
                 rows = next(batches)
                 x, y = views[view][rows].astype(np.float32), labels[rows]
                 yield (x, y) if lookup is None else (x, y, lookup[y])
+
+
+def compile_tuning(network, chosen, plan, phase, smoothing=True):
+    """Compiles `network` with optimizer `chosen`; fine-tuning's (`phase`) loss with
+    --label-smoothing (not on several replicas), when it returns the judge: a model
+    sharing the network's layers, compiled with the plain loss, that validates (val_loss
+    stays the cross-entropy every run and the earlier model are compared on)."""
+    import keras
+
+    from smallcnn.model.networks import compile_model
+
+    amount = plan.settings.label_smoothing if phase.name == "finetune" and smoothing else 0
+    if not amount:
+        compile_model(network, chosen)
+        return None
+    network.compile(optimizer=chosen, loss=smoothed_loss(len(plan.dataset.class_names), amount),
+                    metrics=["accuracy"])
+    judge = keras.Model(network.inputs, network.outputs, name=f"{network.name}_judge")
+    compile_model(judge, "adam")
+    return judge
+
+
+def smoothed_loss(classes, amount):
+    """Cross-entropy of integer labels smoothed by `amount` (Keras' sparse loss has no
+    label smoothing): the true class's target is 1 - amount + amount / classes."""
+    import keras
+
+    def loss(y_true, y_pred):
+        labels = keras.ops.cast(keras.ops.reshape(y_true, (-1,)), "int32")
+        return keras.losses.categorical_crossentropy(keras.ops.one_hot(labels, classes), y_pred,
+                                                     label_smoothing=amount)
+
+    return loss
 
 
 def evaluate_model(model, session):

@@ -38,11 +38,20 @@ COMMANDS = ("extract", "train", "finetune")
 CLASS_WEIGHTS = ("none", "balanced")
 
 COMMAND_DEFAULTS = {
-    "extract": dict(epochs=100, learning_rate=1e-3, patience=10, augment="none", heads=5),
-    "train": dict(epochs=50, patience=8, augment=DEFAULT_PRESET),
+    "extract": dict(epochs=100, learning_rate=1e-3, patience=10, augment="none", heads=5,
+                    lr_schedule="constant"),
+    "train": dict(epochs=50, patience=8, augment=DEFAULT_PRESET, lr_schedule="constant"),
+    # Finetune's recipe (bench/finetune_recipe.py: chosen on val): extract's heads first
+    # (head_epochs, head_learning_rate and HEAD_RECIPE are extract's), then the top blocks
+    # with warmup and cosine decay, lower blocks at lower rates, label smoothing.
     "finetune": dict(epochs=15, learning_rate=1e-5, patience=5, augment=DEFAULT_PRESET,
-                     head_epochs=30, head_learning_rate=1e-2),
+                     head_epochs=100, head_learning_rate=1e-3, lr_schedule="cosine",
+                     unfreeze_blocks=2),
 }
+# What finetune's head (trained as extract trains its own, on the base's cached features)
+# takes from extract's defaults besides its epochs and learning rate.
+HEAD_RECIPE = {name: COMMAND_DEFAULTS["extract"][name]
+               for name in ("heads", "patience", "lr_schedule")}
 # A frozen base leaves a linear head to train: a high rate reaches the same accuracy in a
 # third of the epochs (ants-bees: 93.46% either way, best epoch 10 against 30 at 1e-3);
 # every layer training needs the usual 1e-3.
@@ -92,16 +101,28 @@ class Settings:
 
     freeze: Optional[bool] = option(None, "Keep the base frozen and train the head only.", bool,
                                     ("train",), flag="--freeze/--no-freeze")
-    unfreeze: int = option(4, "Top base layers with weights to unfreeze (BatchNorm excluded).",
-                           int, ("finetune",), allowed=Range(1))
+    unfreeze: Optional[int] = option(None, "Top base layers with weights to unfreeze "
+                                     "(BatchNorm excluded), instead of --unfreeze-blocks.",
+                                     int, ("finetune",), allowed=Range(1))
     unfreeze_blocks: Optional[int] = option(
-        None, "Unfreeze the top N blocks of the base instead, each whole (the blocks of its "
+        None, "Unfreeze the top N blocks of the base, each whole (the blocks of its "
         "registry entry; BatchNorm excluded).", int, ("finetune",), allowed=Range(1))
-    head_epochs: Optional[int] = option(None, "Epochs for the head with the base frozen "
-                                        "(without --from).", int, ("finetune",),
+    head_epochs: Optional[int] = option(None, "Epochs for the head on the frozen base's "
+                                        "cached features, trained as extract trains its "
+                                        "heads (without --from).", int, ("finetune",),
                                         allowed=Range(0, EPOCHS.high))
     head_learning_rate: Optional[float] = option(None, "Learning rate for that head phase.",
                                                  float, ("finetune",), allowed=LEARNING_RATE)
+    rate_decay: float = option(0.5, "Learning-rate factor of each unfrozen block below the "
+                               "top one (the block below the top trains at this times the "
+                               "rate, the next at its square...; 1: one rate for all).", float,
+                               ("finetune",), allowed=Range(0, 1, above=True))
+    warmup_epochs: float = option(1.0, "Epochs over which fine-tuning's learning rate rises "
+                                  "linearly from 0 (not with --lr-schedule plateau).", float,
+                                  ("finetune",), allowed=Range(0, EPOCHS.high))
+    label_smoothing: float = option(0.1, "Label smoothing of fine-tuning's loss (val_loss "
+                                    "stays the plain cross-entropy).", float, ("finetune",),
+                                    allowed=Range(0, 1, below=True))
     base: Optional[str] = option(None, "Conv base.", str, choices=tuple(BASES))
     weights: Optional[str] = option(None, "imagenet, none, or a .weights.h5 file of the base.",
                                     str)
@@ -115,7 +136,8 @@ class Settings:
     momentum: float = option(0.9, "Momentum for sgd.", float, allowed=FRACTION)
     nesterov: bool = option(False, "Nesterov momentum for sgd.", bool,
                             flag="--nesterov/--no-nesterov")
-    lr_schedule: str = option("constant", "Learning-rate schedule.", str, choices=LR_SCHEDULES)
+    lr_schedule: Optional[str] = option(None, "Learning-rate schedule.", str,
+                                        choices=LR_SCHEDULES)
     dropout: float = option(0.5, "Dropout before the last dense layer.", float,
                             allowed=FRACTION)
     hidden: int = option(0, "Units of a hidden dense layer in the head (0: none).", int,
@@ -178,6 +200,8 @@ class Settings:
         if command == "extract" and values["views"] and values["augment"] is None:
             values["augment"] = DEFAULT_PRESET  # augmented views need an augmentation
         for name, value in COMMAND_DEFAULTS[command].items():
+            if name == "unfreeze_blocks" and values["unfreeze"] is not None:
+                continue  # --unfreeze N layers instead
             if values[name] is None:
                 values[name] = value
         values["base"] = values["base"] or DEFAULT_BASE
@@ -258,6 +282,8 @@ def default_text(command, name):
         return f"{spec.default_weights}; none for a base without pretrained weights"
     if name == "freeze":
         return "--freeze with pretrained weights, --no-freeze with random ones"
+    if name == "unfreeze":
+        return f"{value}; --unfreeze-blocks' blocks are unfrozen"
     if name == "learning_rate" and command == "train":
         return (f"{_number(FROZEN_LEARNING_RATE)} with a frozen base, "
                 f"{_number(FULL_LEARNING_RATE)} when every layer trains")
