@@ -238,10 +238,11 @@ def test_dream_and_style_refuse_it_in_one_line(tiny, tmp_path):
         assert "--base efficientnet_b0" in result.output
 
 
-@pytest.mark.heavy  # extract, finetune and predict on a tiny preset (~25 s)
+@pytest.mark.heavy  # extract, finetune, predict and pictures on a tiny preset (~30 s)
 def test_extract_finetune_and_predict_from_a_preset_folder(tiny, tiny_data, tmp_path):
     """The commands on a random preset (as --weights PATH): finetune trains the top two
-    blocks from activations cached below them, and its model.keras predicts."""
+    blocks from activations cached below them, and its model.keras predicts; Grad-CAM and
+    the activations (no conv layer: the patch grid) are drawn."""
     backbone().save_to_preset(str(tmp_path / "preset"))
     common = ["--base", NAME, "--weights", tmp_path / "preset", "--image-size", SIZE,
               "--batch-size", "8", "--engine", "litert"]
@@ -256,3 +257,9 @@ def test_extract_finetune_and_predict_from_a_preset_folder(tiny, tiny_data, tmp_
     for run in ("runs/ex", "runs/ft"):
         result = invoke("predict", tiny_data / "val" / "red", "--model", run)
         assert result.exit_code == 0, result.output
+    image = next((tiny_data / "val" / "red").iterdir())
+    for command in ("gradcam", "activations"):
+        result = invoke("visualize", command, image, "--model", "runs/ex")
+        assert result.exit_code == 0, result.output
+    assert (tmp_path / f"runs/ex/visualize/{image.stem}-activations-{dinov2.PATCH_GRID}.png"
+            ).is_file()

@@ -31,9 +31,10 @@ def _conv_layers(base):
 
 
 def default_layers(base, count=LAYERS):
-    """`count` conv layers spread evenly from the first to the last."""
+    """`count` conv layers spread evenly from the first to the last (a base without any,
+    DINOv2: its layers with maps larger than 1 x 1, such as its patch grid)."""
     layers = [l for l in _conv_layers(base) if type(l).__name__ != "Activation"] or \
-        _conv_layers(base)
+        _conv_layers(base) or [l for l in feature_layers(base) if l.output.shape[1] != 1]
     if len(layers) <= count:
         return [l.name for l in layers]
     picks = np.linspace(0, len(layers) - 1, count).round().astype(int)
