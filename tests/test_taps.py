@@ -165,3 +165,27 @@ def test_auto_tries_both_and_label_issues_choose_alike(tapped_run, base_weights_
     find_label_issues(data, settings, folds=2, reporter=Notes())
     assert any(taps.describe(HeadInput.of(get_base("mobilenet_v2"), expected),
                              get_base("mobilenet_v2")) in n for n in notes)
+
+
+@pytest.mark.heavy
+def test_finetune_from_a_tapped_run_trains_end_to_end(tapped_run, tmp_path, monkeypatch):
+    """Fine-tuning a run whose head reads the taps: no cut can hold them, so it trains end
+    to end, saying why; the result still predicts."""
+    from smallcnn import train as training
+    from smallcnn.inference.predict import load
+    from smallcnn.progress import Reporter
+    from smallcnn.train import Settings
+
+    result, data, cache = tapped_run
+    monkeypatch.setenv("SMALLCNN_CACHE", str(cache))
+    notes = []
+
+    class Notes(Reporter):
+        def note(self, message):
+            notes.append(message)
+
+    tuned = training.finetune(from_run=result.run_dir, settings=Settings(epochs=1),
+                              out=tmp_path / "tuned", reporter=Notes())
+    assert any("intermediate taps" in n for n in notes), notes
+    images = sorted((data / "val").rglob("*.png"))[:4]
+    assert len(load(tuned.run_dir).predict([str(p) for p in images])) == 4
