@@ -11,9 +11,9 @@ embedding, the blocks and the final LayerNorm; then the patch tokens as a grid
 the mean patch token, as a 1x1 map (B, 1, 1, 2 x hidden), which the pooling passes through.
 
 The image size is fixed when the base is built: the position embeddings, trained at
-518 px (37 x 37 patches), are interpolated (bicubic, by KerasHub) to size // 14 patches a
-side; a size that is not a multiple of 14 leaves its last size % 14 rows and columns of
-pixels unseen. Its pretrained weights are KerasHub's presets, downloaded once from Kaggle
+518 px (37 x 37 patches), are interpolated once (bicubic, by KerasHub) to size // 14
+patches a side and kept at that size; a size that is not a multiple of 14 leaves its last
+size % 14 rows and columns of pixels unseen. Its pretrained weights are KerasHub's presets, downloaded once from Kaggle
 by kagglehub into its cache (`preset_folder`) and read from there without a network;
 `--weights PATH` takes such a folder (`backbone.save_to_preset`'s layout).
 """
@@ -24,8 +24,9 @@ from pathlib import Path
 from smallcnn.errors import UsageError, WeightsError, described, first_line
 
 PATCH = 14
-DEFAULT_SIZE = 224  # 16 x 16 patches, the size of the paper's linear-probe evaluations
-# The architectures (the DINOv2 paper's Table 17) and KerasHub's preset of each.
+DEFAULT_SIZE = 224  # 16 x 16 patches (1 CLS + 256 patch tokens: the model card's example)
+# The architectures (DINOv2's model card: width, heads, an MLP 4 x as wide; 12 blocks) and
+# KerasHub's preset of each.
 ARCHITECTURES = {
     "dinov2_vits14": dict(patch_size=PATCH, num_layers=12, hidden_dim=384, num_heads=6,
                           intermediate_dim=1536),
