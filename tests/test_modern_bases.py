@@ -40,12 +40,15 @@ def test_every_modern_entry_is_consistent():
 @pytest.mark.parametrize("name", SMALL)
 def test_build_features_and_gradcam_layer(built, name):
     from smallcnn.model.networks import feature_extractor
+    from smallcnn.model.taps import HeadInput
 
     spec, base = get_base(name), built[name]
     assert len(base.get_layer(spec.last_conv_layer).output.shape) == 4
     images = np.random.default_rng(0).uniform(0, 255, (2, SIZE, SIZE, 3)).astype("float32")
-    features = feature_extractor(spec, base, SIZE)(images).numpy()
-    assert features.shape == (2, spec.feature_width) and np.isfinite(features).all()
+    features = feature_extractor(spec, base, SIZE)(images).numpy()  # the taps' too
+    assert features.shape == (2, HeadInput.of(spec, taps=True).width)
+    assert HeadInput.of(spec)(features).shape == (2, spec.feature_width)
+    assert np.isfinite(features).all()
 
 
 @pytest.mark.parametrize("name, blocks", [("convnext_tiny", 3 + 3 + 9 + 3 + 3 + 2),

@@ -65,10 +65,12 @@ def test_choices_come_from_the_registries(command, tiny_data):
     from smallcnn.runtime.devices import PRECISIONS
     from smallcnn.runtime.engine import CHOICES as ENGINES
     from smallcnn.train.settings import CLASS_WEIGHTS
+    from smallcnn.train.taps import CHOICES as TAPS
 
     registries = {"base": BASES, "optimizer": OPTIMIZERS, "lr_schedule": LR_SCHEDULES,
                   "augment": PRESETS, "flip": FLIP_MODES, "engine": ENGINES,
-                  "precision": PRECISIONS, "class_weight": CLASS_WEIGHTS}
+                  "precision": PRECISIONS, "class_weight": CLASS_WEIGHTS,
+                  **({"taps": TAPS} if command == "extract" else {})}
     assert {name for name, declared in options(command) if declared["choices"]} == set(registries)
     shown = invoke(command, "--help")
     assert shown.exit_code == 0, shown.output
