@@ -162,8 +162,8 @@ BASES = {
             block_pattern=r"block_\d+|expanded_conv|Conv_?1",
             int8_friendly=True,
             dream_layers=("block_6_expand_relu", "block_9_expand_relu"),
-            style_layers=("Conv1_relu", "block_1_expand_relu", "block_3_expand_relu",
-                          "block_6_expand_relu", "block_13_expand_relu"),
+            style_layers=("bn_Conv1", "block_1_expand_BN", "block_3_expand_BN",
+                          "block_6_expand_BN", "block_13_expand_BN"),  # before ReLU6's clip
             content_layer="block_13_expand_relu",
             taps=(("block_12_add", 96), ("block_15_add", 160)),
         ),
