@@ -107,6 +107,25 @@ def test_style_transfer_moves_the_gram_matrices_to_the_style(backbone):
     assert np.array_equal(styled.image, again.image)  # same inputs, same result
 
 
+@pytest.mark.heavy
+def test_swag_smoothing_moves_the_smoothed_statistics_to_the_style(backbone):
+    """With --smoothing, the style loss is on the smoothed activations (`swag`) and still
+    falls."""
+    from smallcnn.visualize.style import StyleSettings, StyleTransfer
+
+    transfer = StyleTransfer(backbone)
+    content, style = photo(48), painting(48)
+    plain = transfer(content, style, StyleSettings(steps=6))
+    smoothed = transfer(content, style, StyleSettings(steps=6, smoothing=1.0))
+    assert smoothed.losses["style"] != plain.losses["style"]
+    assert smoothed.final["style"] < 0.8 * smoothed.losses["style"][0], smoothed.losses
+    assert np.abs(smoothed.image.astype(int) - content).mean() > 1
+    # after a smoothed run, 0 is the plain transfer again (the temperatures are an input)
+    off = transfer(content, style, StyleSettings(steps=6, smoothing=0.0))
+    assert np.array_equal(off.image, plain.image)
+    assert transfer.step.experimental_get_tracing_count() == 1  # one graph, on or off
+
+
 def test_a_layer_the_base_lacks_is_refused_with_the_valid_names(backbone):
     from smallcnn.errors import UsageError
     from smallcnn.visualize.dream import DeepDream
@@ -144,7 +163,7 @@ def test_dream_and_style_commands_write_their_pictures(tmp_path):
 def test_dream_and_style_refuse_bad_input_before_any_work(tmp_path):
     from smallcnn.errors import DataError, UsageError
     from smallcnn.data.images import load_image
-    from smallcnn.visualize.style import WEIGHT
+    from smallcnn.visualize.style import SMOOTHING, WEIGHT
 
     Image.fromarray(photo(40)).save(tmp_path / "photo.png")
     before = (tmp_path / "photo.png").read_bytes()
@@ -165,6 +184,8 @@ def test_dream_and_style_refuse_bad_input_before_any_work(tmp_path):
         (["dream", tmp_path / "photo.png", "--octave-scale", "1"], "--octave-scale must be above 1"),
         (["style", tmp_path / "photo.png", tmp_path / "photo.png", "--tv-weight", "-1"],
          f"--tv-weight must be {WEIGHT.describe()}"),
+        (["style", tmp_path / "photo.png", tmp_path / "photo.png", "--smoothing", "-1"],
+         f"--smoothing must be {SMOOTHING.describe()}"),
         (["dream", tmp_path / "photo.png", "--model", tmp_path, "--base", "mobilenet_v2"],
          "not both"),
         (["dream", tmp_path / "photo.png", "--base", "vgg99"], "Unknown base: 'vgg99'"),

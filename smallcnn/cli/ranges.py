@@ -12,7 +12,7 @@ from typer.core import TyperCommand
 
 from smallcnn.inference.tta import VIEWS
 from smallcnn.runtime.ranges import Range
-from smallcnn.visualize.style import WEIGHT
+from smallcnn.visualize.style import SMOOTHING, WEIGHT
 
 # By parameter name (the option may be spelled otherwise: `count` is --filters).
 RANGES = {
@@ -31,6 +31,7 @@ RANGES = {
     "content_weight": WEIGHT,
     "style_weight": WEIGHT,
     "tv_weight": WEIGHT,
+    "smoothing": SMOOTHING,
 }
 
 

@@ -11,12 +11,13 @@ from smallcnn.cli.options import RunOption, shown_default
 from smallcnn.visualize.common import PICTURE_BASE, VISUALIZE_DIR
 from smallcnn.visualize.maps import CHANNELS, FILTER_STEPS, FILTERS, LAYERS
 from smallcnn.visualize.dream import DreamSettings
-from smallcnn.visualize.style import StyleSettings
+from smallcnn.visualize.style import OFFLINE_BASE, VGG19, StyleSettings
 
 VisualizeOut = Annotated[Optional[Path], typer.Option("--out", help="Folder for the pictures." + shown_default(f"RUN/{VISUALIZE_DIR}"), show_default=False)]
 RunModel = Annotated[Optional[Path], typer.Option("--model", help="A run folder: use its base, with the run's (fine-tuned) weights.", show_default=False)]
 PictureBase = Annotated[Optional[str], typer.Option("--base", help="A base of the registry, with its ImageNet weights." + shown_default(f"{PICTURE_BASE}, when no --model"), show_default=False)]
 PictureWeights = Annotated[Optional[str], typer.Option("--weights", help="'imagenet' or a weights file of --base." + shown_default("imagenet"), show_default=False)]
+StyleBase = Annotated[Optional[str], typer.Option("--base", help="A base of the registry, with its ImageNet weights." + shown_default(f"{VGG19} where Keras has its weights cached, else {OFFLINE_BASE}; when no --model"), show_default=False)]
 DREAM, STYLE = DreamSettings(), StyleSettings()
 
 visualize_app = typer.Typer(help="Pictures of what a convnet learned: Grad-CAM, activations, filters, "
@@ -104,7 +105,7 @@ def visualize_style(
     content: Annotated[Path, typer.Argument(help="The image whose content to keep.", show_default=False)],
     style: Annotated[Path, typer.Argument(help="The image whose style to take (a painting).", show_default=False)],
     model: RunModel = None,
-    base: PictureBase = None,
+    base: StyleBase = None,
     weights: PictureWeights = None,
     content_layer: Annotated[Optional[str], typer.Option(help="Base layer that holds the content." + shown_default("the registry's, per base"), show_default=False)] = None,
     style_layer: Annotated[Optional[List[str]], typer.Option("--style-layer", help="Base layer whose Gram matrix is part of the style (repeatable)." + shown_default("the registry's, per base"), show_default=False)] = None,
@@ -114,6 +115,7 @@ def visualize_style(
     style_weight: Annotated[float, typer.Option(help="Weight of the style loss (relative to the style image's Gram matrices).")] = STYLE.style_weight,
     tv_weight: Annotated[float, typer.Option(help="Weight of the total variation (relative to the content image's): smoothness.")] = STYLE.tv_weight,
     learning_rate: Annotated[float, typer.Option(help="Adam's step size.")] = STYLE.learning_rate,
+    smoothing: Annotated[float, typer.Option(help="SWAG's softmax of each layer's activations (Wang et al., 2021), its temperature relative to the layer's spread; 0: off.")] = STYLE.smoothing,
     out: Annotated[Optional[Path], typer.Option("--out", help="Picture to write (.png, .jpg, .webp)." + shown_default("CONTENT-in-STYLE.png here"), show_default=False)] = None,
 ):
     """Neural style transfer (Gatys et al.): CONTENT rendered in the style of STYLE."""
@@ -123,7 +125,7 @@ def visualize_style(
                             model=model, base=base, weights=weights, content_layer=content_layer,
                             style_layers=style_layer, steps=steps, size=size,
                             content_weight=content_weight, style_weight=style_weight,
-                            tv_weight=tv_weight, learning_rate=learning_rate)
+                            tv_weight=tv_weight, learning_rate=learning_rate, smoothing=smoothing)
     _pictures(pictures)
     start = {name: values[0] for name, values in styled.losses.items()}
     stdout.print("losses at the start -> the end: " + ", ".join(
