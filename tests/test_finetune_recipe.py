@@ -23,7 +23,8 @@ def test_finetune_defaults_are_the_recipe():
     s = Settings().resolve("finetune")
     assert s.unfreeze is None and s.unfreeze_blocks == RECIPE["unfreeze_blocks"]
     assert s.lr_schedule == RECIPE["lr_schedule"] == "cosine"
-    assert s.label_smoothing > 0 and 0 < s.rate_decay < 1 and s.warmup_epochs > 0
+    assert s.augment == RECIPE["augment"] == "randaugment"
+    assert 0 < s.rate_decay < 1 and s.warmup_epochs > 0
     assert (s.head_epochs, s.head_learning_rate) == (COMMAND_DEFAULTS["extract"]["epochs"],
                                                      COMMAND_DEFAULTS["extract"]["learning_rate"])
     # --unfreeze N still unfreezes N layers: the blocks' default does not override it.
@@ -108,7 +109,8 @@ def test_label_smoothing_is_in_the_training_loss_not_in_val_loss():
 def test_finetune_starts_from_extracts_heads(tiny_data, base_weights_file):
     common = ("--base", "mobilenet_v2", "--weights", base_weights_file, "--image-size", "32",
               "--batch-size", "8")
-    extracted = invoke("extract", tiny_data, *common, "--out", "runs/e")
+    # finetune's heads read the last layer's features (extract may add its taps: off here).
+    extracted = invoke("extract", tiny_data, *common, "--taps", "off", "--out", "runs/e")
     assert extracted.exit_code == 0, extracted.output
     tuned = invoke("finetune", tiny_data, *common, "--epochs", "2", "--out", "runs/f")
     assert tuned.exit_code == 0, tuned.output
