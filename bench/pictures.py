@@ -54,7 +54,6 @@ def measure(command, work):
 
 def compare():
     """Renders COMPARE_PNG; returns each picture's base, setting, seconds and losses."""
-    import numpy as np
     from PIL import Image
 
     from smallcnn.model.bases import get_base
