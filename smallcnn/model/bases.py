@@ -143,10 +143,12 @@ def _dinov2(name):
 
 # Downloaded once by Keras (DINOv2: by KerasHub); sizes and widths as published.
 MODERN_BASES = [_convnext("tiny", 768), _convnext("small", 768), _convnext("base", 1024),
-                _efficientnet_v2("b0", 224, 1280), _efficientnet_v2("b1", 240, 1280),
-                _efficientnet_v2("b2", 260, 1408), _efficientnet_v2("b3", 300, 1536),
-                _efficientnet_v2("s", 384, 1280), _dinov2("dinov2_vits14"),
-                _dinov2("dinov2_vitb14")]
+                _efficientnet_v2("b0", 224, 1280, (("block5e_add", 112), ("block6h_add", 192))),
+                _efficientnet_v2("b1", 240, 1280, (("block5f_add", 112), ("block6i_add", 192))),
+                _efficientnet_v2("b2", 260, 1408, (("block5f_add", 120), ("block6j_add", 208))),
+                _efficientnet_v2("b3", 300, 1536, (("block5g_add", 136), ("block6l_add", 232))),
+                _efficientnet_v2("s", 384, 1280, (("block5i_add", 160), ("block6o_add", 256))),
+                _dinov2("dinov2_vits14"), _dinov2("dinov2_vitb14")]
 
 BASES = {
     spec.name: spec
