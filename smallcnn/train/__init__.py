@@ -11,6 +11,7 @@
     keras_loop.py     the phases through Keras (one process), evaluation
     cut.py            finetune's cut: the frozen bottom run once per view, the top trained
                       from its cached activations
+    head_phase.py     finetune's head phase: extract's heads, trained in NumPy
     distributed.py    the train step on a cluster of machines (same epoch loop)
     callbacks.py      progress, an atomic checkpoint, Ctrl-C
     commands.py       train, finetune, --resume: a plan of phases each
