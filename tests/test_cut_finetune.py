@@ -158,7 +158,7 @@ def test_activations_float16_cannot_hold_train_end_to_end_and_say_why(tiny_data,
     # A random MobileNetV2's activations at the cut are ~1e-10: float16 would make them 0.
     result = invoke("finetune", tiny_data, "--base", "mobilenet_v2", "--weights",
                     base_weights_file, "--image-size", str(SIZE), "--head-epochs", "1",
-                    "--epochs", "1", "--batch-size", "8", "--out", "runs/ft")
+                    "--epochs", "1", "--unfreeze", "4", "--batch-size", "8", "--out", "runs/ft")
     assert result.exit_code == 0, result.output
     said = " ".join(result.output.split())
     assert said.count("Fine-tuning end to end") == 1
