@@ -12,9 +12,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench import (bases, devices, engines, finetune, ideas, label_issues,  # noqa: E402
-                   label_less, label_page, overheads, pictures, precision, predict_stream,
-                   run, self_training, serve, soak, taps, tta)
+from bench import (bases, devices, engines, finetune, finetune_recipe, ideas,  # noqa: E402
+                   label_issues, label_less, label_page, overheads, pictures, precision,
+                   predict_stream, run, self_training, serve, soak, taps, tta)
 from bench.common import ROOT  # noqa: E402
 
 PAGE = ROOT / "docs" / "benchmarks.md"
@@ -22,7 +22,7 @@ PAGE = ROOT / "docs" / "benchmarks.md"
 # what its load() reads.
 SECTIONS = (bases, ideas, overheads, pictures, serve, soak, label_issues, label_less,
             label_page, tta, predict_stream, precision, devices, engines, finetune,
-            self_training, taps)
+            finetune_recipe, self_training, taps)
 
 
 def peer_results(datasets):
