@@ -120,10 +120,12 @@ class Settings:
                                "rate, the next at its square...; 1: one rate for all).", float,
                                ("finetune",), allowed=Range(0, 1, above=True))
     warmup_epochs: float = option(1.0, "Epochs over which fine-tuning's learning rate rises "
-                                  "linearly from 0 (not with --lr-schedule plateau).", float,
+                                  "linearly from 0 (with a constant or cosine "
+                                  "--lr-schedule).", float,
                                   ("finetune",), allowed=Range(0, EPOCHS.high))
-    label_smoothing: float = option(0.0, "Label smoothing of fine-tuning's loss (val_loss "
-                                    "stays the plain cross-entropy).", float, ("finetune",),
+    label_smoothing: float = option(0.0, "Label smoothing of fine-tuning's loss from cached "
+                                    "activations (val_loss stays the plain cross-entropy).",
+                                    float, ("finetune",),
                                     allowed=Range(0, 1, below=True))
     base: Optional[str] = option(None, "Conv base.", str, choices=tuple(BASES))
     weights: Optional[str] = option(None, "imagenet, none, or a .weights.h5 file of the base.",
