@@ -54,15 +54,23 @@ def test_taps_are_kept_only_where_they_gain_on_val():
     assert (last.taps, tapped.taps) == (False, True)
     assert taps.candidates(spec, "off") == [last] and taps.candidates(spec, "on") == [tapped]
     assert taps.candidates(get_base("small"), "on") == [HeadInput.of(get_base("small"))]
-    n, gain = 100, taps.MIN_VAL_GAIN
 
-    def better(taps_accuracy, taps_loss):
-        return taps._better([(last, None, 0.5, 0.80), (tapped, None, taps_loss, taps_accuracy)],
-                            n)[0]
+    def kept(taps_only, last_only, taps_loss=0.5, both=80):
+        """Which head is kept when the taps' alone get `taps_only` val images right and
+        the last layer's alone `last_only` (of 100; `both` right with either)."""
+        right = np.zeros((2, 100), bool)
+        right[:, :both] = True
+        right[1, both : both + taps_only] = True
+        right[0, both + taps_only : both + taps_only + last_only] = True
+        trained = [taps.Trained(last, None, 0.5, right[0].mean(), right[0]),
+                   taps.Trained(tapped, None, taps_loss, right[1].mean(), right[1])]
+        return taps._better(trained)[0].head_input
 
-    assert better(0.80 + gain / n, 0.5) == tapped
-    assert better(0.80 + (gain - 1) / n, 0.4) == last  # within noise
-    assert better(0.90, 0.6) == last  # more right, but less sure of it
+    assert kept(6, 0) == tapped  # 6 more, none fewer: clear
+    assert kept(taps.MIN_VAL_GAIN - 1, 0) == last  # within any seed's noise
+    assert kept(10, 8) == last  # 2 more, but they disagree on 18: a coin would do that
+    assert kept(14, 5) == tapped  # 9 more of 19 disagreements (sqrt 19 = 4.4)
+    assert kept(6, 0, taps_loss=0.6) == last  # more right, but less sure of it
 
 
 @pytest.fixture(scope="module")
@@ -151,9 +159,9 @@ def test_auto_tries_both_and_label_issues_choose_alike(tapped_run, base_weights_
                         weights=str(base_weights_file), heads=1, epochs=5)
     auto = training.extract(data, settings, out="auto").metrics["taps"]
     assert set(auto["val_accuracy"]) == set(auto["val_loss"]) == {"last_layer", "with_taps"}
-    gained = round((auto["val_accuracy"]["with_taps"] - auto["val_accuracy"]["last_layer"])
-                   * len(list((data / "val").rglob("*.png"))))
-    expected = gained >= taps.MIN_VAL_GAIN and \
+    duel = auto["val_images_right"]
+    gained, disagreed = duel["taps_only"] - duel["last_only"], duel["taps_only"] + duel["last_only"]
+    expected = gained >= max(taps.MIN_VAL_GAIN, taps.SIGNIFICANCE * disagreed ** 0.5) and \
         auto["val_loss"]["with_taps"] <= auto["val_loss"]["last_layer"]
     assert auto["used"] is expected
     notes = []
