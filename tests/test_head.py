@@ -13,6 +13,12 @@ from smallcnn.model.networks import build_head, compile_model, make_optimizer
 from smallcnn.train import Settings
 
 
+
+def head_settings(**values):
+    """Settings as the head tests give them, the rate constant (a Settings leaves the
+    schedule to the command it is resolved for)."""
+    return Settings(**{"lr_schedule": "constant", **values})
+
 def features(seed=0, n=96, width=12, classes=3):
     rng = np.random.default_rng(seed)
     centres = rng.normal(0, 1.0, (classes, width))
@@ -70,7 +76,7 @@ def test_same_updates_and_history_as_keras(case, balanced):
     x, y = features()
     train, val = (x[:72], y[:72]), (x[72:], y[72:])
     settings = dataclasses.replace(
-        Settings(dropout=0.0, batch_size=16, epochs=6, patience=10, seed=3), **case)
+        head_settings(dropout=0.0, batch_size=16, epochs=6, patience=10, seed=3), **case)
     initial = numpy_head.init_weights(x.shape[1], 3, settings.hidden, seed=1)
     class_weights = {0: 2.0, 1: 0.5, 2: 1.0} if balanced else None
     expected_weights, expected = keras_fit(settings, initial, train, val, 3, class_weights)
@@ -92,7 +98,7 @@ def test_same_updates_and_history_as_keras(case, balanced):
 
 def test_early_stopping_keeps_the_best_epoch():
     x, y = features(seed=2, n=120)
-    settings = Settings(optimizer="adam", learning_rate=0.5, dropout=0.0, batch_size=8,
+    settings = head_settings(optimizer="adam", learning_rate=0.5, dropout=0.0, batch_size=8,
                         epochs=60, patience=3, seed=0)
     weights, history = numpy_head.train(x[:60], y[:60], (x[60:], y[60:]), settings, 3)
     losses = [h["val_loss"] for h in history]
@@ -135,7 +141,7 @@ def test_gradients_with_dropout_match_finite_differences(hidden):
 
 def test_dropout_trains_and_inference_is_deterministic():
     x, y = features(seed=4, n=400, width=32)
-    settings = Settings(dropout=0.5, hidden=32, batch_size=32, epochs=30, patience=5,
+    settings = head_settings(dropout=0.5, hidden=32, batch_size=32, epochs=30, patience=5,
                         learning_rate=1e-2)
     weights, history = numpy_head.train(x[:300], y[:300], (x[300:], y[300:]), settings, 3)
     assert history[-1]["val_accuracy"] > 0.8
@@ -155,7 +161,7 @@ def test_dropout_trains_and_inference_is_deterministic():
 def test_several_heads_train_as_separate_runs_and_merge_into_one(hidden):
     x, y = features(seed=5, n=300, width=16)
     train, val = (x[:200], y[:200]), (x[200:], y[200:])
-    settings = Settings(dropout=0.5, hidden=hidden, batch_size=16, epochs=40, patience=3,
+    settings = head_settings(dropout=0.5, hidden=hidden, batch_size=16, epochs=40, patience=3,
                         learning_rate=3e-2, seed=11)
     merged, history = numpy_head.train(*train, val, settings, 3, members=3)
     # Each member is the run a single head with seed 11, 12, 13 makes, early stopping
@@ -198,7 +204,7 @@ def test_a_stop_request_ends_training_after_the_step():
         calls.append(1)
         return len(calls) >= 3
 
-    settings = Settings(epochs=10, batch_size=8, patience=10, learning_rate=1e-2)
+    settings = head_settings(epochs=10, batch_size=8, patience=10, learning_rate=1e-2)
     _, history = numpy_head.train(x[:72], y[:72], (x[72:], y[72:]), settings, 3, stop=stop)
     assert len(history) == 1 and len(calls) == 3
 
@@ -208,7 +214,7 @@ def test_unknown_optimizer_is_refused():
     choices = ", ".join(numpy_head.OPTIMIZERS)
     refusal = f"Unknown --optimizer 'lamb'. Choose one of: {choices}."
     with pytest.raises(UsageError, match=re.escape(refusal)):
-        numpy_head.train(x, y, (x, y), Settings(optimizer="lamb", learning_rate=1.0), 3)
+        numpy_head.train(x, y, (x, y), head_settings(optimizer="lamb", learning_rate=1.0), 3)
 
 
 def test_a_template_with_new_head_weights_is_the_model_keras_would_save(tmp_path):
