@@ -41,6 +41,9 @@ def raw_features(data):
     from smallcnn.train.session import Session
 
     session = Session("extract", data, Settings(), Reporter(), command_line="bench/taps.py")
+    if "test" not in session.dataset.splits:
+        raise SystemExit(f"{data.name} has no test split: the probe reads test once; "
+                         "give a set with train, val and test.")
     splits = {name: session.source.raw_features(name) for name in ("train", "val", "test")}
     return splits, session.source.head_input.widths, session.spec
 
