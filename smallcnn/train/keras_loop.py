@@ -204,8 +204,6 @@ def _fit_images(session, stop, phase, model, steps, checkpoint):
     precision and devices) through `fit_stream`, as the head is: Keras' `fit` read its
     tf.data pipeline ahead in a prefetch thread, whose teardown stalled each phase's end
     by 4 to 5 s (measured: finetune on cats-dogs-small). Returns `(history, seconds)`."""
-    from smallcnn.model.networks import compile_model
-
     plan, source = session.plan, session.source
     s, placement = plan.settings, plan.placement
     val = source.decoded("val")
@@ -256,8 +254,6 @@ def train_on_views(session, stop, phase, network, views, labels, val, model, run
     images' inputs to it, one drawn per epoch) with `labels`, validated on `val`
     `(inputs, labels)`; `model` is what the checkpoint saves (the network shares its
     weights). Returns history rows (the best epoch's weights restored)."""
-    from smallcnn.model.networks import compile_model
-
     plan = session.plan
     size = global_batch(plan)
     steps = int(np.ceil(len(labels) / size))
