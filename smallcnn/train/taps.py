@@ -78,10 +78,11 @@ def choose(source, requested, train, note, stopped=lambda: False):
     if not spec.taps:
         return best.result, None
     if duel is not None:
-        note(f"The head reads {describe(best.head_input, spec)}: on val, the taps right "
-             f"where the last layer's head is wrong on {duel['taps_only']} image(s), the "
-             f"reverse on {duel['last_only']}; val loss {trained[0].loss:.4f} -> "
-             f"{trained[1].loss:.4f} (kept where they gain clearly at no higher loss).")
+        note(f"With the taps, the heads got {duel['taps_only']} val image(s) right that the "
+             f"last layer's got wrong and {duel['last_only']} wrong that it got right, val "
+             f"loss {trained[0].loss:.4f} -> {trained[1].loss:.4f}: the head reads "
+             f"{describe(best.head_input, spec)} (the taps are kept where they win clearly "
+             "at no higher val loss).")
     return best.result, {
         "requested": requested, "used": best.head_input.taps,
         "layers": [name.partition(":")[0] for name, _ in spec.taps],
