@@ -104,7 +104,12 @@ def _augmented_features(plan, source, through_base=True):
     if augment is not None:  # traced once for full batches, once for a shorter last one
         augmenter = tf.function(lambda x, i: augment(tf.cast(x, tf.float32), i),
                                 reduce_retracing=True)
-    engine = source.engine() if through_base else np.asarray
+    engine = np.asarray
+    if through_base:
+        base = source.engine()
+
+        def engine(images):  # the base's features as the head reads them (no taps)
+            return source.head_input(base(images))
     weights = plan.class_weights()
     lookup = np.array([weights.get(i, 0.0) for i in range(len(plan.dataset.class_names))],
                       dtype=np.float32) if weights else None
