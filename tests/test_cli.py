@@ -263,8 +263,8 @@ def test_a_helper_that_cannot_write_the_template_says_so(tmp_path, monkeypatch):
     monkeypatch.setenv("SMALLCNN_CACHE", str(blocked))  # no entry can be written under it
     spec = get_base("small")
     job = {"base": spec.name, "image_size": 32, "seed": 1, "weights": "none",
-           "template": {"key": "0" * 64, "feature_width": spec.feature_width,
-                        "num_classes": 2, "hidden": 0, "dropout": 0.0}}
+           "templates": [{"key": "0" * 64, "feature_width": spec.feature_width,
+                          "num_classes": 2, "hidden": 0, "dropout": 0.0}]}
     with pytest.raises(RuntimeError, match=warmup.TEMPLATE_NOT_WRITTEN):
         warmup.run(job)
 

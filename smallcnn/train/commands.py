@@ -115,13 +115,13 @@ def run_phases(session, stop, phases, model, base, run_dir, rows=None, cut=None)
                     session.settings.rate_decay))
         if phase.epochs <= 0:
             continue
-        if phase.features:
+        if phase.features and not session.plan.placement.multi_worker:
             rows += extract_heads(session, stop, phase, model)
         elif cut is not None:
             val = cut.split("val")
             rows += loop.train_on_views(session, stop, phase, cut.network, *cut.views(), val,
                                         model, run_dir)
-        elif phase.name == "frozen":
+        elif phase.name == "frozen":  # (a cluster's: each worker reads its shard alone)
             rows += loop.train_head_frozen(session, stop, phase, model,
                                            model.get_layer(HEAD_NAME), run_dir)
         else:

@@ -40,7 +40,7 @@ def extract(data_dir, settings=None, out=None, overwrite=False, reporter=None,
         if session.settings.unlabeled:
             pools.append(self_training.read_pool(session.dataset, session.settings.unlabeled,
                                                  session.reporter))
-        session.source.start_warmup(template=template_shape(session))  # while images are read
+        session.source.start_warmup(templates=template_shapes(session))  # while images are read
 
     session = Session("extract", data_dir, settings or Settings(), reporter, command_line,
                       before_data=refuse_early)
@@ -174,13 +174,14 @@ def _classifier(session, head_weights):
     return model, base.name
 
 
-def template_shape(session):
-    """The head extract will train, as `modelfile.template_key` takes it after the base,
-    weights and size (what `_classifier` reads from the trained weights)."""
+def template_shapes(session):
+    """The heads extract may train (on the last layer's features, on the taps' too: see
+    `taps.candidates`), as `modelfile.template_key` takes them after the base, weights and
+    size (what `_classifier` reads from the trained weights)."""
     s = session.settings
-    return {"feature_width": session.spec.feature_width,
-            "num_classes": len(session.dataset.class_names),
-            "hidden": s.hidden * s.heads, "dropout": s.dropout}
+    return [{"feature_width": head_input.width, "num_classes": len(session.dataset.class_names),
+             "hidden": s.hidden * s.heads, "dropout": s.dropout, "taps": head_input.taps}
+            for head_input in taps.candidates(session.spec, s.taps)]
 
 
 def _write_tensorboard(folder, rows):

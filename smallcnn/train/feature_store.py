@@ -304,9 +304,9 @@ class FeatureSource:
         self.base = base
         self.extractor = feature_extractor(self.plan.spec, base, self.plan.settings.image_size)
 
-    def start_warmup(self, template=None):
-        """Starts preparing the base's LiteRT conversion (and, with `template`, extract's
-        model template) in a helper process, if the cache lacks them: see
+    def start_warmup(self, templates=()):
+        """Starts preparing the base's LiteRT conversion (and, with `templates`, extract's
+        model templates) in a helper process, if the cache lacks them: see
         `smallcnn.train.warmup`. Called before the images are read, to overlap them."""
         from smallcnn.runtime.engine import chosen_engine
         from smallcnn.train import warmup
@@ -316,7 +316,7 @@ class FeatureSource:
         if chosen_engine(plan.settings.engine, plan.placement) != "tensorflow" and \
                 not plan.placement.multi_worker:
             self._warmup = warmup.start(plan.spec, plan.weights, plan.settings.image_size,
-                                        plan.settings.seed, template, self.reporter.warning)
+                                        plan.settings.seed, templates, self.reporter.warning)
 
     def wait_for_warmup(self, engine_only=False):
         """Waits for the helper process, if one runs (with `engine_only`, only until the

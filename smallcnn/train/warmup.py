@@ -5,7 +5,7 @@ to LiteRT before the first feature is computed, and about as long checking and
 decoding images, which needs no TensorFlow. Threads cannot overlap the two (the import
 holds Python's GIL: measured here slower than one after the other); a second process
 can. The helper writes the cache entries the run would write itself (the base's LiteRT
-conversion and, for extract, the model template); the run then opens them, so its own
+conversion and, for extract, the model templates); the run then opens them, so its own
 process never imports TensorFlow. If the helper fails, the run says why in one line
 and does the work itself.
 
@@ -78,15 +78,16 @@ class Warmup:
             self._outcome = "cancelled"
 
 
-def start(spec, weights, image_size, seed, template=None, warn=None):
+def start(spec, weights, image_size, seed, templates=(), warn=None):
     """Starts a helper for what the cache lacks, or returns None when it lacks nothing,
     when TensorFlow is already imported here (nothing to overlap), or when LiteRT is
     not installed (the base then runs in TensorFlow, in this process).
 
     Args:
         weights: 'imagenet' or a weights file (random weights are never cached).
-        template: for extract, the `modelfile.template_key` arguments after the base,
-            weights and size, as a dict (feature_width, num_classes, hidden, dropout).
+        templates: for extract, the `modelfile.template_key` arguments after the base,
+            weights and size of each head it may train, as dicts (feature_width,
+            num_classes, hidden, dropout, taps).
         warn: called with one line when no process can be started (the run then
             prepares the base itself).
     """
@@ -101,11 +102,14 @@ def start(spec, weights, image_size, seed, template=None, warn=None):
     engine = litert_name(spec, weights, image_size)
     if not cache.is_stored("engines", engine):
         job["engine"] = engine
-    if template is not None:
+    missing = []
+    for template in templates:
         key = modelfile.template_key(spec, weights, image_size, **template)
         if modelfile.load_template(key) is None:
-            job["template"] = {"key": key, **template}
-    if "engine" not in job and "template" not in job:
+            missing.append({"key": key, **template})
+    if missing:
+        job["templates"] = missing
+    if "engine" not in job and "templates" not in job:
         return None
     try:
         return Warmup(job)
@@ -148,8 +152,8 @@ def run(job):
                              lambda temp: convert_to_litert(model, Path(temp)), checksum=True)
         if stored is None:
             raise RuntimeError(ENGINE_NOT_WRITTEN)
-    if "template" in job:
-        template = dict(job["template"])
+    for template in job.get("templates", []):
+        template = dict(template)
         _, _, saved = classifier_template(spec, base, size, template.pop("key"), **template)
         if saved is None:
             raise RuntimeError(TEMPLATE_NOT_WRITTEN)
