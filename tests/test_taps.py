@@ -2,6 +2,7 @@
 gain on val (smallcnn.model.taps, smallcnn.train.taps)."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -197,3 +198,49 @@ def test_finetune_from_a_tapped_run_trains_end_to_end(tapped_run, tmp_path, monk
     assert any("intermediate taps" in n for n in notes), notes
     images = sorted((data / "val").rglob("*.png"))[:4]
     assert len(load(tuned.run_dir).predict([str(p) for p in images])) == 4
+
+
+def test_mixed_precision_keeps_the_pool_in_float32():
+    """In float16 a group's sum of squares past 65504 overflows, and a zero group gives
+    0 x inf: the pool layer keeps float32 as the output layer does."""
+    import keras
+
+    from smallcnn.runtime.devices import with_precision
+
+    head_input = HeadInput((4, 3), taps=True)
+    maps = [keras.Input((None, None, width)) for width in head_input.widths]
+    model = keras.Model(maps, pooling(head_input, normalise=True)(maps))
+    mixed = with_precision(model, "mixed_float16")
+    groups = [np.zeros((1, 2, 2, 4), "float32"), np.full((1, 2, 2, 3), 300.0, "float32")]
+    out = np.asarray(mixed(groups), dtype="float32")
+    np.testing.assert_allclose(out, HeadInput((4, 3), taps=True)(
+        np.concatenate([g.mean(axis=(1, 2)) for g in groups], axis=1)), rtol=1e-3)
+
+
+@pytest.mark.heavy
+def test_suggest_on_a_run_whose_taps_were_declared_otherwise(tapped_run, tmp_path,
+                                                            monkeypatch):
+    """A run made when its base's taps were others (its recorded widths are not today's
+    extractor's): suggest ranks on the last layer's features and takes the probabilities
+    from the whole model, as predict gives them."""
+    import shutil
+
+    from smallcnn.inference.predict import load
+    from smallcnn.labels.pool import pool_features
+    from smallcnn.model import runs
+
+    result, data, cache = tapped_run
+    monkeypatch.setenv("SMALLCNN_CACHE", str(cache))
+    run = Path(shutil.copytree(result.run_dir, tmp_path / "older"))
+    config = runs.read_config(run)
+    config["prediction"]["head_input"]["widths"] = [1280, 50]
+    # (its own conversion, of that width, is no longer in the cache: predict runs Keras)
+    config["prediction"]["feature_engine"] = "gone.tflite"
+    config["data"] = str(data)
+    runs.write_json(run / runs.CONFIG_FILE, config)
+    images = [str(p) for p in sorted((data / "val").rglob("*.png"))[:6]]
+    pool = pool_features(images, run=run)
+    assert pool.head_weights is None
+    assert pool.features.shape == (6, get_base("mobilenet_v2").feature_width)
+    expected = load(run).probabilities_of_files(pool.paths)[0]
+    np.testing.assert_allclose(pool.probabilities, expected, atol=1e-4)

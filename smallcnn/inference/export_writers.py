@@ -1,11 +1,13 @@
 """Writing a classifier in each of `smallcnn export`'s formats (export.py checks and places
 the result): Keras, SavedModel, LiteRT, ONNX (with onnxruntime's quantization), OpenVINO IR."""
 
+import re
 import shutil
 import tempfile
 from pathlib import Path
 
 from smallcnn.errors import UsageError
+from smallcnn.runtime.devices import POOL_LAYER
 
 __all__ = ["write"]
 
@@ -33,12 +35,21 @@ def _write_onnx(model, path, quantize, calibration):
             import onnx
             from onnxruntime.transformers.float16 import convert_float_to_float16
 
-            onnx.save(convert_float_to_float16(onnx.load(str(plain)), keep_io_types=True),
+            plain_model = onnx.load(str(plain))
+            onnx.save(convert_float_to_float16(plain_model, keep_io_types=True,
+                                               node_block_list=_pool_nodes(plain_model)),
                       str(path))
         else:
             _quantize_onnx_int8(plain, folder / "prepared.onnx", path, calibration)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def _pool_nodes(onnx_model):
+    """The nodes of the model's pooling, kept in float32 as under mixed precision
+    (`devices.POOL_LAYER`: with taps it normalises each group, which float16 breaks)."""
+    inside = re.compile(rf"/{POOL_LAYER}(_\d+)?/")
+    return [node.name for node in onnx_model.graph.node if inside.search(node.name)]
 
 
 def _quantize_onnx_int8(plain, prepared, path, calibration):

@@ -155,23 +155,36 @@ def _features(paths, spec, weights, image_size, reporter, scan_root=None):
 
 
 def head_input_of(config, spec):
-    """What the run's head reads of the base's features (`smallcnn.model.taps`): as it
-    recorded, else (no run, or a run before taps) the last layer's."""
+    """What the run's head reads of today's extractor's output (`smallcnn.model.taps`): as
+    it recorded, else (no run, a run before taps, or one made when its base's taps were
+    declared otherwise) the last layer's features."""
+    from smallcnn.model.taps import HeadInput
+
+    today = HeadInput.of(spec)
+    recorded = _recorded_head_input(config)
+    return recorded if recorded is not None and recorded.widths == today.widths else today
+
+
+def _recorded_head_input(config):
     from smallcnn.model.taps import HeadInput
 
     route = (config or {}).get("prediction") or {}
-    return HeadInput.from_dict(route.get("head_input")) or HeadInput.of(spec)
+    return HeadInput.from_dict(route.get("head_input"))
 
 
-def _head_weights(config, run_dir):
+def _head_weights(config, run_dir, spec):
     """The run's head (Keras' order) where the run recorded it over its frozen base (see
-    `Session.prediction_route`) and model.keras is still the file it wrote; else None."""
+    `Session.prediction_route`), model.keras is still the file it wrote, and the head
+    reads what today's extractor gives (`head_input_of`); else None."""
     from smallcnn.model import modelfile, runs
 
     route = config.get("prediction")
     model_file = Path(run_dir) / runs.MODEL_FILE
     if not route or runs.file_sha256(model_file) != config.get("model_sha256"):
         return None
+    recorded = _recorded_head_input(config)
+    if recorded is not None and recorded.taps and head_input_of(config, spec) != recorded:
+        return None  # its taps were others: the whole model gives its probabilities
     return modelfile.read_head_weights(model_file, route["head_datasets"])
 
 
@@ -203,7 +216,7 @@ def pool_features(pool_paths, run=None, classes=None, reporter=None, scan_root=N
     pool = PoolFeatures(kept, features, skipped, names, digests=digests)
     if run_dir is None or not kept:
         return pool
-    pool.head_weights = _head_weights(config, run_dir)
+    pool.head_weights = _head_weights(config, run_dir, spec)
     if pool.head_weights is not None:
         from smallcnn.model import head
 

@@ -18,6 +18,8 @@ import dataclasses
 
 import numpy as np
 
+from smallcnn.runtime.devices import POOL_LAYER
+
 # The norm of each group of the head's input with taps: near the last layer's own (about
 # 12 for EfficientNet-B0), so the head's learning rate and early stopping fit both inputs.
 GROUP_NORM = 20.0
@@ -104,11 +106,11 @@ def pooling(head_input, normalise):
     from keras import layers
 
     if len(head_input.widths) == 1 or (normalise and not head_input.taps):
-        return layers.GlobalAveragePooling2D(name="pool")
+        return layers.GlobalAveragePooling2D(name=POOL_LAYER)
     maps = [keras.Input((None, None, width), name=f"group_{i}")
             for i, width in enumerate(head_input.widths)]
     pooled = [layers.GlobalAveragePooling2D(name=f"pool_{i}")(m) for i, m in enumerate(maps)]
     if normalise:
         pooled = [layers.Rescaling(GROUP_NORM, name=f"scale_{i}")(
             layers.UnitNormalization(name=f"normalise_{i}")(p)) for i, p in enumerate(pooled)]
-    return keras.Model(maps, layers.Concatenate(name="groups")(pooled), name="pool")
+    return keras.Model(maps, layers.Concatenate(name="groups")(pooled), name=POOL_LAYER)

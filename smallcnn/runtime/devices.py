@@ -34,6 +34,9 @@ PRECISION_HELP = ("Compute precision (auto: mixed_float16 on GPUs of compute cap
 MIXED_FLOAT16_CAPABILITY = (7, 0)
 # The layer that gives the probabilities stays float32 (Keras' guidance for mixed precision).
 OUTPUT_LAYER = "predictions"
+# So does the pooling: with taps it normalises each group, and in float16 a sum of squares
+# past 65504 overflows and a zero group gives 0 x inf (smallcnn.model.taps).
+POOL_LAYER = "pool"
 
 
 def check_devices(value):
@@ -302,7 +305,7 @@ def _split_cpu(tf, count):
                              "device(s) in this process; start a new process.") from None
 
 
-def with_precision(model, policy, exclude=(OUTPUT_LAYER,)):
+def with_precision(model, policy, exclude=(OUTPUT_LAYER, POOL_LAYER)):
     """A copy of a Keras model whose layers compute in `policy` (e.g. 'mixed_float16'),
     with the same weights; the layers named in `exclude` keep their own policy.
 
