@@ -98,9 +98,15 @@ def test_a_run_killed_before_its_first_save_keeps_the_old_beside_it(tmp_path, ti
         env={**os.environ, CHECKPOINT_VARIABLE: "3600"},  # no save before the kill
     )
     config = run / runs.CONFIG_FILE
+
+    def started():  # (the old run is set aside while we look: its file may just have gone)
+        try:
+            return json.loads(config.read_text())["command"] == "train"
+        except FileNotFoundError:
+            return False
+
     deadline = time.monotonic() + 120
-    while process.poll() is None and time.monotonic() < deadline and not (
-            config.exists() and json.loads(config.read_text())["command"] == "train"):
+    while process.poll() is None and time.monotonic() < deadline and not started():
         time.sleep(0.02)
     process.send_signal(signal.SIGKILL)
     assert process.wait(timeout=30) == -signal.SIGKILL
