@@ -38,6 +38,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import ROOT, SHARED, load_results, save_results, smallcnn  # noqa: E402
+from smallcnn.inference.second_look import MARGIN  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "engines.json"
 PARTS = ("forward", "parity", "cold", "predict")
@@ -190,23 +191,28 @@ def parity(work, calibration_count, datasets=DATASETS):
 
 
 def _head_inputs(run, split):
-    """A run's head weights, and its evaluation split's images and labels."""
+    """A run's head (its weights and the input it reads of the features), and its
+    evaluation split's images and labels."""
     from smallcnn.data.dataset import find_dataset
     from smallcnn.model import modelfile
+    from smallcnn.model.taps import HeadInput
 
     config = json.loads((run / "smallcnn.json").read_text())
-    weights = modelfile.read_head_weights(run / "model.keras",
-                                          config["prediction"]["head_datasets"])
+    route = config["prediction"]
+    weights = modelfile.read_head_weights(run / "model.keras", route["head_datasets"])
+    head_input = HeadInput.from_dict(route.get("head_input")) or (lambda features: features)
     found = find_dataset(split.parent)
     truth = found.splits.get("test") or found.val
-    return config, weights, truth
+    return config, (weights, head_input), truth
 
 
 def heads_agreement(litert_run, auto_run, split, env):
     """Each run's head on each engine's features of `split` (in this process): how many
     labels agree with the same head on LiteRT float32's (the engine's parity, heads fixed),
+    bf16 with its close calls made again in float32 (`second_look`, what predict does),
     and the auto run on bf16 against the LiteRT run on LiteRT (two runs: heads differ too)."""
     from smallcnn.data.images import load_images
+    from smallcnn.inference.second_look import close_calls
     from smallcnn.model import head
     from smallcnn.runtime.engine import LiteRTEngine
     from smallcnn.runtime.openvino import OpenVINOEngine
@@ -218,37 +224,39 @@ def heads_agreement(litert_run, auto_run, split, env):
     features = {"litert float32": LiteRTEngine(path)(images),
                 "openvino float32": OpenVINOEngine(path, "float32")(images),
                 "openvino bfloat16": OpenVINOEngine(path, "bfloat16")(images)}
-    labels = {}
+    labels, close = {}, {}
     for run_name, run in (("litert run", litert_run), ("auto run", auto_run)):
-        weights = _head_inputs(run, split)[1]
-        labels[run_name] = {engine: head.probabilities(weights, x).argmax(1)
-                            for engine, x in features.items()}
+        weights, head_input = _head_inputs(run, split)[1]
+        found = {engine: head.probabilities(weights, head_input(x))
+                 for engine, x in features.items()}
+        close[run_name] = close_calls(found["openvino bfloat16"])
+        looked = np.where(close[run_name][:, None], found["openvino float32"],
+                          found["openvino bfloat16"])
+        labels[run_name] = {**{engine: p.argmax(1) for engine, p in found.items()},
+                            "openvino bfloat16 second look": looked.argmax(1)}
     same = {f"{run_name} {engine}": float((found == by_engine["litert float32"]).mean())
             for run_name, by_engine in labels.items() for engine, found in by_engine.items()
             if engine != "litert float32"}
     same["two runs"] = float((labels["auto run"]["openvino bfloat16"] ==
                               labels["litert run"]["litert float32"]).mean())
+    same["auto run close calls"] = float(close["auto run"].mean())
     return same
 
 
 def int8_parity(model, split, env, calibration_count):
     """The auto run's head on int8 features of `split`: accuracy, and labels agreeing with
     the head on LiteRT's features."""
-    from smallcnn.data.dataset import find_dataset
     from smallcnn.data.images import load_images
-    from smallcnn.model import head, modelfile
+    from smallcnn.model import head
 
     os.environ.update(env)
-    config = json.loads((model / "smallcnn.json").read_text())
+    config, (weights, head_input), truth = _head_inputs(model, split)
     path, size = base_conversion(config["settings"]["base"])
     engines = engines_of(path, size, calibration_count, split.parent.name)  # its own images
     if "openvino int8" not in engines:
         return {}
-    weights = modelfile.read_head_weights(model / "model.keras",
-                                          config["prediction"]["head_datasets"])
-    truth = find_dataset(split.parent).splits.get("test") or find_dataset(split.parent).val
     images = load_images(truth.paths, size)[0]
-    labels = {label: head.probabilities(weights, engines[label](images)).argmax(1)
+    labels = {label: head.probabilities(weights, head_input(engines[label](images))).argmax(1)
               for label in ("litert float32", "openvino int8")}
     return {"int8_accuracy": float((labels["openvino int8"] == truth.labels).mean()),
             "int8_litert_head_accuracy": float((labels["litert float32"] == truth.labels).mean()),
@@ -308,9 +316,10 @@ def summary(results):
     lines = ["## The frozen base's engines", "",
              f"bench/engines.py ({results.get('date')}; rounds: "
              f"{', '.join(f'{k} {v}' for k, v in results.get('rounds', {}).items())}): "
-             "LiteRT float32 against OpenVINO. `--engine auto` picks OpenVINO in float32 "
-             "(`openvino.precision_for`): bf16, `--engine openvino`'s on this CPU's AMX, "
-             "misses the labels' parity below; each part says what its auto ran. Engines "
+             "LiteRT float32 against OpenVINO. `--engine auto` runs OpenVINO in the CPU's "
+             "best precision (bf16 on this CPU's AMX; `openvino.best_precision`), and "
+             "predictions look at their close calls again in float32 (`second_look`); "
+             "each part says what its auto ran. Engines "
              "alternate in one run; ratios are of medians. Other work shared the 2 cores "
              "while it ran: absolute figures are low and noisy, the ratios are the measure.",
              ""]
@@ -386,8 +395,9 @@ def _parity_lines(cells):
     return lines + [""]
 
 
-HEADS = ("auto run openvino bfloat16", "auto run openvino float32",
-         "litert run openvino bfloat16", "litert run openvino float32", "two runs")
+HEADS = ("auto run openvino bfloat16", "auto run openvino bfloat16 second look",
+         "auto run openvino float32", "litert run openvino bfloat16",
+         "litert run openvino bfloat16 second look", "litert run openvino float32", "two runs")
 
 
 def _heads_lines(cells):
@@ -404,7 +414,14 @@ def _heads_lines(cells):
     for c in cells:
         lines.append(f"| {c['dataset']} | " + " | ".join(
             f"{c['heads'][k]:.2%} ({round((1 - c['heads'][k]) * c['images'])} differ)"
-            for k in HEADS) + " |")
+            if k in c["heads"] else "-" for k in HEADS) + " |")
+    looked = [c for c in cells if "auto run close calls" in c["heads"]]
+    if looked:
+        lines += ["", "Second look: bf16 predictions whose top two classes are within "
+                  f"{MARGIN} in log-probability are made again in float32 "
+                  "(`inference.second_look`); the auto run's share of such close calls: " +
+                  ", ".join(f"{c['dataset']} {c['heads']['auto run close calls']:.1%}"
+                            for c in looked) + "."]
     return lines
 
 

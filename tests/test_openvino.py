@@ -49,6 +49,12 @@ def tiny_base(tmp_path_factory):
     return path
 
 
+@pytest.fixture
+def float32_cpu(monkeypatch):
+    """A CPU without BF16: auto's OpenVINO runs float32 and races LiteRT."""
+    monkeypatch.setattr(openvino, "best_precision", lambda: "float32")
+
+
 def images(count=24, size=32, seed=0):
     return np.random.default_rng(seed).integers(0, 256, (count, size, size, 3), dtype=np.uint8)
 
@@ -70,22 +76,33 @@ def test_openvino_features_match_litert(tiny_base):
     assert exact(x.astype(np.float32)).dtype == np.float32  # float batches too
 
 
-def test_auto_runs_float32_and_a_forced_openvino_the_cpus_best(tiny_base, tmp_path,
-                                                                monkeypatch):
+def test_auto_and_a_forced_openvino_run_the_cpus_best_precision(tiny_base, tmp_path,
+                                                                 monkeypatch):
+    monkeypatch.setenv("SMALLCNN_CACHE", str(tmp_path / "cache"))
+    if openvino.best_precision() != "bfloat16":
+        pytest.skip("this CPU has no BF16")
+    calls = _timed_as(monkeypatch, {"litert": 1.0, "openvino": 2.0})
+    said = Said()
+    auto = open_engine(tiny_base, "auto", said)
+    assert (auto.name, auto.precision) == ("openvino", "bfloat16") and calls == []  # no race
+    assert said.lines == ["Frozen base engine: OpenVINO, bfloat16 (--engine auto)."]
+    assert expected_engine("auto") == ("openvino", "bfloat16")
+    forced = open_engine(tiny_base, "openvino")
+    assert forced.precision == "bfloat16"
+    assert expected_engine("openvino") == ("openvino", "bfloat16")
+    trained = open_engine(tiny_base, "auto", precision="float32")
+    assert trained.precision == "float32"  # a run's own precision
+
+
+def test_without_bf16_auto_runs_float32(tiny_base, tmp_path, monkeypatch, float32_cpu):
     monkeypatch.setenv("SMALLCNN_CACHE", str(tmp_path / "cache"))
     _timed_as(monkeypatch, {"litert": 2.0, "openvino": 1.0})
     said = Said()
     auto = open_engine(tiny_base, "auto", said)
-    assert (auto.name, auto.precision) == ("openvino", openvino.precision_for("auto"))
-    assert openvino.precision_for("auto") == "float32"  # bf16 missed the labels' parity
+    assert (auto.name, auto.precision) == ("openvino", "float32")
     assert said.lines == ["Frozen base engine: OpenVINO, float32 (auto: measured 2.00x "
                           "faster here than LiteRT float32)."]
     assert expected_engine("auto") == ("openvino", "float32")
-    forced = open_engine(tiny_base, "openvino")
-    assert forced.precision == openvino.best_precision()
-    assert expected_engine("openvino") == ("openvino", openvino.best_precision())
-    trained = open_engine(tiny_base, "auto", precision=openvino.best_precision())
-    assert trained.precision == openvino.best_precision()  # a run's own precision
 
 
 def test_the_compiled_model_is_cached_and_reused(tiny_base, tmp_path, monkeypatch):
@@ -137,7 +154,7 @@ def _timed_as(monkeypatch, seconds):
 
 
 def test_auto_races_a_model_once_and_reuses_the_recorded_winner(tiny_base, tmp_path,
-                                                                monkeypatch):
+                                                                monkeypatch, float32_cpu):
     monkeypatch.setenv("SMALLCNN_CACHE", str(tmp_path / "cache"))
     calls = _timed_as(monkeypatch, {"litert": 1.0, "openvino": 1.5})
     said = Said()
@@ -163,7 +180,7 @@ def test_auto_races_a_model_once_and_reuses_the_recorded_winner(tiny_base, tmp_p
 
 
 def test_a_recorded_openvino_win_opens_openvino_without_racing(tiny_base, tmp_path,
-                                                               monkeypatch):
+                                                               monkeypatch, float32_cpu):
     monkeypatch.setenv("SMALLCNN_CACHE", str(tmp_path / "cache"))
     calls = _timed_as(monkeypatch, {"litert": 3.0, "openvino": 2.0})
     assert open_engine(tiny_base, "auto").name == "openvino"
@@ -175,7 +192,8 @@ def test_a_recorded_openvino_win_opens_openvino_without_racing(tiny_base, tmp_pa
                           "faster here than LiteRT float32)."]
 
 
-def test_a_damaged_race_record_is_raced_again_with_one_line(tiny_base, tmp_path, monkeypatch):
+def test_a_damaged_race_record_is_raced_again_with_one_line(tiny_base, tmp_path, monkeypatch,
+                                                             float32_cpu):
     monkeypatch.setenv("SMALLCNN_CACHE", str(tmp_path / "cache"))
     calls = _timed_as(monkeypatch, {"litert": 1.0, "openvino": 2.0})
     open_engine(tiny_base, "auto")
@@ -213,7 +231,7 @@ def test_a_run_trained_on_bf16_features_keeps_bf16_without_racing(tiny_base, tmp
 
 
 def test_openvino_failing_in_the_race_leaves_litert_with_one_line_and_no_record(
-        tiny_base, tmp_path, monkeypatch):
+        tiny_base, tmp_path, monkeypatch, float32_cpu):
     monkeypatch.setenv("SMALLCNN_CACHE", str(tmp_path / "cache"))
 
     def failing(self, images):
@@ -268,8 +286,7 @@ def test_auto_falls_back_to_litert_with_one_line(tiny_base, monkeypatch):
     assert expected_engine("auto") == ("litert", "float32")
 
 
-def test_bfloat16_asked_of_a_cpu_without_it_runs_float32_and_says_so(tiny_base, monkeypatch):
-    monkeypatch.setattr(openvino, "best_precision", lambda: "float32")
+def test_bfloat16_asked_of_a_cpu_without_it_runs_float32_and_says_so(tiny_base, float32_cpu):
     said = Said()
     engine = open_engine(tiny_base, "auto", said, precision="bfloat16")
     assert engine.precision == "float32"
@@ -314,8 +331,14 @@ def test_runs_and_predict_json_say_the_engine(tiny_data, base_weights_file, monk
     said = invoke("predict", str(tiny_data / "val"), "--model", "runs/ov", "--json")
     assert said.exit_code == 0, said.output
     engines = {p["engine"] for p in json.loads(said.stdout)}
-    assert engines == {f"openvino {openvino.best_precision()} base + numpy head "
+    again = ", close calls again in float32" if best == "bfloat16" else ""
+    assert engines == {f"openvino {best} base + numpy head{again} "
                        "(the run's cached base conversion)"}
+    monkeypatch.setenv("SMALLCNN_ENGINE", "litert")  # the same head on float32 features
+    exact = invoke("predict", str(tiny_data / "val"), "--model", "runs/ov", "--json")
+    labels = {p["path"]: p["label"] for p in json.loads(said.stdout)}
+    assert labels == {p["path"]: p["label"] for p in json.loads(exact.stdout)}
+    monkeypatch.delenv("SMALLCNN_ENGINE")
     _without_openvino(monkeypatch)  # the run's engine cannot run: LiteRT, and why
     said = invoke("predict", str(tiny_data / "val"), "--model", "runs/ov", "--json")
     engine = json.loads(said.stdout)[0]["engine"]
@@ -329,7 +352,7 @@ def test_runs_and_predict_json_say_the_engine(tiny_data, base_weights_file, monk
 
 @pytest.mark.heavy
 def test_features_of_a_base_that_raced_litert_faster_are_found_by_the_next_run(
-        tiny_data, base_weights_file, monkeypatch):
+        tiny_data, base_weights_file, monkeypatch, float32_cpu):
     """The first run's race is recorded after its features' key was made (OpenVINO's, none
     recorded yet): they are cached under LiteRT's, the key the next run expects."""
     calls = _timed_as(monkeypatch, {"litert": 1.0, "openvino": 2.0})

@@ -134,10 +134,37 @@ class Classifier(ImageClassifier):
         if engine is None:
             self._not_litert = "the base's LiteRT conversion was damaged"
             return None
-        self.engine = (f"{engine.name} {engine.precision} base + numpy head "
-                       f"(the run's cached base conversion{why})")
         head_input = HeadInput.from_dict(route.get("head_input")) or (lambda features: features)
-        return lambda images: head.probabilities(weights, head_input(engine(images)))
+
+        def predicted(base):
+            return lambda images: head.probabilities(weights, head_input(base(images)))
+
+        predict, again = predicted(engine), ""
+        if engine.precision == "bfloat16":
+            from smallcnn.inference.second_look import second_look
+
+            predict = second_look(predict, lambda: predicted(self._float32_base(route, engine)))
+            again = ", close calls again in float32"
+        self.engine = (f"{engine.name} {engine.precision} base + numpy head{again} "
+                       f"(the run's cached base conversion{why})")
+        return predict
+
+    def _float32_base(self, route, fast):
+        """The base's cached conversion in float32, for `second_look`: in the faster of
+        OpenVINO and LiteRT here (auto's race); where it cannot be opened, `fast` itself,
+        said in one line."""
+        from smallcnn.runtime import cache
+        from smallcnn.runtime.engine import open_engine
+
+        exact = cache.load("engines", route["feature_engine"],
+                           lambda path: open_engine(path, "auto", _Lines([]),
+                                                    precision="float32"),
+                           warn=self._warn, checksum=True)
+        if exact is None:
+            self._warn(f"Close calls stay as {fast.precision} gave them: the base's "
+                       "conversion was damaged.")
+            return fast
+        return exact
 
     def _base_engine(self, route):
         """The base's cached conversion opened in the engine and precision its features

@@ -195,10 +195,11 @@ def chosen_engine(requested="auto", placement=None):
     return canonical(engine)
 
 
-def expected_engine(requested="auto", placement=None, model=None):
+def expected_engine(requested="auto", placement=None, model=None, precision=None):
     """`(engine, precision)` that `feature_engine` is to run, known without opening it (a
-    feature cache key names them): OpenVINO's precision is `openvino.precision_for`'s;
-    under auto, LiteRT where auto's race on the .tflite `model` recorded LiteRT's win."""
+    feature cache key names them): OpenVINO's precision is `precision`, by default the
+    CPU's best; in float32 under auto, LiteRT where auto's race on the .tflite `model`
+    recorded LiteRT's win."""
     engine = chosen_engine(requested, placement)
     if engine == "tensorflow":
         return engine, placement.precision if placement is not None else "float32"
@@ -206,11 +207,13 @@ def expected_engine(requested="auto", placement=None, model=None):
         from smallcnn.runtime import openvino, race
 
         if openvino.unavailable() is None:
-            if engine == "auto" and model is not None and Path(model).is_file():
+            precision = precision or openvino.best_precision()
+            if engine == "auto" and precision == "float32" and model is not None and \
+                    Path(model).is_file():
                 result = race.recorded(openvino.race_name(model), RACED)
                 if result is not None and result["winner"] == "litert":
                     return "litert", LiteRTEngine.precision
-            return openvino.NAME, openvino.precision_for(engine)
+            return openvino.NAME, precision
         if engine == "openvino":
             return engine, None  # opening it says why it cannot run
     return "litert", LiteRTEngine.precision
@@ -232,11 +235,10 @@ def open_engine(tflite_path, engine="auto", reporter=None, placement=None, preci
     chosen: a callable from a uint8/float batch to float32 outputs, with `.name` and
     `.precision`.
 
-    'openvino' opens it in OpenVINO, in `precision` (by default the CPU's best:
-    `openvino.precision_for`). 'auto' runs it in `precision` if that is bfloat16 (a run
-    trained on bf16 features), else in float32 in whichever of OpenVINO and LiteRT ran
-    this model file faster here: raced once per file, OpenVINO version and settings, the
-    winner recorded in the cache (`race`), saying which in one line. 'auto' falls back to
+    'openvino' and 'auto' open it in OpenVINO, in `precision` (by default the CPU's best:
+    `openvino.best_precision`). Where that is float32, 'auto' runs whichever of OpenVINO
+    and LiteRT ran this model file faster here: raced once per file, OpenVINO version and
+    settings, the winner recorded in the cache (`race`), saying which in one line. 'auto' falls back to
     LiteRT saying why in one line, a forced 'openvino' that cannot run raises UsageError.
     Any other engine gets LiteRT (a .tflite file has no TensorFlow form; TensorFlow's
     engine runs the Keras model), and never races.
@@ -254,7 +256,7 @@ def open_engine(tflite_path, engine="auto", reporter=None, placement=None, preci
                           f"not {precision}.")
             precision = None
         if why is None:
-            precision = precision or openvino.precision_for(engine)
+            precision = precision or openvino.best_precision()
             raced = engine == "auto" and precision == "float32"
             result = _recorded_race(tflite_path, reporter) if raced else None
             if result is not None and result["winner"] == "litert":
@@ -312,7 +314,7 @@ def _raced_line(result):
 
 
 def feature_engine(spec, weights, image_size, extractor, engine="auto", reporter=None,
-                   placement=None):
+                   placement=None, precision=None):
     """The engine that computes pooled features for uint8/float image batches.
 
     Args:
@@ -326,6 +328,7 @@ def feature_engine(spec, weights, image_size, extractor, engine="auto", reporter
             weights are cached.
         placement: the `devices.Placement` the command runs on: the TensorFlow engine
             runs the extractor in its precision on all its devices.
+        precision: OpenVINO's (`open_engine`), by default the CPU's best.
     """
     from smallcnn.progress import Reporter
 
@@ -344,7 +347,7 @@ def feature_engine(spec, weights, image_size, extractor, engine="auto", reporter
         return tensorflow()
 
     def opened(path):
-        return open_engine(path, engine, reporter)
+        return open_engine(path, engine, reporter, precision=precision)
 
     try:
         if weights == "none":  # random weights: a conversion of its own, not cached

@@ -52,24 +52,17 @@ def _core():
 
 def best_precision():
     """bfloat16 where the CPU computes in it (AMX or AVX512-BF16: OpenVINO lists 'BF16'
-    among the CPU's optimization capabilities), else float32."""
+    among the CPU's optimization capabilities), else float32: what `--engine auto` and
+    `--engine openvino` run OpenVINO in.
+
+    bf16 runs the base about 2x as fast as LiteRT's float32 here (bench/engines.py); its
+    features change a head's label only where the top two classes are nearly tied, and
+    predictions look at those again in float32 (`inference.second_look`), so that their
+    labels are float32's. Where float32 is the best, auto races OpenVINO against LiteRT
+    (`runtime.race`): neither is faster for every model.
+    """
     capabilities = _core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
     return "bfloat16" if "BF16" in capabilities else "float32"
-
-
-def precision_for(engine):
-    """OpenVINO's precision under `--engine` 'openvino' (the CPU's best) or 'auto' (float32,
-    where auto runs OpenVINO at all: it races it against LiteRT float32 on each model once
-    and runs the faster, `runtime.race`).
-
-    Auto keeps float32 because bf16 misses issue 29's parity (a head's labels the same as
-    on LiteRT's float32 features for >= 99.5% of images): on food101-10's test split
-    (bench/engines.py) bf16 features changed 5 of 250 labels of the same head (98.0%; 3
-    with the LiteRT run's head), OpenVINO float32 none, with EfficientNet-B0 1.35x LiteRT's
-    speed but MobileNetV2 0.9x (hence auto's race). bf16 (about 2x) is `--engine
-    openvino`'s, and a run trained on bf16 features predicts in bf16.
-    """
-    return best_precision() if engine == NAME else "float32"
 
 
 def write_ir(tflite_path, path):

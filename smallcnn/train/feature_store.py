@@ -30,11 +30,12 @@ def seed_keras(seed):
     keras.utils.set_random_seed(seed)
 
 
-def features_key(plan, digests, split, view=None, engine=None):
+def features_key(plan, digests, split, view=None, engine=None, precision=None):
     """The cache key of a split's features (or of one augmented view), or None with
     random base weights (they differ each run: nothing to reuse). `digests`: {path:
     SHA-1} from the data check; `engine`: `(name, precision)` of the engine that computes
-    them (default: the one the plan's settings choose, `engine.expected_engine`)."""
+    them (default: the one the plan's settings choose in OpenVINO's `precision`,
+    `engine.expected_engine`)."""
     from smallcnn.runtime.engine import expected_engine
 
     if plan.weights == "none":
@@ -46,10 +47,11 @@ def features_key(plan, digests, split, view=None, engine=None):
         augmentation = [dataclasses.asdict(s.augmentation()), s.seed, view]
     # Features computed in mixed precision differ in the third digit: kept apart (float32's
     # keys are as they were before precisions existed).
-    precision = plan.placement.precision
-    mixed = {"precision": precision} if precision != "float32" else {}
+    placed = plan.placement.precision
+    mixed = {"precision": placed} if placed != "float32" else {}
     return files_key(plan.spec, plan.weights, s.image_size, files,
-                     engine or expected_engine(s.engine, plan.placement, _conversion(plan)),
+                     engine or expected_engine(s.engine, plan.placement, _conversion(plan),
+                                               precision),
                      augmentation=augmentation, **mixed)
 
 
@@ -110,8 +112,9 @@ class FeatureSource:
     `augmented_views` the extractor's whole output.
     """
 
-    def __init__(self, plan, reporter, timings):
+    def __init__(self, plan, reporter, timings, precision=None):
         self.plan, self.reporter, self.timings = plan, reporter, timings
+        self.precision = precision  # OpenVINO's, where it runs the base (None: the CPU's best)
         from smallcnn.model.taps import HeadInput
 
         self.skipped = {}
@@ -164,11 +167,13 @@ class FeatureSource:
 
     def key(self, name):
         """The cache key of split `name`'s features (see `features_key`)."""
-        return features_key(self.plan, self._digests, self.split(name))
+        return features_key(self.plan, self._digests, self.split(name),
+                            precision=self.precision)
 
     def is_cached(self, name):
         """Whether the features of split `name` are in the cache."""
-        key = features_key(self.plan, self._digests, self.split(name))
+        key = features_key(self.plan, self._digests, self.split(name),
+                            precision=self.precision)
         return key is not None and cache.is_stored("features", f"{key}.npz")
 
     def features(self, name):
@@ -186,7 +191,8 @@ class FeatureSource:
     def _split_features(self, name):
         from smallcnn.runtime.engine import compute_features
 
-        key = features_key(self.plan, self._digests, self.split(name))
+        key = features_key(self.plan, self._digests, self.split(name),
+                            precision=self.precision)
         cached = load(key, self.reporter.warning)
         if cached is not None:
             values, labels, skipped = cached
@@ -215,7 +221,8 @@ class FeatureSource:
         """
         views = []
         for view in range(count):
-            key = features_key(self.plan, self._digests, self.plan.dataset.train, view)
+            key = features_key(self.plan, self._digests, self.plan.dataset.train, view,
+                                   precision=self.precision)
             key = key if rekey is None else rekey(key)
             cached = load(key, self.reporter.warning)
             if cached is not None:
@@ -275,7 +282,7 @@ class FeatureSource:
         if self._engine is not None:
             return self.engine_name(), self.engine_precision()
         return expected_engine(self.plan.settings.engine, self.plan.placement,
-                               _conversion(self.plan))
+                               _conversion(self.plan), self.precision)
 
     def _key_of_engine(self, key, key_for):
         """The key of features computed now: `key_for((name, precision))` of the engine
@@ -350,7 +357,7 @@ class FeatureSource:
             with self.timings("convert"):
                 self._engine = feature_engine(self.plan.spec, self.plan.weights, s.image_size,
                                               extractor, s.engine, self.reporter,
-                                              self.plan.placement)
+                                              self.plan.placement, self.precision)
         return self._engine
 
     def close(self):
