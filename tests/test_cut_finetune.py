@@ -81,21 +81,37 @@ def cached_activations(expected):
     return found[0]
 
 
+def _bottoms(engine):
+    """`(engine, precision)` of the training views' bottom and of the evaluation splits'
+    under `--engine engine`: the views in the engine's best precision, evaluation in
+    float32 (the saved model's)."""
+    if engine == "litert":
+        return (LiteRTEngine.name, LiteRTEngine.precision), (LiteRTEngine.name, "float32")
+    from smallcnn.runtime import openvino
+
+    return (engine, openvino.best_precision()), (engine, "float32")
+
+
 @pytest.mark.heavy
+@pytest.mark.parametrize("engine", ["litert", "openvino"])
 def test_a_cached_activation_finetune_saves_the_whole_network_predicting_the_same(
-        tiny_data, tmp_path):
+        tiny_data, tmp_path, engine):
+    if engine == "openvino":
+        pytest.importorskip("openvino")
     # The shipped ImageNet weights: a random MobileNetV2's activations fade to ~1e-10.
     result = invoke("finetune", tiny_data, "--base", "mobilenet_v2", "--image-size", str(SIZE),
                     "--head-epochs", "1", "--epochs", "2", "--unfreeze", "4", "--batch-size", "8",
-                    "--engine", "litert", "--out", "runs/ft")
+                    "--engine", engine, "--out", "runs/ft")
     assert result.exit_code == 0, result.output
     assert "Fine-tuning from activations at 'block_15_add'" in result.output
     assert "Fine-tuning end to end" not in result.output
     metrics = json.loads((tmp_path / "runs/ft/metrics.json").read_text())
     assert metrics["unfrozen_layers"] == ["Conv_1", "block_16_project", "block_16_depthwise",
                                           "block_16_expand"]
-    assert metrics["cut"] == {"layer": "block_15_add", "views": 2, "engine": LiteRTEngine.name,
-                              "engine_precision": LiteRTEngine.precision}
+    views, evaluation = _bottoms(engine)
+    assert metrics["cut"] == {"layer": "block_15_add", "views": 2, "engine": views[0],
+                              "engine_precision": views[1], "evaluation_engine": evaluation[0],
+                              "evaluation_precision": evaluation[1]}
 
     model = keras.saving.load_model("runs/ft/model.keras", safe_mode=True)  # plain Keras
     val = find_dataset(tiny_data).splits["val"]
