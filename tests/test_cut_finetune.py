@@ -139,6 +139,24 @@ SMALL = ["--base", "small", "--image-size", str(SIZE), "--head-epochs", "1", "--
 
 
 @pytest.mark.heavy
+def test_the_views_are_as_many_as_the_budget_holds(tiny_data, tmp_path, monkeypatch):
+    """A fresh view each epoch, up to `MAX_VIEWS`, fewer where the budget holds fewer."""
+    base = build_base(get_base("mobilenet_v2"), SIZE, "none")
+    at = cut.find_cut(base, layers_to_unfreeze(base, 4))
+    per_image = int(np.prod(base.layers[at].output.shape[1:])) * np.dtype(cut.ACTIVATIONS).itemsize
+    found = find_dataset(tiny_data)
+    evaluated = sum(len(found.splits[name]) for name in ("val", "test") if name in found.splits)
+    budget = (evaluated + 2.5 * len(found.splits["train"])) * per_image  # two views and a half
+    monkeypatch.setenv(cut.BUDGET_VARIABLE, repr(budget / 2**30))
+    result = invoke("finetune", tiny_data, "--base", "mobilenet_v2", "--image-size", str(SIZE),
+                    "--head-epochs", "1", "--epochs", "4", "--unfreeze", "4", "--batch-size", "8",
+                    "--engine", "litert", "--augment", "light", "--out", "runs/ft")
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "runs/ft/metrics.json").read_text())["cut"]["views"] == 2
+    assert "(2 view(s)," in " ".join(result.output.split())
+
+
+@pytest.mark.heavy
 def test_over_the_budget_finetune_trains_end_to_end_and_says_why(tiny_data, tmp_path,
                                                                  monkeypatch):
     monkeypatch.setenv(cut.BUDGET_VARIABLE, "0.000001")
