@@ -75,15 +75,17 @@ def normalised(group):
     return group / np.maximum(norm, EPSILON) * np.float32(GROUP_NORM)
 
 
+def layer_names(taps):
+    """The layers of `taps` (`BaseSpec.taps`), their ":input" suffixes dropped."""
+    return [name.partition(":")[0] for name, _ in taps]
+
+
 def tap_tensors(base, taps):
     """The tensors of `taps` (`BaseSpec.taps`) in a built base: a layer's output, or with
     an ":input" suffix its input (ConvNeXt's stages end in an unnamed residual sum)."""
-    tensors = []
-    for name, _ in taps:
-        layer_name, _, which = name.partition(":")
-        layer = base.get_layer(layer_name)
-        tensors.append(layer.input if which == "input" else layer.output)
-    return tensors
+    return [base.get_layer(layer).input if name.endswith(":input") else
+            base.get_layer(layer).output
+            for layer, (name, _) in zip(layer_names(taps), taps)]
 
 
 def tapped(spec, base):

@@ -18,7 +18,7 @@ import numpy as np
 
 
 from smallcnn.model import head
-from smallcnn.model.taps import HeadInput
+from smallcnn.model.taps import HeadInput, layer_names
 
 CHOICES = ("auto", "on", "off")
 MIN_VAL_GAIN = 2  # val images the taps must gain (one is within any seed's noise)
@@ -37,7 +37,7 @@ def describe(head_input, spec):
     """What a head reads, in words."""
     if not head_input.taps:
         return "the last layer's features"
-    names = ", ".join(name.partition(":")[0] for name, _ in spec.taps)
+    names = ", ".join(layer_names(spec.taps))
     return f"the last layer's and {len(spec.taps)} intermediate taps' features ({names})"
 
 
@@ -85,7 +85,7 @@ def choose(source, requested, train, note, stopped=lambda: False):
              "at no higher val loss).")
     return best.result, {
         "requested": requested, "used": best.head_input.taps,
-        "layers": [name.partition(":")[0] for name, _ in spec.taps],
+        "layers": layer_names(spec.taps),
         **({"val_images_right": duel} if duel else {}),
         **{key: {("with_taps" if t.head_input.taps else "last_layer"): round(getattr(t, key[4:]), 4)
                  for t in trained}
