@@ -370,3 +370,37 @@ def test_features_of_a_base_that_raced_litert_faster_are_found_by_the_next_run(
     assert (metrics["engine"], metrics["engine_precision"]) == ("litert", "float32")
     route = json.loads(open("runs/b/smallcnn.json").read())["prediction"]  # from the cache
     assert (route["engine"], route["precision"]) == ("litert", "float32")
+
+
+def test_close_calls_run_again_in_litert_else_openvino_float32(tiny_base, tmp_path,
+                                                               monkeypatch):
+    """The second look's float32 base: LiteRT; where LiteRT cannot run, OpenVINO float32,
+    said in one line."""
+    import shutil
+    import warnings
+
+    from smallcnn.inference.predict import Classifier
+    from smallcnn.runtime import engine as engines
+
+    monkeypatch.setenv("SMALLCNN_CACHE", str(tmp_path / "cache"))
+    cache.store("engines", "tiny.tflite", lambda temp: shutil.copy(tiny_base, temp),
+                checksum=True)
+    route = {"feature_engine": "tiny.tflite"}
+    classifier = Classifier(None, {"class_names": ["a", "b"], "image_size": 32})
+    fast = open_engine(tiny_base, "openvino")
+    assert classifier._float32_base(route, fast).name == "litert"
+
+    class Missing:
+        def __init__(self, path):
+            raise ImportError("No module named 'ai_edge_litert'")
+
+    monkeypatch.setattr(engines, "LiteRTEngine", Missing)
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always")
+        exact = classifier._float32_base(route, fast)
+    assert (exact.name, exact.precision) == ("openvino", "float32")
+    assert [str(w.message) for w in said] == [
+        "Close calls run again in OpenVINO float32: LiteRT is not usable here (ImportError: "
+        "No module named 'ai_edge_litert')."]
+    np.testing.assert_allclose(exact(images()), LiteRTEngine(tiny_base)(images()), rtol=1e-4,
+                               atol=1e-4)

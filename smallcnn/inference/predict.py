@@ -150,19 +150,30 @@ class Classifier(ImageClassifier):
         return predict
 
     def _float32_base(self, route, fast):
-        """The base's cached conversion in float32, for `second_look`: in the faster of
-        OpenVINO and LiteRT here (auto's race); where it cannot be opened, `fast` itself,
+        """The base's cached conversion in float32, for `second_look`: in LiteRT (lighter
+        than a second compiled OpenVINO model, and no race to run: a close call is a few
+        images), else in OpenVINO float32, saying why; where neither opens, `fast` itself,
         said in one line."""
         from smallcnn.runtime import cache
-        from smallcnn.runtime.engine import open_engine
+        from smallcnn.runtime.engine import LiteRTEngine, open_engine
 
-        exact = cache.load("engines", route["feature_engine"],
-                           lambda path: open_engine(path, "auto", _Lines([]),
-                                                    precision="float32"),
-                           warn=self._warn, checksum=True)
+        def opened(path):
+            try:
+                return LiteRTEngine(path)
+            except Exception as error:  # no LiteRT wheel for this platform
+                self._warn(f"Close calls run again in OpenVINO float32: LiteRT is not usable "
+                           f"here ({described(error)}).")
+                return open_engine(path, "openvino", _Lines([]), precision="float32")
+
+        try:
+            exact = cache.load("engines", route["feature_engine"], opened, warn=self._warn,
+                               checksum=True)
+            why = "the base's conversion was damaged"
+        except UsageError as error:
+            exact, why = None, described(error)
         if exact is None:
-            self._warn(f"Close calls stay as {fast.precision} gave them: the base's "
-                       "conversion was damaged.")
+            self._warn(f"Close calls stay as {fast.precision} gave them: float32 cannot run "
+                       f"({why}).")
             return fast
         return exact
 
