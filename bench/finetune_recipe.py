@@ -25,13 +25,11 @@ DATASETS = ("food101-10", "cats-dogs-small", "ants-bees")
 # The finetune options of each variant tried (the defaults are the recipe: "defaults").
 VARIANTS = {
     "defaults": [],
-    "2 blocks, lr 1e-5, light, smoothing 0.1": [
-        "--unfreeze-blocks", "2", "--learning-rate", "1e-5", "--augment", "light",
-        "--label-smoothing", "0.1"],
-    "2 blocks, lr 1e-5, light": ["--unfreeze-blocks", "2", "--learning-rate", "1e-5",
-                                 "--augment", "light"],
-    "6 blocks, lr 1e-4, light": ["--augment", "light"],
-    "6 blocks, lr 3e-5": ["--learning-rate", "3e-5"],
+    "lr 5e-5": ["--learning-rate", "5e-5"],
+    "lr 2e-4": ["--learning-rate", "2e-4"],
+    "smoothing 0.1": ["--label-smoothing", "0.1"],
+    "8 blocks": ["--unfreeze-blocks", "8"],
+    "25 epochs": ["--epochs", "25"],
 }
 # extract's heads on the last layer's features alone: what finetune's head phase trains
 # (extract's default may add its intermediate taps, chosen on val).
