@@ -27,7 +27,6 @@ def extract(data_dir, settings=None, out=None, overwrite=False, reporter=None,
     Returns:
         A `RunResult`. The saved model takes raw images (base + head).
     """
-    from smallcnn.model import head as numpy_head
 
     pools = []  # the --unlabeled pool, checked against the data before any work
 
@@ -62,7 +61,7 @@ def extract(data_dir, settings=None, out=None, overwrite=False, reporter=None,
             weights, rows, extra["self_training"] = _self_train(
                 session, pools[0], pool_x, weights, rows, (train_x, train_y), stop)
     with session.timings("evaluate"):
-        evaluations = {name: list(numpy_head.evaluate(weights, *source.features(name)))
+        evaluations = {name: _evaluated(session, weights, name)
                        for name in session.plan.eval_splits()}
     with session.timings("model"):
         model, base_layer = _classifier(session, weights)
@@ -76,6 +75,28 @@ def extract(data_dir, settings=None, out=None, overwrite=False, reporter=None,
     metrics = writer.finish(run_dir, model, config, rows, evaluations, extra,
                             head_weights=weights, interrupted=stop.received)
     return writer.result(run_dir, metrics, rows, interrupted=stop.received)
+
+
+def _evaluated(session, weights, name):
+    """`[loss, accuracy]` of the heads on split `name` as the run will predict it: from
+    bf16 features, their close calls made again in float32 (`inference.second_look`), so
+    that metrics.json's accuracies are `evaluate`'s."""
+    from smallcnn.inference.second_look import close_calls
+    from smallcnn.model import head as numpy_head
+
+    source = session.source
+    x, y = source.features(name)
+    if source.engine_used()[1] != "bfloat16" or session.plan.weights == "none":
+        return list(numpy_head.evaluate(weights, x, y))
+    probabilities = numpy_head.probabilities(weights, x)
+    close = np.flatnonzero(close_calls(probabilities))
+    if len(close):
+        probabilities[close] = numpy_head.probabilities(
+            weights, source.float32_features(name, close))
+    y = np.asarray(y, np.int64)
+    right = probabilities[np.arange(len(y)), y]
+    loss = float(-np.log(np.maximum(right, np.finfo(np.float32).tiny)).mean())
+    return [loss, float((probabilities.argmax(axis=1) == y).mean())]
 
 
 def _heads_on_chosen_input(session, train_x, train_y, stop, extra):

@@ -181,6 +181,20 @@ class FeatureSource:
         values, labels = self.raw_features(name)
         return self.head_input(values), labels
 
+    def float32_features(self, name, rows):
+        """The head's input for `rows` of split `name` (row indices of `features(name)`),
+        from the base's cached conversion in LiteRT float32, one image at a time: what
+        `inference.second_look` runs a bf16 run's close calls on."""
+        from smallcnn.data.images import load_images
+        from smallcnn.runtime.engine import LiteRTEngine, base_conversion
+
+        skipped = set(self.skipped)
+        paths = [path for path in self.split(name).paths if path not in skipped]
+        images, _ = load_images([paths[row] for row in rows], self.plan.settings.image_size)
+        engine = LiteRTEngine(base_conversion(self.plan.spec, self.plan.weights,
+                                              self.plan.settings.image_size))
+        return self.head_input(np.concatenate([engine(image[None]) for image in images]))
+
     def raw_features(self, name):
         """`(features, labels)` of one split, the extractor's whole output: computed once,
         from the cache or the base."""
