@@ -143,28 +143,21 @@ class Classifier(ImageClassifier):
         if engine.precision == "bfloat16":
             from smallcnn.inference.second_look import second_look
 
-            predict = second_look(predict, lambda: predicted(
-                _one_at_a_time(self._float32_base(route, engine))))
+            predict = second_look(predict, lambda: predicted(self._float32_base(route, engine)))
             again = ", close calls again in float32"
         self.engine = (f"{engine.name} {engine.precision} base + numpy head{again} "
                        f"(the run's cached base conversion{why})")
         return predict
 
     def _float32_base(self, route, fast):
-        """The base's cached conversion in float32, for `second_look`: in LiteRT (lighter
-        than a second compiled OpenVINO model, and no race to run: a close call is a few
-        images), else in OpenVINO float32, saying why; where neither opens, `fast` itself,
-        said in one line."""
+        """The base's cached conversion in float32, for `second_look`
+        (`second_look.Float32Engine`); where it cannot be opened, `fast` itself, said in
+        one line."""
+        from smallcnn.inference.second_look import Float32Engine
         from smallcnn.runtime import cache
-        from smallcnn.runtime.engine import LiteRTEngine, open_engine
 
         def opened(path):
-            try:
-                return LiteRTEngine(path)
-            except Exception as error:  # no LiteRT wheel for this platform
-                self._warn(f"Close calls run again in OpenVINO float32: LiteRT is not usable "
-                           f"here ({described(error)}).")
-                return open_engine(path, "openvino", _Lines([]), precision="float32")
+            return Float32Engine(path, self._warn)
 
         try:
             exact = cache.load("engines", route["feature_engine"], opened, warn=self._warn,
@@ -259,14 +252,6 @@ class Classifier(ImageClassifier):
                 self._not_litert = f"LiteRT is not usable here ({described(error)})"
                 self._litert = False
         return self._litert or None
-
-
-def _one_at_a_time(engine):
-    """`engine` run on one image at a time: close calls come in any number, and each new
-    batch size makes LiteRT allocate its tensors again (EfficientNet-B0's second look
-    grew predict's peak memory by 94 MB in batches of 1 and 2, against 35 MB for its
-    interpreter)."""
-    return lambda images: np.concatenate([engine(image[None]) for image in images])
 
 
 class _Lines:

@@ -125,6 +125,7 @@ class FeatureSource:
         self._features = {}
         self._unlabeled = {}  # name -> Split of images without labels (labels -1)
         self._engine = None
+        self._float32 = None  # the base in float32 for close calls (`float32_features`)
         self._warmup = None  # a helper process preparing the base (see `start_warmup`)
         self._base_seconds = 0.0  # time in the base's forward pass
         self._base_images = 0
@@ -183,17 +184,20 @@ class FeatureSource:
 
     def float32_features(self, name, rows):
         """The head's input for `rows` of split `name` (row indices of `features(name)`),
-        from the base's cached conversion in LiteRT float32, one image at a time: what
-        `inference.second_look` runs a bf16 run's close calls on."""
+        from the base's cached conversion in float32 (`second_look.Float32Engine`, opened
+        once): what `inference.second_look` runs a bf16 run's close calls on."""
         from smallcnn.data.images import load_images
-        from smallcnn.runtime.engine import LiteRTEngine, base_conversion
+        from smallcnn.inference.second_look import Float32Engine
+        from smallcnn.runtime.engine import base_conversion
 
         skipped = set(self.skipped)
         paths = [path for path in self.split(name).paths if path not in skipped]
         images, _ = load_images([paths[row] for row in rows], self.plan.settings.image_size)
-        engine = LiteRTEngine(base_conversion(self.plan.spec, self.plan.weights,
-                                              self.plan.settings.image_size))
-        return self.head_input(np.concatenate([engine(image[None]) for image in images]))
+        if self._float32 is None:
+            size = self.plan.settings.image_size
+            self._float32 = Float32Engine(base_conversion(self.plan.spec, self.plan.weights,
+                                                          size), self.reporter.warning)
+        return self.head_input(self._float32(images))
 
     def raw_features(self, name):
         """`(features, labels)` of one split, the extractor's whole output: computed once,
