@@ -57,7 +57,8 @@ def base_conversion(name):
     where it is missing, as extract makes it."""
     from smallcnn.model.bases import build_base, get_base
     from smallcnn.runtime import cache
-    from smallcnn.runtime.engine import feature_engine, litert_name
+    from smallcnn.runtime.engine import feature_engine
+    from smallcnn.runtime.litert import litert_name
 
     spec = get_base(name)
     size = spec.default_size
@@ -105,7 +106,7 @@ def int8_engine(path, size, calibration):
 
 
 def engines_of(path, size, calibration_count, dataset="cats-dogs-small"):
-    from smallcnn.runtime.engine import LiteRTEngine
+    from smallcnn.runtime.litert import LiteRTEngine
     from smallcnn.runtime.openvino import OpenVINOEngine
 
     engines = {"litert float32": LiteRTEngine(path),
@@ -214,7 +215,7 @@ def heads_agreement(litert_run, auto_run, split, env):
     from smallcnn.data.images import load_images
     from smallcnn.inference.second_look import close_calls
     from smallcnn.model import head
-    from smallcnn.runtime.engine import LiteRTEngine
+    from smallcnn.runtime.litert import LiteRTEngine
     from smallcnn.runtime.openvino import OpenVINOEngine
 
     os.environ.update(env)

@@ -48,7 +48,7 @@ from pathlib import Path
 from smallcnn.model.bases import build_base, get_base
 from smallcnn.model.networks import feature_extractor
 from smallcnn.data.images import load_images
-from smallcnn.runtime.engine import LiteRTEngine, convert_to_litert
+from smallcnn.runtime.litert import LiteRTEngine, convert_to_litert
 paths = sorted(str(p) for p in Path({str(data)!r}).rglob("*.jpg"))[:256]
 images, _ = load_images(paths, 224)
 x = images.astype("float32")
@@ -78,7 +78,7 @@ def engine_limit(folder, model, env):
     code = f"""
 import json, time
 from pathlib import Path
-from smallcnn.runtime.engine import LiteRTEngine
+from smallcnn.runtime.litert import LiteRTEngine
 from smallcnn.runtime import cache
 from smallcnn.data.images import load_images
 route = json.loads(Path({str(model)!r}, "smallcnn.json").read_text())["prediction"]

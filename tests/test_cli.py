@@ -10,7 +10,9 @@ from PIL import Image
 
 from conftest import invoke, invoke_in_subprocess, make_dataset
 
-from smallcnn.runtime.engine import base_conversion, expected_engine
+from smallcnn.runtime.engine import expected_engine
+
+from smallcnn.runtime.litert import base_conversion
 
 FAST = ["--epochs", "3", "--batch-size", "8"]
 
@@ -272,7 +274,7 @@ def test_a_helper_that_cannot_write_the_template_says_so(tmp_path, monkeypatch):
 def test_a_cancelled_helper_stops_and_leaves_nothing_in_the_cache(base_weights_file):
     from smallcnn.runtime import cache
     from smallcnn.model.bases import get_base
-    from smallcnn.runtime.engine import litert_name
+    from smallcnn.runtime.litert import litert_name
     from smallcnn.train import warmup
 
     spec = get_base("mobilenet_v2")

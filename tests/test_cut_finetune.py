@@ -16,7 +16,7 @@ from smallcnn.model import runs
 from smallcnn.model.bases import build_base, get_base
 from smallcnn.model.networks import HEAD_NAME, layers_to_unfreeze
 from smallcnn.runtime import cache
-from smallcnn.runtime.engine import LiteRTEngine
+from smallcnn.runtime.litert import LiteRTEngine
 from smallcnn.train import cut
 
 SIZE = 32

@@ -129,7 +129,7 @@ def test_gradcam_maps_the_patch_grid(tiny):
 @pytest.mark.heavy  # ~3 s: a conversion
 def test_litert_conversion_gives_the_keras_features(tiny, tmp_path):
     from smallcnn.model.networks import feature_extractor
-    from smallcnn.runtime.engine import LiteRTEngine, convert_to_litert
+    from smallcnn.runtime.litert import LiteRTEngine, convert_to_litert
 
     extractor = feature_extractor(tiny, build_base(tiny, SIZE, "none"), SIZE)
     convert_to_litert(extractor, tmp_path / "base.tflite")

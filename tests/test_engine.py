@@ -7,7 +7,7 @@ def test_a_failed_fast_conversion_says_so_and_falls_back_to_keras_export(tmp_pat
     import keras
     import tensorflow.python.framework.convert_to_constants as constants
 
-    from smallcnn.runtime.engine import LiteRTEngine, convert_to_litert
+    from smallcnn.runtime.litert import LiteRTEngine, convert_to_litert
 
     def broken(*args, **kwargs):
         raise RuntimeError("frozen graph not supported")
@@ -30,7 +30,7 @@ def test_the_fast_conversion_writes_no_saved_model(tmp_path, monkeypatch):
 
     import keras
 
-    from smallcnn.runtime.engine import LiteRTEngine, convert_to_litert
+    from smallcnn.runtime.litert import LiteRTEngine, convert_to_litert
 
     saved = []
 

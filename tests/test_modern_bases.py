@@ -90,7 +90,7 @@ def test_finetune_finds_a_cut_at_a_block_boundary(built, name, blocks, expected)
 @pytest.mark.parametrize("name", SMALL)
 def test_litert_conversion_gives_the_keras_features(built, name, tmp_path):
     from smallcnn.model.networks import feature_extractor
-    from smallcnn.runtime.engine import LiteRTEngine, convert_to_litert
+    from smallcnn.runtime.litert import LiteRTEngine, convert_to_litert
 
     spec = get_base(name)
     extractor = feature_extractor(spec, built[name], SIZE)

@@ -12,7 +12,8 @@ from conftest import invoke
 
 from smallcnn.errors import UsageError
 from smallcnn.runtime import cache, openvino, race
-from smallcnn.runtime.engine import LiteRTEngine, expected_engine, open_engine
+from smallcnn.runtime.engine import expected_engine, open_engine
+from smallcnn.runtime.litert import LiteRTEngine
 
 pytest.importorskip("openvino")
 
@@ -35,7 +36,7 @@ def tiny_base(tmp_path_factory):
     a .tflite file, as the cache holds a base's conversion."""
     import keras
 
-    from smallcnn.runtime.engine import convert_to_litert
+    from smallcnn.runtime.litert import convert_to_litert
 
     keras.utils.set_random_seed(0)
     layers = keras.layers
@@ -380,7 +381,7 @@ def test_close_calls_run_again_in_litert_else_openvino_float32(tiny_base, tmp_pa
     import warnings
 
     from smallcnn.inference.predict import Classifier
-    from smallcnn.runtime import engine as engines
+    from smallcnn.runtime import litert
 
     monkeypatch.setenv("SMALLCNN_CACHE", str(tmp_path / "cache"))
     cache.store("engines", "tiny.tflite", lambda temp: shutil.copy(tiny_base, temp),
@@ -394,7 +395,7 @@ def test_close_calls_run_again_in_litert_else_openvino_float32(tiny_base, tmp_pa
         def __init__(self, path):
             raise ImportError("No module named 'ai_edge_litert'")
 
-    monkeypatch.setattr(engines, "LiteRTEngine", Missing)
+    monkeypatch.setattr(litert, "LiteRTEngine", Missing)
     with warnings.catch_warnings(record=True) as said:
         warnings.simplefilter("always")
         exact = classifier._float32_base(route, fast)

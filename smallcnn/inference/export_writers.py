@@ -88,11 +88,11 @@ def write(model, path, format, quantize, calibration):
         with native_stderr_silenced():
             model.export(str(path), format="tf_saved_model", verbose=False)
     elif format == "tflite":
-        from smallcnn.runtime.engine import convert_to_litert
+        from smallcnn.runtime.litert import convert_to_litert
 
         convert_to_litert(model, Path(path), quantize, calibration)
     elif format == "openvino":  # from its LiteRT conversion: OpenVINO reads no Keras 3 model
-        from smallcnn.runtime.engine import convert_to_litert
+        from smallcnn.runtime.litert import convert_to_litert
         from smallcnn.runtime.openvino import write_ir
 
         with tempfile.TemporaryDirectory(dir=Path(path).parent) as folder:

@@ -224,7 +224,8 @@ class Classifier(ImageClassifier):
 
         name = self._litert_name()
         if self._litert is None and name is not None:
-            from smallcnn.runtime.engine import chosen_engine, convert_to_litert, open_engine
+            from smallcnn.runtime.engine import chosen_engine, open_engine
+            from smallcnn.runtime.litert import convert_to_litert
 
             def opened(path):
                 # A model trained whole in float32 runs in float32 (bf16 moves its

@@ -59,7 +59,8 @@ class Float32Engine:
 
     def __init__(self, tflite_path, warn):
         from smallcnn.errors import described
-        from smallcnn.runtime.engine import LiteRTEngine, open_engine
+        from smallcnn.runtime.engine import open_engine
+        from smallcnn.runtime.litert import LiteRTEngine
 
         try:
             self._engine = LiteRTEngine(tflite_path)

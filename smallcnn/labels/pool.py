@@ -116,7 +116,8 @@ def _features(paths, spec, weights, image_size, reporter, scan_root=None):
     """`(features, kept paths, skipped, digests)` of the pool, from the feature cache
     where an entry names the same base and the same file contents."""
     from smallcnn.data.images import load_readable
-    from smallcnn.runtime.engine import base_conversion, compute_features, expected_engine
+    from smallcnn.runtime.engine import compute_features, expected_engine
+    from smallcnn.runtime.litert import base_conversion
     from smallcnn.train import feature_store
 
     readable, digests, skipped = scanned(paths, reporter, root=scan_root)

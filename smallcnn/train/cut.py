@@ -259,12 +259,8 @@ class CutTraining:
     def _open_engine(self, precision=None):
         from smallcnn.errors import UsageError, described
         from smallcnn.runtime import cache
-        from smallcnn.runtime.engine import (
-            TensorFlowEngine,
-            chosen_engine,
-            convert_to_litert,
-            open_engine,
-        )
+        from smallcnn.runtime.engine import TensorFlowEngine, chosen_engine, open_engine
+        from smallcnn.runtime.litert import convert_to_litert
 
         plan, reporter = self.session.plan, self.session.reporter
         engine = chosen_engine(plan.settings.engine, plan.placement)
@@ -362,7 +358,7 @@ class _Float16:
 
 def _uncached(model, opened, warn):
     """The model converted in a temporary folder, `opened`, the folder removed."""
-    from smallcnn.runtime.engine import convert_to_litert
+    from smallcnn.runtime.litert import convert_to_litert
 
     folder = Path(tempfile.mkdtemp(prefix="smallcnn-cut-"))
     try:

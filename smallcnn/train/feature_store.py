@@ -57,7 +57,7 @@ def features_key(plan, digests, split, view=None, engine=None, precision=None):
 
 def _conversion(plan):
     """The base's cached LiteRT conversion, whose race record says what auto runs."""
-    from smallcnn.runtime.engine import base_conversion
+    from smallcnn.runtime.litert import base_conversion
 
     return base_conversion(plan.spec, plan.weights, plan.settings.image_size)
 
@@ -188,7 +188,7 @@ class FeatureSource:
         once): what `inference.second_look` runs a bf16 run's close calls on."""
         from smallcnn.data.images import load_images
         from smallcnn.inference.second_look import Float32Engine
-        from smallcnn.runtime.engine import base_conversion
+        from smallcnn.runtime.litert import base_conversion
 
         skipped = set(self.skipped)
         paths = [path for path in self.split(name).paths if path not in skipped]

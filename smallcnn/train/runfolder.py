@@ -186,7 +186,8 @@ class RunWriter:
         """
         from smallcnn.model import modelfile
         from smallcnn.runtime import cache
-        from smallcnn.runtime.engine import chosen_engine, litert_name
+        from smallcnn.runtime.engine import chosen_engine
+        from smallcnn.runtime.litert import litert_name
 
         plan = self.plan
         if head_weights is None or plan.weights == "none" or \
@@ -215,7 +216,7 @@ class RunWriter:
                 os.environ.get("SMALLCNN_CONVERT_RUNS") == "0" or \
                 importlib.util.find_spec("ai_edge_litert") is None:
             return
-        from smallcnn.runtime.engine import convert_to_litert
+        from smallcnn.runtime.litert import convert_to_litert
 
         try:
             cache.store("engines", name,

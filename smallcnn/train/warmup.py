@@ -92,7 +92,7 @@ def start(spec, weights, image_size, seed, templates=(), warn=None):
             prepares the base itself).
     """
     from smallcnn.model import modelfile
-    from smallcnn.runtime.engine import litert_name
+    from smallcnn.runtime.litert import litert_name
 
     if weights == "none" or _tensorflow_imported() or \
             importlib.util.find_spec("ai_edge_litert") is None:
@@ -141,7 +141,7 @@ def run(job):
     from smallcnn.model.bases import build_base, get_base
     from smallcnn.model.modelfile import classifier_template
     from smallcnn.model.networks import feature_extractor
-    from smallcnn.runtime.engine import convert_to_litert
+    from smallcnn.runtime.litert import convert_to_litert
 
     keras.utils.set_random_seed(job["seed"])
     spec, size = get_base(job["base"]), job["image_size"]
