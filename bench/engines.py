@@ -213,7 +213,7 @@ def heads_agreement(litert_run, auto_run, split, env):
     bf16 with its close calls made again in float32 (`second_look`, what predict does),
     and the auto run on bf16 against the LiteRT run on LiteRT (two runs: heads differ too)."""
     from smallcnn.data.images import load_images
-    from smallcnn.inference.second_look import close_calls
+    from smallcnn.inference.second_look import close_calls, looked_again
     from smallcnn.model import head
     from smallcnn.runtime.litert import LiteRTEngine
     from smallcnn.runtime.openvino import OpenVINOEngine
@@ -231,8 +231,9 @@ def heads_agreement(litert_run, auto_run, split, env):
         found = {engine: head.probabilities(weights, head_input(x))
                  for engine, x in features.items()}
         close[run_name] = close_calls(found["openvino bfloat16"])
-        looked = np.where(close[run_name][:, None], found["openvino float32"],
-                          found["openvino bfloat16"])
+        # (predict's second look runs LiteRT float32)
+        looked = looked_again(found["openvino bfloat16"],
+                              lambda rows: found["litert float32"][rows])
         labels[run_name] = {**{engine: p.argmax(1) for engine, p in found.items()},
                             "openvino bfloat16 second look": looked.argmax(1)}
     same = {f"{run_name} {engine}": float((found == by_engine["litert float32"]).mean())

@@ -30,23 +30,29 @@ def close_calls(probabilities, margin=MARGIN):
     return top_two[:, 1] - top_two[:, 0] < margin
 
 
+def looked_again(probabilities, again):
+    """`probabilities` with their close calls' rows replaced by `again(rows)`: a function
+    of the close rows' indices that returns their float32 probabilities (not called
+    where there is none)."""
+    close = np.flatnonzero(close_calls(probabilities))
+    if len(close):
+        probabilities = np.array(probabilities)
+        probabilities[close] = again(close)
+    return probabilities
+
+
 def second_look(predict, again):
     """`predict` (a function of a pixel batch to probabilities) with its close calls
     replaced by `again`'s on the same images; `again` is a function of no arguments that
     returns the float32 predict function, called on the first close call only."""
     exact = []
 
-    def run(images):
-        probabilities = predict(images)
-        close = close_calls(probabilities)
-        if close.any():
-            if not exact:
-                exact.append(again())
-            probabilities = np.array(probabilities)
-            probabilities[close] = exact[0](images[close])
-        return probabilities
+    def rerun(images, rows):
+        if not exact:
+            exact.append(again())
+        return exact[0](images[rows])
 
-    return run
+    return lambda images: looked_again(predict(images), lambda rows: rerun(images, rows))
 
 
 class Float32Engine:

@@ -81,18 +81,16 @@ def _evaluated(session, weights, name):
     """`[loss, accuracy]` of the heads on split `name` as the run will predict it: from
     bf16 features, their close calls made again in float32 (`inference.second_look`), so
     that metrics.json's accuracies are `evaluate`'s."""
-    from smallcnn.inference.second_look import close_calls
+    from smallcnn.inference.second_look import looked_again
     from smallcnn.model import head as numpy_head
 
     source = session.source
     x, y = source.features(name)
     if source.engine_used()[1] != "bfloat16" or session.plan.weights == "none":
         return list(numpy_head.evaluate(weights, x, y))
-    probabilities = numpy_head.probabilities(weights, x)
-    close = np.flatnonzero(close_calls(probabilities))
-    if len(close):
-        probabilities[close] = numpy_head.probabilities(
-            weights, source.float32_features(name, close))
+    probabilities = looked_again(numpy_head.probabilities(weights, x), lambda rows:
+                                 numpy_head.probabilities(weights,
+                                                          source.float32_features(name, rows)))
     y = np.asarray(y, np.int64)
     right = probabilities[np.arange(len(y)), y]
     loss = float(-np.log(np.maximum(right, np.finfo(np.float32).tiny)).mean())
