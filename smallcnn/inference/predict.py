@@ -141,16 +141,16 @@ class Classifier(ImageClassifier):
 
         predict, again = predicted(engine), ""
         if engine.precision == "bfloat16":
-            from smallcnn.inference.second_look import second_look
+            from smallcnn.inference.second_look import SecondLook
 
-            predict = second_look(predict, lambda: predicted(self._float32_base(route, engine)))
+            predict = SecondLook(predict, lambda: predicted(self._float32_base(route, engine)))
             again = ", close calls again in float32"
         self.engine = (f"{engine.name} {engine.precision} base + numpy head{again} "
                        f"(the run's cached base conversion{why})")
         return predict
 
     def _float32_base(self, route, fast):
-        """The base's cached conversion in float32, for `second_look`
+        """The base's cached conversion in float32, for `second_look.SecondLook`
         (`second_look.Float32Engine`); where it cannot be opened, `fast` itself, said in
         one line."""
         from smallcnn.inference.second_look import Float32Engine

@@ -41,18 +41,35 @@ def looked_again(probabilities, again):
     return probabilities
 
 
-def second_look(predict, again):
+class SecondLook:
     """`predict` (a function of a pixel batch to probabilities) with its close calls
     replaced by `again`'s on the same images; `again` is a function of no arguments that
-    returns the float32 predict function, called on the first close call only."""
-    exact = []
+    returns the float32 predict function, called on the first close call only.
 
-    def rerun(images, rows):
-        if not exact:
-            exact.append(again())
-        return exact[0](images[rows])
+    With test-time augmentation (`averaged`), the close calls are those of the views'
+    average, and their views all run again in float32: the label is float32's averaged
+    label, not an average of views each looked at on its own.
+    """
 
-    return lambda images: looked_again(predict(images), lambda rows: rerun(images, rows))
+    def __init__(self, predict, again):
+        self._predict, self._again, self._exact = predict, again, None
+
+    def _float32(self):
+        if self._exact is None:
+            self._exact = self._again()
+        return self._exact
+
+    def __call__(self, images):
+        return looked_again(self._predict(images),
+                            lambda rows: self._float32()(images[rows]))
+
+    def averaged(self, images, views):
+        """The mean probabilities over the first `views` views of `images`
+        (`tta.averaged`), its close calls made again from float32's views."""
+        from smallcnn.inference.tta import averaged
+
+        return looked_again(averaged(self._predict, images, views),
+                            lambda rows: averaged(self._float32(), images[rows], views))
 
 
 class Float32Engine:
