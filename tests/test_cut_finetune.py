@@ -95,9 +95,13 @@ def _bottoms(engine):
 @pytest.mark.heavy
 @pytest.mark.parametrize("engine", ["litert", "openvino"])
 def test_a_cached_activation_finetune_saves_the_whole_network_predicting_the_same(
-        tiny_data, tmp_path, engine):
+        tiny_data, tmp_path, monkeypatch, engine):
     if engine == "openvino":
         pytest.importorskip("openvino")
+    opened = []
+    open_engine = cut.CutTraining._open_engine
+    monkeypatch.setattr(cut.CutTraining, "_open_engine",
+                        lambda self, *args: opened.append(args) or open_engine(self, *args))
     # The shipped ImageNet weights: a random MobileNetV2's activations fade to ~1e-10.
     result = invoke("finetune", tiny_data, "--base", "mobilenet_v2", "--image-size", str(SIZE),
                     "--head-epochs", "1", "--epochs", "2", "--unfreeze", "4", "--batch-size", "8",
@@ -112,6 +116,7 @@ def test_a_cached_activation_finetune_saves_the_whole_network_predicting_the_sam
     assert metrics["cut"] == {"layer": "block_15_add", "views": 2, "engine": views[0],
                               "engine_precision": views[1], "evaluation_engine": evaluation[0],
                               "evaluation_precision": evaluation[1]}
+    assert len(opened) == len({views, evaluation})  # one bottom where both are float32
 
     model = keras.saving.load_model("runs/ft/model.keras", safe_mode=True)  # plain Keras
     val = find_dataset(tiny_data).splits["val"]

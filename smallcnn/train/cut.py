@@ -230,9 +230,19 @@ class CutTraining:
         the engine's best precision (bf16 on AMX), returning float16: for the training
         images' augmented views."""
         if self._engine is None:
-            with self.session.timings("convert"):
-                self._engine = _Float16(self._open_engine())
+            if self._exact is not None and self._fast_precision() == "float32":
+                self._engine = self._exact  # float32 is the fastest: one bottom serves both
+            else:
+                with self.session.timings("convert"):
+                    self._engine = _Float16(self._open_engine())
         return self._engine
+
+    def _fast_precision(self):
+        """The precision `engine` opens the bottom in, known without opening it."""
+        from smallcnn.runtime.engine import expected_engine
+
+        plan = self.session.plan
+        return expected_engine(plan.settings.engine, plan.placement)[1]
 
     def exact_engine(self):
         """The bottom in float32, returning float16: for the evaluation splits, so that
