@@ -30,6 +30,7 @@ VARIANTS = {
     "smoothing 0.1": ["--label-smoothing", "0.1"],
     "8 blocks": ["--unfreeze-blocks", "8"],
     "25 epochs": ["--epochs", "25"],
+    "260 px": ["--image-size", "260"],  # above the base's 224: FixRes-style fine-tuning
 }
 # extract's heads on the last layer's features alone: what finetune's head phase trains
 # (extract's default may add its intermediate taps, chosen on val).
