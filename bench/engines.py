@@ -210,7 +210,7 @@ def _head_inputs(run, split):
 def heads_agreement(litert_run, auto_run, split, env):
     """Each run's head on each engine's features of `split` (in this process): how many
     labels agree with the same head on LiteRT float32's (the engine's parity, heads fixed),
-    bf16 with its close calls made again in float32 (`second_look`, what predict does),
+    bf16 with its close calls made again in float32 (`second_look.looked_again`, as predict does),
     and the auto run on bf16 against the LiteRT run on LiteRT (two runs: heads differ too)."""
     from smallcnn.data.images import load_images
     from smallcnn.inference.second_look import close_calls, looked_again

@@ -11,7 +11,6 @@ from PIL import Image
 from conftest import invoke, invoke_in_subprocess, make_dataset
 
 from smallcnn.runtime.engine import expected_engine
-
 from smallcnn.runtime.litert import base_conversion
 
 FAST = ["--epochs", "3", "--batch-size", "8"]

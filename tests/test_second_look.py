@@ -49,6 +49,7 @@ def test_only_close_calls_are_made_again_and_float32_opens_once_when_needed():
 
 
 def test_tta_looks_again_at_the_close_calls_of_the_views_average():
+    from smallcnn.inference.classifier import ImageClassifier
     from smallcnn.inference.tta import averaged
 
     # Image 0: its two views each sure, of opposite classes, so their average is a tie;
@@ -68,11 +69,17 @@ def test_tta_looks_again_at_the_close_calls_of_the_views_average():
         return predicted({0: [-2.0], 10: [-2.0], 1: [-2.0], 11: [-2.0]})(batch)
 
     looked = SecondLook(predicted(fast), lambda: float32)
-    result = averaged(looked, images, 2)
+
+    class Classifier(ImageClassifier):  # as a bf16 run's route runs: a SecondLook
+        def _runner(self, count, batch_size):
+            return looked
+
+    classifier = Classifier({"class_names": ["a", "b", "c"], "image_size": 4})
+    result = classifier.probabilities(images, tta_views=2)
     assert seen == [[0], [10]]  # image 0's two views, in float32; image 1 not again
     np.testing.assert_allclose(result[0], probabilities_with_margins([-2.0])[0], rtol=1e-6)
     np.testing.assert_allclose(result[1], averaged(predicted(fast), images[1:], 2)[0], rtol=1e-6)
     assert result.argmax(1).tolist() == [1, 0]
     # One view: the close calls are the view's own (image 1's first view).
     seen.clear()
-    assert averaged(looked, images, 1).argmax(1).tolist() == [0, 1] and seen == [[1]]
+    assert classifier.probabilities(images).argmax(1).tolist() == [0, 1] and seen == [[1]]

@@ -138,12 +138,12 @@ def test_an_explicit_engine_wins_over_the_environment(monkeypatch):
 @pytest.mark.heavy  # an extract whose conversion fails, then TensorFlow (4 s)
 def test_engine_litert_fails_clearly_where_litert_cannot_run(tiny_data, base_weights_file,
                                                              monkeypatch):
-    import smallcnn.runtime.engine
+    from smallcnn.runtime import litert
 
     def broken(*args, **kwargs):
         raise ImportError("no LiteRT wheel for this platform")
 
-    monkeypatch.setattr(smallcnn.runtime.engine, "convert_to_litert", broken)
+    monkeypatch.setattr(litert, "convert_to_litert", broken)
     args = ["extract", tiny_data, "--base", "mobilenet_v2", "--weights", base_weights_file, "--image-size", "32",
             "--epochs", "2"]
     refused = invoke(*args, "--engine", "litert")

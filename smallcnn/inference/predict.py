@@ -44,7 +44,9 @@ class Classifier(ImageClassifier):
 
         Chosen once for all of them, so that every chunk of a folder runs in the same
         engine (LiteRT and Keras differ in the last digits). `self.engine` then says
-        which way it is, and why a faster one was not usable.
+        which way it is, and why a faster one was not usable. A bf16 route's
+        `second_look.SecondLook` is returned as it is: TTA (`tta.averaged`) lets it
+        average the views before it looks again.
         """
         many = count is None or count >= self.litert_min_images
         if many:  # the GPUs, where there are some

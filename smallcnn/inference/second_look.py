@@ -34,9 +34,10 @@ def looked_again(probabilities, again):
     """`probabilities` with their close calls' rows replaced by `again(rows)`: a function
     of the close rows' indices that returns their float32 probabilities (not called
     where there is none)."""
+    probabilities = np.asarray(probabilities)
     close = np.flatnonzero(close_calls(probabilities))
     if len(close):
-        probabilities = np.array(probabilities)
+        probabilities = probabilities.copy()
         probabilities[close] = again(close)
     return probabilities
 

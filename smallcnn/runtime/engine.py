@@ -19,8 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from smallcnn.errors import UsageError, described
-from smallcnn.runtime import cache
-from smallcnn.runtime.litert import LiteRTEngine, convert_to_litert, litert_name
+from smallcnn.runtime import cache, litert  # (called through the module: one place to patch)
 
 ENGINES = ("auto", "openvino", "litert", "tensorflow")
 ALIASES = {"tf": "tensorflow"}  # the name TensorFlow's engine had before OpenVINO's
@@ -96,11 +95,11 @@ def expected_engine(requested="auto", placement=None, model=None, precision=None
                     Path(model).is_file():
                 result = race.recorded(openvino.race_name(model), RACED)
                 if result is not None and result["winner"] == "litert":
-                    return "litert", LiteRTEngine.precision
+                    return "litert", litert.LiteRTEngine.precision
             return openvino.NAME, precision
         if engine == "openvino":
             return engine, None  # opening it says why it cannot run
-    return "litert", LiteRTEngine.precision
+    return "litert", litert.LiteRTEngine.precision
 
 
 def engine_identity(engine, precision):
@@ -145,7 +144,7 @@ def open_engine(tflite_path, engine="auto", reporter=None, placement=None, preci
             result = _recorded_race(tflite_path, reporter) if raced else None
             if result is not None and result["winner"] == "litert":
                 reporter.note(_raced_line(result))
-                return LiteRTEngine(tflite_path)
+                return litert.LiteRTEngine(tflite_path)
             try:
                 opened = openvino.OpenVINOEngine(tflite_path, precision, reporter.warning)
             except Exception as error:  # an op its TFLite reader lacks, a compile error
@@ -160,7 +159,7 @@ def open_engine(tflite_path, engine="auto", reporter=None, placement=None, preci
             raise UsageError(f"--engine openvino: OpenVINO cannot run here: {why}; "
                              "use --engine auto or --engine litert.")
         reporter.note(f"Frozen base engine: LiteRT, float32 (OpenVINO not used: {why}).")
-    return LiteRTEngine(tflite_path)
+    return litert.LiteRTEngine(tflite_path)
 
 
 def _recorded_race(tflite_path, reporter):
@@ -176,15 +175,15 @@ def _race_winner(tflite_path, opened, result, reporter):
     from smallcnn.runtime import openvino, race
 
     if result is None:
-        litert = LiteRTEngine(tflite_path)
+        lite = litert.LiteRTEngine(tflite_path)
         try:
-            result = race.race(dict(zip(RACED, (litert, opened))), litert.input_shape)
+            result = race.race(dict(zip(RACED, (lite, opened))), lite.input_shape)
         except Exception as error:  # OpenVINO compiled the model but cannot run it
             reporter.note("Frozen base engine: LiteRT, float32 (OpenVINO not used: racing "
                           f"LiteRT it failed: {described(error)}).")
-            return litert
+            return lite
         race.record(openvino.race_name(tflite_path), result, reporter.warning)
-        opened = opened if result["winner"] == openvino.NAME else litert
+        opened = opened if result["winner"] == openvino.NAME else lite
     reporter.note(_raced_line(result))
     return opened
 
@@ -236,13 +235,13 @@ def feature_engine(spec, weights, image_size, extractor, engine="auto", reporter
     try:
         if weights == "none":  # random weights: a conversion of its own, not cached
             return _uncached_litert(extractor(), reporter.warning, opened)
-        name = litert_name(spec, weights, image_size)
+        name = litert.litert_name(spec, weights, image_size)
         found = cache.load("engines", name, opened, warn=reporter.warning, checksum=True)
         if found is None:
             reporter.note(f"Converting the base to LiteRT for faster inference (once): {name}")
             model = extractor()
             stored = cache.store("engines", name,
-                                 lambda temp: convert_to_litert(model, Path(temp),
+                                 lambda temp: litert.convert_to_litert(model, Path(temp),
                                                                 warn=reporter.warning),
                                  warn=reporter.warning, checksum=True)
             found = opened(stored) if stored else _uncached_litert(model, reporter.warning,
@@ -259,11 +258,11 @@ def feature_engine(spec, weights, image_size, extractor, engine="auto", reporter
         return tensorflow()
 
 
-def _uncached_litert(model, warn=None, opened=LiteRTEngine):
+def _uncached_litert(model, warn=None, opened=None):
     path = Path(tempfile.mkdtemp(prefix="smallcnn-engine-")) / "model.tflite"
     try:
-        convert_to_litert(model, path, warn=warn)
-        return opened(path)
+        litert.convert_to_litert(model, path, warn=warn)
+        return (opened or litert.LiteRTEngine)(path)
     finally:
         shutil.rmtree(path.parent, ignore_errors=True)
 

@@ -230,8 +230,11 @@ class CutTraining:
         the engine's best precision (bf16 on AMX), returning float16: for the training
         images' augmented views."""
         if self._engine is None:
-            if self._exact is not None and self._fast_precision() == "float32":
-                self._engine = self._exact  # float32 is the fastest: one bottom serves both
+            if self._exact is not None and (self._fast_precision() == "float32" or
+                                            self._exact.name != "openvino"):
+                # float32 is the fastest, or OpenVINO could not run the bottom (auto fell
+                # back to LiteRT): one bottom serves both
+                self._engine = self._exact
             else:
                 with self.session.timings("convert"):
                     self._engine = _Float16(self._open_engine())
