@@ -185,14 +185,19 @@ class FeatureSource:
     def float32_features(self, name, rows):
         """The head's input for `rows` of split `name` (row indices of `features(name)`),
         from the base's cached conversion in float32 (`second_look.Float32Engine`, opened
-        once): what `inference.second_look` runs a bf16 run's close calls on."""
+        once): what `inference.second_look` runs a bf16 run's close calls on. Their images
+        are the split's decoded ones where this run decoded it, else read again."""
         from smallcnn.data.images import load_images
         from smallcnn.inference.second_look import Float32Engine
         from smallcnn.runtime.litert import base_conversion
 
-        skipped = set(self.skipped)
-        paths = [path for path in self.split(name).paths if path not in skipped]
-        images, _ = load_images([paths[row] for row in rows], self.plan.settings.image_size)
+        decoded = self._decoded.get(name)  # its rows are the features' rows
+        if decoded is not None:
+            images = decoded.images[rows]
+        else:
+            skipped = set(self.skipped)
+            paths = [path for path in self.split(name).paths if path not in skipped]
+            images, _ = load_images([paths[row] for row in rows], self.plan.settings.image_size)
         if self._float32 is None:
             size = self.plan.settings.image_size
             self._float32 = Float32Engine(base_conversion(self.plan.spec, self.plan.weights,
